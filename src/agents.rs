@@ -1,0 +1,822 @@
+//! The agents context: registration, tokens, pings, admin edits, deletion and liveness.
+//!
+//! Every write goes through one transaction on the writer connection and, once committed,
+//! publishes exactly one event per changed agent on `agents:updates` (none when nothing
+//! shown changed).
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::ser::SerializeSeq;
+use serde::{Serialize, Serializer};
+use sha2::{Digest, Sha256};
+use sqlx::SqliteConnection;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::db::{Db, now_millis};
+use crate::error::{Error, Result};
+use crate::events::{DomainEvent, Hub, Topic};
+
+/// GoCD's `agent_config_state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ConfigState {
+    Pending,
+    Enabled,
+    Disabled,
+}
+
+/// GoCD's `agent_state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum AgentState {
+    Idle,
+    Building,
+    LostContact,
+    Missing,
+    Unknown,
+}
+
+/// GoCD's `build_state`, derived from the agent state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum BuildState {
+    Idle,
+    Building,
+    Cancelled,
+    Unknown,
+}
+
+macro_rules! text_enum {
+    ($ty:ident { $($variant:ident),+ }) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => stringify!($variant)),+ }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+        /// Case-insensitive, as GoCD accepts `enabled` as well as `Enabled`.
+        impl FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> std::result::Result<Self, String> {
+                $(if s.eq_ignore_ascii_case(stringify!($variant)) { return Ok($ty::$variant); })+
+                Err(format!(
+                    "{s:?} is not one of {}",
+                    [$(stringify!($variant)),+].join(", ")
+                ))
+            }
+        }
+    };
+}
+text_enum!(ConfigState {
+    Pending,
+    Enabled,
+    Disabled
+});
+text_enum!(AgentState {
+    Idle,
+    Building,
+    LostContact,
+    Missing,
+    Unknown
+});
+text_enum!(BuildState {
+    Idle,
+    Building,
+    Cancelled,
+    Unknown
+});
+
+/// An agent as the API shows it (GoCD Agents API v7).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Agent {
+    pub uuid: Uuid,
+    pub hostname: String,
+    pub ip_address: String,
+    pub sandbox: String,
+    pub operating_system: String,
+    #[serde(serialize_with = "free_space_json")]
+    pub free_space: Option<i64>,
+    pub agent_config_state: ConfigState,
+    pub agent_state: AgentState,
+    pub build_state: BuildState,
+    pub agent_version: String,
+    pub resources: Vec<String>,
+    #[serde(serialize_with = "environments_json")]
+    pub environments: Vec<String>,
+}
+
+impl Agent {
+    /// Building agents can't be deleted; they are the ones the counts call "building".
+    pub fn is_building(&self) -> bool {
+        self.agent_state == AgentState::Building
+    }
+}
+
+/// GoCD sends `free_space` as a number of bytes, or the string "unknown".
+fn free_space_json<S: Serializer>(
+    value: &Option<i64>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match value {
+        Some(bytes) => s.serialize_i64(*bytes),
+        None => s.serialize_str("unknown"),
+    }
+}
+
+/// GoCD v7 lists environments as objects with their origin; ours all come from the server.
+fn environments_json<S: Serializer>(
+    names: &[String],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Origin {
+        r#type: &'static str,
+    }
+    #[derive(Serialize)]
+    struct Environment<'a> {
+        name: &'a str,
+        origin: Origin,
+    }
+    let mut seq = s.serialize_seq(Some(names.len()))?;
+    for name in names {
+        seq.serialize_element(&Environment {
+            name,
+            origin: Origin { r#type: "gocd" },
+        })?;
+    }
+    seq.end()
+}
+
+#[derive(sqlx::FromRow)]
+struct AgentRow {
+    uuid: String,
+    hostname: String,
+    ip_address: String,
+    sandbox: String,
+    operating_system: String,
+    free_space: Option<i64>,
+    agent_version: String,
+    agent_config_state: String,
+    agent_state: String,
+    resources: Json<Vec<String>>,
+    environments: Json<Vec<String>>,
+}
+
+impl TryFrom<AgentRow> for Agent {
+    type Error = Error;
+    fn try_from(row: AgentRow) -> Result<Agent> {
+        let corrupt = |what: String| Error::Database(sqlx::Error::Decode(what.into()));
+        let agent_state: AgentState = row.agent_state.parse().map_err(corrupt)?;
+        Ok(Agent {
+            uuid: row
+                .uuid
+                .parse()
+                .map_err(|e: uuid::Error| corrupt(e.to_string()))?,
+            hostname: row.hostname,
+            ip_address: row.ip_address,
+            sandbox: row.sandbox,
+            operating_system: row.operating_system,
+            free_space: row.free_space,
+            agent_config_state: row.agent_config_state.parse().map_err(corrupt)?,
+            build_state: match agent_state {
+                AgentState::Idle => BuildState::Idle,
+                AgentState::Building => BuildState::Building,
+                _ => BuildState::Unknown,
+            },
+            agent_state,
+            agent_version: row.agent_version,
+            resources: row.resources.0,
+            environments: row.environments.0,
+        })
+    }
+}
+
+const SELECT_AGENT: &str = "SELECT uuid, hostname, ip_address, sandbox, operating_system, free_space, \
+     agent_version, agent_config_state, agent_state, resources, environments FROM agents";
+
+async fn fetch(conn: &mut SqliteConnection, uuid: Uuid) -> Result<Option<Agent>> {
+    let row: Option<AgentRow> = sqlx::query_as(
+        "SELECT uuid, hostname, ip_address, sandbox, operating_system, free_space, \
+         agent_version, agent_config_state, agent_state, resources, environments \
+         FROM agents WHERE uuid = ?",
+    )
+    .bind(uuid.to_string())
+    .fetch_optional(conn)
+    .await?;
+    row.map(Agent::try_from).transpose()
+}
+
+/// Writes every field an agent can change (not its token or timestamps).
+async fn save(conn: &mut SqliteConnection, agent: &Agent) -> Result<()> {
+    sqlx::query(
+        "UPDATE agents SET hostname = ?, ip_address = ?, sandbox = ?, operating_system = ?, \
+         free_space = ?, agent_version = ?, agent_config_state = ?, agent_state = ?, \
+         resources = ?, environments = ? WHERE uuid = ?",
+    )
+    .bind(&agent.hostname)
+    .bind(&agent.ip_address)
+    .bind(&agent.sandbox)
+    .bind(&agent.operating_system)
+    .bind(agent.free_space)
+    .bind(&agent.agent_version)
+    .bind(agent.agent_config_state.as_str())
+    .bind(agent.agent_state.as_str())
+    .bind(Json(&agent.resources))
+    .bind(Json(&agent.environments))
+    .bind(agent.uuid.to_string())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What an agent sends when it registers.
+#[derive(Debug, Clone, Default)]
+pub struct Registration {
+    pub uuid: Option<Uuid>,
+    pub hostname: String,
+    pub ip_address: String,
+    pub operating_system: String,
+    pub sandbox: String,
+    pub free_space: Option<i64>,
+    pub resources: Vec<String>,
+    pub environments: Vec<String>,
+    pub agent_version: String,
+}
+
+/// The answer to a registration: the token is shown this once and stored only as a hash.
+#[derive(Debug)]
+pub struct Registered {
+    pub agent: Agent,
+    pub token: String,
+    pub created: bool,
+}
+
+/// What an agent reports every few seconds.
+#[derive(Debug, Clone)]
+pub struct Ping {
+    pub agent_state: AgentState,
+    pub free_space: Option<i64>,
+}
+
+/// An admin's edit of one agent; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct AgentUpdate {
+    pub hostname: Option<String>,
+    pub resources: Option<Vec<String>>,
+    pub environments: Option<Vec<String>>,
+    pub config_state: Option<ConfigState>,
+}
+
+/// Names to add to and remove from a list (GoCD's bulk `operations`).
+#[derive(Debug, Clone, Default)]
+pub struct ListChange {
+    pub add: Vec<String>,
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BulkUpdate {
+    pub uuids: Vec<Uuid>,
+    pub resources: ListChange,
+    pub environments: ListChange,
+    pub config_state: Option<ConfigState>,
+}
+
+#[derive(Clone)]
+pub struct Agents {
+    db: Db,
+    hub: Arc<Hub>,
+    registration_key: Option<String>,
+}
+
+impl Agents {
+    pub fn new(db: Db, hub: Arc<Hub>, registration_key: Option<String>) -> Self {
+        Agents {
+            db,
+            hub,
+            registration_key,
+        }
+    }
+
+    pub async fn list(&self) -> Result<Vec<Agent>> {
+        let rows: Vec<AgentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{SELECT_AGENT} ORDER BY hostname, uuid"
+        )))
+        .fetch_all(&self.db.read)
+        .await?;
+        rows.into_iter().map(Agent::try_from).collect()
+    }
+
+    pub async fn get(&self, uuid: Uuid) -> Result<Agent> {
+        let mut conn = self.db.read.acquire().await?;
+        fetch(&mut conn, uuid).await?.ok_or_else(|| not_found(uuid))
+    }
+
+    /// The agent a bearer token belongs to.
+    pub async fn authenticate(&self, token: &str) -> Result<Uuid> {
+        let uuid: Option<String> =
+            sqlx::query_scalar("SELECT uuid FROM agents WHERE token_hash = ?")
+                .bind(hash_token(token))
+                .fetch_optional(&self.db.read)
+                .await?;
+        uuid.and_then(|u| u.parse().ok())
+            .ok_or_else(|| Error::Unauthorized("unknown agent token".into()))
+    }
+
+    /// Registers a new agent or re-registers a known one (which needs its current token).
+    /// `key` is the `X-Agent-Registration-Key` the agent presented.
+    pub async fn register(
+        &self,
+        registration: Registration,
+        key: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<Registered> {
+        let key_accepted = match (&self.registration_key, key) {
+            (Some(expected), Some(given)) if constant_time_eq(expected, given) => true,
+            (Some(_), Some(_)) => {
+                return Err(Error::Forbidden(
+                    "the agent registration key is not valid".into(),
+                ));
+            }
+            _ => false,
+        };
+        let hostname = required_text("hostname", &registration.hostname)?;
+        let resources = names("resources", &registration.resources, is_resource_char)?;
+        let environments = names(
+            "environments",
+            &registration.environments,
+            is_environment_char,
+        )?;
+        let new_token = random_token();
+        let now = now_millis();
+
+        let mut tx = self.db.write.begin().await?;
+        let existing = match registration.uuid {
+            Some(uuid) => fetch(&mut tx, uuid).await?,
+            None => None,
+        };
+        let (before, agent) = if let Some(before) = existing {
+            let stored: String = sqlx::query_scalar("SELECT token_hash FROM agents WHERE uuid = ?")
+                .bind(before.uuid.to_string())
+                .fetch_one(&mut *tx)
+                .await?;
+            let presented = token.map(hash_token).unwrap_or_default();
+            if !constant_time_eq(&stored, &presented) {
+                return Err(Error::Conflict(format!(
+                    "agent {} is already registered; re-registering needs its current token",
+                    before.uuid
+                )));
+            }
+            // Resources and environments stay as an admin set them.
+            let mut agent = before.clone();
+            agent.hostname = hostname;
+            agent.ip_address = registration.ip_address;
+            agent.sandbox = registration.sandbox;
+            agent.operating_system = registration.operating_system;
+            agent.free_space = registration.free_space;
+            agent.agent_version = registration.agent_version;
+            agent.agent_state = AgentState::Idle;
+            agent.build_state = BuildState::Idle;
+            if key_accepted && agent.agent_config_state == ConfigState::Pending {
+                agent.agent_config_state = ConfigState::Enabled;
+            }
+            save(&mut tx, &agent).await?;
+            sqlx::query("UPDATE agents SET token_hash = ?, last_contact_at = ? WHERE uuid = ?")
+                .bind(hash_token(&new_token))
+                .bind(now)
+                .bind(agent.uuid.to_string())
+                .execute(&mut *tx)
+                .await?;
+            (Some(before), agent)
+        } else {
+            let agent = Agent {
+                uuid: registration.uuid.unwrap_or_else(Uuid::new_v4),
+                hostname,
+                ip_address: registration.ip_address,
+                sandbox: registration.sandbox,
+                operating_system: registration.operating_system,
+                free_space: registration.free_space,
+                agent_config_state: if key_accepted {
+                    ConfigState::Enabled
+                } else {
+                    ConfigState::Pending
+                },
+                agent_state: AgentState::Idle,
+                build_state: BuildState::Idle,
+                agent_version: registration.agent_version,
+                resources,
+                environments,
+            };
+            sqlx::query(
+                "INSERT INTO agents (uuid, hostname, ip_address, sandbox, operating_system, \
+                 free_space, agent_version, agent_config_state, agent_state, resources, \
+                 environments, token_hash, registered_at, last_contact_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(agent.uuid.to_string())
+            .bind(&agent.hostname)
+            .bind(&agent.ip_address)
+            .bind(&agent.sandbox)
+            .bind(&agent.operating_system)
+            .bind(agent.free_space)
+            .bind(&agent.agent_version)
+            .bind(agent.agent_config_state.as_str())
+            .bind(agent.agent_state.as_str())
+            .bind(Json(&agent.resources))
+            .bind(Json(&agent.environments))
+            .bind(hash_token(&new_token))
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            (None, agent)
+        };
+        tx.commit().await?;
+        let created = before.is_none();
+        self.publish_change(before.as_ref(), &agent);
+        Ok(Registered {
+            agent,
+            token: new_token,
+            created,
+        })
+    }
+
+    /// Records contact and the state the agent reports. Publishes only when the state shown
+    /// changes (a new free space is stored silently).
+    pub async fn ping(&self, uuid: Uuid, ping: Ping) -> Result<Agent> {
+        if !matches!(ping.agent_state, AgentState::Idle | AgentState::Building) {
+            return Err(Error::Unprocessable(format!(
+                "agent_state: an agent reports Idle or Building, not {}",
+                ping.agent_state
+            )));
+        }
+        let mut tx = self.db.write.begin().await?;
+        let before = fetch(&mut tx, uuid).await?.ok_or_else(|| not_found(uuid))?;
+        let mut agent = before.clone();
+        agent.agent_state = ping.agent_state;
+        agent.build_state = match ping.agent_state {
+            AgentState::Building => BuildState::Building,
+            _ => BuildState::Idle,
+        };
+        if ping.free_space.is_some() {
+            agent.free_space = ping.free_space;
+        }
+        save(&mut tx, &agent).await?;
+        touch(&mut tx, uuid).await?;
+        tx.commit().await?;
+        if before.agent_state != agent.agent_state {
+            self.hub.publish(
+                &Topic::AgentsUpdates,
+                DomainEvent::AgentUpdated(agent.clone()),
+            );
+        }
+        Ok(agent)
+    }
+
+    /// An admin's edit of one agent (API `PATCH`, the enable/disable shortcuts, page buttons).
+    pub async fn update(&self, uuid: Uuid, update: AgentUpdate) -> Result<Agent> {
+        let hostname = update
+            .hostname
+            .as_deref()
+            .map(|h| required_text("hostname", h))
+            .transpose()?;
+        let resources = update
+            .resources
+            .as_deref()
+            .map(|r| names("resources", r, is_resource_char))
+            .transpose()?;
+        let environments = update
+            .environments
+            .as_deref()
+            .map(|e| names("environments", e, is_environment_char))
+            .transpose()?;
+        let config_state = update.config_state.map(admin_config_state).transpose()?;
+
+        let mut tx = self.db.write.begin().await?;
+        let before = fetch(&mut tx, uuid).await?.ok_or_else(|| not_found(uuid))?;
+        let mut agent = before.clone();
+        if let Some(hostname) = hostname {
+            agent.hostname = hostname;
+        }
+        if let Some(resources) = resources {
+            agent.resources = resources;
+        }
+        if let Some(environments) = environments {
+            agent.environments = environments;
+        }
+        if let Some(state) = config_state {
+            agent.agent_config_state = state;
+        }
+        if agent != before {
+            save(&mut tx, &agent).await?;
+            tx.commit().await?;
+            self.publish_change(Some(&before), &agent);
+        }
+        Ok(agent)
+    }
+
+    /// GoCD's bulk update: all or nothing. An unknown uuid changes nothing and is named.
+    pub async fn bulk_update(&self, bulk: BulkUpdate) -> Result<Vec<Uuid>> {
+        if bulk.uuids.is_empty() {
+            return Err(Error::Unprocessable(
+                "uuids: name at least one agent".into(),
+            ));
+        }
+        let add_resources = names("resources", &bulk.resources.add, is_resource_char)?;
+        let remove_resources = names("resources", &bulk.resources.remove, is_resource_char)?;
+        let add_environments = names("environments", &bulk.environments.add, is_environment_char)?;
+        let remove_environments = names(
+            "environments",
+            &bulk.environments.remove,
+            is_environment_char,
+        )?;
+        let config_state = bulk.config_state.map(admin_config_state).transpose()?;
+
+        let mut tx = self.db.write.begin().await?;
+        let mut found = Vec::with_capacity(bulk.uuids.len());
+        let mut unknown = Vec::new();
+        for &uuid in &bulk.uuids {
+            match fetch(&mut tx, uuid).await? {
+                Some(agent) => found.push(agent),
+                None => unknown.push(uuid.to_string()),
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(Error::Unprocessable(format!(
+                "uuids: no agent with uuid(s) [{}]; nothing was changed",
+                unknown.join(", ")
+            )));
+        }
+        let mut changes = Vec::new();
+        for before in found {
+            let mut agent = before.clone();
+            apply_list_change(&mut agent.resources, &add_resources, &remove_resources);
+            apply_list_change(
+                &mut agent.environments,
+                &add_environments,
+                &remove_environments,
+            );
+            if let Some(state) = config_state {
+                agent.agent_config_state = state;
+            }
+            if agent != before {
+                save(&mut tx, &agent).await?;
+                changes.push((before, agent));
+            }
+        }
+        tx.commit().await?;
+        for (before, agent) in &changes {
+            self.publish_change(Some(before), agent);
+        }
+        Ok(bulk.uuids)
+    }
+
+    /// Deletes Disabled, non-building agents, all or nothing.
+    pub async fn delete(&self, uuids: &[Uuid]) -> Result<usize> {
+        if uuids.is_empty() {
+            return Err(Error::Unprocessable(
+                "uuids: name at least one agent".into(),
+            ));
+        }
+        let mut tx = self.db.write.begin().await?;
+        let mut doomed = Vec::with_capacity(uuids.len());
+        let mut unknown = Vec::new();
+        let mut refused = Vec::new();
+        for &uuid in uuids {
+            match fetch(&mut tx, uuid).await? {
+                None => unknown.push(uuid.to_string()),
+                Some(agent) if agent.agent_config_state != ConfigState::Disabled => refused.push(
+                    format!("{uuid} is {}, not Disabled", agent.agent_config_state),
+                ),
+                Some(agent) if agent.is_building() => refused.push(format!("{uuid} is building")),
+                Some(agent) => doomed.push(agent),
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(Error::Unprocessable(format!(
+                "uuids: no agent with uuid(s) [{}]; nothing was deleted",
+                unknown.join(", ")
+            )));
+        }
+        if !refused.is_empty() {
+            return Err(Error::Unprocessable(format!(
+                "only Disabled agents that are not building can be deleted: {}; nothing was deleted",
+                refused.join("; ")
+            )));
+        }
+        for agent in &doomed {
+            sqlx::query("DELETE FROM agents WHERE uuid = ?")
+                .bind(agent.uuid.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        for agent in &doomed {
+            self.hub.publish(
+                &Topic::AgentsUpdates,
+                DomainEvent::AgentDeleted(agent.clone()),
+            );
+        }
+        Ok(doomed.len())
+    }
+
+    /// At start every known agent is Missing until it is heard from in this process.
+    pub async fn mark_all_missing(&self) -> Result<()> {
+        sqlx::query("UPDATE agents SET agent_state = 'Missing'")
+            .execute(&self.db.write)
+            .await?;
+        Ok(())
+    }
+
+    /// Enabled agents heard from in this process but silent for `after` become LostContact.
+    pub async fn mark_lost_contact(&self, after: Duration) -> Result<()> {
+        let cutoff = now_millis() - after.as_millis() as i64;
+        let lost: Vec<String> = sqlx::query_scalar(
+            "UPDATE agents SET agent_state = 'LostContact' \
+             WHERE agent_config_state = 'Enabled' AND agent_state IN ('Idle', 'Building', 'Unknown') \
+             AND last_contact_at < ? RETURNING uuid",
+        )
+        .bind(cutoff)
+        .fetch_all(&self.db.write)
+        .await?;
+        for uuid in lost.iter().filter_map(|u| u.parse().ok()) {
+            if let Ok(agent) = self.get(uuid).await {
+                self.hub
+                    .publish(&Topic::AgentsUpdates, DomainEvent::AgentUpdated(agent));
+            }
+        }
+        Ok(())
+    }
+
+    /// One event for one write: enabled/disabled when the config state moved, else updated.
+    fn publish_change(&self, before: Option<&Agent>, after: &Agent) {
+        let event = match before {
+            None => DomainEvent::AgentRegistered(after.clone()),
+            Some(before) if before.agent_config_state != after.agent_config_state => {
+                match after.agent_config_state {
+                    ConfigState::Disabled => DomainEvent::AgentDisabled(after.clone()),
+                    _ => DomainEvent::AgentEnabled(after.clone()),
+                }
+            }
+            Some(before) if before != after => DomainEvent::AgentUpdated(after.clone()),
+            Some(_) => return,
+        };
+        self.hub.publish(&Topic::AgentsUpdates, event);
+    }
+}
+
+/// A registration, ping or work request is contact.
+async fn touch(conn: &mut SqliteConnection, uuid: Uuid) -> Result<()> {
+    sqlx::query("UPDATE agents SET last_contact_at = ? WHERE uuid = ?")
+        .bind(now_millis())
+        .bind(uuid.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+fn not_found(uuid: Uuid) -> Error {
+    Error::NotFound(format!("no agent with uuid {uuid}"))
+}
+
+/// An admin may enable or disable; Pending is where agents start, not a state to set.
+fn admin_config_state(state: ConfigState) -> Result<ConfigState> {
+    match state {
+        ConfigState::Pending => Err(Error::Unprocessable(
+            "agent_config_state: must be Enabled or Disabled".into(),
+        )),
+        other => Ok(other),
+    }
+}
+
+fn required_text(field: &str, value: &str) -> Result<String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(Error::Unprocessable(format!("{field}: must not be empty")));
+    }
+    if value.chars().count() > 255 {
+        return Err(Error::Unprocessable(format!(
+            "{field}: at most 255 characters"
+        )));
+    }
+    Ok(value.to_string())
+}
+
+/// GoCD's resource names: letters, digits, `_`, `-`, `.`, `|` and spaces.
+fn is_resource_char(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '|' | ' ')
+}
+
+/// GoCD's environment names: letters, digits, `_`, `-` and `.`.
+fn is_environment_char(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '_' | '-' | '.')
+}
+
+/// Trims, drops empties and case-insensitive duplicates (keeping the first spelling), and
+/// rejects names with characters GoCD does not allow.
+pub fn names(field: &str, raw: &[String], allowed: fn(char) -> bool) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for name in raw.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        if !name.chars().all(allowed) || name.chars().count() > 255 {
+            return Err(Error::Unprocessable(format!(
+                "{field}: {name:?} is not a valid name (letters, digits, '_', '-', '.'{})",
+                if field == "resources" {
+                    ", '|' and spaces"
+                } else {
+                    ""
+                }
+            )));
+        }
+        if !out.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            out.push(name.to_string());
+        }
+    }
+    Ok(out)
+}
+
+fn apply_list_change(list: &mut Vec<String>, add: &[String], remove: &[String]) {
+    list.retain(|n| !remove.iter().any(|r| r.eq_ignore_ascii_case(n)));
+    for name in add {
+        if !list.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            list.push(name.clone());
+        }
+    }
+}
+
+/// 256 random bits, hex-encoded.
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the operating system's random source works");
+    hex::encode(bytes)
+}
+
+fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_trimmed_deduplicated_and_validated() {
+        let raw = vec![
+            " linux ".to_string(),
+            "Linux".into(),
+            "".into(),
+            "java 21".into(),
+        ];
+        assert_eq!(
+            names("resources", &raw, is_resource_char).unwrap(),
+            vec!["linux", "java 21"]
+        );
+        let bad = vec!["<script>".to_string()];
+        let err = names("resources", &bad, is_resource_char).unwrap_err();
+        assert!(err.to_string().starts_with("resources:"), "{err}");
+        assert!(names("environments", &["a b".to_string()], is_environment_char).is_err());
+    }
+
+    #[test]
+    fn list_changes_add_once_and_remove_case_insensitively() {
+        let mut list = vec!["linux".to_string(), "java".into()];
+        apply_list_change(
+            &mut list,
+            &["LINUX".into(), "docker".into()],
+            &["Java".into()],
+        );
+        assert_eq!(list, vec!["linux", "docker"]);
+    }
+
+    #[test]
+    fn config_state_parses_case_insensitively() {
+        assert_eq!(
+            "enabled".parse::<ConfigState>().unwrap(),
+            ConfigState::Enabled
+        );
+        assert_eq!(
+            "DISABLED".parse::<ConfigState>().unwrap(),
+            ConfigState::Disabled
+        );
+        assert!("on".parse::<ConfigState>().is_err());
+    }
+
+    #[test]
+    fn tokens_are_long_random_and_hashed() {
+        let (a, b) = (random_token(), random_token());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+        assert_ne!(hash_token(&a), a);
+        assert_eq!(hash_token(&a), hash_token(&a));
+    }
+}

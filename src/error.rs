@@ -1,0 +1,29 @@
+//! The one error type of the contexts. It knows nothing of HTTP; `web` maps each kind to a
+//! status code (`NotFound` → 404, `Unprocessable` → 422, …).
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Malformed input (not JSON, not a form): 400.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// A request that conflicts with the current state: 409.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// Well-formed, but a field is missing, of the wrong type or not allowed: 422.
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

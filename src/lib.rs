@@ -1,0 +1,127 @@
+//! ferrocd: a continuous-delivery server in the GoCD tradition.
+//!
+//! `Application::build` wires the database, the event hub, the contexts and their live views
+//! into one router; `run_until_stopped` serves it until the shutdown token fires.
+
+pub mod agents;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod events;
+pub mod web;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::agents::Agents;
+use crate::config::Config;
+use crate::db::Db;
+use crate::events::Hub;
+use crate::web::pages::agents::{AgentsView, live as agents_live};
+
+/// Everything a handler may reach, cloned cheaply into each request.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub hub: Arc<Hub>,
+    pub agents: Agents,
+    pub agents_view: Arc<AgentsView>,
+    /// Fires on SIGTERM/Ctrl-C: streams end, background tasks stop.
+    pub shutdown: CancellationToken,
+}
+
+/// The router for a state (the whole site, `/api` and `/go/api` included).
+pub fn build_app(state: AppState) -> axum::Router {
+    web::router(state)
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Opens (and migrates) the database, starts the background tasks and binds the socket.
+    pub async fn build(
+        config: Config,
+    ) -> Result<Application, Box<dyn std::error::Error + Send + Sync>> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+        let db = Db::connect(&config.database_url).await?;
+        let hub = Hub::new();
+        let agents = Agents::new(
+            db.clone(),
+            Arc::clone(&hub),
+            config.agent_registration_key.clone(),
+        );
+        // Nobody has been heard from in this process yet.
+        agents.mark_all_missing().await?;
+        let shutdown = CancellationToken::new();
+        let agents_view = agents_live::spawn(agents.clone(), &hub, shutdown.clone());
+        spawn_liveness(agents.clone(), config.lost_contact_after, shutdown.clone());
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        let state = AppState {
+            db,
+            hub,
+            agents,
+            agents_view,
+            shutdown,
+        };
+        Ok(Application { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// Cancel this to stop the server gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.state.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token fires, then lets in-flight requests finish (event
+    /// streams end at once) and closes the database.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let Application { listener, state } = self;
+        let shutdown = state.shutdown.clone();
+        let db = state.db.clone();
+        let router = build_app(state);
+        let stopped = shutdown.clone();
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stopped.cancelled().await })
+            .await?;
+        db.close().await;
+        Ok(())
+    }
+}
+
+/// Marks silent Enabled agents LostContact, without waiting for any request to notice.
+fn spawn_liveness(agents: Agents, after: Duration, shutdown: CancellationToken) {
+    let every = (after / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Err(error) = agents.mark_lost_contact(after).await {
+                        tracing::warn!(%error, "liveness check failed");
+                    }
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,58 @@
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use ferrocd::Application;
+use ferrocd::config::{Cli, Command, Config};
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Serve(args)) => args,
+        None => cli.serve,
+    };
+    if let Err(error) = serve(Config::from(args)).await {
+        eprintln!("ferrocd: {error}");
+        std::process::exit(1);
+    }
+}
+
+async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let app = Application::build(config).await?;
+    tracing::info!("ferrocd listening on http://{}", app.local_addr());
+    let shutdown = app.shutdown_token();
+    tokio::spawn(async move {
+        stop_signal().await;
+        tracing::info!("stopping: closing event streams, finishing in-flight requests");
+        shutdown.cancel();
+    });
+    app.run_until_stopped().await?;
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+async fn stop_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,173 @@
+//! The Agents API (GoCD v7 shapes): list, show, edit, enable/disable, bulk edit, delete.
+
+use axum::extract::{Path, State};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{ApiJson, name_list, parse_uuid};
+use crate::AppState;
+use crate::agents::{Agent, AgentUpdate, BulkUpdate, ConfigState, ListChange};
+use crate::error::{Error, Result};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/agents", get(list).patch(bulk_update).delete(bulk_delete))
+        .route("/agents/{uuid}", get(show).patch(update).delete(delete_one))
+        .route("/agents/{uuid}/enable", put(enable))
+        .route("/agents/{uuid}/disable", put(disable))
+}
+
+async fn list(State(state): State<AppState>) -> Result<Json<Value>> {
+    let agents = state.agents.list().await?;
+    Ok(Json(json!({
+        "_links": { "self": { "href": "/go/api/agents" } },
+        "_embedded": { "agents": agents },
+    })))
+}
+
+/// A path uuid that doesn't parse names no agent: 404, like one that isn't registered.
+fn path_uuid(raw: &str) -> Result<Uuid> {
+    raw.parse()
+        .map_err(|_| Error::NotFound(format!("no agent with uuid {raw}")))
+}
+
+async fn show(State(state): State<AppState>, Path(uuid): Path<String>) -> Result<Json<Agent>> {
+    Ok(Json(state.agents.get(path_uuid(&uuid)?).await?))
+}
+
+#[derive(Deserialize)]
+struct PatchAgent {
+    hostname: Option<String>,
+    #[serde(default, deserialize_with = "name_list")]
+    resources: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "name_list")]
+    environments: Option<Vec<String>>,
+    agent_config_state: Option<String>,
+}
+
+fn config_state(raw: Option<&str>) -> Result<Option<ConfigState>> {
+    raw.map(|s| {
+        s.parse::<ConfigState>()
+            .map_err(|e| Error::Unprocessable(format!("agent_config_state: {e}")))
+    })
+    .transpose()
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Path(uuid): Path<String>,
+    ApiJson(body): ApiJson<PatchAgent>,
+) -> Result<Json<Agent>> {
+    let uuid = path_uuid(&uuid)?;
+    let update = AgentUpdate {
+        hostname: body.hostname,
+        resources: body.resources,
+        environments: body.environments,
+        config_state: config_state(body.agent_config_state.as_deref())?,
+    };
+    Ok(Json(state.agents.update(uuid, update).await?))
+}
+
+async fn set_config_state(state: &AppState, uuid: &str, to: ConfigState) -> Result<Json<Agent>> {
+    let update = AgentUpdate {
+        config_state: Some(to),
+        ..Default::default()
+    };
+    Ok(Json(state.agents.update(path_uuid(uuid)?, update).await?))
+}
+
+async fn enable(State(state): State<AppState>, Path(uuid): Path<String>) -> Result<Json<Agent>> {
+    set_config_state(&state, &uuid, ConfigState::Enabled).await
+}
+
+async fn disable(State(state): State<AppState>, Path(uuid): Path<String>) -> Result<Json<Agent>> {
+    set_config_state(&state, &uuid, ConfigState::Disabled).await
+}
+
+#[derive(Deserialize, Default)]
+struct ListOperation {
+    #[serde(default, deserialize_with = "name_list")]
+    add: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "name_list")]
+    remove: Option<Vec<String>>,
+}
+
+impl From<ListOperation> for ListChange {
+    fn from(op: ListOperation) -> Self {
+        ListChange {
+            add: op.add.unwrap_or_default(),
+            remove: op.remove.unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct Operations {
+    #[serde(default)]
+    resources: ListOperation,
+    #[serde(default)]
+    environments: ListOperation,
+}
+
+#[derive(Deserialize)]
+struct BulkPatch {
+    uuids: Vec<String>,
+    #[serde(default)]
+    operations: Operations,
+    agent_config_state: Option<String>,
+}
+
+fn uuids(raw: &[String]) -> Result<Vec<Uuid>> {
+    raw.iter().map(|u| parse_uuid("uuids", u)).collect()
+}
+
+async fn bulk_update(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<BulkPatch>,
+) -> Result<Json<Value>> {
+    let bulk = BulkUpdate {
+        uuids: uuids(&body.uuids)?,
+        resources: body.operations.resources.into(),
+        environments: body.operations.environments.into(),
+        config_state: config_state(body.agent_config_state.as_deref())?,
+    };
+    let updated = state.agents.bulk_update(bulk).await?;
+    let list = updated
+        .iter()
+        .map(Uuid::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(Json(
+        json!({ "message": format!("Updated agent(s) with uuid(s): [{list}].") }),
+    ))
+}
+
+async fn delete_one(
+    State(state): State<AppState>,
+    Path(uuid): Path<String>,
+) -> Result<Json<Value>> {
+    let uuid = path_uuid(&uuid)?;
+    state.agents.get(uuid).await?; // unknown: 404 rather than the bulk call's 422
+    let deleted = state.agents.delete(&[uuid]).await?;
+    Ok(Json(
+        json!({ "message": format!("Deleted {deleted} agent(s).") }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct BulkDelete {
+    uuids: Vec<String>,
+}
+
+async fn bulk_delete(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<BulkDelete>,
+) -> Result<Json<Value>> {
+    let deleted = state.agents.delete(&uuids(&body.uuids)?).await?;
+    Ok(Json(
+        json!({ "message": format!("Deleted {deleted} agent(s).") }),
+    ))
+}

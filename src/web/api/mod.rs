@@ -1,0 +1,106 @@
+//! The JSON API, mounted at both `/api` and `/go/api`. One file per resource.
+
+mod agents;
+mod events;
+mod meta;
+
+pub use meta::GOCD_VERSION;
+mod remoting;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{StatusCode, Uri};
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, Deserializer};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::Error;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .merge(agents::router())
+        .merge(remoting::router())
+        .merge(events::router())
+        .merge(meta::router())
+        .fallback(not_found)
+}
+
+async fn not_found(uri: Uri) -> Error {
+    Error::NotFound(format!("no API route {}", uri.path()))
+}
+
+/// A JSON body, whatever `Content-Type` the client sent (GoCD clients and agents differ).
+/// Not JSON → 400; a missing or mistyped field → 422 naming it; too large → 413.
+/// An empty body reads as `{}`, so bodiless `PUT …/enable` style calls work.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Error::PayloadTooLarge(format!(
+                    "the request body is larger than {} bytes",
+                    super::MAX_BODY
+                ))
+            } else {
+                Error::BadRequest(rejection.body_text())
+            }
+        })?;
+        let value: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+            Value::Object(Default::default())
+        } else {
+            serde_json::from_slice(&bytes)
+                .map_err(|e| Error::BadRequest(format!("the body is not valid JSON: {e}")))?
+        };
+        if !value.is_object() {
+            return Err(Error::Unprocessable(
+                "the body must be a JSON object".into(),
+            ));
+        }
+        serde_path_to_error::deserialize(value)
+            .map(ApiJson)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                if path == "." {
+                    Error::Unprocessable(e.inner().to_string())
+                } else {
+                    Error::Unprocessable(format!("{path}: {}", e.inner()))
+                }
+            })
+    }
+}
+
+/// Resources and environments: a JSON array of names or a comma-separated string (GoCD
+/// accepts both).
+pub fn name_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    use serde::de::Error as _;
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.split(',').map(str::to_string).collect())),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::String(s) => Ok(s),
+                other => Err(D::Error::custom(format!(
+                    "expected a name (a string), got {other}"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(other) => Err(D::Error::custom(format!(
+            "expected an array of names or a comma-separated string, got {other}"
+        ))),
+    }
+}
+
+/// A uuid from a path or a body; a malformed one names no agent that exists.
+pub fn parse_uuid(field: &str, raw: &str) -> Result<Uuid, Error> {
+    raw.trim()
+        .parse()
+        .map_err(|_| Error::Unprocessable(format!("{field}: {raw:?} is not a uuid")))
+}

@@ -1,0 +1,129 @@
+//! The agent protocol: registration and pings (work, status and console come with jobs).
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiJson, name_list, parse_uuid};
+use crate::AppState;
+use crate::agents::{AgentState, Ping, Registration};
+use crate::error::{Error, Result};
+use crate::web::auth::{AuthenticatedAgent, bearer_token};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/agents/register", post(register))
+        .route("/agents/{uuid}/ping", post(ping))
+}
+
+/// Bytes free in the sandbox: a number, a numeric string, or "unknown".
+fn free_space(value: Option<&Value>) -> Result<Option<i64>> {
+    let invalid =
+        || Error::Unprocessable("free_space: expected a number of bytes or \"unknown\"".into());
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_i64().filter(|n| *n >= 0).map(Some).ok_or_else(invalid),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("unknown") => Ok(None),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(Some)
+            .ok_or_else(invalid),
+        Some(_) => Err(invalid()),
+    }
+}
+
+#[derive(Deserialize)]
+struct RegisterBody {
+    uuid: Option<String>,
+    hostname: String,
+    #[serde(default)]
+    ip_address: String,
+    #[serde(default)]
+    operating_system: String,
+    #[serde(default)]
+    sandbox: String,
+    free_space: Option<Value>,
+    #[serde(default, deserialize_with = "name_list")]
+    resources: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "name_list")]
+    environments: Option<Vec<String>>,
+    #[serde(default)]
+    agent_version: String,
+}
+
+async fn register(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<RegisterBody>,
+) -> Result<(StatusCode, Json<Value>)> {
+    let key = headers
+        .get("x-agent-registration-key")
+        .and_then(|v| v.to_str().ok());
+    let token = bearer_token(&headers);
+    let registration = Registration {
+        uuid: body
+            .uuid
+            .as_deref()
+            .map(|u| parse_uuid("uuid", u))
+            .transpose()?,
+        hostname: body.hostname,
+        ip_address: body.ip_address,
+        operating_system: body.operating_system,
+        sandbox: body.sandbox,
+        free_space: free_space(body.free_space.as_ref())?,
+        resources: body.resources.unwrap_or_default(),
+        environments: body.environments.unwrap_or_default(),
+        agent_version: body.agent_version,
+    };
+    let registered = state.agents.register(registration, key, token).await?;
+    let status = if registered.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({
+            "uuid": registered.agent.uuid,
+            "token": registered.token,
+            "agent_config_state": registered.agent.agent_config_state,
+        })),
+    ))
+}
+
+#[derive(Deserialize)]
+struct PingBody {
+    agent_state: String,
+    free_space: Option<Value>,
+}
+
+async fn ping(
+    State(state): State<AppState>,
+    Path(uuid): Path<String>,
+    caller: AuthenticatedAgent,
+    ApiJson(body): ApiJson<PingBody>,
+) -> Result<Json<Value>> {
+    let uuid = uuid
+        .parse()
+        .map_err(|_| Error::NotFound(format!("no agent with uuid {uuid}")))?;
+    caller.require(uuid)?;
+    let agent_state: AgentState = body
+        .agent_state
+        .parse()
+        .map_err(|e| Error::Unprocessable(format!("agent_state: {e}")))?;
+    let ping = Ping {
+        agent_state,
+        free_space: free_space(body.free_space.as_ref())?,
+    };
+    let agent = state.agents.ping(uuid, ping).await?;
+    Ok(Json(json!({
+        "agent_config_state": agent.agent_config_state,
+        "instruction": "NONE",
+    })))
+}

@@ -1,0 +1,74 @@
+//! HTTP: the router, its middleware, and how errors become responses.
+
+pub mod api;
+pub mod assets;
+pub mod auth;
+pub mod pages;
+pub mod sse;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use serde_json::json;
+use tower_http::trace::TraceLayer;
+
+use crate::AppState;
+use crate::error::Error;
+
+/// The largest request body we read (a console chunk, later, is at most 1 MiB too).
+pub const MAX_BODY: usize = 1024 * 1024;
+
+pub fn router(state: AppState) -> Router {
+    let api = api::router();
+    Router::new()
+        .nest("/api", api.clone())
+        .nest("/go/api", api)
+        .merge(pages::router())
+        .merge(assets::router())
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+impl Error {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Database(_) | Error::Migrate(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// What the client is told: the message for its own mistakes, nothing internal otherwise.
+    pub fn public_message(&self) -> String {
+        match self {
+            Error::Database(_) | Error::Migrate(_) => "internal server error".to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// `{"message": "…"}` with the fitting status, as GoCD answers.
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let mut response =
+            (status, Json(json!({ "message": self.public_message() }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,265 @@
+//! The agents page's markup: plain functions from data to `Markup`.
+
+use maud::{Markup, html};
+
+use crate::agents::{Agent, AgentState, ConfigState};
+
+/// What the counts strip shows.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AgentCounts {
+    pub total: usize,
+    pub pending: usize,
+    pub enabled: usize,
+    pub disabled: usize,
+    pub building: usize,
+    pub lost_contact: usize,
+}
+
+impl AgentCounts {
+    pub fn of(agents: &[Agent]) -> Self {
+        let mut counts = AgentCounts {
+            total: agents.len(),
+            ..Default::default()
+        };
+        for agent in agents {
+            match agent.agent_config_state {
+                ConfigState::Pending => counts.pending += 1,
+                ConfigState::Enabled => counts.enabled += 1,
+                ConfigState::Disabled => counts.disabled += 1,
+            }
+            match agent.agent_state {
+                AgentState::Building => counts.building += 1,
+                AgentState::LostContact => counts.lost_contact += 1,
+                _ => {}
+            }
+        }
+        counts
+    }
+}
+
+/// The whole page body. `queued` is the scheduler's pending count.
+pub fn agents_page(agents: &[Agent], queued: u64) -> Markup {
+    html! {
+        div sse-connect="/agents/events" {
+            div.page-title {
+                h1 { "Agents" }
+            }
+            section.card.toolbar {
+                div.actions {
+                    (action_button("delete", "Delete", "btn danger", ""))
+                    (action_button("enable", "Enable", "btn", ""))
+                    (action_button("disable", "Disable", "btn", ""))
+                    span.selected-count #selected-count { "0 selected" }
+                }
+                div.list-editor {
+                    label for="edit-resources" { "Resources" }
+                    input #edit-resources type="text" name="resources" placeholder="e.g. linux, docker" autocomplete="off";
+                    (action_button("add_resources", "Add", "btn small", "#edit-resources"))
+                    (action_button("remove_resources", "Remove", "btn small", "#edit-resources"))
+                    label for="edit-environments" { "Environments" }
+                    input #edit-environments type="text" name="environments" placeholder="e.g. production" autocomplete="off";
+                    (action_button("add_environments", "Add", "btn small", "#edit-environments"))
+                    (action_button("remove_environments", "Remove", "btn small", "#edit-environments"))
+                }
+                div.summary {
+                    div #agent-counts sse-swap="counts" { (counts(&AgentCounts::of(agents))) }
+                    span.count {
+                        "Queued jobs: " span #queued-count sse-swap="queued" { (queued) }
+                    }
+                    input #agent-filter type="search" placeholder="Filter agents" aria-label="Filter agents"
+                        autocomplete="off";
+                }
+                div #flash role="status" aria-live="polite" {}
+            }
+            section.card.table-card {
+                table #agents-table {
+                    thead {
+                        tr {
+                            th.select { input #select-all type="checkbox" aria-label="Select all shown agents"; }
+                            (sort_header("hostname", "Agent name", false))
+                            (sort_header("sandbox", "Sandbox", false))
+                            (sort_header("os", "OS", false))
+                            (sort_header("ip", "IP address", false))
+                            (sort_header("status", "Status", false))
+                            (sort_header("free_space", "Free space", true))
+                            (sort_header("resources", "Resources", false))
+                            (sort_header("environments", "Environments", false))
+                        }
+                    }
+                    tbody #agents-body sse-swap="agents" hx-swap="innerHTML" {
+                        (rows(agents))
+                    }
+                }
+                @if agents.is_empty() {
+                    p.empty-hint {
+                        "No agents yet. Start one with " code { "ferrocd agent --server URL" }
+                        " or register one through " code { "POST /api/agents/register" } "."
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The checked agents a bulk action applies to: those shown (a filter hides the rest).
+const SELECTED: &str = "#agents-body tr:not([hidden]) .agent-select:checked";
+
+/// A toolbar button that posts `action` for the selected agents (plus `also`, an input).
+fn action_button(action: &str, label: &str, class: &str, also: &str) -> Markup {
+    let include = if also.is_empty() {
+        SELECTED.to_string()
+    } else {
+        format!("{SELECTED}, {also}")
+    };
+    html! {
+        button class=(class) type="button" data-needs-selection disabled
+            hx-post="/agents/actions" hx-vals=(format!(r#"{{"action": "{action}"}}"#))
+            hx-include=(include) hx-target="#flash" { (label) }
+    }
+}
+
+fn sort_header(key: &str, label: &str, numeric: bool) -> Markup {
+    html! {
+        th data-sort-key=(key) data-sort-type=(if numeric { "number" } else { "text" }) {
+            button.sort type="button" { (label) span.sort-mark {} }
+        }
+    }
+}
+
+/// The counts strip (event `counts`).
+pub fn counts(c: &AgentCounts) -> Markup {
+    html! {
+        span.count data-count="total" { "Total: " b { (c.total) } }
+        span.count data-count="pending" { "Pending: " b { (c.pending) } }
+        span.count.enabled data-count="enabled" { "Enabled: " b { (c.enabled) } }
+        span.count.disabled data-count="disabled" { "Disabled: " b { (c.disabled) } }
+        span.count.building data-count="building" { "Building: " b { (c.building) } }
+        span.count.lost data-count="lost_contact" { "Lost contact: " b { (c.lost_contact) } }
+    }
+}
+
+/// Every row (event `agents`, swapped as the inner HTML of the table body).
+pub fn rows(agents: &[Agent]) -> Markup {
+    html! { @for agent in agents { (row(agent)) } }
+}
+
+/// What the status column says, and the class that colours it.
+fn status(agent: &Agent) -> (&'static str, &'static str) {
+    match (agent.agent_config_state, agent.agent_state) {
+        (ConfigState::Pending, _) => ("Pending", "pending"),
+        (ConfigState::Disabled, AgentState::Building) => ("Disabled (Building)", "disabled"),
+        (ConfigState::Disabled, _) => ("Disabled", "disabled"),
+        (ConfigState::Enabled, AgentState::Idle) => ("Idle", "idle"),
+        (ConfigState::Enabled, AgentState::Building) => ("Building", "building"),
+        (ConfigState::Enabled, AgentState::LostContact) => ("Lost Contact", "lost-contact"),
+        (ConfigState::Enabled, AgentState::Missing) => ("Missing", "missing"),
+        (ConfigState::Enabled, AgentState::Unknown) => ("Unknown", "unknown"),
+    }
+}
+
+/// One agent's row (event `agent-{uuid}`, swapped in place of the row with that id).
+pub fn row(agent: &Agent) -> Markup {
+    let (status_text, status_class) = status(agent);
+    let resources = agent.resources.join(", ");
+    let environments = agent.environments.join(", ");
+    let filter_text = [
+        agent.hostname.as_str(),
+        &agent.ip_address,
+        &agent.operating_system,
+        &agent.sandbox,
+        &resources,
+        &environments,
+        status_text,
+    ]
+    .join(" ")
+    .to_lowercase();
+    html! {
+        tr id={ "agent-" (agent.uuid) } .agent-row
+            data-uuid=(agent.uuid)
+            data-agent-state=(agent.agent_state)
+            data-config-state=(agent.agent_config_state)
+            data-filter=(filter_text)
+            sse-swap={ "agent-" (agent.uuid) } hx-swap="outerHTML" {
+            td.select {
+                input.agent-select type="checkbox" name="uuid" value=(agent.uuid)
+                    aria-label={ "Select " (agent.hostname) };
+            }
+            td data-col="hostname" data-sort=(agent.hostname.to_lowercase()) {
+                span.hostname title=(agent.uuid) { (agent.hostname) }
+            }
+            td data-col="sandbox" { (agent.sandbox) }
+            td data-col="os" { (agent.operating_system) }
+            td data-col="ip" { (agent.ip_address) }
+            td data-col="status" data-sort=(status_text) {
+                span class={ "status status-" (status_class) } { (status_text) }
+                @if agent.agent_config_state == ConfigState::Pending {
+                    " "
+                    button.btn.small.approve type="button" hx-post="/agents/actions"
+                        hx-vals=(format!(r#"{{"action": "enable", "uuid": "{}"}}"#, agent.uuid))
+                        hx-target="#flash" { "Approve" }
+                }
+            }
+            td data-col="free_space" data-sort=(agent.free_space.unwrap_or(-1)) { (free_space(agent.free_space)) }
+            td data-col="resources" { (names_or_none(&resources)) }
+            td data-col="environments" { (names_or_none(&environments)) }
+        }
+    }
+}
+
+fn names_or_none(joined: &str) -> Markup {
+    if joined.is_empty() {
+        html! { span.none { "none specified" } }
+    } else {
+        html! { (joined) }
+    }
+}
+
+/// Bytes in GoCD's style: "108.8 GB".
+pub fn free_space(bytes: Option<i64>) -> String {
+    let Some(bytes) = bytes else {
+        return "Unknown".to_string();
+    };
+    const UNITS: [&str; 5] = ["bytes", "KB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The answer to a page action: what was done, and each agent that was refused and why.
+pub fn action_result(done: &str, refused: &[(String, String)]) -> Markup {
+    html! {
+        @if !done.is_empty() {
+            p.flash.ok { (done) }
+        }
+        @if !refused.is_empty() {
+            div.flash.refused {
+                p { "Refused " (refused.len()) " agent(s):" }
+                ul {
+                    @for (who, why) in refused {
+                        li { b { (who) } ": " (why) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_space_reads_like_gocd() {
+        assert_eq!(free_space(None), "Unknown");
+        assert_eq!(free_space(Some(512)), "512 bytes");
+        assert_eq!(free_space(Some(116_823_110_451)), "108.8 GB");
+    }
+}

@@ -1,0 +1,306 @@
+//! The harness: a real server on a free port with a fresh database per test, and an SSE
+//! reader that parses the stream as `curl -N` shows it (`event:`, `id:`, `data:` lines).
+
+use std::time::Duration;
+
+use ferrocd::config::Config;
+use ferrocd::{AppState, Application};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Long enough for a loaded CI machine; conditions are polled, never slept for.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    shutdown: CancellationToken,
+    _data: TempDir,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut config = Config::for_data_dir(data.path());
+    configure(&mut config);
+    let app = Application::build(config).await.expect("the server builds");
+    let base = format!("http://{}", app.local_addr());
+    let state = app.state();
+    let shutdown = app.shutdown_token();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        state,
+        shutdown,
+        _data: data,
+    }
+}
+
+/// An agent as registration returned it.
+pub struct Registered {
+    pub uuid: String,
+    pub token: String,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> (u16, Value) {
+        let response = self
+            .client
+            .request(method, self.url(path))
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn register_with(&self, body: Value, key: Option<&str>) -> (u16, Value) {
+        let mut request = self
+            .client
+            .post(self.url("/api/agents/register"))
+            .body(body.to_string());
+        if let Some(key) = key {
+            request = request.header("X-Agent-Registration-Key", key);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Registers a Pending agent called `hostname`.
+    pub async fn register(&self, hostname: &str) -> Registered {
+        let (status, body) = self
+            .register_with(
+                json!({"hostname": hostname, "ip_address": "10.0.0.7", "operating_system": "Linux",
+                       "sandbox": "/var/lib/agent", "free_space": 1_000_000_000u64,
+                       "resources": ["linux"], "agent_version": "test"}),
+                None,
+            )
+            .await;
+        assert_eq!(status, 201, "registration failed: {body}");
+        Registered {
+            uuid: body["uuid"].as_str().unwrap().to_string(),
+            token: body["token"].as_str().unwrap().to_string(),
+        }
+    }
+
+    /// Registers an agent and enables it.
+    pub async fn register_enabled(&self, hostname: &str) -> Registered {
+        let agent = self.register(hostname).await;
+        let (status, body) = self
+            .put(&format!("/api/agents/{}/enable", agent.uuid))
+            .await;
+        assert_eq!(status, 200, "enable failed: {body}");
+        agent
+    }
+
+    pub async fn put(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .put(self.url(path))
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn ping(&self, agent: &Registered, token: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .client
+            .post(self.url(&format!("/api/agents/{}/ping", agent.uuid)))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn agent(&self, uuid: &str) -> Value {
+        let (status, body) = self.get_json(&format!("/api/agents/{uuid}")).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    pub async fn subscribe(&self, path: &str) -> SseClient {
+        SseClient::connect(&self.url(path), None).await
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: String,
+    pub data: String,
+}
+
+/// Reads a `text/event-stream` response line by line, as the SSE spec parses it.
+pub struct SseClient {
+    events: mpsc::UnboundedReceiver<SseEvent>,
+    pub comments: mpsc::UnboundedReceiver<String>,
+    pub content_type: String,
+    pub cache_control: String,
+}
+
+impl SseClient {
+    pub async fn connect(url: &str, last_event_id: Option<&str>) -> SseClient {
+        let mut request = reqwest::Client::new()
+            .get(url)
+            .header("Accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await.expect("stream request");
+        assert_eq!(
+            response.status(),
+            200,
+            "stream {url} answered {}",
+            response.status()
+        );
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let content_type = header("content-type");
+        let cache_control = header("cache-control");
+        let (tx, events) = mpsc::unbounded_channel();
+        let (comment_tx, comments) = mpsc::unbounded_channel();
+        let mut body = response.bytes_stream();
+        tokio::spawn(async move {
+            let mut buffer: Vec<u8> = Vec::new();
+            let mut current = SseEvent::default();
+            let mut has_data = false;
+            while let Some(Ok(chunk)) = body.next().await {
+                buffer.extend_from_slice(&chunk);
+                while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buffer.drain(..=end).collect();
+                    let line = String::from_utf8_lossy(&line[..line.len() - 1]).to_string();
+                    let line = line.strip_suffix('\r').unwrap_or(&line).to_string();
+                    if line.is_empty() {
+                        if has_data && tx.send(std::mem::take(&mut current)).is_err() {
+                            return;
+                        }
+                        current = SseEvent {
+                            id: String::new(),
+                            ..Default::default()
+                        };
+                        has_data = false;
+                    } else if let Some(comment) = line.strip_prefix(':') {
+                        let _ = comment_tx.send(comment.trim().to_string());
+                    } else {
+                        let (field, value) = line.split_once(':').unwrap_or((&line, ""));
+                        let value = value.strip_prefix(' ').unwrap_or(value);
+                        match field {
+                            "event" => current.event = value.to_string(),
+                            "id" => current.id = value.to_string(),
+                            "data" => {
+                                if has_data {
+                                    current.data.push('\n');
+                                }
+                                current.data.push_str(value);
+                                has_data = true;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        });
+        SseClient {
+            events,
+            comments,
+            content_type,
+            cache_control,
+        }
+    }
+
+    /// The next event, or `None` once the stream has ended.
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        tokio::time::timeout(DEADLINE, self.events.recv())
+            .await
+            .expect("no event within the deadline")
+    }
+
+    /// Reads events until one satisfies `matches`; panics at the deadline.
+    pub async fn wait_for(&mut self, what: &str, matches: impl Fn(&SseEvent) -> bool) -> SseEvent {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(remaining, self.events.recv()).await {
+                Ok(Some(event)) if matches(&event) => return event,
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("stream ended while waiting for {what}"),
+                Err(_) => panic!("no {what} within {DEADLINE:?}"),
+            }
+        }
+    }
+
+    /// Events already received, without waiting.
+    pub fn drain(&mut self) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        while let Ok(event) = self.events.try_recv() {
+            out.push(event);
+        }
+        out
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics at the deadline.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("{what}: not within {DEADLINE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
