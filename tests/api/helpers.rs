@@ -270,7 +270,14 @@ impl SseClient {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             match tokio::time::timeout(remaining, self.events.recv()).await {
                 Ok(Some(event)) if matches(&event) => return event,
-                Ok(Some(_)) => continue,
+                Ok(Some(other)) => {
+                    // SSE_DEBUG=1 shows what a waiting test passed over.
+                    if std::env::var("SSE_DEBUG").is_ok() {
+                        let head: String = other.data.chars().take(150).collect();
+                        eprintln!("skipped {}: {head}", other.event);
+                    }
+                    continue;
+                }
                 Ok(None) => panic!("stream ended while waiting for {what}"),
                 Err(_) => panic!("no {what} within {DEADLINE:?}"),
             }

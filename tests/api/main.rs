@@ -2,3 +2,6 @@
 
 mod agents_api;
 mod helpers;
+mod lifecycle;
+mod registration;
+mod streams;

@@ -1,0 +1,138 @@
+//! Starting, stopping and restarting the server.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferrocd::Application;
+use ferrocd::config::Config;
+
+use crate::helpers::*;
+
+/// Runs the real binary on a free port, returns it and the address it printed.
+fn start_binary(data_dir: &std::path::Path) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrocd"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the ferrocd binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(at) = line.find("http://127.0.0.1:") {
+                let addr: String = line[at..]
+                    .chars()
+                    .take_while(|c| !c.is_whitespace())
+                    .collect();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(DEADLINE)
+        .expect("the server prints its address");
+    (child, addr)
+}
+
+#[tokio::test]
+async fn sigterm_with_streams_open_exits_promptly() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut child, base) = start_binary(data.path());
+    let mut page_stream = SseClient::connect(&format!("{base}/agents/events"), None).await;
+    let mut api_stream =
+        SseClient::connect(&format!("{base}/api/events?topics=agents:updates"), None).await;
+    page_stream
+        .wait_for("the initial state", |e| e.event == "agents")
+        .await;
+    api_stream.wait_for("ready", |e| e.event == "ready").await;
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("open event streams held the server up for {DEADLINE:?} after SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "exit status {exit}");
+    // Both streams were ended by the server, not left hanging (events already sent may come
+    // first; `next` panics if the stream neither ends nor sends within the deadline).
+    while page_stream.next().await.is_some() {}
+    while api_stream.next().await.is_some() {}
+}
+
+#[tokio::test]
+async fn an_agent_not_heard_from_since_a_restart_is_missing() {
+    let data = tempfile::tempdir().unwrap();
+    let first = Application::build(Config::for_data_dir(data.path()))
+        .await
+        .unwrap();
+    let base = format!("http://{}", first.local_addr());
+    let stop = first.shutdown_token();
+    let running = tokio::spawn(first.run_until_stopped());
+    let client = reqwest::Client::new();
+    let registered: serde_json::Value = client
+        .post(format!("{base}/api/agents/register"))
+        .body(r#"{"hostname": "survivor"}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let uuid = registered["uuid"].as_str().unwrap().to_string();
+    let token = registered["token"].as_str().unwrap().to_string();
+    stop.cancel();
+    running.await.unwrap().unwrap();
+
+    // Same data directory, new process: the agent is remembered, but Missing.
+    let second = Application::build(Config::for_data_dir(data.path()))
+        .await
+        .unwrap();
+    let base = format!("http://{}", second.local_addr());
+    let stop = second.shutdown_token();
+    tokio::spawn(second.run_until_stopped());
+    let agent: serde_json::Value = client
+        .get(format!("{base}/api/agents/{uuid}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(agent["hostname"], "survivor");
+    assert_eq!(agent["agent_state"], "Missing");
+
+    // Its old token still works, and contact ends Missing.
+    let ping = client
+        .post(format!("{base}/api/agents/{uuid}/ping"))
+        .bearer_auth(&token)
+        .body(r#"{"agent_state": "Idle"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ping.status(), 200);
+    let agent: serde_json::Value = client
+        .get(format!("{base}/api/agents/{uuid}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(agent["agent_state"], "Idle");
+    stop.cancel();
+}

@@ -1,0 +1,380 @@
+//! The event streams, read as `curl -N` shows them.
+
+use std::time::Duration;
+
+use ferrocd::events::{DomainEvent, Topic};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+fn row_event(uuid: &str) -> String {
+    format!("agent-{uuid}")
+}
+
+#[tokio::test]
+async fn agents_stream_starts_with_the_current_state() {
+    let app = spawn_app().await;
+    let agent = app.register("state-first").await;
+    let mut stream = app.subscribe("/agents/events").await;
+    assert_eq!(stream.content_type, "text/event-stream");
+    assert_eq!(stream.cache_control, "no-cache");
+
+    let mut first = Vec::new();
+    for _ in 0..3 {
+        first.push(stream.next().await.expect("an event"));
+    }
+    let names: Vec<&str> = first.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(names, ["agents", "counts", "queued"]);
+    assert_eq!(first[2].data, "0");
+    assert!(
+        first.iter().all(|e| !e.id.is_empty()),
+        "every event has an id"
+    );
+    // The registration made just before connecting is in that state, or follows it: never lost.
+    let row = format!("id=\"agent-{}\"", agent.uuid);
+    if !first[0].data.contains(&row) {
+        stream
+            .wait_for("the registered agent", |e| {
+                e.event == "agents" && e.data.contains(&row)
+            })
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn two_subscribers_both_see_a_change_made_through_the_api() {
+    let app = spawn_app().await;
+    let agent = app.register_enabled("two-viewers").await;
+    let mut one = app.subscribe("/agents/events").await;
+    let mut two = app.subscribe("/agents/events").await;
+    // The table that shows the agent Enabled (the state, or the change right after it).
+    let shown =
+        |e: &SseEvent| e.event == "agents" && e.data.contains("data-config-state=\"Enabled\"");
+    one.wait_for("the agent in the table", shown).await;
+    two.wait_for("the agent in the table", shown).await;
+
+    let (status, _) = app
+        .put(&format!("/api/agents/{}/disable", agent.uuid))
+        .await;
+    assert_eq!(status, 200);
+
+    for stream in [&mut one, &mut two] {
+        let row = stream
+            .wait_for("the disabled row", |e| e.event == row_event(&agent.uuid))
+            .await;
+        assert!(
+            row.data.starts_with(&format!(
+                "<tr class=\"agent-row\" id=\"agent-{}\"",
+                agent.uuid
+            )),
+            "{}",
+            row.data
+        );
+        assert!(
+            row.data.contains("data-config-state=\"Disabled\""),
+            "{}",
+            row.data
+        );
+        let counts = stream.wait_for("the counts", |e| e.event == "counts").await;
+        assert!(
+            counts.data.contains("Disabled: <b>1</b>"),
+            "{}",
+            counts.data
+        );
+    }
+}
+
+#[tokio::test]
+async fn adding_or_removing_an_agent_sends_the_whole_table() {
+    let app = spawn_app().await;
+    let mut stream = app.subscribe("/agents/events").await;
+    stream
+        .wait_for("initial table", |e| e.event == "agents")
+        .await;
+
+    let agent = app.register("newcomer").await;
+    let table = stream
+        .wait_for("the table with the newcomer", |e| e.event == "agents")
+        .await;
+    assert!(table.data.contains(&format!("id=\"agent-{}\"", agent.uuid)));
+
+    app.put(&format!("/api/agents/{}/disable", agent.uuid))
+        .await;
+    let (status, body) = app
+        .send_json(
+            Method::DELETE,
+            &format!("/api/agents/{}", agent.uuid),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let table = stream
+        .wait_for("the table without the newcomer", |e| {
+            e.event == "agents" && !e.data.contains(&agent.uuid)
+        })
+        .await;
+    assert!(!table.data.contains("newcomer"));
+}
+
+#[tokio::test]
+async fn lost_contact_is_published_without_any_request() {
+    let app = spawn_app_with(|config| config.lost_contact_after = Duration::from_secs(1)).await;
+    let agent = app.register_enabled("goes-quiet").await;
+    let mut stream = app.subscribe("/agents/events").await;
+    // No further request from here on: the server notices the silence by itself.
+    let row = stream
+        .wait_for("LostContact", |e| {
+            e.event == row_event(&agent.uuid) && e.data.contains("data-agent-state=\"LostContact\"")
+        })
+        .await;
+    assert!(row.data.contains("Lost Contact"), "{}", row.data);
+    assert_eq!(app.agent(&agent.uuid).await["agent_state"], "LostContact");
+
+    // A ping is contact regained.
+    let (status, _) = app
+        .ping(&agent, &agent.token, json!({"agent_state": "Idle"}))
+        .await;
+    assert_eq!(status, 200);
+    stream
+        .wait_for("contact regained", |e| {
+            e.event == row_event(&agent.uuid) && e.data.contains("data-agent-state=\"Idle\"")
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_burst_of_changes_ends_with_the_final_state_on_every_subscriber() {
+    let app = spawn_app().await;
+    let agent = app.register_enabled("burst").await;
+    let mut one = app.subscribe("/agents/events").await;
+    let mut two = app.subscribe("/agents/events").await;
+    // The table that shows the agent Enabled (the state, or the change right after it).
+    let shown =
+        |e: &SseEvent| e.event == "agents" && e.data.contains("data-config-state=\"Enabled\"");
+    one.wait_for("the agent in the table", shown).await;
+    two.wait_for("the agent in the table", shown).await;
+
+    let path = format!("/api/agents/{}", agent.uuid);
+    let writes = (0..40).map(|i| {
+        let app = &app;
+        let path = path.clone();
+        async move {
+            let (status, body) = app
+                .send_json(
+                    Method::PATCH,
+                    &path,
+                    json!({"resources": format!("burst-{i}")}),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    });
+    // Sequential, as fast as the server takes them: the last write is burst-39.
+    for write in writes {
+        write.await;
+    }
+    for stream in [&mut one, &mut two] {
+        let last = stream
+            .wait_for("the final state", |e| {
+                e.event == row_event(&agent.uuid) && e.data.contains("burst-39")
+            })
+            .await;
+        assert!(last.data.contains(">burst-39<"), "{}", last.data);
+        // Nothing older may arrive after the final state.
+        let later: Vec<_> = stream
+            .drain()
+            .into_iter()
+            .filter(|e| e.event == row_event(&agent.uuid))
+            .collect();
+        assert!(
+            later.iter().all(|e| e.data.contains("burst-39")),
+            "stale rows after the final one: {later:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_hostname_with_markup_and_a_carriage_return_is_escaped_and_the_stream_survives() {
+    let app = spawn_app().await;
+    let mut stream = app.subscribe("/agents/events").await;
+    stream
+        .wait_for("initial table", |e| e.event == "agents")
+        .await;
+
+    let (status, body) = app
+        .register_with(
+            json!({"hostname": "evil<script>alert(1)</script>\rline"}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let uuid = body["uuid"].as_str().unwrap().to_string();
+    let table = stream
+        .wait_for("the table", |e| {
+            e.event == "agents" && e.data.contains(&uuid)
+        })
+        .await;
+    assert!(
+        table
+            .data
+            .contains("evil&lt;script&gt;alert(1)&lt;/script&gt;&#13;line"),
+        "{}",
+        table.data
+    );
+    assert!(!table.data.contains("<script>"));
+
+    // The stream goes on: a later change still arrives.
+    app.put(&format!("/api/agents/{uuid}/enable")).await;
+    stream
+        .wait_for("a later row", |e| {
+            e.event == row_event(&uuid) && e.data.contains("data-config-state=\"Enabled\"")
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn the_queued_count_follows_the_scheduler() {
+    let app = spawn_app().await;
+    let mut stream = app.subscribe("/agents/events").await;
+    stream
+        .wait_for("initial queued count", |e| {
+            e.event == "queued" && e.data == "0"
+        })
+        .await;
+    app.state.hub.publish(
+        &Topic::SchedulerUpdates,
+        DomainEvent::PendingCount { count: 5 },
+    );
+    stream
+        .wait_for("queued 5", |e| e.event == "queued" && e.data == "5")
+        .await;
+
+    // The page rendered after that shows it too.
+    let html = app
+        .client
+        .get(app.url("/agents"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains(r#"<span id="queued-count" sse-swap="queued">5</span>"#),
+        "{html}"
+    );
+}
+
+async fn next_domain_event(stream: &mut SseClient) -> (String, Value) {
+    let event = stream.next().await.expect("an event");
+    let data = serde_json::from_str(&event.data).expect("JSON data");
+    (event.event, data)
+}
+
+#[tokio::test]
+async fn api_events_carries_the_five_agent_events_one_per_write() {
+    let app = spawn_app().await;
+    let mut stream = app.subscribe("/go/api/events?topics=agents:updates").await;
+    let (name, data) = next_domain_event(&mut stream).await;
+    assert_eq!(
+        (name.as_str(), data),
+        ("ready", json!({"topics": ["agents:updates"]}))
+    );
+
+    let agent = app.register("events").await;
+    let (name, data) = next_domain_event(&mut stream).await;
+    assert_eq!(name, "agent_registered");
+    assert_eq!(data["uuid"], agent.uuid.as_str());
+    assert_eq!(data["agent_config_state"], "Pending");
+
+    let path = format!("/api/agents/{}", agent.uuid);
+    // A write that changes nothing publishes nothing: the next event is the real change.
+    app.send_json(Method::PATCH, &path, json!({"hostname": "events"}))
+        .await;
+    app.send_json(Method::PATCH, &path, json!({"hostname": "renamed"}))
+        .await;
+    let (name, data) = next_domain_event(&mut stream).await;
+    assert_eq!(
+        (name.as_str(), data["hostname"].as_str()),
+        ("agent_updated", Some("renamed"))
+    );
+
+    app.put(&format!("{path}/enable")).await;
+    let (name, data) = next_domain_event(&mut stream).await;
+    assert_eq!(
+        (name.as_str(), data["agent_config_state"].as_str()),
+        ("agent_enabled", Some("Enabled"))
+    );
+
+    app.put(&format!("{path}/disable")).await;
+    let (name, _) = next_domain_event(&mut stream).await;
+    assert_eq!(name, "agent_disabled");
+
+    let (status, _) = app.send_json(Method::DELETE, &path, json!({})).await;
+    assert_eq!(status, 200);
+    let (name, data) = next_domain_event(&mut stream).await;
+    assert_eq!(
+        (name.as_str(), data["uuid"].as_str()),
+        ("agent_deleted", Some(agent.uuid.as_str()))
+    );
+}
+
+#[tokio::test]
+async fn api_events_carries_the_pending_count() {
+    let app = spawn_app().await;
+    let mut stream = app
+        .subscribe("/api/events?topics=scheduler:updates,agents:updates")
+        .await;
+    let (name, _) = next_domain_event(&mut stream).await;
+    assert_eq!(name, "ready");
+    app.state.hub.publish(
+        &Topic::SchedulerUpdates,
+        DomainEvent::PendingCount { count: 2 },
+    );
+    let (name, data) = next_domain_event(&mut stream).await;
+    assert_eq!(
+        (name.as_str(), data),
+        ("pending_count", json!({"count": 2}))
+    );
+}
+
+#[tokio::test]
+async fn api_events_rejects_unknown_or_missing_topics() {
+    let app = spawn_app().await;
+    let (status, body) = app.get_json("/api/events?topics=agents:updates,nope").await;
+    assert_eq!(status, 422);
+    assert!(body["message"].as_str().unwrap().contains("nope"), "{body}");
+    let (status, body) = app.get_json("/api/events").await;
+    assert_eq!(status, 422);
+    assert!(
+        body["message"].as_str().unwrap().contains("topics"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_ping_that_changes_nothing_shown_publishes_nothing() {
+    let app = spawn_app().await;
+    let agent = app.register_enabled("quiet-pinger").await;
+    let mut stream = app.subscribe("/api/events?topics=agents:updates").await;
+    next_domain_event(&mut stream).await; // ready
+    // Same state, new free space: stored silently.
+    let (status, body) = app
+        .ping(
+            &agent,
+            &agent.token,
+            json!({"agent_state": "Idle", "free_space": 42}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(app.agent(&agent.uuid).await["free_space"], 42);
+    // A state change is published, and it is the first event after the silent ping.
+    app.ping(&agent, &agent.token, json!({"agent_state": "Building"}))
+        .await;
+    let (name, data) = next_domain_event(&mut stream).await;
+    assert_eq!(
+        (name.as_str(), data["agent_state"].as_str()),
+        ("agent_updated", Some("Building"))
+    );
+}
