@@ -41,6 +41,11 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../../assets/agents.js"),
     },
     Asset {
+        name: "live.js",
+        content_type: "text/javascript",
+        body: include_bytes!("../../assets/live.js"),
+    },
+    Asset {
         name: "favicon.svg",
         content_type: "image/svg+xml",
         body: include_bytes!("../../assets/favicon.svg"),

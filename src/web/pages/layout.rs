@@ -23,6 +23,7 @@ pub fn page(title: &str, section: Section, scripts: &[&str], body: Markup) -> Ma
                 link rel="stylesheet" href=(assets::url("app.css"));
                 script src=(assets::url("htmx.min.js")) {}
                 script src=(assets::url("htmx-ext-sse.min.js")) {}
+                script src=(assets::url("live.js")) {}
                 @for script in scripts {
                     script src=(assets::url(script)) defer {}
                 }
@@ -33,7 +34,8 @@ pub fn page(title: &str, section: Section, scripts: &[&str], body: Markup) -> Ma
                     nav {
                         a href="/agents" class=[(section == Section::Agents).then_some("active")] { "Agents" }
                     }
-                    span.live-badge title="This page updates itself as things change" { "live" }
+                    span.live-badge #live-badge data-state="connecting"
+                        title="This page updates itself as things change" { "connecting" }
                 }
                 main.page { (body) }
             }

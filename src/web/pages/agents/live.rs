@@ -42,22 +42,16 @@ impl AgentsView {
 struct Dirty {
     table: bool,
     rows: HashSet<Uuid>,
-    counts: bool,
     queued: bool,
 }
 
 impl Dirty {
     fn everything() -> Self {
-        Dirty {
-            table: true,
-            rows: HashSet::new(),
-            counts: true,
-            queued: true,
-        }
+        Dirty { table: true, rows: HashSet::new(), queued: true }
     }
 
     fn any(&self) -> bool {
-        self.table || !self.rows.is_empty() || self.counts || self.queued
+        self.table || !self.rows.is_empty() || self.queued
     }
 
     fn agent_event(&mut self, event: &DomainEvent) {
@@ -71,7 +65,6 @@ impl Dirty {
             }
             DomainEvent::PendingCount { .. } => self.queued = true,
         }
-        self.counts = true;
     }
 }
 
@@ -132,6 +125,8 @@ pub fn spawn(agents: Agents, hub: &Hub, shutdown: CancellationToken) -> Arc<Agen
 struct Renderer {
     table: Option<Bytes>,
     counts: Option<Bytes>,
+    /// The counts last sent: a change that leaves them as they were sends no `counts`.
+    last_counts: Option<AgentCounts>,
     queued: Option<Bytes>,
 }
 
@@ -144,7 +139,7 @@ impl Renderer {
     ) -> crate::error::Result<()> {
         let live = &view.live;
         let mut changes = Vec::new();
-        if dirty.table || !dirty.rows.is_empty() || dirty.counts || self.table.is_none() {
+        if dirty.table || !dirty.rows.is_empty() || self.table.is_none() {
             // One query per render, however many rows changed or viewers watch.
             let list = agents.list().await?;
             let table = frame("agents", &live.next_id(), &fragment(fragments::rows(&list)));
@@ -165,15 +160,13 @@ impl Renderer {
                 }
             }
             self.table = Some(table);
-            let counts = frame(
-                "counts",
-                &live.next_id(),
-                &fragment(fragments::counts(&AgentCounts::of(&list))),
-            );
-            if dirty.counts {
-                changes.push(counts.clone());
+            let counts = AgentCounts::of(&list);
+            if self.last_counts != Some(counts) {
+                let frame = frame("counts", &live.next_id(), &fragment(fragments::counts(&counts)));
+                changes.push(frame.clone());
+                self.counts = Some(frame);
+                self.last_counts = Some(counts);
             }
-            self.counts = Some(counts);
         }
         if dirty.queued || self.queued.is_none() {
             let queued = frame("queued", &live.next_id(), &view.queued().to_string());
