@@ -4,8 +4,6 @@
 //! publishes exactly one event per changed agent on `agents:updates` (none when nothing
 //! shown changed).
 
-use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,29 +45,6 @@ pub enum BuildState {
     Unknown,
 }
 
-macro_rules! text_enum {
-    ($ty:ident { $($variant:ident),+ }) => {
-        impl $ty {
-            pub fn as_str(self) -> &'static str {
-                match self { $($ty::$variant => stringify!($variant)),+ }
-            }
-        }
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
-        }
-        /// Case-insensitive, as GoCD accepts `enabled` as well as `Enabled`.
-        impl FromStr for $ty {
-            type Err = String;
-            fn from_str(s: &str) -> std::result::Result<Self, String> {
-                $(if s.eq_ignore_ascii_case(stringify!($variant)) { return Ok($ty::$variant); })+
-                Err(format!(
-                    "{s:?} is not one of {}",
-                    [$(stringify!($variant)),+].join(", ")
-                ))
-            }
-        }
-    };
-}
 text_enum!(ConfigState {
     Pending,
     Enabled,
@@ -106,6 +81,17 @@ pub struct Agent {
     pub resources: Vec<String>,
     #[serde(serialize_with = "environments_json")]
     pub environments: Vec<String>,
+    /// The run it holds, only while it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_details: Option<BuildDetails>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BuildDetails {
+    pub pipeline_name: String,
+    pub stage_name: String,
+    pub job_name: String,
+    pub build_id: i64,
 }
 
 impl Agent {
@@ -163,6 +149,10 @@ struct AgentRow {
     agent_state: String,
     resources: Json<Vec<String>>,
     environments: Json<Vec<String>>,
+    build_id: Option<i64>,
+    build_pipeline: Option<String>,
+    build_stage: Option<String>,
+    build_job: Option<String>,
 }
 
 impl TryFrom<AgentRow> for Agent {
@@ -190,19 +180,38 @@ impl TryFrom<AgentRow> for Agent {
             agent_version: row.agent_version,
             resources: row.resources.0,
             environments: row.environments.0,
+            build_details: match (
+                row.build_id,
+                row.build_pipeline,
+                row.build_stage,
+                row.build_job,
+            ) {
+                (Some(build_id), Some(pipeline_name), Some(stage_name), Some(job_name)) => {
+                    Some(BuildDetails {
+                        pipeline_name,
+                        stage_name,
+                        job_name,
+                        build_id,
+                    })
+                }
+                _ => None,
+            },
         })
     }
 }
 
-const SELECT_AGENT: &str = "SELECT uuid, hostname, ip_address, sandbox, operating_system, free_space, \
-     agent_version, agent_config_state, agent_state, resources, environments FROM agents";
+/// An agent with the run it holds (the newest not Completed), if any.
+const SELECT_AGENT: &str = "SELECT a.uuid, a.hostname, a.ip_address, a.sandbox, \
+     a.operating_system, a.free_space, a.agent_version, a.agent_config_state, a.agent_state, \
+     a.resources, a.environments, r.build_id AS build_id, r.pipeline_name AS build_pipeline, \
+     r.stage_name AS build_stage, r.job_name AS build_job \
+     FROM agents a LEFT JOIN job_runs r ON r.build_id = (SELECT MAX(j.build_id) FROM job_runs j \
+     WHERE j.agent_uuid = a.uuid AND j.state != 'Completed')";
 
-async fn fetch(conn: &mut SqliteConnection, uuid: Uuid) -> Result<Option<Agent>> {
-    let row: Option<AgentRow> = sqlx::query_as(
-        "SELECT uuid, hostname, ip_address, sandbox, operating_system, free_space, \
-         agent_version, agent_config_state, agent_state, resources, environments \
-         FROM agents WHERE uuid = ?",
-    )
+pub(crate) async fn fetch(conn: &mut SqliteConnection, uuid: Uuid) -> Result<Option<Agent>> {
+    let row: Option<AgentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECT_AGENT} WHERE a.uuid = ?"
+    )))
     .bind(uuid.to_string())
     .fetch_optional(conn)
     .await?;
@@ -303,7 +312,7 @@ impl Agents {
 
     pub async fn list(&self) -> Result<Vec<Agent>> {
         let rows: Vec<AgentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{SELECT_AGENT} ORDER BY hostname, uuid"
+            "{SELECT_AGENT} ORDER BY a.hostname, a.uuid"
         )))
         .fetch_all(&self.db.read)
         .await?;
@@ -409,6 +418,7 @@ impl Agents {
                 agent_version: registration.agent_version,
                 resources,
                 environments,
+                build_details: None,
             };
             sqlx::query(
                 "INSERT INTO agents (uuid, hostname, ip_address, sandbox, operating_system, \
@@ -456,8 +466,14 @@ impl Agents {
         let mut tx = self.db.write.begin().await?;
         let before = fetch(&mut tx, uuid).await?.ok_or_else(|| not_found(uuid))?;
         let mut agent = before.clone();
-        agent.agent_state = ping.agent_state;
-        agent.build_state = match ping.agent_state {
+        // While it holds a run it is Building, even if a ping raced the assignment.
+        let state = if before.build_details.is_some() {
+            AgentState::Building
+        } else {
+            ping.agent_state
+        };
+        agent.agent_state = state;
+        agent.build_state = match state {
             AgentState::Building => BuildState::Building,
             _ => BuildState::Idle,
         };
@@ -632,7 +648,7 @@ impl Agents {
     }
 
     /// Enabled agents heard from in this process but silent for `after` become LostContact.
-    pub async fn mark_lost_contact(&self, after: Duration) -> Result<()> {
+    pub async fn mark_lost_contact(&self, after: Duration) -> Result<Vec<Uuid>> {
         let cutoff = now_millis() - after.as_millis() as i64;
         let lost: Vec<String> = sqlx::query_scalar(
             "UPDATE agents SET agent_state = 'LostContact' \
@@ -642,17 +658,18 @@ impl Agents {
         .bind(cutoff)
         .fetch_all(&self.db.write)
         .await?;
-        for uuid in lost.iter().filter_map(|u| u.parse().ok()) {
+        let lost: Vec<Uuid> = lost.iter().filter_map(|u| u.parse().ok()).collect();
+        for &uuid in &lost {
             if let Ok(agent) = self.get(uuid).await {
                 self.hub
                     .publish(&Topic::AgentsUpdates, DomainEvent::AgentUpdated(agent));
             }
         }
-        Ok(())
+        Ok(lost)
     }
 
     /// One event for one write: enabled/disabled when the config state moved, else updated.
-    fn publish_change(&self, before: Option<&Agent>, after: &Agent) {
+    pub(crate) fn publish_change(&self, before: Option<&Agent>, after: &Agent) {
         let event = match before {
             None => DomainEvent::AgentRegistered(after.clone()),
             Some(before) if before.agent_config_state != after.agent_config_state => {
@@ -666,6 +683,51 @@ impl Agents {
         };
         self.hub.publish(&Topic::AgentsUpdates, event);
     }
+}
+
+/// Sets an agent's state inside another context's transaction (assignment, completion).
+/// Returns the agent before and after, for `Agents::publish_change` once committed; `None`
+/// when nothing shown changed.
+pub(crate) async fn set_agent_state(
+    conn: &mut SqliteConnection,
+    uuid: Uuid,
+    state: AgentState,
+) -> Result<Option<(Agent, Agent)>> {
+    let Some(before) = fetch(conn, uuid).await? else {
+        return Ok(None);
+    };
+    sqlx::query("UPDATE agents SET agent_state = ? WHERE uuid = ?")
+        .bind(state.as_str())
+        .bind(uuid.to_string())
+        .execute(&mut *conn)
+        .await?;
+    let after = fetch(conn, uuid).await?.ok_or_else(|| not_found(uuid))?;
+    Ok((before != after).then_some((before, after)))
+}
+
+/// A work request is contact: an agent that was Missing or LostContact is back, Idle.
+/// Returns the agent before and after.
+pub(crate) async fn record_work_request(
+    conn: &mut SqliteConnection,
+    uuid: Uuid,
+) -> Result<(Agent, Agent)> {
+    let before = fetch(conn, uuid).await?.ok_or_else(|| not_found(uuid))?;
+    touch(conn, uuid).await?;
+    // Asking for work means it is not building anything, unless it holds a run (which the
+    // scheduler sorts out).
+    let idle = match before.agent_state {
+        AgentState::Missing | AgentState::LostContact | AgentState::Unknown => true,
+        AgentState::Building => before.build_details.is_none(),
+        AgentState::Idle => false,
+    };
+    if idle {
+        sqlx::query("UPDATE agents SET agent_state = 'Idle' WHERE uuid = ?")
+            .bind(uuid.to_string())
+            .execute(&mut *conn)
+            .await?;
+    }
+    let after = fetch(conn, uuid).await?.ok_or_else(|| not_found(uuid))?;
+    Ok((before, after))
 }
 
 /// A registration, ping or work request is contact.

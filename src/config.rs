@@ -24,6 +24,30 @@ pub struct Cli {
 pub enum Command {
     /// Start the server (the default).
     Serve(ServeArgs),
+    /// Start an agent that registers, polls for work, runs tasks and streams their console.
+    Agent(AgentArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// The server's base URL, e.g. http://127.0.0.1:8153
+    #[arg(long, env = "FERROCD_SERVER")]
+    pub server: String,
+    /// The server's auto-register key: the agent starts Enabled instead of Pending.
+    #[arg(long, env = "FERROCD_AGENT_REGISTRATION_KEY")]
+    pub registration_key: Option<String>,
+    /// Where the agent keeps its identity (uuid and token) and its build sandboxes.
+    #[arg(long, env = "FERROCD_AGENT_WORK_DIR", default_value = "ferrocd-agent")]
+    pub work_dir: PathBuf,
+    /// Resources this agent offers, comma-separated (jobs needing them can run here).
+    #[arg(long, value_delimiter = ',')]
+    pub resources: Vec<String>,
+    /// Environments this agent belongs to, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub environments: Vec<String>,
+    /// The hostname to register with (default: this machine's).
+    #[arg(long)]
+    pub hostname: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

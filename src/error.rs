@@ -17,6 +17,9 @@ pub enum Error {
     Conflict(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A console append past the stored end: the agent must resend from `stored`.
+    #[error("the console holds {stored} bytes; send from there")]
+    ConsoleGap { stored: i64 },
     /// Well-formed, but a field is missing, of the wrong type or not allowed: 422.
     #[error("{0}")]
     Unprocessable(String),

@@ -11,7 +11,11 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+use bytes::Bytes;
+use uuid::Uuid;
+
 use crate::agents::Agent;
+use crate::job_runs::JobRun;
 
 /// How many events a slow subscriber may fall behind before it is told it lagged
 /// (and then gets fresh state instead of the missed events).
@@ -23,6 +27,10 @@ pub enum Topic {
     AgentsUpdates,
     /// `scheduler:updates`: the queue's pending count.
     SchedulerUpdates,
+    /// `agent_job_runs:{agent_uuid}`: runs assigned to one agent.
+    AgentJobRuns(Uuid),
+    /// `agent_job_run_console:{build_id}`: one run's console and state.
+    AgentJobRunConsole(i64),
 }
 
 impl fmt::Display for Topic {
@@ -30,6 +38,8 @@ impl fmt::Display for Topic {
         match self {
             Topic::AgentsUpdates => f.write_str("agents:updates"),
             Topic::SchedulerUpdates => f.write_str("scheduler:updates"),
+            Topic::AgentJobRuns(agent) => write!(f, "agent_job_runs:{agent}"),
+            Topic::AgentJobRunConsole(build_id) => write!(f, "agent_job_run_console:{build_id}"),
         }
     }
 }
@@ -40,7 +50,22 @@ impl FromStr for Topic {
         match s {
             "agents:updates" => Ok(Topic::AgentsUpdates),
             "scheduler:updates" => Ok(Topic::SchedulerUpdates),
-            other => Err(format!("unknown topic {other:?}")),
+            other => {
+                let unknown = || format!("unknown topic {other:?}");
+                if let Some(agent) = other.strip_prefix("agent_job_runs:") {
+                    agent
+                        .parse()
+                        .map(Topic::AgentJobRuns)
+                        .map_err(|_| unknown())
+                } else if let Some(build_id) = other.strip_prefix("agent_job_run_console:") {
+                    build_id
+                        .parse()
+                        .map(Topic::AgentJobRunConsole)
+                        .map_err(|_| unknown())
+                } else {
+                    Err(unknown())
+                }
+            }
         }
     }
 }
@@ -52,7 +77,17 @@ pub enum DomainEvent {
     AgentEnabled(Agent),
     AgentDisabled(Agent),
     AgentDeleted(Agent),
-    PendingCount { count: u64 },
+    PendingCount {
+        count: u64,
+    },
+    RunCreated(JobRun),
+    RunUpdated(JobRun),
+    /// Bytes appended to a console at `start` (kept raw; JSON shows them as lossy UTF-8).
+    ConsoleAppend {
+        build_id: i64,
+        start: i64,
+        bytes: Bytes,
+    },
 }
 
 impl DomainEvent {
@@ -65,6 +100,9 @@ impl DomainEvent {
             DomainEvent::AgentDisabled(_) => "agent_disabled",
             DomainEvent::AgentDeleted(_) => "agent_deleted",
             DomainEvent::PendingCount { .. } => "pending_count",
+            DomainEvent::RunCreated(_) => "run_created",
+            DomainEvent::RunUpdated(_) => "run_updated",
+            DomainEvent::ConsoleAppend { .. } => "console_append",
         }
     }
 
@@ -79,6 +117,13 @@ impl DomainEvent {
                 serde_json::to_value(agent).unwrap_or(Value::Null)
             }
             DomainEvent::PendingCount { count } => json!({ "count": count }),
+            DomainEvent::RunCreated(run) | DomainEvent::RunUpdated(run) => {
+                serde_json::to_value(run).unwrap_or(Value::Null)
+            }
+            DomainEvent::ConsoleAppend { start, bytes, .. } => json!({
+                "offset": start + bytes.len() as i64,
+                "chunk": String::from_utf8_lossy(bytes),
+            }),
         }
     }
 }

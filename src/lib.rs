@@ -3,11 +3,18 @@
 //! `Application::build` wires the database, the event hub, the contexts and their live views
 //! into one router; `run_until_stopped` serves it until the shutdown token fires.
 
+#[macro_use]
+mod macros;
+
+pub mod agent;
 pub mod agents;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod error;
 pub mod events;
+pub mod job_runs;
+pub mod scheduler;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -21,7 +28,11 @@ use crate::agents::Agents;
 use crate::config::Config;
 use crate::db::Db;
 use crate::events::Hub;
+use crate::job_runs::JobRuns;
+use crate::scheduler::Scheduler;
 use crate::web::pages::agents::{AgentsView, live as agents_live};
+use crate::web::pages::build::ConsoleViews;
+use crate::web::pages::runs::RunsViews;
 
 /// Everything a handler may reach, cloned cheaply into each request.
 #[derive(Clone)]
@@ -29,7 +40,12 @@ pub struct AppState {
     pub db: Db,
     pub hub: Arc<Hub>,
     pub agents: Agents,
+    pub job_runs: JobRuns,
+    pub scheduler: Scheduler,
     pub agents_view: Arc<AgentsView>,
+    /// Live run lists and consoles, one per watched agent page or build.
+    pub runs_views: Arc<RunsViews>,
+    pub console_views: Arc<ConsoleViews>,
     /// Fires on SIGTERM/Ctrl-C: streams end, background tasks stop.
     pub shutdown: CancellationToken,
 }
@@ -60,9 +76,22 @@ impl Application {
         );
         // Nobody has been heard from in this process yet.
         agents.mark_all_missing().await?;
+        let job_runs = JobRuns::new(db.clone(), Arc::clone(&hub), agents.clone());
+        let scheduler = Scheduler::new(
+            db.clone(),
+            Arc::clone(&hub),
+            agents.clone(),
+            job_runs.clone(),
+        );
         let shutdown = CancellationToken::new();
-        let agents_view = agents_live::spawn(agents.clone(), &hub, shutdown.clone());
-        spawn_liveness(agents.clone(), config.lost_contact_after, shutdown.clone());
+        let queued = scheduler.pending_count().await?;
+        let agents_view = agents_live::spawn(agents.clone(), &hub, queued, shutdown.clone());
+        spawn_liveness(
+            agents.clone(),
+            scheduler.clone(),
+            config.lost_contact_after,
+            shutdown.clone(),
+        );
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -70,7 +99,11 @@ impl Application {
             db,
             hub,
             agents,
+            job_runs,
+            scheduler,
             agents_view,
+            runs_views: Arc::default(),
+            console_views: Arc::default(),
             shutdown,
         };
         Ok(Application { listener, state })
@@ -107,8 +140,14 @@ impl Application {
     }
 }
 
-/// Marks silent Enabled agents LostContact, without waiting for any request to notice.
-fn spawn_liveness(agents: Agents, after: Duration, shutdown: CancellationToken) {
+/// Marks silent Enabled agents LostContact, without waiting for any request to notice, and
+/// reschedules the runs they held.
+fn spawn_liveness(
+    agents: Agents,
+    scheduler: Scheduler,
+    after: Duration,
+    shutdown: CancellationToken,
+) {
     let every = (after / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
@@ -117,8 +156,15 @@ fn spawn_liveness(agents: Agents, after: Duration, shutdown: CancellationToken) 
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {
-                    if let Err(error) = agents.mark_lost_contact(after).await {
-                        tracing::warn!(%error, "liveness check failed");
+                    match agents.mark_lost_contact(after).await {
+                        Ok(lost) => {
+                            for agent in lost {
+                                if let Err(error) = scheduler.reschedule_runs_of(agent).await {
+                                    tracing::warn!(%error, %agent, "could not reschedule the runs of a lost agent");
+                                }
+                            }
+                        }
+                        Err(error) => tracing::warn!(%error, "liveness check failed"),
                     }
                 }
             }

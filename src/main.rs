@@ -2,7 +2,9 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use ferrocd::Application;
-use ferrocd::config::{Cli, Command, Config};
+use tokio_util::sync::CancellationToken;
+
+use ferrocd::config::{AgentArgs, Cli, Command, Config};
 
 #[tokio::main]
 async fn main() {
@@ -12,14 +14,26 @@ async fn main() {
         )
         .init();
     let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Serve(args)) => args,
-        None => cli.serve,
+    let outcome = match cli.command {
+        Some(Command::Serve(args)) => serve(Config::from(args)).await,
+        None => serve(Config::from(cli.serve)).await,
+        Some(Command::Agent(args)) => agent(args).await,
     };
-    if let Err(error) = serve(Config::from(args)).await {
+    if let Err(error) = outcome {
         eprintln!("ferrocd: {error}");
         std::process::exit(1);
     }
+}
+
+async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        stop_signal().await;
+        tracing::info!("stopping the agent");
+        stop.cancel();
+    });
+    ferrocd::agent::run(args, shutdown).await
 }
 
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

@@ -41,6 +41,16 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../../assets/agents.js"),
     },
     Asset {
+        name: "console.js",
+        content_type: "text/javascript",
+        body: include_bytes!("../../assets/console.js"),
+    },
+    Asset {
+        name: "durations.js",
+        content_type: "text/javascript",
+        body: include_bytes!("../../assets/durations.js"),
+    },
+    Asset {
         name: "live.js",
         content_type: "text/javascript",
         body: include_bytes!("../../assets/live.js"),

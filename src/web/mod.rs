@@ -38,7 +38,7 @@ impl Error {
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Conflict(_) | Error::ConsoleGap { .. } => StatusCode::CONFLICT,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Database(_) | Error::Migrate(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -61,8 +61,19 @@ impl IntoResponse for Error {
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        let mut response =
-            (status, Json(json!({ "message": self.public_message() }))).into_response();
+        let body = match &self {
+            // The agent resends from the stored length, so it is a field, not just prose.
+            Error::ConsoleGap { stored } => {
+                json!({ "message": self.public_message(), "offset": stored })
+            }
+            _ => json!({ "message": self.public_message() }),
+        };
+        let mut response = (status, Json(body)).into_response();
+        if let Error::ConsoleGap { stored } = &self {
+            response
+                .headers_mut()
+                .insert("x-console-length", (*stored).into());
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

@@ -105,7 +105,7 @@ impl LiveView {
     }
 
     /// State first, then changes; a connection that falls behind gets the state again.
-    pub fn stream(self: &Arc<Self>) -> impl Stream<Item = Bytes> + Send + 'static {
+    pub fn stream(self: &Arc<Self>) -> impl Stream<Item = Bytes> + Send + use<> {
         let view = Arc::clone(self);
         let mut changes = view.changes.subscribe();
         async_stream::stream! {
@@ -181,5 +181,80 @@ mod tests {
             std::str::from_utf8(&f).unwrap(),
             "event: ab\nid: 12\ndata: \n\n"
         );
+    }
+}
+
+/// Live views that exist only while someone watches: one per key (an agent's run list, a
+/// build's console), started by the first connection and dropped by the view's task once the
+/// last connection has gone.
+pub struct KeyedViews<K, V> {
+    views: std::sync::Mutex<std::collections::HashMap<K, Arc<V>>>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V> Default for KeyedViews<K, V> {
+    fn default() -> Self {
+        KeyedViews {
+            views: Default::default(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V> KeyedViews<K, V> {
+    /// The view for `key`, started with `start` if there is none. `attach` runs under the
+    /// registry's lock, so a subscription it makes cannot race the view's retirement.
+    pub fn attach<T>(
+        &self,
+        key: K,
+        start: impl FnOnce() -> Arc<V>,
+        attach: impl FnOnce(&Arc<V>) -> T,
+    ) -> T {
+        let mut views = self.views.lock().expect("views lock poisoned");
+        let view = views.entry(key).or_insert_with(start);
+        attach(view)
+    }
+
+    /// Removes `key`'s view if `idle` says nobody watches it; true if it was removed.
+    pub fn retire_if(&self, key: &K, idle: impl FnOnce(&Arc<V>) -> bool) -> bool {
+        let mut views = self.views.lock().expect("views lock poisoned");
+        match views.get(key) {
+            Some(view) if idle(view) => {
+                views.remove(key);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl LiveView {
+    /// How many connections follow this view now.
+    pub fn watchers(&self) -> usize {
+        self.changes.receiver_count()
+    }
+}
+
+/// When a coalescing view should render next: at once after a quiet spell, else no sooner
+/// than `every` after its last render, so a burst folds into one trailing render.
+#[derive(Debug, Default)]
+pub struct Coalescer {
+    last_render: Option<tokio::time::Instant>,
+    dirty: bool,
+}
+
+impl Coalescer {
+    pub fn mark(&mut self) {
+        self.dirty = true;
+    }
+
+    /// When to render, if something changed.
+    pub fn due(&self, every: Duration) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        self.dirty
+            .then(|| self.last_render.map_or(now, |at| (at + every).max(now)))
+    }
+
+    pub fn rendered(&mut self) {
+        self.dirty = false;
+        self.last_render = Some(tokio::time::Instant::now());
     }
 }

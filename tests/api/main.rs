@@ -1,7 +1,9 @@
 //! Integration tests: the real server on a free port, spoken to over HTTP.
 
+mod agent_runtime;
 mod agents_api;
 mod helpers;
+mod jobs_api;
 mod lifecycle;
 mod registration;
 mod streams;

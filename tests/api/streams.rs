@@ -12,6 +12,16 @@ fn row_event(uuid: &str) -> String {
     format!("agent-{uuid}")
 }
 
+/// The agent's row, sent alone or within the whole table, contains `needle`. (Whether a
+/// change goes out as a row or a table depends on what else the same render covered.)
+fn shows<'a>(uuid: &'a str, needle: &'a str) -> impl Fn(&SseEvent) -> bool + 'a {
+    move |e: &SseEvent| {
+        (e.event == row_event(uuid) || e.event == "agents")
+            && e.data.contains(&format!("id=\"agent-{uuid}\""))
+            && e.data.contains(needle)
+    }
+}
+
 #[tokio::test]
 async fn agents_stream_starts_with_the_current_state() {
     let app = spawn_app().await;
@@ -48,11 +58,10 @@ async fn two_subscribers_both_see_a_change_made_through_the_api() {
     let agent = app.register_enabled("two-viewers").await;
     let mut one = app.subscribe("/agents/events").await;
     let mut two = app.subscribe("/agents/events").await;
-    // The table that shows the agent Enabled (the state, or the change right after it).
-    let shown =
-        |e: &SseEvent| e.event == "agents" && e.data.contains("data-config-state=\"Enabled\"");
-    one.wait_for("the agent in the table", shown).await;
-    two.wait_for("the agent in the table", shown).await;
+    // The agent shown Enabled (in the state, or in a change right after it).
+    let shown = shows(&agent.uuid, "data-config-state=\"Enabled\"");
+    one.wait_for("the agent enabled", &shown).await;
+    two.wait_for("the agent enabled", &shown).await;
 
     let (status, _) = app
         .put(&format!("/api/agents/{}/disable", agent.uuid))
@@ -124,9 +133,10 @@ async fn lost_contact_is_published_without_any_request() {
     let mut stream = app.subscribe("/agents/events").await;
     // No further request from here on: the server notices the silence by itself.
     let row = stream
-        .wait_for("LostContact", |e| {
-            e.event == row_event(&agent.uuid) && e.data.contains("data-agent-state=\"LostContact\"")
-        })
+        .wait_for(
+            "LostContact",
+            shows(&agent.uuid, "data-agent-state=\"LostContact\""),
+        )
         .await;
     assert!(row.data.contains("Lost Contact"), "{}", row.data);
     assert_eq!(app.agent(&agent.uuid).await["agent_state"], "LostContact");
@@ -149,11 +159,10 @@ async fn a_burst_of_changes_ends_with_the_final_state_on_every_subscriber() {
     let agent = app.register_enabled("burst").await;
     let mut one = app.subscribe("/agents/events").await;
     let mut two = app.subscribe("/agents/events").await;
-    // The table that shows the agent Enabled (the state, or the change right after it).
-    let shown =
-        |e: &SseEvent| e.event == "agents" && e.data.contains("data-config-state=\"Enabled\"");
-    one.wait_for("the agent in the table", shown).await;
-    two.wait_for("the agent in the table", shown).await;
+    // The agent shown Enabled (in the state, or in a change right after it).
+    let shown = shows(&agent.uuid, "data-config-state=\"Enabled\"");
+    one.wait_for("the agent enabled", &shown).await;
+    two.wait_for("the agent enabled", &shown).await;
 
     let path = format!("/api/agents/{}", agent.uuid);
     let writes = (0..40).map(|i| {
@@ -176,16 +185,14 @@ async fn a_burst_of_changes_ends_with_the_final_state_on_every_subscriber() {
     }
     for stream in [&mut one, &mut two] {
         let last = stream
-            .wait_for("the final state", |e| {
-                e.event == row_event(&agent.uuid) && e.data.contains("burst-39")
-            })
+            .wait_for("the final state", shows(&agent.uuid, ">burst-39<"))
             .await;
         assert!(last.data.contains(">burst-39<"), "{}", last.data);
         // Nothing older may arrive after the final state.
         let later: Vec<_> = stream
             .drain()
             .into_iter()
-            .filter(|e| e.event == row_event(&agent.uuid))
+            .filter(|e| e.event == row_event(&agent.uuid) || e.event == "agents")
             .collect();
         assert!(
             later.iter().all(|e| e.data.contains("burst-39")),

@@ -1,6 +1,6 @@
 //! The Agents API (GoCD v7 shapes): list, show, edit, enable/disable, bulk edit, delete.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -18,6 +18,7 @@ pub fn router() -> Router<AppState> {
         .route("/agents/{uuid}", get(show).patch(update).delete(delete_one))
         .route("/agents/{uuid}/enable", put(enable))
         .route("/agents/{uuid}/disable", put(disable))
+        .route("/agents/{uuid}/job_run_history", get(job_run_history))
 }
 
 async fn list(State(state): State<AppState>) -> Result<Json<Value>> {
@@ -170,4 +171,45 @@ async fn bulk_delete(
     Ok(Json(
         json!({ "message": format!("Deleted {deleted} agent(s).") }),
     ))
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    offset: Option<i64>,
+    page_size: Option<i64>,
+}
+
+/// The agent's runs, newest first, paged.
+async fn job_run_history(
+    State(state): State<AppState>,
+    Path(uuid): Path<String>,
+    Query(page): Query<PageQuery>,
+) -> Result<Json<Value>> {
+    let uuid = path_uuid(&uuid)?;
+    let page = state
+        .job_runs
+        .history(uuid, page.offset.unwrap_or(0), page.page_size.unwrap_or(50))
+        .await?;
+    let jobs: Vec<Value> = page
+        .runs
+        .iter()
+        .map(|run| {
+            json!({
+                "build_id": run.build_id,
+                "pipeline_name": run.pipeline_name,
+                "pipeline_counter": run.pipeline_counter,
+                "stage_name": run.stage_name,
+                "stage_counter": run.stage_counter,
+                "job_name": run.job_name,
+                "result": run.result,
+                "state": run.state,
+                "job_state_transitions": run.job_state_transitions,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "uuid": uuid,
+        "jobs": jobs,
+        "pagination": { "offset": page.offset, "page_size": page.page_size, "total": page.total },
+    })))
 }

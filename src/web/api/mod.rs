@@ -2,8 +2,10 @@
 
 mod agents;
 mod events;
+mod jobs;
 mod meta;
 
+pub use jobs::build_id;
 pub use meta::GOCD_VERSION;
 mod remoting;
 
@@ -24,6 +26,7 @@ pub fn router() -> Router<AppState> {
         .merge(agents::router())
         .merge(remoting::router())
         .merge(events::router())
+        .merge(jobs::router())
         .merge(meta::router())
         .fallback(not_found)
 }

@@ -1,22 +1,31 @@
 //! The agent protocol: registration and pings (work, status and console come with jobs).
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 use super::{ApiJson, name_list, parse_uuid};
 use crate::AppState;
 use crate::agents::{AgentState, Ping, Registration};
 use crate::error::{Error, Result};
+use crate::job_runs::{JobResult, JobRun, JobState};
+use crate::web::api::build_id;
 use crate::web::auth::{AuthenticatedAgent, bearer_token};
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/agents/register", post(register))
         .route("/agents/{uuid}/ping", post(ping))
+        .route("/agents/{uuid}/work", post(work))
+        .route("/builds/{build_id}/status", post(status))
+        .route("/builds/{build_id}/console", post(append_console))
 }
 
 /// Bytes free in the sandbox: a number, a numeric string, or "unknown".
@@ -122,8 +131,95 @@ async fn ping(
         free_space: free_space(body.free_space.as_ref())?,
     };
     let agent = state.agents.ping(uuid, ping).await?;
+    let instruction = state.scheduler.instruction_for(uuid).await?;
     Ok(Json(json!({
         "agent_config_state": agent.agent_config_state,
-        "instruction": "NONE",
+        "instruction": instruction,
     })))
+}
+
+fn agent_uuid(raw: &str) -> Result<Uuid> {
+    raw.parse()
+        .map_err(|_| Error::NotFound(format!("no agent with uuid {raw}")))
+}
+
+/// `200 WORK`, or `204` when there is nothing for this agent (always for Pending or Disabled).
+async fn work(
+    State(state): State<AppState>,
+    Path(uuid): Path<String>,
+    caller: AuthenticatedAgent,
+) -> Result<Response> {
+    let uuid = agent_uuid(&uuid)?;
+    caller.require(uuid)?;
+    Ok(match state.scheduler.try_assign_work(uuid).await? {
+        Some(work) => Json(work).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+#[derive(Deserialize)]
+struct StatusBody {
+    job_state: String,
+    result: Option<String>,
+}
+
+async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    caller: AuthenticatedAgent,
+    ApiJson(body): ApiJson<StatusBody>,
+) -> Result<Json<JobRun>> {
+    let job_state: JobState = body
+        .job_state
+        .parse()
+        .map_err(|e| Error::Unprocessable(format!("job_state: {e}")))?;
+    let result = body
+        .result
+        .as_deref()
+        .map(|r| {
+            r.parse::<JobResult>()
+                .map_err(|e| Error::Unprocessable(format!("result: {e}")))
+        })
+        .transpose()?;
+    let run = state
+        .job_runs
+        .report_status(build_id(&id)?, caller.0, job_state, result)
+        .await?;
+    Ok(Json(run))
+}
+
+/// Raw console bytes at `X-Console-Offset` → `{"offset": NEW_LENGTH}`.
+async fn append_console(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    caller: AuthenticatedAgent,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>> {
+    let build_id = build_id(&id)?;
+    let offset = headers
+        .get("x-console-offset")
+        .ok_or_else(|| Error::Unprocessable("X-Console-Offset: the header is required".into()))?
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .filter(|v| *v >= 0)
+        .ok_or_else(|| {
+            Error::Unprocessable("X-Console-Offset: expected a byte offset (0 or more)".into())
+        })?;
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::PayloadTooLarge(format!(
+                "a console chunk is at most {} bytes",
+                crate::web::MAX_BODY
+            ))
+        } else {
+            Error::BadRequest(rejection.body_text())
+        }
+    })?;
+    let offset = state
+        .job_runs
+        .append_console(build_id, caller.0, offset, bytes)
+        .await?;
+    Ok(Json(json!({ "offset": offset })))
 }

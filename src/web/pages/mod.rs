@@ -2,7 +2,9 @@
 
 pub mod about;
 pub mod agents;
+pub mod build;
 pub mod layout;
+pub mod runs;
 
 use axum::Router;
 use axum::response::Redirect;
@@ -17,6 +19,8 @@ pub fn router() -> Router<AppState> {
         .route("/go", get(|| async { Redirect::to("/agents") }))
         .merge(agents::router())
         .merge(about::router())
+        .merge(runs::router())
+        .merge(build::router())
 }
 
 /// A fragment as sent in an event: a raw `\r` (from a hostname, say) is written as `&#13;`,

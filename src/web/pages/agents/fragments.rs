@@ -185,13 +185,19 @@ pub fn row(agent: &Agent) -> Markup {
                     aria-label={ "Select " (agent.hostname) };
             }
             td data-col="hostname" data-sort=(agent.hostname.to_lowercase()) {
-                span.hostname title=(agent.uuid) { (agent.hostname) }
+                a.hostname href={ "/agents/" (agent.uuid) "/job_run_history" } title=(agent.uuid) { (agent.hostname) }
             }
             td data-col="sandbox" { (agent.sandbox) }
             td data-col="os" { (agent.operating_system) }
             td data-col="ip" { (agent.ip_address) }
             td data-col="status" data-sort=(status_text) {
                 span class={ "status status-" (status_class) } { (status_text) }
+                @if let Some(build) = &agent.build_details {
+                    " "
+                    a.build-link href={ "/builds/" (build.build_id) } {
+                        (build.pipeline_name) " / " (build.stage_name) " / " (build.job_name)
+                    }
+                }
                 @if agent.agent_config_state == ConfigState::Pending {
                     " "
                     button.btn.small.approve type="button" hx-post="/agents/actions"

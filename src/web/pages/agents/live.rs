@@ -47,7 +47,11 @@ struct Dirty {
 
 impl Dirty {
     fn everything() -> Self {
-        Dirty { table: true, rows: HashSet::new(), queued: true }
+        Dirty {
+            table: true,
+            rows: HashSet::new(),
+            queued: true,
+        }
     }
 
     fn any(&self) -> bool {
@@ -64,15 +68,24 @@ impl Dirty {
                 self.rows.insert(agent.uuid);
             }
             DomainEvent::PendingCount { .. } => self.queued = true,
+            DomainEvent::RunCreated(_)
+            | DomainEvent::RunUpdated(_)
+            | DomainEvent::ConsoleAppend { .. } => {}
         }
     }
 }
 
 /// Starts the view task; it stops with `shutdown`.
-pub fn spawn(agents: Agents, hub: &Hub, shutdown: CancellationToken) -> Arc<AgentsView> {
+/// `queued` is the scheduler's pending count at start; `pending_count` events follow it.
+pub fn spawn(
+    agents: Agents,
+    hub: &Hub,
+    queued: u64,
+    shutdown: CancellationToken,
+) -> Arc<AgentsView> {
     let view = Arc::new(AgentsView {
         live: LiveView::new(),
-        queued: AtomicU64::new(0),
+        queued: AtomicU64::new(queued),
     });
     // Subscribe before the first render, so no change falls between the two.
     let mut agent_events = hub.subscribe(&Topic::AgentsUpdates);
@@ -162,7 +175,11 @@ impl Renderer {
             self.table = Some(table);
             let counts = AgentCounts::of(&list);
             if self.last_counts != Some(counts) {
-                let frame = frame("counts", &live.next_id(), &fragment(fragments::counts(&counts)));
+                let frame = frame(
+                    "counts",
+                    &live.next_id(),
+                    &fragment(fragments::counts(&counts)),
+                );
                 changes.push(frame.clone());
                 self.counts = Some(frame);
                 self.last_counts = Some(counts);

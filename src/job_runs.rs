@@ -1,0 +1,604 @@
+//! The job runs context: a run's states (forward only, from its agent), its history per
+//! agent, and its console (stored by `console.rs`).
+//!
+//! The SQL that reads and writes `job_runs` lives here; the scheduler creates and assigns runs
+//! through the crate-internal functions at the bottom.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize, Serializer};
+use sqlx::SqliteConnection;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::agents::{self, AgentState, Agents};
+use crate::console;
+use crate::db::{Db, now_millis};
+use crate::error::{Error, Result};
+use crate::events::{DomainEvent, Hub, Topic};
+
+/// GoCD's job states, in the only order a run may move through them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum JobState {
+    Scheduled,
+    Assigned,
+    Preparing,
+    Building,
+    Completing,
+    Completed,
+}
+text_enum!(JobState {
+    Scheduled,
+    Assigned,
+    Preparing,
+    Building,
+    Completing,
+    Completed
+});
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum JobResult {
+    Unknown,
+    Passed,
+    Failed,
+    Cancelled,
+}
+text_enum!(JobResult {
+    Unknown,
+    Passed,
+    Failed,
+    Cancelled
+});
+
+/// One command of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Transition {
+    pub state: JobState,
+    #[serde(serialize_with = "rfc3339")]
+    pub state_change_time: i64,
+}
+
+/// A run of a job, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobRun {
+    pub build_id: i64,
+    pub pipeline_name: String,
+    pub pipeline_counter: i64,
+    pub stage_name: String,
+    pub stage_counter: i64,
+    pub job_name: String,
+    pub agent_uuid: Option<Uuid>,
+    pub state: JobState,
+    pub result: JobResult,
+    pub console_length: i64,
+    pub resources: Vec<String>,
+    pub environment: Option<String>,
+    pub tasks: Vec<Task>,
+    /// Set once a cancel was asked for a run its agent has not finished yet.
+    pub cancel_requested: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rescheduled_from: Option<i64>,
+    #[serde(serialize_with = "rfc3339")]
+    pub scheduled_at: i64,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub completed_at: Option<i64>,
+    pub job_state_transitions: Vec<Transition>,
+    /// Variables for the agent only; not shown in the API.
+    #[serde(skip)]
+    pub environment_variables: BTreeMap<String, String>,
+}
+
+impl JobRun {
+    pub fn is_completed(&self) -> bool {
+        self.state == JobState::Completed
+    }
+
+    /// When it entered `state`, if it did.
+    pub fn entered(&self, state: JobState) -> Option<i64> {
+        self.job_state_transitions
+            .iter()
+            .find(|t| t.state == state)
+            .map(|t| t.state_change_time)
+    }
+}
+
+/// Milliseconds since the epoch as RFC 3339, e.g. `2026-11-27T19:02:07.123Z`.
+pub fn format_time(millis: i64) -> String {
+    let nanos = i128::from(millis) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn rfc3339<S: Serializer>(millis: &i64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&format_time(*millis))
+}
+
+fn rfc3339_opt<S: Serializer>(millis: &Option<i64>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    match millis {
+        Some(m) => s.serialize_str(&format_time(*m)),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct RunRow {
+    build_id: i64,
+    pipeline_name: String,
+    pipeline_counter: i64,
+    stage_name: String,
+    stage_counter: i64,
+    job_name: String,
+    tasks: Json<Vec<Task>>,
+    resources: Json<Vec<String>>,
+    environment: Option<String>,
+    environment_variables: Json<BTreeMap<String, String>>,
+    state: String,
+    result: String,
+    agent_uuid: Option<String>,
+    cancel_requested: bool,
+    console_length: i64,
+    rescheduled_from: Option<i64>,
+    scheduled_at: i64,
+    completed_at: Option<i64>,
+}
+
+const RUN_COLUMNS: &str = "build_id, pipeline_name, pipeline_counter, stage_name, stage_counter, \
+     job_name, tasks, resources, environment, environment_variables, state, result, agent_uuid, \
+     cancel_requested, console_length, rescheduled_from, scheduled_at, completed_at";
+
+fn corrupt(what: String) -> Error {
+    Error::Database(sqlx::Error::Decode(what.into()))
+}
+
+impl RunRow {
+    fn into_run(self, transitions: Vec<Transition>) -> Result<JobRun> {
+        Ok(JobRun {
+            build_id: self.build_id,
+            pipeline_name: self.pipeline_name,
+            pipeline_counter: self.pipeline_counter,
+            stage_name: self.stage_name,
+            stage_counter: self.stage_counter,
+            job_name: self.job_name,
+            agent_uuid: self
+                .agent_uuid
+                .map(|u| u.parse())
+                .transpose()
+                .map_err(|e: uuid::Error| corrupt(e.to_string()))?,
+            state: self.state.parse().map_err(corrupt)?,
+            result: self.result.parse().map_err(corrupt)?,
+            console_length: self.console_length,
+            resources: self.resources.0,
+            environment: self.environment,
+            tasks: self.tasks.0,
+            cancel_requested: self.cancel_requested,
+            rescheduled_from: self.rescheduled_from,
+            scheduled_at: self.scheduled_at,
+            completed_at: self.completed_at,
+            job_state_transitions: transitions,
+            environment_variables: self.environment_variables.0,
+        })
+    }
+}
+
+/// Loads runs by a `WHERE …` clause, with their transitions, in the clause's order.
+async fn load_runs(
+    conn: &mut SqliteConnection,
+    clause: &str,
+    binds: &[i64],
+    text: Option<&str>,
+) -> Result<Vec<JobRun>> {
+    let sql = format!("SELECT {RUN_COLUMNS} FROM job_runs {clause}");
+    let mut query = sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(sql));
+    if let Some(text) = text {
+        query = query.bind(text.to_string());
+    }
+    for bind in binds {
+        query = query.bind(*bind);
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = rows.iter().map(|r| r.build_id).collect();
+    let transitions: Vec<(i64, String, i64)> = sqlx::query_as(
+        "SELECT build_id, state, at FROM job_state_transitions \
+         WHERE build_id IN (SELECT value FROM json_each(?)) ORDER BY at, rowid",
+    )
+    .bind(Json(&ids))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut by_run: BTreeMap<i64, Vec<Transition>> = BTreeMap::new();
+    for (id, state, at) in transitions {
+        by_run.entry(id).or_default().push(Transition {
+            state: state.parse().map_err(corrupt)?,
+            state_change_time: at,
+        });
+    }
+    rows.into_iter()
+        .map(|row| {
+            let transitions = by_run.remove(&row.build_id).unwrap_or_default();
+            row.into_run(transitions)
+        })
+        .collect()
+}
+
+pub(crate) async fn fetch_run(
+    conn: &mut SqliteConnection,
+    build_id: i64,
+) -> Result<Option<JobRun>> {
+    Ok(load_runs(conn, "WHERE build_id = ?", &[build_id], None)
+        .await?
+        .pop())
+}
+
+pub(crate) async fn fetch_run_or_404(conn: &mut SqliteConnection, build_id: i64) -> Result<JobRun> {
+    fetch_run(conn, build_id)
+        .await?
+        .ok_or_else(|| not_found(build_id))
+}
+
+/// Runs in `state` Scheduled, oldest first: the queue.
+pub(crate) async fn fetch_queue(conn: &mut SqliteConnection) -> Result<Vec<JobRun>> {
+    load_runs(
+        conn,
+        "WHERE state = 'Scheduled' ORDER BY build_id",
+        &[],
+        None,
+    )
+    .await
+}
+
+/// The runs an agent holds that are not Completed.
+pub(crate) async fn fetch_active_runs_of(
+    conn: &mut SqliteConnection,
+    agent: Uuid,
+) -> Result<Vec<JobRun>> {
+    let text = agent.to_string();
+    load_runs(
+        conn,
+        "WHERE agent_uuid = ? AND state != 'Completed' ORDER BY build_id",
+        &[],
+        Some(&text),
+    )
+    .await
+}
+
+pub(crate) async fn pending_count(conn: &mut SqliteConnection) -> Result<u64> {
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM job_runs WHERE state = 'Scheduled'")
+        .fetch_one(conn)
+        .await?;
+    Ok(count as u64)
+}
+
+/// What a new run needs; the scheduler fills it in.
+pub(crate) struct NewRun<'a> {
+    pub pipeline_name: &'a str,
+    pub pipeline_counter: i64,
+    pub stage_name: &'a str,
+    pub stage_counter: i64,
+    pub job_name: &'a str,
+    pub tasks: &'a [Task],
+    pub resources: &'a [String],
+    pub environment: Option<&'a str>,
+    pub environment_variables: &'a BTreeMap<String, String>,
+    pub rescheduled_from: Option<i64>,
+}
+
+pub(crate) async fn insert_run(conn: &mut SqliteConnection, run: NewRun<'_>) -> Result<i64> {
+    let now = now_millis();
+    let build_id: i64 = sqlx::query_scalar(
+        "INSERT INTO job_runs (pipeline_name, pipeline_counter, stage_name, stage_counter, job_name, \
+         tasks, resources, environment, environment_variables, state, rescheduled_from, scheduled_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'Scheduled', ?, ?) RETURNING build_id",
+    )
+    .bind(run.pipeline_name)
+    .bind(run.pipeline_counter)
+    .bind(run.stage_name)
+    .bind(run.stage_counter)
+    .bind(run.job_name)
+    .bind(Json(run.tasks))
+    .bind(Json(run.resources))
+    .bind(run.environment)
+    .bind(Json(run.environment_variables))
+    .bind(run.rescheduled_from)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    record_transition(conn, build_id, JobState::Scheduled, now).await?;
+    Ok(build_id)
+}
+
+async fn record_transition(
+    conn: &mut SqliteConnection,
+    build_id: i64,
+    state: JobState,
+    at: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT OR IGNORE INTO job_state_transitions (build_id, state, at) VALUES (?, ?, ?)",
+    )
+    .bind(build_id)
+    .bind(state.as_str())
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Moves a run to `state` (and `result`), recording the transition; `agent` is set when
+/// given (assignment).
+pub(crate) async fn move_run(
+    conn: &mut SqliteConnection,
+    build_id: i64,
+    state: JobState,
+    result: JobResult,
+    agent: Option<Uuid>,
+) -> Result<()> {
+    let now = now_millis();
+    sqlx::query(
+        "UPDATE job_runs SET state = ?, result = ?, agent_uuid = COALESCE(?, agent_uuid), \
+         completed_at = CASE WHEN ? = 'Completed' THEN ? ELSE completed_at END WHERE build_id = ?",
+    )
+    .bind(state.as_str())
+    .bind(result.as_str())
+    .bind(agent.map(|a| a.to_string()))
+    .bind(state.as_str())
+    .bind(now)
+    .bind(build_id)
+    .execute(&mut *conn)
+    .await?;
+    record_transition(conn, build_id, state, now).await
+}
+
+pub(crate) async fn request_cancel(conn: &mut SqliteConnection, build_id: i64) -> Result<()> {
+    sqlx::query("UPDATE job_runs SET cancel_requested = 1 WHERE build_id = ?")
+        .bind(build_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+fn not_found(build_id: i64) -> Error {
+    Error::NotFound(format!("no build with id {build_id}"))
+}
+
+/// A page of an agent's runs, newest first.
+#[derive(Debug, Clone)]
+pub struct RunPage {
+    pub runs: Vec<JobRun>,
+    pub offset: i64,
+    pub page_size: i64,
+    pub total: i64,
+}
+
+#[derive(Clone)]
+pub struct JobRuns {
+    db: Db,
+    hub: Arc<Hub>,
+    agents: Agents,
+}
+
+impl JobRuns {
+    pub fn new(db: Db, hub: Arc<Hub>, agents: Agents) -> Self {
+        JobRuns { db, hub, agents }
+    }
+
+    pub async fn get(&self, build_id: i64) -> Result<JobRun> {
+        let mut conn = self.db.read.acquire().await?;
+        fetch_run_or_404(&mut conn, build_id).await
+    }
+
+    /// The newest run of a job addressed by names and counters (GoCD's URLs).
+    pub async fn find(
+        &self,
+        pipeline: &str,
+        pipeline_counter: i64,
+        stage: &str,
+        stage_counter: i64,
+        job: &str,
+    ) -> Result<Option<i64>> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(build_id) FROM job_runs WHERE pipeline_name = ? AND pipeline_counter = ? \
+             AND stage_name = ? AND stage_counter = ? AND job_name = ?",
+        )
+        .bind(pipeline)
+        .bind(pipeline_counter)
+        .bind(stage)
+        .bind(stage_counter)
+        .bind(job)
+        .fetch_one(&self.db.read)
+        .await?;
+        Ok(id)
+    }
+
+    /// An agent's runs, newest first (`GET /api/agents/{uuid}/job_run_history`).
+    pub async fn history(&self, agent: Uuid, offset: i64, page_size: i64) -> Result<RunPage> {
+        if offset < 0 {
+            return Err(Error::Unprocessable("offset: must be 0 or more".into()));
+        }
+        if !(1..=1000).contains(&page_size) {
+            return Err(Error::Unprocessable(
+                "page_size: must be between 1 and 1000".into(),
+            ));
+        }
+        self.agents.get(agent).await?;
+        let mut conn = self.db.read.acquire().await?;
+        let text = agent.to_string();
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM job_runs WHERE agent_uuid = ?")
+            .bind(&text)
+            .fetch_one(&mut *conn)
+            .await?;
+        let runs = load_runs(
+            &mut conn,
+            "WHERE agent_uuid = ? ORDER BY build_id DESC LIMIT ? OFFSET ?",
+            &[page_size, offset],
+            Some(&text),
+        )
+        .await?;
+        Ok(RunPage {
+            runs,
+            offset,
+            page_size,
+            total,
+        })
+    }
+
+    /// The agent's report of its progress: forward only; repeating the current state is a
+    /// harmless retry. `Completed` needs a result.
+    pub async fn report_status(
+        &self,
+        build_id: i64,
+        agent: Uuid,
+        state: JobState,
+        result: Option<JobResult>,
+    ) -> Result<JobRun> {
+        if state == JobState::Completed
+            && !matches!(
+                result,
+                Some(JobResult::Passed | JobResult::Failed | JobResult::Cancelled)
+            )
+        {
+            return Err(Error::Unprocessable(
+                "result: Completed needs a result: Passed, Failed or Cancelled".into(),
+            ));
+        }
+        if state < JobState::Preparing {
+            return Err(Error::Unprocessable(format!(
+                "job_state: an agent reports Preparing, Building, Completing or Completed, not {state}"
+            )));
+        }
+        let mut tx = self.db.write.begin().await?;
+        let run = fetch_run_or_404(&mut tx, build_id).await?;
+        if run.agent_uuid != Some(agent) {
+            return Err(Error::Forbidden(format!(
+                "build {build_id} is not assigned to this agent"
+            )));
+        }
+        if state == run.state {
+            let same_result =
+                state != JobState::Completed || result == Some(run.result) || run.cancel_requested;
+            if same_result {
+                return Ok(run); // a retry
+            }
+            return Err(Error::Conflict(format!(
+                "build {build_id} already completed as {}",
+                run.result
+            )));
+        }
+        if state < run.state {
+            return Err(Error::Conflict(format!(
+                "build {build_id} is {}; it cannot go back to {state}",
+                run.state
+            )));
+        }
+        let result = match (state, result) {
+            // A run whose cancel was asked for ends Cancelled, whatever its last task did.
+            (JobState::Completed, _) if run.cancel_requested => JobResult::Cancelled,
+            (JobState::Completed, Some(result)) => result,
+            _ => JobResult::Unknown,
+        };
+        move_run(&mut tx, build_id, state, result, None).await?;
+        let agent_change = if state == JobState::Completed {
+            agents::set_agent_state(&mut tx, agent, AgentState::Idle).await?
+        } else if run.state <= JobState::Assigned {
+            agents::set_agent_state(&mut tx, agent, AgentState::Building).await?
+        } else {
+            None
+        };
+        let updated = fetch_run_or_404(&mut tx, build_id).await?;
+        tx.commit().await?;
+        self.publish_run(&updated);
+        if let Some((before, after)) = agent_change {
+            self.agents.publish_change(Some(&before), &after);
+        }
+        Ok(updated)
+    }
+
+    /// Appends an agent's console bytes at `offset` (the length it believes stored).
+    /// Returns the new length. A retried chunk is not stored twice; a gap is a conflict
+    /// carrying the stored length.
+    pub async fn append_console(
+        &self,
+        build_id: i64,
+        agent: Uuid,
+        offset: i64,
+        bytes: Bytes,
+    ) -> Result<i64> {
+        let mut tx = self.db.write.begin().await?;
+        let run = fetch_run_or_404(&mut tx, build_id).await?;
+        if run.agent_uuid != Some(agent) {
+            return Err(Error::Forbidden(format!(
+                "build {build_id} is not assigned to this agent"
+            )));
+        }
+        let stored = run.console_length;
+        if offset > stored {
+            return Err(Error::ConsoleGap { stored });
+        }
+        let end = offset + bytes.len() as i64;
+        if end <= stored {
+            return Ok(stored); // a retry of bytes already stored
+        }
+        if run.is_completed() {
+            return Err(Error::Conflict(format!(
+                "build {build_id} is Completed; its console is closed"
+            )));
+        }
+        // Only the part past what is stored is new (a retry may overlap).
+        let new = bytes.slice((stored - offset) as usize..);
+        console::append(&mut tx, build_id, stored, &new).await?;
+        tx.commit().await?;
+        let event = DomainEvent::ConsoleAppend {
+            build_id,
+            start: stored,
+            bytes: new,
+        };
+        self.hub
+            .publish(&Topic::AgentJobRunConsole(build_id), event);
+        Ok(end)
+    }
+
+    /// The stored log from `from` on, and the log's whole length.
+    pub async fn read_console(&self, build_id: i64, from: i64) -> Result<(Bytes, i64)> {
+        let mut conn = self.db.read.acquire().await?;
+        let run = fetch_run_or_404(&mut conn, build_id).await?;
+        let bytes = console::read(
+            &mut conn,
+            build_id,
+            from.clamp(0, run.console_length),
+            run.console_length,
+        )
+        .await?;
+        Ok((bytes, run.console_length))
+    }
+
+    /// `run_updated` where the run's watchers listen: its agent's run list and its console.
+    pub(crate) fn publish_run(&self, run: &JobRun) {
+        if let Some(agent) = run.agent_uuid {
+            self.hub.publish(
+                &Topic::AgentJobRuns(agent),
+                DomainEvent::RunUpdated(run.clone()),
+            );
+        }
+        self.hub.publish(
+            &Topic::AgentJobRunConsole(run.build_id),
+            DomainEvent::RunUpdated(run.clone()),
+        );
+    }
+}

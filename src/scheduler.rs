@@ -1,0 +1,477 @@
+//! The scheduler context: the queue of Scheduled runs, handing work to agents (atomically:
+//! one writer connection serialises every assignment), cancelling, and rescheduling the runs
+//! of agents that lost contact.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::agents::{self, Agent, AgentState, Agents, ConfigState};
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::events::{DomainEvent, Hub, Topic};
+use crate::job_runs::{self, JobResult, JobRun, JobRuns, JobState, NewRun, Task};
+
+/// A job to schedule ad hoc (`POST /api/jobs/schedule`).
+#[derive(Debug, Clone, Default)]
+pub struct NewJob {
+    pub pipeline_name: String,
+    pub stage_name: String,
+    pub job_name: String,
+    pub tasks: Vec<Task>,
+    pub resources: Vec<String>,
+    pub environment: Option<String>,
+    pub environment_variables: BTreeMap<String, String>,
+}
+
+/// What an agent receives to run (`POST /api/agents/{uuid}/work`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Work {
+    pub build_id: i64,
+    pub pipeline_name: String,
+    pub pipeline_counter: i64,
+    pub stage_name: String,
+    pub stage_counter: i64,
+    pub job_name: String,
+    pub tasks: Vec<Task>,
+    pub environment_variables: BTreeMap<String, String>,
+}
+
+impl From<&JobRun> for Work {
+    fn from(run: &JobRun) -> Self {
+        Work {
+            build_id: run.build_id,
+            pipeline_name: run.pipeline_name.clone(),
+            pipeline_counter: run.pipeline_counter,
+            stage_name: run.stage_name.clone(),
+            stage_counter: run.stage_counter,
+            job_name: run.job_name.clone(),
+            tasks: run.tasks.clone(),
+            environment_variables: run.environment_variables.clone(),
+        }
+    }
+}
+
+/// GoCD's matching rule: the agent has every resource the job needs (case-insensitive), and
+/// agent and job share an environment, or neither has one.
+pub fn matches(agent: &Agent, run: &JobRun) -> bool {
+    let has = |needed: &String| {
+        agent
+            .resources
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(needed))
+    };
+    let environment_ok = match &run.environment {
+        None => agent.environments.is_empty(),
+        Some(env) => agent
+            .environments
+            .iter()
+            .any(|e| e.eq_ignore_ascii_case(env)),
+    };
+    run.resources.iter().all(has) && environment_ok
+}
+
+/// Only an Enabled agent that is in contact and holds no run gets work.
+pub fn can_take_work(agent: &Agent) -> bool {
+    agent.agent_config_state == ConfigState::Enabled
+        && agent.build_details.is_none()
+        && !matches!(
+            agent.agent_state,
+            AgentState::LostContact | AgentState::Missing | AgentState::Building
+        )
+}
+
+fn valid_name(field: &str, value: &str) -> Result<String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(Error::Unprocessable(format!("{field}: must not be empty")));
+    }
+    if value.len() > 255
+        || !value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(Error::Unprocessable(format!(
+            "{field}: {value:?} is not a valid name (letters, digits, '_', '-', '.'; at most 255)"
+        )));
+    }
+    Ok(value.to_string())
+}
+
+#[derive(Clone)]
+pub struct Scheduler {
+    db: Db,
+    hub: Arc<Hub>,
+    agents: Agents,
+    job_runs: JobRuns,
+}
+
+impl Scheduler {
+    pub fn new(db: Db, hub: Arc<Hub>, agents: Agents, job_runs: JobRuns) -> Self {
+        Scheduler {
+            db,
+            hub,
+            agents,
+            job_runs,
+        }
+    }
+
+    /// Creates a Scheduled run; an ad-hoc job gets the next counter of its pipeline name.
+    pub async fn schedule(&self, job: NewJob) -> Result<JobRun> {
+        let pipeline_name = valid_name("pipeline_name", &job.pipeline_name)?;
+        let stage_name = valid_name("stage_name", &job.stage_name)?;
+        let job_name = valid_name("job_name", &job.job_name)?;
+        if job.tasks.is_empty() {
+            return Err(Error::Unprocessable(
+                "tasks: a job needs at least one task".into(),
+            ));
+        }
+        if let Some(i) = job.tasks.iter().position(|t| t.command.trim().is_empty()) {
+            return Err(Error::Unprocessable(format!(
+                "tasks[{i}].command: must not be empty"
+            )));
+        }
+        let resources = agents::names("resources", &job.resources, |c| {
+            c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '|' | ' ')
+        })?;
+        let environment = job
+            .environment
+            .as_deref()
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(|e| valid_name("environment", e))
+            .transpose()?;
+
+        let mut tx = self.db.write.begin().await?;
+        let counter: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(pipeline_counter), 0) + 1 FROM job_runs WHERE pipeline_name = ?",
+        )
+        .bind(&pipeline_name)
+        .fetch_one(&mut *tx)
+        .await?;
+        let build_id = job_runs::insert_run(
+            &mut tx,
+            NewRun {
+                pipeline_name: &pipeline_name,
+                pipeline_counter: counter,
+                stage_name: &stage_name,
+                stage_counter: 1,
+                job_name: &job_name,
+                tasks: &job.tasks,
+                resources: &resources,
+                environment: environment.as_deref(),
+                environment_variables: &job.environment_variables,
+                rescheduled_from: None,
+            },
+        )
+        .await?;
+        let run = job_runs::fetch_run_or_404(&mut tx, build_id).await?;
+        let pending = job_runs::pending_count(&mut tx).await?;
+        tx.commit().await?;
+        self.job_runs.publish_run(&run);
+        self.publish_pending(pending);
+        Ok(run)
+    }
+
+    /// Hands the oldest matching Scheduled run to `agent`, or nothing. A work request is
+    /// contact. An agent asking again for a run it was given but has not started gets the same
+    /// run (its first answer may have been lost); a run it had started is given up on (the
+    /// agent restarted) and rescheduled.
+    pub async fn try_assign_work(&self, agent_uuid: Uuid) -> Result<Option<Work>> {
+        let mut tx = self.db.write.begin().await?;
+        let (before, mut agent) = agents::record_work_request(&mut tx, agent_uuid).await?;
+        let mut updated_runs = Vec::new();
+        let mut work = None;
+        if agent.agent_config_state == ConfigState::Enabled {
+            for run in job_runs::fetch_active_runs_of(&mut tx, agent_uuid).await? {
+                if run.state == JobState::Assigned && !run.cancel_requested && work.is_none() {
+                    work = Some(Work::from(&run));
+                } else {
+                    updated_runs.extend(self.give_up(&mut tx, &run).await?);
+                }
+            }
+            if work.is_none() {
+                if !updated_runs.is_empty() {
+                    agents::set_agent_state(&mut tx, agent_uuid, AgentState::Idle).await?;
+                    agent = agents::fetch(&mut tx, agent_uuid).await?.unwrap_or(agent);
+                }
+                if can_take_work(&agent) {
+                    let queue = job_runs::fetch_queue(&mut tx).await?;
+                    if let Some(run) = queue.iter().find(|run| matches(&agent, run)) {
+                        job_runs::move_run(
+                            &mut tx,
+                            run.build_id,
+                            JobState::Assigned,
+                            JobResult::Unknown,
+                            Some(agent_uuid),
+                        )
+                        .await?;
+                        agents::set_agent_state(&mut tx, agent_uuid, AgentState::Building).await?;
+                        let assigned = job_runs::fetch_run_or_404(&mut tx, run.build_id).await?;
+                        work = Some(Work::from(&assigned));
+                        updated_runs.push(assigned);
+                    }
+                }
+            }
+        }
+        let after = agents::fetch(&mut tx, agent_uuid).await?.unwrap_or(agent);
+        let pending = job_runs::pending_count(&mut tx).await?;
+        let queue_changed = !updated_runs.is_empty();
+        tx.commit().await?;
+
+        for run in &updated_runs {
+            if run.state == JobState::Assigned && run.agent_uuid == Some(agent_uuid) {
+                self.hub.publish(
+                    &Topic::AgentJobRuns(agent_uuid),
+                    DomainEvent::RunCreated(run.clone()),
+                );
+                self.hub.publish(
+                    &Topic::AgentJobRunConsole(run.build_id),
+                    DomainEvent::RunUpdated(run.clone()),
+                );
+            } else {
+                self.job_runs.publish_run(run);
+            }
+        }
+        self.agents.publish_change(Some(&before), &after);
+        if queue_changed {
+            self.publish_pending(pending);
+        }
+        Ok(work)
+    }
+
+    /// Ends a run its agent will not finish (Completed/Cancelled) and, unless a cancel was
+    /// asked for, schedules the same job again. Returns the runs that changed.
+    async fn give_up(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        run: &JobRun,
+    ) -> Result<Vec<JobRun>> {
+        job_runs::move_run(
+            conn,
+            run.build_id,
+            JobState::Completed,
+            JobResult::Cancelled,
+            None,
+        )
+        .await?;
+        let mut changed = vec![job_runs::fetch_run_or_404(conn, run.build_id).await?];
+        if !run.cancel_requested {
+            let build_id = job_runs::insert_run(
+                conn,
+                NewRun {
+                    pipeline_name: &run.pipeline_name,
+                    pipeline_counter: run.pipeline_counter,
+                    stage_name: &run.stage_name,
+                    stage_counter: run.stage_counter,
+                    job_name: &run.job_name,
+                    tasks: &run.tasks,
+                    resources: &run.resources,
+                    environment: run.environment.as_deref(),
+                    environment_variables: &run.environment_variables,
+                    rescheduled_from: Some(run.build_id),
+                },
+            )
+            .await?;
+            changed.push(job_runs::fetch_run_or_404(conn, build_id).await?);
+        }
+        Ok(changed)
+    }
+
+    /// The runs of an agent that lost contact end Completed/Cancelled and are scheduled again,
+    /// as GoCD does, so nothing waits forever.
+    pub async fn reschedule_runs_of(&self, agent_uuid: Uuid) -> Result<()> {
+        let mut tx = self.db.write.begin().await?;
+        let before = agents::fetch(&mut tx, agent_uuid).await?;
+        let mut changed = Vec::new();
+        for run in job_runs::fetch_active_runs_of(&mut tx, agent_uuid).await? {
+            changed.extend(self.give_up(&mut tx, &run).await?);
+        }
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let after = agents::fetch(&mut tx, agent_uuid).await?;
+        let pending = job_runs::pending_count(&mut tx).await?;
+        tx.commit().await?;
+        for run in &changed {
+            self.job_runs.publish_run(run);
+        }
+        if let (Some(before), Some(after)) = (before, after) {
+            self.agents.publish_change(Some(&before), &after);
+        }
+        self.publish_pending(pending);
+        Ok(())
+    }
+
+    /// A Scheduled run ends Completed/Cancelled at once; a running one when its agent has
+    /// stopped it (the agent hears `CANCEL` on its next ping). A finished run is left as it is.
+    pub async fn cancel(&self, build_id: i64) -> Result<JobRun> {
+        let mut tx = self.db.write.begin().await?;
+        let run = job_runs::fetch_run_or_404(&mut tx, build_id).await?;
+        match run.state {
+            JobState::Completed => return Ok(run),
+            JobState::Scheduled => {
+                job_runs::move_run(
+                    &mut tx,
+                    build_id,
+                    JobState::Completed,
+                    JobResult::Cancelled,
+                    None,
+                )
+                .await?;
+            }
+            _ if run.cancel_requested => return Ok(run),
+            _ => job_runs::request_cancel(&mut tx, build_id).await?,
+        }
+        let updated = job_runs::fetch_run_or_404(&mut tx, build_id).await?;
+        let pending = job_runs::pending_count(&mut tx).await?;
+        tx.commit().await?;
+        self.job_runs.publish_run(&updated);
+        if run.state == JobState::Scheduled {
+            self.publish_pending(pending);
+        }
+        Ok(updated)
+    }
+
+    /// What a ping answers: `CANCEL` while the agent holds a run whose cancel was asked for.
+    pub async fn instruction_for(&self, agent_uuid: Uuid) -> Result<&'static str> {
+        let mut conn = self.db.read.acquire().await?;
+        let runs = job_runs::fetch_active_runs_of(&mut conn, agent_uuid).await?;
+        Ok(if runs.iter().any(|r| r.cancel_requested) {
+            "CANCEL"
+        } else {
+            "NONE"
+        })
+    }
+
+    pub async fn pending_count(&self) -> Result<u64> {
+        let mut conn = self.db.read.acquire().await?;
+        job_runs::pending_count(&mut conn).await
+    }
+
+    /// The Scheduled runs, oldest first.
+    pub async fn queue(&self) -> Result<Vec<JobRun>> {
+        let mut conn = self.db.read.acquire().await?;
+        job_runs::fetch_queue(&mut conn).await
+    }
+
+    fn publish_pending(&self, count: u64) {
+        self.hub.publish(
+            &Topic::SchedulerUpdates,
+            DomainEvent::PendingCount { count },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agents::BuildState;
+
+    fn agent(
+        state: ConfigState,
+        agent_state: AgentState,
+        resources: &[&str],
+        environments: &[&str],
+    ) -> Agent {
+        Agent {
+            uuid: Uuid::new_v4(),
+            hostname: "h".into(),
+            ip_address: String::new(),
+            sandbox: String::new(),
+            operating_system: String::new(),
+            free_space: None,
+            agent_config_state: state,
+            agent_state,
+            build_state: BuildState::Idle,
+            agent_version: String::new(),
+            resources: resources.iter().map(|s| s.to_string()).collect(),
+            environments: environments.iter().map(|s| s.to_string()).collect(),
+            build_details: None,
+        }
+    }
+
+    fn run(resources: &[&str], environment: Option<&str>) -> JobRun {
+        JobRun {
+            build_id: 1,
+            pipeline_name: "p".into(),
+            pipeline_counter: 1,
+            stage_name: "s".into(),
+            stage_counter: 1,
+            job_name: "j".into(),
+            agent_uuid: None,
+            state: JobState::Scheduled,
+            result: JobResult::Unknown,
+            console_length: 0,
+            resources: resources.iter().map(|s| s.to_string()).collect(),
+            environment: environment.map(str::to_string),
+            tasks: vec![],
+            cancel_requested: false,
+            rescheduled_from: None,
+            scheduled_at: 0,
+            completed_at: None,
+            job_state_transitions: vec![],
+            environment_variables: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn resources_must_all_be_offered_case_insensitively() {
+        let a = agent(
+            ConfigState::Enabled,
+            AgentState::Idle,
+            &["Linux", "docker"],
+            &[],
+        );
+        assert!(matches(&a, &run(&[], None)));
+        assert!(matches(&a, &run(&["linux"], None)));
+        assert!(matches(&a, &run(&["DOCKER", "linux"], None)));
+        assert!(!matches(&a, &run(&["linux", "java"], None)));
+    }
+
+    #[test]
+    fn environments_must_be_shared_or_absent_on_both_sides() {
+        let plain = agent(ConfigState::Enabled, AgentState::Idle, &[], &[]);
+        let prod = agent(ConfigState::Enabled, AgentState::Idle, &[], &["Production"]);
+        assert!(matches(&plain, &run(&[], None)));
+        assert!(!matches(&plain, &run(&[], Some("production"))));
+        assert!(matches(&prod, &run(&[], Some("production"))));
+        assert!(!matches(&prod, &run(&[], Some("staging"))));
+        assert!(
+            !matches(&prod, &run(&[], None)),
+            "an agent in an environment takes only its jobs"
+        );
+    }
+
+    #[test]
+    fn only_enabled_idle_agents_in_contact_take_work() {
+        let table = [
+            (ConfigState::Enabled, AgentState::Idle, true),
+            (ConfigState::Pending, AgentState::Idle, false),
+            (ConfigState::Disabled, AgentState::Idle, false),
+            (ConfigState::Enabled, AgentState::LostContact, false),
+            (ConfigState::Enabled, AgentState::Missing, false),
+            (ConfigState::Enabled, AgentState::Building, false),
+        ];
+        for (config, state, expected) in table {
+            assert_eq!(
+                can_take_work(&agent(config, state, &[], &[])),
+                expected,
+                "{config} {state}"
+            );
+        }
+        let mut busy = agent(ConfigState::Enabled, AgentState::Idle, &[], &[]);
+        busy.build_details = Some(crate::agents::BuildDetails {
+            pipeline_name: "p".into(),
+            stage_name: "s".into(),
+            job_name: "j".into(),
+            build_id: 9,
+        });
+        assert!(
+            !can_take_work(&busy),
+            "an agent holding a run gets no second one"
+        );
+    }
+}

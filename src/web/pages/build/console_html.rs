@@ -1,0 +1,379 @@
+//! Console bytes to HTML: ANSI colours become spans, every text is escaped, and nothing of
+//! the log is lost: escape sequences are dropped (they are not text), and the text a `\r`
+//! overwrote stays in the DOM, hidden, so the console's text content (less the escape codes)
+//! is the stored log, while the reader sees a progress line's final text.
+//!
+//! Each line becomes `<span class="ln" data-end="OFFSET">…\n</span>`, where OFFSET is the byte
+//! offset just past the line: the page uses it to drop lines it already shows. Colour state
+//! carries across the lines of one call and starts afresh with each call.
+
+use std::fmt::Write;
+
+/// The text style an SGR sequence leaves in force.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Style {
+    fg: Option<Colour>,
+    bg: Option<Colour>,
+    bold: bool,
+    dim: bool,
+    italic: bool,
+    underline: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Colour {
+    /// 0–15: the terminal palette, styled by class.
+    Palette(u8),
+    /// 16–255 of the 256-colour cube, or true colour.
+    Rgb(u8, u8, u8),
+}
+
+impl Style {
+    fn is_plain(&self) -> bool {
+        *self == Style::default()
+    }
+
+    fn open_tag(&self) -> String {
+        let mut classes = Vec::new();
+        let mut css = String::new();
+        match self.fg {
+            Some(Colour::Palette(n)) => classes.push(format!("ansi-fg-{n}")),
+            Some(Colour::Rgb(r, g, b)) => {
+                let _ = write!(css, "color:#{r:02x}{g:02x}{b:02x};");
+            }
+            None => {}
+        }
+        match self.bg {
+            Some(Colour::Palette(n)) => classes.push(format!("ansi-bg-{n}")),
+            Some(Colour::Rgb(r, g, b)) => {
+                let _ = write!(css, "background-color:#{r:02x}{g:02x}{b:02x};");
+            }
+            None => {}
+        }
+        for (on, class) in [
+            (self.bold, "ansi-bold"),
+            (self.dim, "ansi-dim"),
+            (self.italic, "ansi-italic"),
+            (self.underline, "ansi-underline"),
+        ] {
+            if on {
+                classes.push(class.to_string());
+            }
+        }
+        let mut tag = String::from("<span");
+        if !classes.is_empty() {
+            let _ = write!(tag, " class=\"{}\"", classes.join(" "));
+        }
+        if !css.is_empty() {
+            let _ = write!(tag, " style=\"{css}\"");
+        }
+        tag.push('>');
+        tag
+    }
+
+    /// Applies one SGR parameter list (`ESC [ … m`).
+    fn apply(&mut self, params: &str) {
+        let codes: Vec<u16> = if params.is_empty() {
+            vec![0]
+        } else {
+            params
+                .split([';', ':'])
+                .map(|p| p.parse().unwrap_or(0))
+                .collect()
+        };
+        let mut i = 0;
+        while i < codes.len() {
+            match codes[i] {
+                0 => *self = Style::default(),
+                1 => self.bold = true,
+                2 => self.dim = true,
+                3 => self.italic = true,
+                4 => self.underline = true,
+                22 => {
+                    self.bold = false;
+                    self.dim = false;
+                }
+                23 => self.italic = false,
+                24 => self.underline = false,
+                c @ 30..=37 => self.fg = Some(Colour::Palette((c - 30) as u8)),
+                c @ 90..=97 => self.fg = Some(Colour::Palette((c - 90 + 8) as u8)),
+                39 => self.fg = None,
+                c @ 40..=47 => self.bg = Some(Colour::Palette((c - 40) as u8)),
+                c @ 100..=107 => self.bg = Some(Colour::Palette((c - 100 + 8) as u8)),
+                49 => self.bg = None,
+                c @ (38 | 48) => {
+                    let colour = match codes.get(i + 1) {
+                        Some(5) => {
+                            let n = codes.get(i + 2).copied().unwrap_or(0).min(255) as u8;
+                            i += 2;
+                            Some(palette_256(n))
+                        }
+                        Some(2) => {
+                            let channel =
+                                |k: usize| codes.get(i + k).copied().unwrap_or(0).min(255) as u8;
+                            let rgb = Colour::Rgb(channel(2), channel(3), channel(4));
+                            i += 4;
+                            Some(rgb)
+                        }
+                        _ => None,
+                    };
+                    if c == 38 {
+                        self.fg = colour;
+                    } else {
+                        self.bg = colour;
+                    }
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+    }
+}
+
+fn palette_256(n: u8) -> Colour {
+    match n {
+        0..=15 => Colour::Palette(n),
+        16..=231 => {
+            let n = n - 16;
+            let level = |v: u8| if v == 0 { 0 } else { 55 + v * 40 };
+            Colour::Rgb(level(n / 36), level((n / 6) % 6), level(n % 6))
+        }
+        _ => {
+            let grey = 8 + (n - 232) * 10;
+            Colour::Rgb(grey, grey, grey)
+        }
+    }
+}
+
+fn escape_into(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            // A raw CR would be read as a newline by the HTML parser; the reference keeps it.
+            '\r' => out.push_str("&#13;"),
+            // NUL is not allowed in HTML text; show it as the replacement character.
+            '\0' => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Renders one line's text (without its `\n`), appending to `out` and updating `style`.
+fn render_line(out: &mut String, line: &str, style: &mut Style) {
+    // The text before the last lone `\r` was overwritten on a terminal: keep it, hidden.
+    let body = line.strip_suffix('\r').unwrap_or(line);
+    let trailing_cr = body.len() != line.len();
+    let (overwritten, shown) = match body.rfind('\r') {
+        Some(i) => (&body[..=i], &body[i + 1..]),
+        None => ("", body),
+    };
+    if !overwritten.is_empty() {
+        out.push_str("<span class=\"cr\">");
+        render_text(out, overwritten, style);
+        out.push_str("</span>");
+    }
+    render_text(out, shown, style);
+    if trailing_cr {
+        out.push_str("<span class=\"cr\">&#13;</span>");
+    }
+}
+
+/// Text with escape sequences: SGR changes the style, every other sequence is dropped.
+fn render_text(out: &mut String, text: &str, style: &mut Style) {
+    let mut open = false;
+    let mut run = String::new();
+    let flush = |out: &mut String, run: &mut String, open: &mut bool, style: &Style| {
+        if run.is_empty() {
+            return;
+        }
+        if !style.is_plain() {
+            out.push_str(&style.open_tag());
+            *open = true;
+        }
+        escape_into(out, run);
+        if *open {
+            out.push_str("</span>");
+            *open = false;
+        }
+        run.clear();
+    };
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c != '\u{1b}' {
+            run.push(c);
+            continue;
+        }
+        match chars.peek().map(|&(_, c)| c) {
+            Some('[') => {
+                chars.next();
+                // CSI: parameters and intermediates, then one final byte in @..~.
+                let start = i + 2;
+                let mut end = start;
+                let mut last = None;
+                for (j, c) in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        last = Some(c);
+                        end = j;
+                        break;
+                    }
+                }
+                if last == Some('m') {
+                    flush(out, &mut run, &mut open, style);
+                    style.apply(&text[start..end]);
+                }
+            }
+            Some(']') => {
+                chars.next();
+                // OSC: up to BEL or ESC \.
+                while let Some((_, c)) = chars.next() {
+                    if c == '\u{7}' {
+                        break;
+                    }
+                    if c == '\u{1b}' {
+                        if chars.peek().map(|&(_, c)| c) == Some('\\') {
+                            chars.next();
+                        }
+                        break;
+                    }
+                }
+            }
+            Some(_) => {
+                chars.next(); // a two-character escape
+            }
+            None => {}
+        }
+    }
+    flush(out, &mut run, &mut open, style);
+}
+
+/// Renders `bytes`, which start at byte offset `start` of the log, one span per line. A last
+/// line without `\n` is rendered too (callers pass one only when the log is complete).
+pub fn render(bytes: &[u8], start: i64) -> String {
+    let mut out = String::with_capacity(bytes.len() + bytes.len() / 4 + 64);
+    let mut style = Style::default();
+    let mut offset = start;
+    for line in bytes.split_inclusive(|b| *b == b'\n') {
+        offset += line.len() as i64;
+        let (content, newline) = match line.strip_suffix(b"\n") {
+            Some(content) => (content, true),
+            None => (line, false),
+        };
+        let _ = write!(out, "<span class=\"ln\" data-end=\"{offset}\">");
+        render_line(&mut out, &String::from_utf8_lossy(content), &mut style);
+        if newline {
+            out.push('\n');
+        }
+        out.push_str("</span>");
+    }
+    out
+}
+
+/// The offset just past the last `\n` in `bytes` (which start at `start`), or `start`.
+pub fn complete_lines_end(bytes: &[u8], start: i64) -> i64 {
+    match bytes.iter().rposition(|b| *b == b'\n') {
+        Some(i) => start + i as i64 + 1,
+        None => start,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a browser's `textContent` would give: tags dropped, entities decoded.
+    fn text_content(html: &str) -> String {
+        let mut out = String::new();
+        let mut in_tag = false;
+        let mut entity = String::new();
+        let mut in_entity = false;
+        for c in html.chars() {
+            match c {
+                '<' => in_tag = true,
+                '>' if in_tag => in_tag = false,
+                _ if in_tag => {}
+                '&' => {
+                    in_entity = true;
+                    entity.clear();
+                }
+                ';' if in_entity => {
+                    in_entity = false;
+                    out.push_str(match entity.as_str() {
+                        "amp" => "&",
+                        "lt" => "<",
+                        "gt" => ">",
+                        "quot" => "\"",
+                        "#39" => "'",
+                        "#13" => "\r",
+                        other => panic!("unexpected entity {other}"),
+                    });
+                }
+                _ if in_entity => entity.push(c),
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn colours_become_spans_and_codes_leave_no_text() {
+        let html = render(b"\x1b[31mred\x1b[0m plain \x1b[1;32mbold green\x1b[0m\n", 0);
+        assert!(
+            html.contains("<span class=\"ansi-fg-1\">red</span>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<span class=\"ansi-fg-2 ansi-bold\">bold green</span>"),
+            "{html}"
+        );
+        assert_eq!(text_content(&html), "red plain bold green\n");
+    }
+
+    #[test]
+    fn a_progress_line_shows_its_final_text_but_keeps_every_byte() {
+        let html = render(b"50%\r100%\n", 0);
+        assert!(
+            html.contains("<span class=\"cr\">50%&#13;</span>100%"),
+            "{html}"
+        );
+        assert_eq!(text_content(&html), "50%\r100%\n");
+        // CRLF line endings keep their CR too, hidden.
+        assert_eq!(text_content(&render(b"dos\r\n", 0)), "dos\r\n");
+    }
+
+    #[test]
+    fn markup_is_escaped_and_invalid_utf8_is_replaced() {
+        let html = render(b"<script>alert('x')</script> & \xff\xfe\n", 0);
+        assert!(!html.contains("<script>"));
+        assert_eq!(
+            text_content(&html),
+            "<script>alert('x')</script> & \u{fffd}\u{fffd}\n"
+        );
+    }
+
+    #[test]
+    fn each_line_carries_the_offset_after_it() {
+        let html = render(b"ab\ncd\nlast", 10);
+        assert!(html.contains("data-end=\"13\""));
+        assert!(html.contains("data-end=\"16\""));
+        assert!(html.contains("data-end=\"20\""));
+        assert_eq!(complete_lines_end(b"ab\ncd\nlast", 10), 16);
+        assert_eq!(complete_lines_end(b"none", 10), 10);
+    }
+
+    #[test]
+    fn other_escape_sequences_are_dropped_and_256_colours_are_inline() {
+        let html = render(b"\x1b[2K\x1b]0;title\x07\x1b[38;5;208morange\x1b[39m\n", 0);
+        assert_eq!(text_content(&html), "orange\n");
+        assert!(html.contains("style=\"color:#ff8700;\""), "{html}");
+    }
+
+    #[test]
+    fn colour_state_carries_across_lines() {
+        let html = render(b"\x1b[34mone\ntwo\x1b[0m\n", 0);
+        assert_eq!(html.matches("ansi-fg-4").count(), 2, "{html}");
+    }
+}

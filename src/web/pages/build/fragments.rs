@@ -1,0 +1,116 @@
+//! The run page's markup.
+
+use maud::{Markup, PreEscaped, html};
+
+use super::console_html;
+use crate::job_runs::{JobRun, JobState, format_time};
+use crate::web::pages::runs::{duration, result_class};
+
+/// What the console shows at first: the log up to `end`, rendered (its tail only, when
+/// `truncated`).
+pub struct ConsoleTail {
+    pub end: i64,
+    pub html: String,
+    /// Lines before `start` were left out (a large log shows only its tail).
+    pub truncated: bool,
+}
+
+pub fn run_page(run: &JobRun, hostname: Option<&str>, console: &ConsoleTail) -> Markup {
+    let events = format!(
+        "/builds/{}/console/events?from={}",
+        run.build_id, console.end
+    );
+    html! {
+        div sse-connect=(events) {
+            div.page-title.run-title {
+                p.breadcrumb {
+                    (run.pipeline_name) " / " (run.pipeline_counter) " / "
+                    (run.stage_name) " / " (run.stage_counter) " / " b { (run.job_name) }
+                }
+                div #run-summary sse-swap="status" { (summary(run, hostname)) }
+            }
+            section.card.console-card {
+                div.console-toolbar {
+                    span.console-title { "Console log" }
+                    label.follow { input #follow type="checkbox" checked; " Follow the tail" }
+                    @if console.truncated {
+                        span.truncated { "Showing the last lines only. " a href="?all=1" { "Show all" } }
+                    }
+                    a.btn.small href={ "/api/builds/" (run.build_id) "/console" } download={ "build-" (run.build_id) ".log" } { "Raw log" }
+                }
+                pre #console data-end=(console.end) sse-swap="console" hx-swap="beforeend" {
+                    (PreEscaped(&console.html))
+                }
+            }
+        }
+    }
+}
+
+/// The status badge with the run's agent, timings and cancel button (event `status`).
+pub fn summary(run: &JobRun, hostname: Option<&str>) -> Markup {
+    let class = result_class(run);
+    html! {
+        div.run-summary {
+            h1 { (run.job_name) small.subtitle { " Job run details" } }
+            div.status-box {
+                span.label { "Job state" }
+                span #run-status data-state=(run.state) data-result=(run.result) class={ "badge badge-" (class) } {
+                    (run.state)
+                    @if run.state == JobState::Completed { " · " (run.result) }
+                    @else if run.cancel_requested { " · cancelling" }
+                }
+                span.label { "Agent" }
+                span {
+                    @match (run.agent_uuid, hostname) {
+                        (Some(uuid), Some(name)) => a href={ "/agents/" (uuid) "/job_run_history" } { (name) },
+                        (Some(uuid), None) => (uuid),
+                        (None, _) => span.none { "not assigned yet" },
+                    }
+                }
+                span.label { "Scheduled" }
+                span { time datetime=(format_time(run.scheduled_at)) { (format_time(run.scheduled_at)) } }
+                span.label { "Duration" }
+                span #run-duration { (duration(run)) }
+                @if run.state != JobState::Completed && !run.cancel_requested {
+                    button.btn.danger.small #cancel-run type="button"
+                        hx-post={ "/builds/" (run.build_id) "/cancel" } hx-swap="none" { "Cancel" }
+                }
+            }
+        }
+    }
+}
+
+/// Keeps the last `max_lines` complete lines of `bytes` (which start at `start`); returns
+/// where the kept part starts in the log and whether anything was left out.
+pub fn tail_lines(bytes: &[u8], start: i64, max_lines: usize) -> (i64, &[u8], bool) {
+    let mut seen = 0;
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    for (i, b) in body.iter().enumerate().rev() {
+        if *b == b'\n' {
+            seen += 1;
+            if seen == max_lines {
+                return (start + i as i64 + 1, &bytes[i + 1..], true);
+            }
+        }
+    }
+    (start, bytes, start > 0)
+}
+
+pub fn render_console(bytes: &[u8], start: i64) -> String {
+    console_html::render(bytes, start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        let (start, kept, truncated) = tail_lines(b"a\nb\nc\nd\n", 0, 2);
+        assert_eq!((start, kept, truncated), (4, &b"c\nd\n"[..], true));
+        let (start, kept, truncated) = tail_lines(b"a\nb\n", 0, 5);
+        assert_eq!((start, kept, truncated), (0, &b"a\nb\n"[..], false));
+        let (start, _, truncated) = tail_lines(b"x\n", 100, 5);
+        assert_eq!((start, truncated), (100, true));
+    }
+}

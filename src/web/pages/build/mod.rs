@@ -1,0 +1,144 @@
+//! The run page (`/builds/{id}`, `/agents/{uuid}/job_run_history/{id}` and GoCD's
+//! `/tab/build/detail/…`): status, timings, cancel, and the live console.
+
+mod console_html;
+mod fragments;
+pub mod live;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use maud::Markup;
+use serde::Deserialize;
+
+use super::layout::{Section, page};
+use crate::AppState;
+use crate::error::{Error, Result};
+use crate::web::api::build_id;
+use crate::web::sse;
+
+pub use live::ConsoleViews;
+
+/// The first render shows this many lines of a large log ("Show all" shows the rest).
+const TAIL_LINES: usize = 1000;
+/// …read from at most this much of its end.
+const TAIL_WINDOW: i64 = 2 * 1024 * 1024;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/builds/{build_id}", get(by_id))
+        .route("/agents/{uuid}/job_run_history/{build_id}", get(by_agent))
+        .route(
+            "/tab/build/detail/{pipeline}/{pc}/{stage}/{sc}/{job}",
+            get(by_names),
+        )
+        .route("/builds/{build_id}/console/events", get(events))
+        .route("/builds/{build_id}/cancel", post(cancel))
+}
+
+#[derive(Deserialize, Default)]
+struct PageQuery {
+    all: Option<String>,
+}
+
+async fn by_id(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Result<Markup> {
+    run_page(&state, build_id(&id)?, q.all.is_some()).await
+}
+
+async fn by_agent(
+    State(state): State<AppState>,
+    Path((_uuid, id)): Path<(String, String)>,
+    Query(q): Query<PageQuery>,
+) -> Result<Markup> {
+    run_page(&state, build_id(&id)?, q.all.is_some()).await
+}
+
+/// GoCD's address: the newest run of that job.
+async fn by_names(
+    State(state): State<AppState>,
+    Path((pipeline, pc, stage, sc, job)): Path<(String, i64, String, i64, String)>,
+    Query(q): Query<PageQuery>,
+) -> Result<Markup> {
+    let id = state
+        .job_runs
+        .find(&pipeline, pc, &stage, sc, &job)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no run of {pipeline}/{pc}/{stage}/{sc}/{job}")))?;
+    run_page(&state, id, q.all.is_some()).await
+}
+
+async fn run_page(state: &AppState, id: i64, all: bool) -> Result<Markup> {
+    let run = state.job_runs.get(id).await?;
+    let hostname = match run.agent_uuid {
+        Some(uuid) => state.agents.get(uuid).await.ok().map(|a| a.hostname),
+        None => None,
+    };
+    let from = if all {
+        0
+    } else {
+        (run.console_length - TAIL_WINDOW).max(0)
+    };
+    let (bytes, length) = state.job_runs.read_console(id, from).await?;
+    // A live run shows complete lines; the stream brings the rest.
+    let end = if run.is_completed() {
+        length
+    } else {
+        console_html::complete_lines_end(&bytes, from)
+    };
+    let shown = &bytes[..(end - from) as usize];
+    let (start, kept, truncated) = if all {
+        (from, shown, false)
+    } else {
+        fragments::tail_lines(shown, from, TAIL_LINES)
+    };
+    let console = fragments::ConsoleTail {
+        end,
+        html: fragments::render_console(kept, start),
+        truncated,
+    };
+    let title = format!(
+        "{} / {} / {}",
+        run.pipeline_name, run.stage_name, run.job_name
+    );
+    Ok(page(
+        &title,
+        Section::Agents,
+        &["console.js", "durations.js"],
+        fragments::run_page(&run, hostname.as_deref(), &console),
+    ))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    from: Option<i64>,
+}
+
+/// Resumes at `Last-Event-ID` (the browser resends it), else `?from=`, else 0.
+async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let id = build_id(&id)?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    let from = last_event_id.or(q.from).unwrap_or(0);
+    let (view, changes) = live::attach(&state, id).await?;
+    let stream = live::connection_stream(state.clone(), id, view, changes, from);
+    Ok(sse::response(stream, state.shutdown.clone()))
+}
+
+/// The page's Cancel button; the `status` event shows the outcome.
+async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode> {
+    state.scheduler.cancel(build_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

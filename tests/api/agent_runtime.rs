@@ -1,0 +1,514 @@
+//! `ferrocd agent` as a real process against a real server: jobs run, consoles hold the exact
+//! bytes, a failing task stops the job, variables reach tasks, cancel stops every process,
+//! and a restarted agent keeps its identity.
+//!
+//! The agent writes marker lines of its own into the console (see src/agent/console.rs):
+//! `[ferrocd] Task: CMDLINE` before each task, `[ferrocd] Task failed: ...` after a failing
+//! one, `[ferrocd] Job cancelled` on cancel and `[ferrocd] Job completed: RESULT` last.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::helpers::{TestApp, eventually, spawn_app_with};
+
+const KEY: &str = "agent-runtime-key";
+
+/// A running `ferrocd agent`; stopped (SIGTERM, then SIGKILL) when dropped. Its log is
+/// printed if the test failed.
+struct AgentProcess {
+    child: Option<Child>,
+    work_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl AgentProcess {
+    fn start(app: &TestApp, work_dir: &Path, log_dir: &TempDir) -> AgentProcess {
+        let log = log_dir
+            .path()
+            .join(format!("agent-{}.log", std::process::id()));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("agent log");
+        let child = Command::new(env!("CARGO_BIN_EXE_ferrocd"))
+            .arg("agent")
+            .arg("--server")
+            .arg(&app.base)
+            .arg("--work-dir")
+            .arg(work_dir)
+            .arg("--registration-key")
+            .arg(KEY)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log"))
+            .stderr(log_file)
+            .spawn()
+            .expect("the agent starts");
+        AgentProcess {
+            child: Some(child),
+            work_dir: work_dir.to_path_buf(),
+            log,
+        }
+    }
+
+    /// The identity the agent saved in its work dir.
+    fn identity(&self) -> Option<(String, String)> {
+        let text = std::fs::read_to_string(self.work_dir.join("agent.json")).ok()?;
+        let value: Value = serde_json::from_str(&text).ok()?;
+        Some((
+            value["uuid"].as_str()?.to_string(),
+            value["token"].as_str()?.to_string(),
+        ))
+    }
+
+    fn sandbox(&self, pipeline: &str) -> PathBuf {
+        self.work_dir.join("pipelines").join(pipeline)
+    }
+
+    /// SIGTERM, then waits for the exit (SIGKILL after `patience`).
+    fn stop(&mut self, patience: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(3));
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("---- agent log ----\n{log}---- end of agent log ----");
+        }
+    }
+}
+
+async fn app_with_key() -> TestApp {
+    spawn_app_with(|c| c.agent_registration_key = Some(KEY.into())).await
+}
+
+/// Starts an agent and waits until the server lists it Enabled.
+async fn start_agent(app: &TestApp, work_dir: &Path, logs: &TempDir) -> (AgentProcess, String) {
+    let agent = AgentProcess::start(app, work_dir, logs);
+    let uuid = eventually("the agent registers and saves its identity", || async {
+        agent.identity().map(|(uuid, _)| uuid)
+    })
+    .await;
+    eventually("the agent is listed Enabled", || async {
+        let (status, body) = app.get_json(&format!("/api/agents/{uuid}")).await;
+        (status == 200 && body["agent_config_state"] == "Enabled").then_some(())
+    })
+    .await;
+    (agent, uuid)
+}
+
+async fn schedule(app: &TestApp, body: Value) -> i64 {
+    let (status, run) = app
+        .send_json(reqwest::Method::POST, "/api/jobs/schedule", body)
+        .await;
+    assert_eq!(status, 201, "schedule: {run}");
+    assert_eq!(run["state"], "Scheduled", "{run}");
+    run["build_id"].as_i64().expect("a numeric build_id")
+}
+
+/// Waits until the run is Completed and returns it.
+async fn completed(app: &TestApp, build_id: i64) -> Value {
+    eventually(&format!("build {build_id} completes"), || async {
+        let (status, run) = app.get_json(&format!("/api/builds/{build_id}")).await;
+        (status == 200 && run["state"] == "Completed").then_some(run)
+    })
+    .await
+}
+
+async fn console(app: &TestApp, build_id: i64) -> Vec<u8> {
+    let response = app
+        .client
+        .get(app.url(&format!("/api/builds/{build_id}/console?from=0")))
+        .send()
+        .await
+        .expect("console request");
+    assert_eq!(response.status(), 200);
+    response.bytes().await.expect("console body").to_vec()
+}
+
+fn shown(bytes: &[u8]) -> String {
+    format!("{:?}", String::from_utf8_lossy(bytes))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_job_ends_failed_and_its_console_holds_the_exact_bytes() {
+    let app = app_with_key().await;
+    let work = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (_agent, uuid) = start_agent(&app, work.path(), &logs).await;
+
+    let script = r#"echo hello; printf "\033[31mred\033[0m\n"; printf "50%%\r100%%\n"; exit 3"#;
+    let build_id = schedule(
+        &app,
+        json!({"pipeline_name": "bytes", "stage_name": "s", "job_name": "j",
+               "tasks": [{"command": "sh", "args": ["-c", script]}], "resources": []}),
+    )
+    .await;
+    let run = completed(&app, build_id).await;
+    assert_eq!(run["result"], "Failed", "{run}");
+    assert_eq!(run["agent_uuid"], uuid.as_str(), "{run}");
+
+    let mut expected = Vec::new();
+    expected.extend_from_slice(format!("[ferrocd] Task: sh -c '{script}'\n").as_bytes());
+    expected.extend_from_slice(b"hello\n\x1b[31mred\x1b[0m\n50%\r100%\n");
+    expected.extend_from_slice(b"[ferrocd] Task failed: exited with code 3\n");
+    expected.extend_from_slice(b"[ferrocd] Job completed: Failed\n");
+    let stored = console(&app, build_id).await;
+    assert_eq!(
+        stored,
+        expected,
+        "console {} != {}",
+        shown(&stored),
+        shown(&expected)
+    );
+    assert_eq!(run["console_length"], expected.len() as u64, "{run}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn passing_tasks_all_run_and_the_job_passes() {
+    let app = app_with_key().await;
+    let work = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (agent, _uuid) = start_agent(&app, work.path(), &logs).await;
+
+    let build_id = schedule(
+        &app,
+        json!({"pipeline_name": "passes", "stage_name": "s", "job_name": "j",
+               "tasks": [{"command": "sh", "args": ["-c", "echo one; echo err >&2; touch first"]},
+                         {"command": "sh", "args": ["-c", "printf two; touch second"]}],
+               "resources": []}),
+    )
+    .await;
+    let run = completed(&app, build_id).await;
+    assert_eq!(run["result"], "Passed", "{run}");
+    let stored = console(&app, build_id).await;
+    let expected = b"[ferrocd] Task: sh -c 'echo one; echo err >&2; touch first'\n\
+one\nerr\n\
+[ferrocd] Task: sh -c 'printf two; touch second'\n\
+two\n\
+[ferrocd] Job completed: Passed\n";
+    assert_eq!(stored, expected.to_vec(), "console {}", shown(&stored));
+    assert!(agent.sandbox("passes").join("first").exists());
+    assert!(agent.sandbox("passes").join("second").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_failing_task_the_next_one_does_not_run() {
+    let app = app_with_key().await;
+    let work = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (agent, _uuid) = start_agent(&app, work.path(), &logs).await;
+
+    let build_id = schedule(
+        &app,
+        json!({"pipeline_name": "stops", "stage_name": "s", "job_name": "j",
+               "tasks": [{"command": "sh", "args": ["-c", "touch first; exit 1"]},
+                         {"command": "touch", "args": ["second-ran"]}],
+               "resources": []}),
+    )
+    .await;
+    let run = completed(&app, build_id).await;
+    assert_eq!(run["result"], "Failed", "{run}");
+    let sandbox = agent.sandbox("stops");
+    assert!(
+        sandbox.join("first").exists(),
+        "the first task ran in the sandbox"
+    );
+    assert!(!sandbox.join("second-ran").exists(), "the second task ran");
+    let stored = String::from_utf8(console(&app, build_id).await).unwrap();
+    assert_eq!(
+        stored,
+        "[ferrocd] Task: sh -c 'touch first; exit 1'\n\
+         [ferrocd] Task failed: exited with code 1\n\
+         [ferrocd] Job completed: Failed\n"
+    );
+
+    // A command that cannot start fails the job the same way, with a line saying so.
+    let build_id = schedule(
+        &app,
+        json!({"pipeline_name": "stops", "stage_name": "s", "job_name": "j",
+               "tasks": [{"command": "/no/such/program", "args": []},
+                         {"command": "touch", "args": ["second-ran"]}],
+               "resources": []}),
+    )
+    .await;
+    let run = completed(&app, build_id).await;
+    assert_eq!(run["result"], "Failed", "{run}");
+    assert!(!sandbox.join("second-ran").exists(), "the second task ran");
+    let stored = String::from_utf8(console(&app, build_id).await).unwrap();
+    assert!(
+        stored.contains("[ferrocd] Task failed: could not start '/no/such/program'"),
+        "{stored}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn environment_variables_reach_the_task() {
+    let app = app_with_key().await;
+    let work = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (_agent, _uuid) = start_agent(&app, work.path(), &logs).await;
+
+    let script = r#"printf '%s|%s|%s|%s|%s|%s\n' "$GREETING" "$GO_PIPELINE_NAME" "$GO_PIPELINE_COUNTER" "$GO_STAGE_NAME" "$GO_STAGE_COUNTER" "$GO_JOB_NAME"; pwd"#;
+    let build_id = schedule(
+        &app,
+        json!({"pipeline_name": "envpipe", "stage_name": "envstage", "job_name": "envjob",
+               "tasks": [{"command": "sh", "args": ["-c", script]}], "resources": [],
+               "environment_variables": {"GREETING": "hi there"}}),
+    )
+    .await;
+    let run = completed(&app, build_id).await;
+    assert_eq!(run["result"], "Passed", "{run}");
+    let counter = run["pipeline_counter"]
+        .as_i64()
+        .expect("a numeric pipeline_counter");
+    let stored = String::from_utf8(console(&app, build_id).await).unwrap();
+    let sandbox = std::fs::canonicalize(work.path().join("pipelines/envpipe")).unwrap();
+    let expected_line = format!("hi there|envpipe|{counter}|envstage|1|envjob\n");
+    assert!(stored.contains(&expected_line), "{stored:?}");
+    assert!(
+        stored.contains(&format!("{}\n", sandbox.display())),
+        "the task runs in the sandbox: {stored:?}"
+    );
+}
+
+/// A process's pid is gone (or a zombie: dead, waiting to be reaped).
+fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => {
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next())
+                .unwrap_or("");
+            state == "Z" || state == "X"
+        }
+    }
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_running_job_stops_all_its_processes() {
+    let app = app_with_key().await;
+    let work = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (agent, uuid) = start_agent(&app, work.path(), &logs).await;
+
+    let build_id = schedule(
+        &app,
+        json!({"pipeline_name": "cancel", "stage_name": "s", "job_name": "j",
+               "tasks": [{"command": "sh",
+                          "args": ["-c", "echo $$ > shell.pid; sleep 600 & echo $! > child.pid; echo started; wait"]}],
+               "resources": []}),
+    )
+    .await;
+    let sandbox = agent.sandbox("cancel");
+    let (shell, child) = eventually("the task records its pids", || async {
+        Some((
+            read_pid(&sandbox.join("shell.pid"))?,
+            read_pid(&sandbox.join("child.pid"))?,
+        ))
+    })
+    .await;
+    eventually("the run is Building", || async {
+        let (_, run) = app.get_json(&format!("/api/builds/{build_id}")).await;
+        (run["state"] == "Building").then_some(())
+    })
+    .await;
+    eventually("the agent is Building", || async {
+        let agent = app.agent(&uuid).await;
+        (agent["agent_state"] == "Building").then_some(())
+    })
+    .await;
+    assert!(
+        !process_gone(shell) && !process_gone(child),
+        "the task runs"
+    );
+
+    let (status, run) = app
+        .send_json(
+            reqwest::Method::POST,
+            &format!("/api/builds/{build_id}/cancel"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 202, "{run}");
+
+    let run = completed(&app, build_id).await;
+    assert_eq!(run["result"], "Cancelled", "{run}");
+    for pid in [shell, child] {
+        eventually(&format!("process {pid} is gone"), || async {
+            process_gone(pid).then_some(())
+        })
+        .await;
+    }
+    let stored = String::from_utf8(console(&app, build_id).await).unwrap();
+    assert!(stored.contains("started\n"), "{stored:?}");
+    assert!(
+        stored.ends_with("[ferrocd] Job cancelled\n[ferrocd] Job completed: Cancelled\n"),
+        "{stored:?}"
+    );
+    eventually("the agent is Idle again", || async {
+        let agent = app.agent(&uuid).await;
+        (agent["agent_state"] == "Idle").then_some(())
+    })
+    .await;
+}
+
+async fn ping_status(app: &TestApp, uuid: &str, token: &str) -> u16 {
+    app.client
+        .post(app.url(&format!("/api/agents/{uuid}/ping")))
+        .bearer_auth(token)
+        .json(&json!({"agent_state": "Idle"}))
+        .send()
+        .await
+        .expect("ping")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_agent_keeps_its_identity() {
+    let app = app_with_key().await;
+    let work = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (mut first, uuid) = start_agent(&app, work.path(), &logs).await;
+    let (_, first_token) = first.identity().unwrap();
+    let status = first
+        .stop(Duration::from_secs(15))
+        .expect("the agent exits on SIGTERM");
+    assert!(status.success(), "SIGTERM is a clean stop: {status:?}");
+
+    let second = AgentProcess::start(&app, work.path(), &logs);
+    let second_token = eventually("the restarted agent re-registers", || async {
+        second
+            .identity()
+            .filter(|(_, token)| *token != first_token)
+            .map(|(same_uuid, token)| {
+                assert_eq!(same_uuid, uuid);
+                token
+            })
+    })
+    .await;
+    // The old token no longer works; the new one does.
+    assert_eq!(ping_status(&app, &uuid, &first_token).await, 401);
+    assert_eq!(ping_status(&app, &uuid, &second_token).await, 200);
+
+    let (status, body) = app.get_json("/api/agents").await;
+    assert_eq!(status, 200);
+    let agents = body["_embedded"]["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 1, "{body}");
+    assert_eq!(agents[0]["uuid"], uuid.as_str());
+    assert_eq!(agents[0]["agent_config_state"], "Enabled");
+
+    // And it still takes work.
+    let build_id = schedule(
+        &app,
+        json!({"pipeline_name": "again", "stage_name": "s", "job_name": "j",
+               "tasks": [{"command": "true", "args": []}], "resources": []}),
+    )
+    .await;
+    let run = completed(&app, build_id).await;
+    assert_eq!(run["result"], "Passed", "{run}");
+    assert_eq!(run["agent_uuid"], uuid.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn megabytes_of_output_arrive_whole_and_in_order() {
+    let app = app_with_key().await;
+    let work = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (_agent, _uuid) = start_agent(&app, work.path(), &logs).await;
+
+    // About 2.9 MB: more than one 1 MiB request, stdout and stderr interleaved.
+    let script = "i=0; while [ $i -lt 40 ]; do seq $((i*10000+1)) $((i*10000+10000)); echo \"err $i\" >&2; i=$((i+1)); done";
+    let build_id = schedule(
+        &app,
+        json!({"pipeline_name": "big", "stage_name": "s", "job_name": "j",
+               "tasks": [{"command": "sh", "args": ["-c", script]}], "resources": []}),
+    )
+    .await;
+    let run = completed(&app, build_id).await;
+    assert_eq!(run["result"], "Passed", "{run}");
+    let mut expected = format!("[ferrocd] Task: sh -c '{script}'\n");
+    for i in 0..40u64 {
+        for n in (i * 10000 + 1)..=(i * 10000 + 10000) {
+            expected.push_str(&format!("{n}\n"));
+        }
+        expected.push_str(&format!("err {i}\n"));
+    }
+    expected.push_str("[ferrocd] Job completed: Passed\n");
+    let stored = console(&app, build_id).await;
+    assert!(expected.len() > 2 * 1024 * 1024);
+    assert_eq!(stored.len(), expected.len());
+    assert!(stored == expected.as_bytes(), "the console differs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stopping_the_agent_mid_job_cancels_the_job_and_exits_cleanly() {
+    let app = app_with_key().await;
+    let work = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (mut agent, _uuid) = start_agent(&app, work.path(), &logs).await;
+
+    let build_id = schedule(
+        &app,
+        json!({"pipeline_name": "stopping", "stage_name": "s", "job_name": "j",
+               "tasks": [{"command": "sh", "args": ["-c", "sleep 600 & echo $! > child.pid; wait"]}],
+               "resources": []}),
+    )
+    .await;
+    let sandbox = agent.sandbox("stopping");
+    let child = eventually("the task records its child's pid", || async {
+        read_pid(&sandbox.join("child.pid"))
+    })
+    .await;
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = agent.stop(Duration::from_secs(15));
+        (agent, status)
+    })
+    .await
+    .unwrap()
+    .1
+    .expect("the agent exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(process_gone(child), "the task's process outlived the agent");
+    let run = completed(&app, build_id).await;
+    assert_eq!(run["result"], "Cancelled", "{run}");
+    let stored = String::from_utf8(console(&app, build_id).await).unwrap();
+    assert!(
+        stored.ends_with(
+            "[ferrocd] Agent stopping: job cancelled\n[ferrocd] Job completed: Cancelled\n"
+        ),
+        "{stored:?}"
+    );
+}
