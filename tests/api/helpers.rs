@@ -311,3 +311,126 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// The agent protocol, spoken as an agent would (for tests that drive a run step by step).
+impl TestApp {
+    /// Schedules an ad-hoc job running `echo`; returns its build id.
+    pub async fn schedule_job(&self, pipeline: &str, job: &str) -> i64 {
+        let body = json!({"pipeline_name": pipeline, "stage_name": "build", "job_name": job,
+                          "tasks": [{"command": "echo", "args": ["hello"]}]});
+        let (status, run) = self
+            .send_json(reqwest::Method::POST, "/api/jobs/schedule", body)
+            .await;
+        assert_eq!(status, 201, "schedule failed: {run}");
+        run["build_id"].as_i64().expect("a build id")
+    }
+
+    /// Asks for work as `agent`; expects a job.
+    pub async fn take_work(&self, agent: &Registered) -> Value {
+        let response = self
+            .client
+            .post(self.url(&format!("/api/agents/{}/work", agent.uuid)))
+            .bearer_auth(&agent.token)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200, "no work for {}", agent.uuid);
+        response.json().await.expect("WORK")
+    }
+
+    /// Reports `job_state` (and `result`) for a build as `agent`; expects 200.
+    pub async fn report(
+        &self,
+        agent: &Registered,
+        build_id: i64,
+        job_state: &str,
+        result: Option<&str>,
+    ) {
+        let mut body = json!({ "job_state": job_state });
+        if let Some(result) = result {
+            body["result"] = json!(result);
+        }
+        let response = self
+            .client
+            .post(self.url(&format!("/api/builds/{build_id}/status")))
+            .bearer_auth(&agent.token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200, "status {job_state} refused");
+    }
+
+    /// Appends console bytes at `offset` as `agent`; returns the new stored length.
+    pub async fn append_console(
+        &self,
+        agent: &Registered,
+        build_id: i64,
+        offset: usize,
+        bytes: &[u8],
+    ) -> i64 {
+        let response = self
+            .client
+            .post(self.url(&format!("/api/builds/{build_id}/console")))
+            .bearer_auth(&agent.token)
+            .header("X-Console-Offset", offset.to_string())
+            .header("Content-Type", "text/plain")
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200, "append refused");
+        let body: Value = response.json().await.expect("JSON");
+        body["offset"].as_i64().expect("offset")
+    }
+
+    /// The stored log, raw.
+    pub async fn stored_console(&self, build_id: i64) -> Vec<u8> {
+        let response = self
+            .client
+            .get(self.url(&format!("/api/builds/{build_id}/console")))
+            .send()
+            .await
+            .unwrap();
+        response.bytes().await.unwrap().to_vec()
+    }
+
+    /// An enabled agent holding a fresh run that it has started building; returns both.
+    pub async fn running_build(&self, hostname: &str) -> (Registered, i64) {
+        let agent = self.register_enabled(hostname).await;
+        let build_id = self.schedule_job("console", "job").await;
+        let work = self.take_work(&agent).await;
+        assert_eq!(work["build_id"], build_id);
+        self.report(&agent, build_id, "Building", None).await;
+        (agent, build_id)
+    }
+}
+
+/// What a browser's `textContent` of console HTML would be: tags dropped, the entities our
+/// fragments use decoded (`&#13;` is a carriage return).
+pub fn text_content(html: &str) -> String {
+    let mut out = String::new();
+    let mut rest = html;
+    while let Some(c) = rest.chars().next() {
+        if c == '<' {
+            let end = rest.find('>').expect("a closed tag");
+            rest = &rest[end + 1..];
+        } else if c == '&' {
+            let end = rest.find(';').expect("a closed entity");
+            out.push_str(match &rest[1..end] {
+                "amp" => "&",
+                "lt" => "<",
+                "gt" => ">",
+                "quot" => "\"",
+                "#39" => "'",
+                "#13" => "\r",
+                other => panic!("unexpected entity &{other};"),
+            });
+            rest = &rest[end + 1..];
+        } else {
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    out
+}
