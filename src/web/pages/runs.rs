@@ -187,11 +187,21 @@ pub fn rows(runs: &[JobRun]) -> Markup {
                 td { a href=(href) { (run.job_name) } }
                 td { span class={ "result result-" (result_class(run)) } { (run.result) } }
                 td { (run.state) }
-                td { time datetime=(format_time(run.scheduled_at)) { (format_time(run.scheduled_at)) } }
+                td { (timestamp(run.scheduled_at)) }
                 td { (duration(run)) }
             }
         }
     }
+}
+
+/// A moment as people read it ("2026-11-27 19:24:06 UTC"), machine-readable in `datetime`.
+pub fn timestamp(millis: i64) -> Markup {
+    let iso = format_time(millis);
+    let shown = match iso.split_once('T') {
+        Some((date, rest)) => format!("{date} {} UTC", &rest[..rest.len().min(8)]),
+        None => iso.clone(),
+    };
+    html! { time datetime=(iso) { (shown) } }
 }
 
 /// From Building (or Assigned) to Completed; a running job's duration ticks in the browser.

@@ -3,8 +3,8 @@
 use maud::{Markup, PreEscaped, html};
 
 use super::console_html;
-use crate::job_runs::{JobRun, JobState, format_time};
-use crate::web::pages::runs::{duration, result_class};
+use crate::job_runs::{JobRun, JobState};
+use crate::web::pages::runs::{duration, result_class, timestamp};
 
 /// What the console shows at first: the log up to `end`, rendered (its tail only, when
 /// `truncated`).
@@ -68,7 +68,7 @@ pub fn summary(run: &JobRun, hostname: Option<&str>) -> Markup {
                     }
                 }
                 span.label { "Scheduled" }
-                span { time datetime=(format_time(run.scheduled_at)) { (format_time(run.scheduled_at)) } }
+                span { (timestamp(run.scheduled_at)) }
                 span.label { "Duration" }
                 span #run-duration { (duration(run)) }
                 @if run.state != JobState::Completed && !run.cancel_requested {
