@@ -34,7 +34,7 @@ pub enum ApiError {
         status: u16,
         message: String,
         body: Value,
-        headers: HeaderMap,
+        headers: Box<HeaderMap>,
     },
     /// A success status with a body the agent cannot read.
     Decode(String),
@@ -431,11 +431,7 @@ impl Client {
         if let Some(key) = &self.registration_key {
             request = request.header("X-Agent-Registration-Key", key);
         }
-        let response = request
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| ApiError::Transport(e.to_string()))?;
+        let response = request.json(&body).send().await.map_err(transport)?;
         let response = check(response).await?;
         decode(response).await
     }
@@ -496,10 +492,7 @@ impl Client {
             if let Some(timeout) = timeout {
                 request = request.timeout(timeout);
             }
-            let response = request
-                .send()
-                .await
-                .map_err(|e| ApiError::Transport(e.to_string()))?;
+            let response = request.send().await.map_err(transport)?;
             if response.status() == reqwest::StatusCode::UNAUTHORIZED && !reauthenticated {
                 reauthenticated = true;
                 self.reauthenticate(generation).await?;
@@ -629,6 +622,21 @@ fn parse_work(value: Value) -> Result<WorkOffer, ApiError> {
     }
 }
 
+/// A transport error with its causes ("error sending request" alone says little).
+fn transport(error: reqwest::Error) -> ApiError {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    ApiError::Transport(text)
+}
+
 /// Success passes; an error status becomes `ApiError::Status` with the server's message.
 async fn check(response: reqwest::Response) -> Result<reqwest::Response, ApiError> {
     let status = response.status();
@@ -647,17 +655,14 @@ async fn check(response: reqwest::Response) -> Result<reqwest::Response, ApiErro
         status: status.as_u16(),
         message,
         body,
-        headers,
+        headers: Box::new(headers),
     })
 }
 
 async fn decode<T: serde::de::DeserializeOwned>(
     response: reqwest::Response,
 ) -> Result<T, ApiError> {
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| ApiError::Transport(e.to_string()))?;
+    let bytes = response.bytes().await.map_err(transport)?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode(e.to_string()))
 }
 
@@ -680,7 +685,7 @@ mod tests {
             status,
             message: String::new(),
             body: Value::Null,
-            headers: HeaderMap::new(),
+            headers: Default::default(),
         };
         assert!(ApiError::Transport("reset".into()).is_transient());
         assert!(status(500).is_transient());
@@ -769,7 +774,7 @@ mod tests {
                     status: 409,
                     message: "no".into(),
                     body: Value::Null,
-                    headers: HeaderMap::new(),
+                    headers: Default::default(),
                 })
             }
         })

@@ -92,10 +92,10 @@ impl IdentityStore {
             file.sync_all()?;
         }
         fs::rename(&temp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            if let Ok(dir) = File::open(dir) {
-                let _ = dir.sync_all();
-            }
+        if let Some(dir) = self.path.parent()
+            && let Ok(dir) = File::open(dir)
+        {
+            let _ = dir.sync_all();
         }
         Ok(())
     }

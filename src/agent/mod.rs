@@ -218,14 +218,12 @@ async fn ping_loop(client: Arc<Client>, current: Shared, stop: CancellationToken
                 }
                 if reply.instruction.as_deref() == Some("CANCEL") {
                     let guard = current.lock().expect("current lock");
-                    match guard.as_ref() {
-                        Some(job) if Some(&job.build) == building.as_ref() => {
-                            if !job.cancel.is_cancelled() {
-                                tracing::info!(build = %job.build, "the server cancelled the job");
-                                job.cancel.cancel();
-                            }
-                        }
-                        _ => {}
+                    if let Some(job) = guard.as_ref()
+                        && Some(&job.build) == building.as_ref()
+                        && !job.cancel.is_cancelled()
+                    {
+                        tracing::info!(build = %job.build, "the server cancelled the job");
+                        job.cancel.cancel();
                     }
                 }
             }

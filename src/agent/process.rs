@@ -251,10 +251,12 @@ pub fn group_alive(pgid: i32) -> bool {
             continue;
         };
         readable = true;
-        if let Some((state, group)) = parse_stat(&stat) {
-            if group == pgid && state != 'Z' && state != 'X' {
-                return true;
-            }
+        if let Some((state, group)) = parse_stat(&stat)
+            && group == pgid
+            && state != 'Z'
+            && state != 'X'
+        {
+            return true;
         }
     }
     // Without a readable /proc, trust kill(2).
@@ -373,11 +375,11 @@ mod tests {
             let pid_file = pid_file.clone();
             tokio::spawn(async move {
                 loop {
-                    if let Ok(text) = std::fs::read_to_string(&pid_file) {
-                        if let Ok(pid) = text.trim().parse::<i32>() {
-                            cancel.cancel();
-                            return pid;
-                        }
+                    if let Ok(text) = std::fs::read_to_string(&pid_file)
+                        && let Ok(pid) = text.trim().parse::<i32>()
+                    {
+                        cancel.cancel();
+                        return pid;
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
