@@ -114,7 +114,7 @@ fn action_button(action: &str, label: &str, class: &str, also: &str) -> Markup {
     html! {
         button class=(class) type="button" data-needs-selection disabled
             hx-post="/agents/actions" hx-vals=(format!(r#"{{"action": "{action}"}}"#))
-            hx-include=(include) hx-target="#flash" { (label) }
+            hx-include=(include) hx-target="#flash" hx-swap="innerHTML" { (label) }
     }
 }
 
@@ -202,7 +202,8 @@ pub fn row(agent: &Agent) -> Markup {
                     " "
                     button.btn.small.approve type="button" hx-post="/agents/actions"
                         hx-vals=(format!(r#"{{"action": "enable", "uuid": "{}"}}"#, agent.uuid))
-                        hx-target="#flash" { "Approve" }
+                        // The row's own hx-swap (outerHTML, for live updates) must not apply here.
+                        hx-target="#flash" hx-swap="innerHTML" { "Approve" }
                 }
             }
             td data-col="free_space" data-sort=(agent.free_space.unwrap_or(-1)) { (free_space(agent.free_space)) }
