@@ -588,6 +588,21 @@ impl JobRuns {
         Ok((bytes, run.console_length))
     }
 
+    /// A run just handed to its agent: `run_created` on the agent's run list, `run_updated`
+    /// on its console.
+    pub(crate) fn publish_assigned(&self, run: &JobRun) {
+        if let Some(agent) = run.agent_uuid {
+            self.hub.publish(
+                &Topic::AgentJobRuns(agent),
+                DomainEvent::RunCreated(run.clone()),
+            );
+        }
+        self.hub.publish(
+            &Topic::AgentJobRunConsole(run.build_id),
+            DomainEvent::RunUpdated(run.clone()),
+        );
+    }
+
     /// `run_updated` where the run's watchers listen: its agent's run list and its console.
     pub(crate) fn publish_run(&self, run: &JobRun) {
         if let Some(agent) = run.agent_uuid {

@@ -223,14 +223,7 @@ impl Scheduler {
 
         for run in &updated_runs {
             if run.state == JobState::Assigned && run.agent_uuid == Some(agent_uuid) {
-                self.hub.publish(
-                    &Topic::AgentJobRuns(agent_uuid),
-                    DomainEvent::RunCreated(run.clone()),
-                );
-                self.hub.publish(
-                    &Topic::AgentJobRunConsole(run.build_id),
-                    DomainEvent::RunUpdated(run.clone()),
-                );
+                self.job_runs.publish_assigned(run);
             } else {
                 self.job_runs.publish_run(run);
             }
