@@ -512,3 +512,66 @@ async fn stopping_the_agent_mid_job_cancels_the_job_and_exits_cleanly() {
         "{stored:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_console_subscriber_sees_the_lines_while_the_job_runs() {
+    let app = app_with_key().await;
+    let work = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    // The job waits for a file the test creates, so "while it runs" is certain, not timing.
+    let gate = work.path().join("gate");
+    let script = format!(
+        r#"echo hello; printf "\033[31mred\033[0m\n"; printf "50%%\r100%%\n"; while [ ! -e '{}' ]; do sleep 0.05; done; echo after; exit 3"#,
+        gate.display()
+    );
+    let build_id = schedule(
+        &app,
+        json!({"pipeline_name": "watched", "stage_name": "s", "job_name": "j",
+               "tasks": [{"command": "sh", "args": ["-c", script]}], "resources": []}),
+    )
+    .await;
+    let mut stream = crate::helpers::SseClient::connect(
+        &app.url(&format!("/builds/{build_id}/console/events")),
+        None,
+    )
+    .await;
+    let (_agent, _uuid) = start_agent(&app, work.path(), &logs).await;
+
+    // The first lines arrive while the job is still building (it waits at the gate).
+    let mut seen = String::new();
+    while !seen.contains("100%\n") {
+        let event = stream
+            .wait_for("console lines", |e| e.event == "console")
+            .await;
+        seen.push_str(&crate::helpers::text_content(&event.data));
+    }
+    let (_, run) = app.get_json(&format!("/api/builds/{build_id}")).await;
+    assert_ne!(
+        run["state"], "Completed",
+        "the lines came before the end: {run}"
+    );
+    assert!(seen.contains("hello\nred\n50%\r100%\n"), "{seen:?}");
+
+    std::fs::write(&gate, b"open").unwrap();
+    let run = completed(&app, build_id).await;
+    assert_eq!(run["result"], "Failed");
+    let stored = console(&app, build_id).await;
+    while seen.len()
+        < String::from_utf8_lossy(&stored)
+            .replace("\x1b[31m", "")
+            .replace("\x1b[0m", "")
+            .len()
+    {
+        let event = stream
+            .wait_for("the last lines", |e| e.event == "console")
+            .await;
+        seen.push_str(&crate::helpers::text_content(&event.data));
+    }
+    let expected = String::from_utf8_lossy(&stored)
+        .replace("\x1b[31m", "")
+        .replace("\x1b[0m", "");
+    assert_eq!(
+        seen, expected,
+        "the subscriber saw every byte of the log, once"
+    );
+}
