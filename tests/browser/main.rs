@@ -10,4 +10,5 @@
 mod helpers;
 
 mod agents_page;
+mod run_page;
 mod support;

@@ -319,7 +319,17 @@ impl Page {
                     " config=" + r.dataset.configState + " hidden=" + r.hidden +
                     " checked=" + (box ? box.checked : "?");
             });
-            return "page " + location.href + "\n  queued=" + text("#queued-count") +
+            const badge = document.getElementById("live-badge");
+            const live = "\n  stream=" + (badge ? badge.dataset.state : "(no badge)");
+            const pre = document.getElementById("console");
+            if (pre) {
+                const status = document.getElementById("run-status");
+                return "page " + location.href + live + "\n  run-status=" +
+                    (status ? status.dataset.state + "/" + status.dataset.result : "(absent)") +
+                    " console data-end=" + pre.dataset.end +
+                    "\n  console text=" + JSON.stringify(pre.textContent);
+            }
+            return "page " + location.href + live + "\n  queued=" + text("#queued-count") +
                 " filter=" + JSON.stringify(filter ? filter.value : null) +
                 "\n  flash=" + JSON.stringify(text("#flash")) +
                 "\n  rows:\n    " + rows.join("\n    ");
@@ -552,4 +562,297 @@ pub async fn sync_streams(app: &TestApp, pages: &[&Page]) {
     for page in pages {
         page.wait_text("#queued-count", &token.to_string()).await;
     }
+}
+
+/// Run-page and stream helpers.
+impl Page {
+    /// Waits until the page's event stream is open: the header's badge says `live` (set on
+    /// `htmx:sseOpen`, when the response headers arrived; the server subscribes the
+    /// connection before it answers, so what happens from here reaches the page live).
+    pub async fn wait_live(&self) {
+        self.wait_js(
+            "the event stream to be open (#live-badge live)",
+            "const b = document.getElementById('live-badge'); \
+             return b !== null && b.dataset.state === 'live';",
+            vec![],
+        )
+        .await;
+    }
+
+    /// Waits until the element `css` has every attribute in `expected` with that value.
+    pub async fn wait_attrs(&self, css: &str, expected: &[(&str, &str)]) {
+        let pairs: Vec<Value> = expected.iter().map(|(a, v)| json!([a, v])).collect();
+        self.wait_js(
+            &format!("{css} to have {expected:?}"),
+            "const e = document.querySelector(arguments[0]); \
+             return e !== null && arguments[1].every(([a, v]) => e.getAttribute(a) === v);",
+            vec![json!(css), json!(pairs)],
+        )
+        .await;
+    }
+
+    /// Leaves a mark on this document's `window`; `assert_not_reloaded` checks it is still
+    /// there (a reload or navigation would have lost it).
+    pub async fn mark_document(&self) {
+        self.js("window.__testMarker = 42; return null;", vec![])
+            .await;
+    }
+
+    pub async fn assert_not_reloaded(&self) {
+        let marker = self
+            .js(
+                "return window.__testMarker === undefined ? null : window.__testMarker;",
+                vec![],
+            )
+            .await;
+        assert_eq!(
+            marker,
+            json!(42),
+            "[{}] the page was reloaded\n{}",
+            self.name,
+            self.describe().await
+        );
+    }
+
+    /// The console's text content (what `#console` holds, hidden parts included).
+    pub async fn console_text(&self) -> String {
+        self.js(
+            "const e = document.getElementById('console'); return e === null ? null : e.textContent;",
+            vec![],
+        )
+        .await
+        .as_str()
+        .unwrap_or_else(|| panic!("[{}] no #console", self.name))
+        .to_string()
+    }
+
+    /// Waits until `#console` shows the log up to byte `offset` (its `data-end`, which the
+    /// page advances as it takes in `console` events).
+    pub async fn wait_console_end(&self, offset: i64) {
+        self.wait_js(
+            &format!("#console to show the log up to byte {offset}"),
+            "const e = document.getElementById('console'); \
+             return e !== null && Number(e.dataset.end) >= arguments[0];",
+            vec![json!(offset)],
+        )
+        .await;
+    }
+}
+
+/// What a browser's `#console` text content should be for `log`: the stored bytes as lossy
+/// UTF-8 with the given escape sequences (which the page drops) taken out.
+pub fn console_text_of(log: &[u8], escapes: &[&str]) -> String {
+    let mut text = String::from_utf8_lossy(log).into_owned();
+    for escape in escapes {
+        text = text.replace(escape, "");
+    }
+    text
+}
+
+/// One event-stream request that reached a `FaultyProxy`.
+#[derive(Debug, Clone)]
+pub struct StreamRequest {
+    /// The request target (path and query).
+    pub target: String,
+    /// Its `Last-Event-ID` header, if it sent one.
+    pub last_event_id: Option<String>,
+    /// Whether the proxy answered `503` instead of passing it on.
+    pub refused: bool,
+}
+
+/// An HTTP/1.1 proxy in front of the app that the test can make drop event streams and
+/// refuse new ones, to bring about what a flaky network does to a page, in a real browser.
+///
+/// Each client connection carries one request (the proxy asks the app for
+/// `Connection: close`, so the browser opens a new connection for the next one); a request
+/// whose `Accept` names `text/event-stream` is an event stream: recorded, and refused or cut
+/// on demand. Everything else passes through untouched.
+pub struct FaultyProxy {
+    pub base: String,
+    inner: Arc<ProxyInner>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+struct ProxyInner {
+    upstream: String,
+    refuse: std::sync::atomic::AtomicBool,
+    streams: Mutex<Vec<StreamRequest>>,
+    open: Mutex<Vec<tokio_util::sync::CancellationToken>>,
+}
+
+impl Drop for FaultyProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl FaultyProxy {
+    /// A proxy on a free port forwarding to `app`.
+    pub async fn start(app: &TestApp) -> FaultyProxy {
+        let upstream = app
+            .base
+            .strip_prefix("http://")
+            .expect("the app's base is http://host:port")
+            .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port for the proxy");
+        let base = format!("http://{}", listener.local_addr().expect("proxy address"));
+        let inner = Arc::new(ProxyInner {
+            upstream,
+            refuse: Default::default(),
+            streams: Mutex::new(Vec::new()),
+            open: Mutex::new(Vec::new()),
+        });
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (task_inner, task_stop) = (Arc::clone(&inner), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = task_stop.cancelled() => break,
+                    accepted = listener.accept() => {
+                        let Ok((client, _)) = accepted else { continue };
+                        let (inner, stop) = (Arc::clone(&task_inner), task_stop.clone());
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                _ = stop.cancelled() => {}
+                                _ = proxy_connection(inner, client) => {}
+                            }
+                        });
+                    }
+                }
+            }
+        });
+        FaultyProxy { base, inner, stop }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// From now on, answer event-stream requests `503` (`false`: pass them on again).
+    pub fn refuse_streams(&self, refuse: bool) {
+        self.inner.refuse.store(refuse, Ordering::SeqCst);
+    }
+
+    /// Drops every open event-stream connection, as a network failure would; returns how
+    /// many there were.
+    pub fn cut_streams(&self) -> usize {
+        let open = std::mem::take(&mut *self.inner.open.lock().unwrap());
+        let live = open.iter().filter(|t| !t.is_cancelled()).count();
+        for token in open {
+            token.cancel();
+        }
+        live
+    }
+
+    /// The event-stream requests seen so far, oldest first.
+    pub fn stream_requests(&self) -> Vec<StreamRequest> {
+        self.inner.streams.lock().unwrap().clone()
+    }
+
+    /// Polls until an event-stream request satisfying `matches` arrives after the first
+    /// `seen` ones; returns it.
+    pub async fn wait_stream_request(
+        &self,
+        what: &str,
+        seen: usize,
+        matches: impl Fn(&StreamRequest) -> bool,
+    ) -> StreamRequest {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let requests = self.stream_requests();
+            if let Some(found) = requests.iter().skip(seen).find(|r| matches(r)) {
+                return found.clone();
+            }
+            if Instant::now() > deadline {
+                panic!("proxy: no {what} within {DEADLINE:?}; stream requests: {requests:#?}");
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// Serves one client connection: reads the request head, then refuses it, or forwards it
+/// (as `Connection: close`) and copies bytes both ways until either side is done.
+async fn proxy_connection(inner: Arc<ProxyInner>, mut client: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let mut chunk = [0u8; 8192];
+        match client.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > 256 * 1024 {
+            return;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default().to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let is_stream = header("accept").is_some_and(|a| a.contains("text/event-stream"));
+    let cut = tokio_util::sync::CancellationToken::new();
+    if is_stream {
+        let refused = inner.refuse.load(Ordering::SeqCst);
+        inner.streams.lock().unwrap().push(StreamRequest {
+            target: request_line
+                .split(' ')
+                .nth(1)
+                .unwrap_or_default()
+                .to_string(),
+            last_event_id: header("last-event-id"),
+            refused,
+        });
+        if refused {
+            let _ = client
+                .write_all(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+                      Content-Length: 7\r\nConnection: close\r\n\r\nrefused",
+                )
+                .await;
+            let _ = client.shutdown().await;
+            return;
+        }
+        inner.open.lock().unwrap().push(cut.clone());
+    }
+    // However the connection ends, it no longer counts as open.
+    let _closed = cut.clone().drop_guard();
+    let Ok(mut upstream) = tokio::net::TcpStream::connect(&inner.upstream).await else {
+        return;
+    };
+    let mut forwarded = request_line;
+    forwarded.push_str("\r\n");
+    for (name, value) in &headers {
+        if !name.eq_ignore_ascii_case("connection") && !name.eq_ignore_ascii_case("keep-alive") {
+            forwarded.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    forwarded.push_str("Connection: close\r\n\r\n");
+    if upstream.write_all(forwarded.as_bytes()).await.is_err()
+        || upstream.write_all(&buf[head_end + 4..]).await.is_err()
+    {
+        return;
+    }
+    let (mut client_read, mut client_write) = client.split();
+    let (mut upstream_read, mut upstream_write) = upstream.split();
+    tokio::select! {
+        _ = cut.cancelled() => {}
+        _ = tokio::io::copy(&mut upstream_read, &mut client_write) => {}
+        _ = tokio::io::copy(&mut client_read, &mut upstream_write) => {}
+    }
+    // Both sockets close here: a cut stream ends mid-body, as a network failure ends it.
 }
