@@ -97,7 +97,7 @@ pub struct BuildDetails {
 impl Agent {
     /// Building agents can't be deleted; they are the ones the counts call "building".
     pub fn is_building(&self) -> bool {
-        self.agent_state == AgentState::Building
+        self.agent_state == AgentState::Building || self.build_details.is_some()
     }
 }
 
@@ -353,6 +353,18 @@ impl Agents {
             _ => false,
         };
         let hostname = required_text("hostname", &registration.hostname)?;
+        for (field, value, max) in [
+            ("ip_address", &registration.ip_address, 255),
+            ("operating_system", &registration.operating_system, 255),
+            ("agent_version", &registration.agent_version, 255),
+            ("sandbox", &registration.sandbox, 1024),
+        ] {
+            if value.chars().count() > max {
+                return Err(Error::Unprocessable(format!(
+                    "{field}: at most {max} characters"
+                )));
+            }
+        }
         let resources = names("resources", &registration.resources, is_resource_char)?;
         let environments = names(
             "environments",

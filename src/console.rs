@@ -38,13 +38,17 @@ pub(crate) async fn read(
     if from >= to {
         return Ok(Bytes::new());
     }
+    // The chunk holding `from` starts at the largest start at or before it: seek there through
+    // the primary key instead of scanning every earlier chunk.
     let chunks: Vec<(i64, Vec<u8>)> = sqlx::query_as(
         "SELECT start_offset, bytes FROM console_chunks \
-         WHERE build_id = ? AND start_offset < ? AND start_offset + length(bytes) > ? \
+         WHERE build_id = ? AND start_offset < ? AND start_offset >= COALESCE( \
+           (SELECT MAX(start_offset) FROM console_chunks WHERE build_id = ? AND start_offset <= ?), 0) \
          ORDER BY start_offset",
     )
     .bind(build_id)
     .bind(to)
+    .bind(build_id)
     .bind(from)
     .fetch_all(conn)
     .await?;

@@ -132,7 +132,28 @@ pub type Published = Arc<DomainEvent>;
 
 #[derive(Default)]
 pub struct Hub {
-    channels: Mutex<HashMap<Topic, broadcast::Sender<Published>>>,
+    channels: Mutex<Channels>,
+}
+
+#[derive(Default)]
+struct Channels {
+    by_topic: HashMap<Topic, broadcast::Sender<Published>>,
+    /// Subscriptions since the last sweep of channels nobody listens to.
+    since_sweep: usize,
+}
+
+/// Sweep abandoned channels after this many subscriptions (amortised; a topic that is
+/// never published again, such as a finished build's console, must not stay forever).
+const SWEEP_EVERY: usize = 64;
+
+impl Topic {
+    /// Per-agent and per-build topics carry far fewer events than the global ones.
+    fn capacity(&self) -> usize {
+        match self {
+            Topic::AgentsUpdates | Topic::SchedulerUpdates => CHANNEL_CAPACITY,
+            Topic::AgentJobRuns(_) | Topic::AgentJobRunConsole(_) => CHANNEL_CAPACITY / 4,
+        }
+    }
 }
 
 impl Hub {
@@ -142,9 +163,17 @@ impl Hub {
 
     pub fn subscribe(&self, topic: &Topic) -> broadcast::Receiver<Published> {
         let mut channels = self.channels.lock().expect("hub lock poisoned");
+        channels.since_sweep += 1;
+        if channels.since_sweep >= SWEEP_EVERY {
+            channels.since_sweep = 0;
+            channels
+                .by_topic
+                .retain(|_, sender| sender.receiver_count() > 0);
+        }
         channels
+            .by_topic
             .entry(topic.clone())
-            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+            .or_insert_with(|| broadcast::channel(topic.capacity()).0)
             .subscribe()
     }
 
@@ -152,11 +181,60 @@ impl Hub {
     /// describes has committed.
     pub fn publish(&self, topic: &Topic, event: DomainEvent) {
         let mut channels = self.channels.lock().expect("hub lock poisoned");
-        if let Some(sender) = channels.get(topic) {
-            if sender.send(Arc::new(event)).is_err() {
-                // Nobody listens any more: forget the channel so per-id topics don't pile up.
-                channels.remove(topic);
-            }
+        let nobody_listens = match channels.by_topic.get(topic) {
+            Some(sender) => sender.send(Arc::new(event)).is_err(),
+            None => false,
+        };
+        if nobody_listens {
+            channels.by_topic.remove(topic);
         }
+    }
+
+    /// How many topics have a channel now (for tests and metrics).
+    pub fn channel_count(&self) -> usize {
+        self.channels
+            .lock()
+            .expect("hub lock poisoned")
+            .by_topic
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_nobody_listens_to_are_swept() {
+        let hub = Hub::default();
+        for build_id in 0..(SWEEP_EVERY as i64 * 3) {
+            drop(hub.subscribe(&Topic::AgentJobRunConsole(build_id)));
+        }
+        let kept = hub.subscribe(&Topic::AgentsUpdates);
+        assert!(
+            hub.channel_count() <= SWEEP_EVERY + 1,
+            "{} channels",
+            hub.channel_count()
+        );
+        hub.publish(
+            &Topic::AgentsUpdates,
+            DomainEvent::PendingCount { count: 1 },
+        );
+        drop(kept);
+    }
+
+    #[test]
+    fn topics_round_trip_through_their_names() {
+        let uuid = Uuid::new_v4();
+        for topic in [
+            Topic::AgentsUpdates,
+            Topic::SchedulerUpdates,
+            Topic::AgentJobRuns(uuid),
+            Topic::AgentJobRunConsole(42),
+        ] {
+            assert_eq!(topic.to_string().parse::<Topic>().unwrap(), topic);
+        }
+        assert!("agent_job_runs:not-a-uuid".parse::<Topic>().is_err());
+        assert!("agent_job_run_console:x".parse::<Topic>().is_err());
     }
 }

@@ -429,8 +429,10 @@ impl JobRuns {
 
     /// An agent's runs, newest first (`GET /api/agents/{uuid}/job_run_history`).
     pub async fn history(&self, agent: Uuid, offset: i64, page_size: i64) -> Result<RunPage> {
-        if offset < 0 {
-            return Err(Error::Unprocessable("offset: must be 0 or more".into()));
+        if !(0..=i64::from(u32::MAX)).contains(&offset) {
+            return Err(Error::Unprocessable(
+                "offset: must be between 0 and 4294967295".into(),
+            ));
         }
         if !(1..=1000).contains(&page_size) {
             return Err(Error::Unprocessable(
@@ -575,6 +577,22 @@ impl JobRuns {
     }
 
     /// The stored log from `from` on, and the log's whole length.
+    /// At most `max` bytes of the stored log from `from`, the run (for its state), and the
+    /// log's length: bounded reads for streams that walk a large log window by window.
+    pub async fn read_console_window(
+        &self,
+        build_id: i64,
+        from: i64,
+        max: i64,
+    ) -> Result<(Bytes, JobRun)> {
+        let mut conn = self.db.read.acquire().await?;
+        let run = fetch_run_or_404(&mut conn, build_id).await?;
+        let from = from.clamp(0, run.console_length);
+        let to = from.saturating_add(max.max(0)).min(run.console_length);
+        let bytes = console::read(&mut conn, build_id, from, to).await?;
+        Ok((bytes, run))
+    }
+
     pub async fn read_console(&self, build_id: i64, from: i64) -> Result<(Bytes, i64)> {
         let mut conn = self.db.read.acquire().await?;
         let run = fetch_run_or_404(&mut conn, build_id).await?;

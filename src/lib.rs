@@ -156,15 +156,11 @@ fn spawn_liveness(
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {
-                    match agents.mark_lost_contact(after).await {
-                        Ok(lost) => {
-                            for agent in lost {
-                                if let Err(error) = scheduler.reschedule_runs_of(agent).await {
-                                    tracing::warn!(%error, %agent, "could not reschedule the runs of a lost agent");
-                                }
-                            }
-                        }
-                        Err(error) => tracing::warn!(%error, "liveness check failed"),
+                    if let Err(error) = agents.mark_lost_contact(after).await {
+                        tracing::warn!(%error, "liveness check failed");
+                    }
+                    if let Err(error) = scheduler.reschedule_abandoned(after).await {
+                        tracing::warn!(%error, "could not reschedule the runs of silent agents");
                     }
                 }
             }

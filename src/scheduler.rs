@@ -106,6 +106,10 @@ pub struct Scheduler {
     hub: Arc<Hub>,
     agents: Agents,
     job_runs: JobRuns,
+    /// Held from a write's commit until its events are out, so pending counts are published
+    /// in commit order and the last one heard is the true one. (Writes are serialised by the
+    /// one writer connection already, so this costs no concurrency.)
+    publish_order: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Scheduler {
@@ -115,6 +119,7 @@ impl Scheduler {
             hub,
             agents,
             job_runs,
+            publish_order: Arc::default(),
         }
     }
 
@@ -169,6 +174,7 @@ impl Scheduler {
         .await?;
         let run = job_runs::fetch_run_or_404(&mut tx, build_id).await?;
         let pending = job_runs::pending_count(&mut tx).await?;
+        let _in_order = self.publish_order.lock().await;
         tx.commit().await?;
         self.job_runs.publish_run(&run);
         self.publish_pending(pending);
@@ -219,6 +225,7 @@ impl Scheduler {
         let after = agents::fetch(&mut tx, agent_uuid).await?.unwrap_or(agent);
         let pending = job_runs::pending_count(&mut tx).await?;
         let queue_changed = !updated_runs.is_empty();
+        let _in_order = self.publish_order.lock().await;
         tx.commit().await?;
 
         for run in &updated_runs {
@@ -287,6 +294,7 @@ impl Scheduler {
         }
         let after = agents::fetch(&mut tx, agent_uuid).await?;
         let pending = job_runs::pending_count(&mut tx).await?;
+        let _in_order = self.publish_order.lock().await;
         tx.commit().await?;
         for run in &changed {
             self.job_runs.publish_run(run);
@@ -295,6 +303,25 @@ impl Scheduler {
             self.agents.publish_change(Some(&before), &after);
         }
         self.publish_pending(pending);
+        Ok(())
+    }
+
+    /// Runs held by agents silent for `silent_for` (LostContact, or Missing since a restart,
+    /// or deleted) are rescheduled. Idempotent: it runs on every liveness tick, so a failure
+    /// is retried and nothing waits forever.
+    pub async fn reschedule_abandoned(&self, silent_for: std::time::Duration) -> Result<()> {
+        let cutoff = crate::db::now_millis() - silent_for.as_millis() as i64;
+        let holders: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT r.agent_uuid FROM job_runs r LEFT JOIN agents a ON a.uuid = r.agent_uuid \
+             WHERE r.state NOT IN ('Scheduled', 'Completed') AND r.agent_uuid IS NOT NULL \
+             AND (a.uuid IS NULL OR a.last_contact_at IS NULL OR a.last_contact_at < ?)",
+        )
+        .bind(cutoff)
+        .fetch_all(&self.db.read)
+        .await?;
+        for agent in holders.iter().filter_map(|u| u.parse::<Uuid>().ok()) {
+            self.reschedule_runs_of(agent).await?;
+        }
         Ok(())
     }
 
@@ -320,6 +347,7 @@ impl Scheduler {
         }
         let updated = job_runs::fetch_run_or_404(&mut tx, build_id).await?;
         let pending = job_runs::pending_count(&mut tx).await?;
+        let _in_order = self.publish_order.lock().await;
         tx.commit().await?;
         self.job_runs.publish_run(&updated);
         if run.state == JobState::Scheduled {
@@ -328,15 +356,25 @@ impl Scheduler {
         Ok(updated)
     }
 
-    /// What a ping answers: `CANCEL` while the agent holds a run whose cancel was asked for.
-    pub async fn instruction_for(&self, agent_uuid: Uuid) -> Result<&'static str> {
+    /// What a ping answers: `CANCEL` while the agent holds a run whose cancel was asked
+    /// for, or when the build it says it runs is no longer its to run (cancelled before it
+    /// started, or taken away after it lost contact).
+    pub async fn instruction_for(
+        &self,
+        agent_uuid: Uuid,
+        building: Option<i64>,
+    ) -> Result<&'static str> {
         let mut conn = self.db.read.acquire().await?;
         let runs = job_runs::fetch_active_runs_of(&mut conn, agent_uuid).await?;
-        Ok(if runs.iter().any(|r| r.cancel_requested) {
-            "CANCEL"
-        } else {
-            "NONE"
-        })
+        if runs.iter().any(|r| r.cancel_requested) {
+            return Ok("CANCEL");
+        }
+        if let Some(build_id) = building {
+            if !runs.iter().any(|r| r.build_id == build_id) {
+                return Ok("CANCEL");
+            }
+        }
+        Ok("NONE")
     }
 
     pub async fn pending_count(&self) -> Result<u64> {

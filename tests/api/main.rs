@@ -7,4 +7,5 @@ mod helpers;
 mod jobs_api;
 mod lifecycle;
 mod registration;
+mod robustness;
 mod streams;

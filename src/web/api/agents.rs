@@ -1,13 +1,13 @@
 //! The Agents API (GoCD v7 shapes): list, show, edit, enable/disable, bulk edit, delete.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{ApiJson, name_list, parse_uuid};
+use super::{ApiJson, ApiQuery, name_list, parse_uuid};
 use crate::AppState;
 use crate::agents::{Agent, AgentUpdate, BulkUpdate, ConfigState, ListChange};
 use crate::error::{Error, Result};
@@ -183,7 +183,7 @@ struct PageQuery {
 async fn job_run_history(
     State(state): State<AppState>,
     Path(uuid): Path<String>,
-    Query(page): Query<PageQuery>,
+    ApiQuery(page): ApiQuery<PageQuery>,
 ) -> Result<Json<Value>> {
     let uuid = path_uuid(&uuid)?;
     let page = state

@@ -2,7 +2,7 @@
 //! `ready` comes first, once every topic is subscribed; past events are not replayed.
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use futures::stream::{self, StreamExt};
@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::ApiQuery;
 use crate::AppState;
 use crate::error::{Error, Result};
 use crate::events::Topic;
@@ -18,6 +19,9 @@ use crate::web::sse;
 pub fn router() -> Router<AppState> {
     Router::new().route("/events", get(events))
 }
+
+/// One stream follows a few topics; a script wanting more opens another.
+const MAX_TOPICS: usize = 32;
 
 #[derive(Deserialize)]
 struct EventsQuery {
@@ -32,7 +36,7 @@ enum Item {
 
 async fn events(
     State(state): State<AppState>,
-    Query(query): Query<EventsQuery>,
+    ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Response> {
     let topics: Vec<Topic> = query
         .topics
@@ -46,6 +50,14 @@ async fn events(
                 .map_err(|e| Error::Unprocessable(format!("topics: {e}")))
         })
         .collect::<Result<_>>()?;
+    let mut topics = topics;
+    let mut seen = std::collections::HashSet::new();
+    topics.retain(|t| seen.insert(t.clone())); // a topic named twice is one subscription
+    if topics.len() > MAX_TOPICS {
+        return Err(Error::Unprocessable(format!(
+            "topics: at most {MAX_TOPICS} per stream"
+        )));
+    }
     if topics.is_empty() {
         return Err(Error::Unprocessable(
             "topics: name at least one topic, e.g. ?topics=agents:updates".into(),

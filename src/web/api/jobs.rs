@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiJson, name_list};
+use super::{ApiJson, ApiQuery, name_list};
 use crate::AppState;
 use crate::error::{Error, Result};
 use crate::job_runs::{JobRun, Task};
@@ -88,16 +88,36 @@ struct ConsoleQuery {
     from: Option<i64>,
 }
 
-/// The raw log from `from` on, exactly as stored.
+/// How much of a log one read holds while streaming it out.
+const DOWNLOAD_WINDOW: i64 = 1024 * 1024;
+
+/// The raw log from `from` on, exactly as stored, streamed window by window (a large log is
+/// never held whole). `X-Console-Length` is the length when the request came.
 async fn console(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(query): Query<ConsoleQuery>,
+    ApiQuery(query): ApiQuery<ConsoleQuery>,
 ) -> Result<Response> {
-    let (bytes, length) = state
-        .job_runs
-        .read_console(build_id(&id)?, query.from.unwrap_or(0))
-        .await?;
+    let build_id = build_id(&id)?;
+    let run = state.job_runs.get(build_id).await?;
+    let length = run.console_length;
+    let mut pos = query.from.unwrap_or(0).clamp(0, length);
+    let job_runs = state.job_runs.clone();
+    let body = async_stream::stream! {
+        while pos < length {
+            match job_runs.read_console_window(build_id, pos, (length - pos).min(DOWNLOAD_WINDOW)).await {
+                Ok((bytes, _)) if !bytes.is_empty() => {
+                    pos += bytes.len() as i64;
+                    yield Ok::<_, std::io::Error>(bytes);
+                }
+                Ok(_) => break,
+                Err(error) => {
+                    yield Err(std::io::Error::other(error.to_string()));
+                    break;
+                }
+            }
+        }
+    };
     Ok((
         [
             (
@@ -109,7 +129,7 @@ async fn console(
                 length.to_string(),
             ),
         ],
-        bytes,
+        axum::body::Body::from_stream(body),
     )
         .into_response())
 }

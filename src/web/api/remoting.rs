@@ -109,6 +109,8 @@ async fn register(
 #[derive(Deserialize)]
 struct PingBody {
     agent_state: String,
+    /// The build the agent says it is running, if any.
+    build_id: Option<i64>,
     free_space: Option<Value>,
 }
 
@@ -131,7 +133,7 @@ async fn ping(
         free_space: free_space(body.free_space.as_ref())?,
     };
     let agent = state.agents.ping(uuid, ping).await?;
-    let instruction = state.scheduler.instruction_for(uuid).await?;
+    let instruction = state.scheduler.instruction_for(uuid, body.build_id).await?;
     Ok(Json(json!({
         "agent_config_state": agent.agent_config_state,
         "instruction": instruction,

@@ -106,6 +106,7 @@ impl Tail {
 pub fn spawn_view(
     state: AppState,
     build_id: i64,
+    mut events: broadcast::Receiver<crate::events::Published>,
     run: JobRun,
     status: Bytes,
     stored_tail: (i64, Bytes),
@@ -114,7 +115,6 @@ pub fn spawn_view(
         changes: broadcast::channel(CAPACITY).0,
         status: RwLock::new(status),
     });
-    let mut events = state.hub.subscribe(&Topic::AgentJobRunConsole(build_id));
     let (tail_start, tail_bytes) = stored_tail;
     let line_start = complete_lines_end(&tail_bytes, tail_start).max(tail_start);
     let mut tail = Tail {
@@ -155,28 +155,17 @@ pub fn spawn_view(
                                 lines.mark();
                             }
                         }
-                        DomainEvent::RunUpdated(updated) => {
-                            run = updated.clone();
-                            if run.is_completed() {
-                                // Everything is stored by now; pick up any append we missed.
-                                if let Ok((missed, _)) = state.job_runs.read_console(build_id, tail.known_end()).await {
-                                    tail.pending.extend_from_slice(&missed);
-                                }
-                                tail.completed = true;
-                                lines.mark();
-                            }
+                        // Re-read rather than trust the payload: two writes may publish in
+                        // another order than they committed.
+                        DomainEvent::RunUpdated(_) => {
+                            refresh(&state, build_id, &mut run, &mut tail).await;
+                            lines.mark();
                             status_dirty = true;
                         }
                         _ => {}
                     },
                     Err(RecvError::Lagged(_)) => {
-                        if let Ok((missed, _)) = state.job_runs.read_console(build_id, tail.known_end()).await {
-                            tail.pending.extend_from_slice(&missed);
-                        }
-                        if let Ok(fresh) = state.job_runs.get(build_id).await {
-                            tail.completed = fresh.is_completed();
-                            run = fresh;
-                        }
+                        refresh(&state, build_id, &mut run, &mut tail).await;
                         lines.mark();
                         status_dirty = true;
                     }
@@ -208,6 +197,23 @@ pub fn spawn_view(
     view
 }
 
+/// Catches the view up with storage: the run as it is now, and any bytes past what the view
+/// has (events it missed, or appends that raced its start).
+async fn refresh(state: &AppState, build_id: i64, run: &mut JobRun, tail: &mut Tail) {
+    if let Ok(fresh) = state.job_runs.get(build_id).await {
+        *run = fresh;
+    }
+    if let Ok((missed, _)) = state
+        .job_runs
+        .read_console(build_id, tail.known_end())
+        .await
+    {
+        tail.pending.extend_from_slice(&missed);
+    }
+    // Only now: the bytes read above include everything stored before completion.
+    tail.completed = run.is_completed();
+}
+
 fn fragment_lines(bytes: &[u8], start: i64) -> String {
     // Console HTML is already escaped; only raw CRs need the frame-safe spelling.
     render(bytes, start).replace('\r', "&#13;")
@@ -224,7 +230,7 @@ pub fn connection_stream(
     async_stream::stream! {
         let mut pos = from.max(0);
         yield sse::frame("status", &pos.to_string(), &String::from_utf8_lossy(&view.status()));
-        for frame in catch_up(&state, build_id, &mut pos, None).await {
+        while let Some(frame) = catch_up_frame(&state, build_id, &mut pos, None).await {
             yield frame;
         }
         loop {
@@ -238,7 +244,7 @@ pub fn connection_stream(
                         yield sse::frame("console", &pos.to_string(), &String::from_utf8_lossy(&html));
                     } else {
                         // Our position is not where this batch starts: read exactly what we lack.
-                        for frame in catch_up(&state, build_id, &mut pos, Some(end)).await {
+                        while let Some(frame) = catch_up_frame(&state, build_id, &mut pos, Some(end)).await {
                             yield frame;
                         }
                     }
@@ -247,7 +253,7 @@ pub fn connection_stream(
                     yield sse::frame("status", &pos.to_string(), &String::from_utf8_lossy(&view.status()));
                 }
                 Err(RecvError::Lagged(_)) => {
-                    for frame in catch_up(&state, build_id, &mut pos, None).await {
+                    while let Some(frame) = catch_up_frame(&state, build_id, &mut pos, None).await {
                         yield frame;
                     }
                     yield sse::frame("status", &pos.to_string(), &String::from_utf8_lossy(&view.status()));
@@ -258,45 +264,51 @@ pub fn connection_stream(
     }
 }
 
-/// Frames for the stored log from `pos` to `until` (or to the last complete line, or the
-/// very end once the run is over), in events of about `CATCH_UP_EVENT` bytes, each ending on
-/// a line boundary. Advances `pos`.
-async fn catch_up(
+/// The next `console` frame of the stored log from `pos`: at most `CATCH_UP_EVENT` bytes,
+/// ending on a line boundary, never past `until`, and (while the run goes on) never with an
+/// unfinished last line. Advances `pos`; `None` when there is nothing more to send. Reads one
+/// window at a time, so a connection to a huge log holds one window, not the log.
+async fn catch_up_frame(
     state: &AppState,
     build_id: i64,
     pos: &mut i64,
     until: Option<i64>,
-) -> Vec<Bytes> {
-    let Ok(run) = state.job_runs.get(build_id).await else {
-        return Vec::new();
-    };
-    let Ok((bytes, length)) = state.job_runs.read_console(build_id, *pos).await else {
-        return Vec::new();
-    };
-    *pos = (*pos).min(length);
-    let end = match until {
-        Some(until) => until.min(length),
-        None if run.is_completed() => length,
-        None => complete_lines_end(&bytes, *pos),
-    };
-    let mut frames = Vec::new();
-    let mut rest = &bytes[..(end - *pos).max(0) as usize];
-    while !rest.is_empty() {
-        let cut = if rest.len() <= CATCH_UP_EVENT {
-            rest.len()
-        } else {
-            match rest[..CATCH_UP_EVENT].iter().rposition(|b| *b == b'\n') {
-                Some(i) => i + 1,
-                None => CATCH_UP_EVENT,
-            }
-        };
-        let (chunk, after) = rest.split_at(cut);
-        let html = fragment_lines(chunk, *pos);
-        *pos += chunk.len() as i64;
-        frames.push(sse::frame("console", &pos.to_string(), &html));
-        rest = after;
+) -> Option<Bytes> {
+    let limit = until.map_or(CATCH_UP_EVENT as i64, |u| {
+        (u - *pos).min(CATCH_UP_EVENT as i64)
+    });
+    if limit <= 0 {
+        return None;
     }
-    frames
+    let (bytes, run) = match state
+        .job_runs
+        .read_console_window(build_id, *pos, limit)
+        .await
+    {
+        Ok(read) => read,
+        Err(error) => {
+            tracing::warn!(%error, build_id, "console catch-up could not read the log");
+            return None;
+        }
+    };
+    *pos = (*pos).min(run.console_length);
+    let reaches_end = *pos + bytes.len() as i64 >= run.console_length;
+    let cut = if reaches_end && (run.is_completed() || until.is_some()) {
+        bytes.len()
+    } else {
+        match bytes.iter().rposition(|b| *b == b'\n') {
+            Some(i) => i + 1,
+            // A full window without a newline: a very long line goes out in pieces.
+            None if bytes.len() >= CATCH_UP_EVENT => bytes.len(),
+            None => 0,
+        }
+    };
+    if cut == 0 {
+        return None;
+    }
+    let html = fragment_lines(&bytes[..cut], *pos);
+    *pos += cut as i64;
+    Some(sse::frame("console", &pos.to_string(), &html))
 }
 
 /// Attaches a connection to the build's view, starting the view if nobody watches yet.
@@ -304,6 +316,9 @@ pub async fn attach(
     state: &AppState,
     build_id: i64,
 ) -> crate::error::Result<(Arc<ConsoleView>, broadcast::Receiver<Change>)> {
+    // Subscribe before reading, so a change between the read and the view's start is heard
+    // (the view re-reads on it). Unused if the view already runs.
+    let events = state.hub.subscribe(&Topic::AgentJobRunConsole(build_id));
     let run = state.job_runs.get(build_id).await?;
     let status = status_html(state, &run).await;
     // The view starts from the stored tail (its unfinished last line matters).
@@ -312,7 +327,16 @@ pub async fn attach(
     let views = Arc::clone(&state.console_views);
     Ok(views.attach(
         build_id,
-        || spawn_view(state.clone(), build_id, run, status, (tail_from, tail)),
+        || {
+            spawn_view(
+                state.clone(),
+                build_id,
+                events,
+                run,
+                status,
+                (tail_from, tail),
+            )
+        },
         |view| (Arc::clone(view), view.changes.subscribe()),
     ))
 }
