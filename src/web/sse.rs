@@ -174,6 +174,36 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_connection_that_falls_behind_gets_the_state_again_not_a_gap() {
+        use futures::StreamExt;
+        let view = LiveView::new();
+        view.set_state(vec![frame("agents", "1", "state v1")]);
+        let mut stream = Box::pin(view.stream());
+        assert_eq!(
+            stream.next().await.unwrap(),
+            frame("agents", "1", "state v1")
+        );
+        // More changes than the connection may fall behind by, none of them read yet.
+        for i in 0..(LIVE_CAPACITY + 10) {
+            view.set_state(vec![frame("agents", "2", &format!("state after {i}"))]);
+            view.send(frame("agent-x", &i.to_string(), "row"));
+        }
+        let next = stream.next().await.unwrap();
+        let last = LIVE_CAPACITY + 9;
+        assert_eq!(
+            next,
+            frame("agents", "2", &format!("state after {last}")),
+            "fresh state first"
+        );
+        // Then the changes still buffered follow.
+        assert!(
+            std::str::from_utf8(&stream.next().await.unwrap())
+                .unwrap()
+                .starts_with("event: agent-x")
+        );
+    }
+
     #[test]
     fn names_and_ids_cannot_break_the_frame() {
         let f = frame("a\nb", "1\r2", "");
