@@ -280,6 +280,37 @@ pub fn complete_lines_end(bytes: &[u8], start: i64) -> i64 {
     }
 }
 
+/// Where to cut `bytes` near `cut` when a line must be sent in pieces: not inside a UTF-8
+/// character (it would show as two U+FFFD) and not inside an escape sequence (its tail would
+/// show as text). Moves the cut back a little if needed.
+pub fn safe_cut(bytes: &[u8], cut: usize) -> usize {
+    let cut = cut.min(bytes.len());
+    let mut at = cut;
+    // A continuation byte (10xxxxxx) after the cut means a character is split.
+    while at > 0 && at < bytes.len() && cut - at < 4 && bytes[at] & 0xC0 == 0x80 {
+        at -= 1;
+    }
+    // An escape sequence started in the last few bytes and not finished before the cut.
+    let window = at.saturating_sub(32);
+    if let Some(esc) = bytes[window..at]
+        .iter()
+        .rposition(|b| *b == 0x1b)
+        .map(|i| window + i)
+    {
+        let after = &bytes[esc + 1..at];
+        let finished = match after.first() {
+            None => false,
+            Some(b'[') => after[1..].iter().any(|b| (0x40..=0x7e).contains(b)),
+            Some(b']') => after.iter().any(|b| *b == 0x07),
+            Some(_) => true,
+        };
+        if !finished {
+            at = esc;
+        }
+    }
+    if at == 0 { cut } else { at }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,6 +400,17 @@ mod tests {
         let html = render(b"\x1b[2K\x1b]0;title\x07\x1b[38;5;208morange\x1b[39m\n", 0);
         assert_eq!(text_content(&html), "orange\n");
         assert!(html.contains("style=\"color:#ff8700;\""), "{html}");
+    }
+
+    #[test]
+    fn pieces_of_a_long_line_are_cut_between_characters_and_sequences() {
+        let text = "aé".as_bytes(); // 'é' is two bytes
+        assert_eq!(safe_cut(text, 2), 1, "not inside é");
+        assert_eq!(safe_cut(text, 3), 3);
+        let coloured = b"abc\x1b[31mred";
+        assert_eq!(safe_cut(coloured, 6), 3, "not inside ESC [31m");
+        assert_eq!(safe_cut(coloured, 8), 8, "after a finished sequence");
+        assert_eq!(safe_cut(b"\x1b[3", 3), 3, "no better place: keep the cut");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use futures::Stream;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::console_html::{complete_lines_end, render};
+use super::console_html::{complete_lines_end, render, safe_cut};
 use super::fragments::summary;
 use crate::AppState;
 use crate::events::{DomainEvent, Topic};
@@ -84,10 +84,14 @@ impl Tail {
     /// Takes the bytes ready to go out: complete lines, or everything once the run is over
     /// or a line grows too long.
     fn take_ready(&mut self) -> Option<(i64, Bytes)> {
-        let end = if self.completed || self.pending.len() >= LONGEST_PENDING_LINE {
+        let lines_end = complete_lines_end(&self.pending, self.line_start);
+        let end = if self.completed {
             self.known_end()
+        } else if lines_end == self.line_start && self.pending.len() >= LONGEST_PENDING_LINE {
+            // A very long line without a newline yet goes out in pieces.
+            self.line_start + safe_cut(&self.pending, self.pending.len()) as i64
         } else {
-            complete_lines_end(&self.pending, self.line_start)
+            lines_end
         };
         if end == self.line_start {
             return None;
@@ -299,7 +303,7 @@ async fn catch_up_frame(
         match bytes.iter().rposition(|b| *b == b'\n') {
             Some(i) => i + 1,
             // A full window without a newline: a very long line goes out in pieces.
-            None if bytes.len() >= CATCH_UP_EVENT => bytes.len(),
+            None if bytes.len() >= CATCH_UP_EVENT => safe_cut(&bytes, bytes.len()),
             None => 0,
         }
     };

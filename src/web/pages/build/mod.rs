@@ -91,7 +91,15 @@ async fn run_page(state: &AppState, id: i64, all: bool) -> Result<Markup> {
     } else {
         console_html::complete_lines_end(&bytes, from)
     };
-    let shown = &bytes[..(end - from) as usize];
+    let mut shown = &bytes[..(end - from) as usize];
+    let mut from = from;
+    // A window that starts inside a line starts at the next one (not inside a character).
+    if from > 0 {
+        if let Some(i) = shown.iter().position(|b| *b == b'\n') {
+            shown = &shown[i + 1..];
+            from += i as i64 + 1;
+        }
+    }
     let (start, kept, truncated) = if all {
         (from, shown, false)
     } else {
