@@ -33,6 +33,8 @@ use super::client::{ApiError, Backoff, BuildId, Client, ConsoleAck};
 
 /// Output is sent at the latest this long after it was produced.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// After a quiet spell, how long the first output waits for the rest of its burst.
+const QUIET_GATHER: Duration = Duration::from_millis(5);
 /// The server's limit per request.
 pub const MAX_CHUNK: usize = 1024 * 1024;
 /// Pieces of output waiting for the uploader; a full queue slows the task's writes down.
@@ -173,13 +175,20 @@ async fn upload<A: ConsoleApi>(
     let mut offset = 0u64;
     let mut pending = BytesMut::new();
     let mut closed = false;
+    let mut last_send: Option<tokio::time::Instant> = None;
     while !closed {
-        // Wait for output, then gather what follows within FLUSH_EVERY.
+        // Wait for output. After a quiet spell it goes out almost at once (a watcher sees a
+        // lone line without waiting); during a stream of output, at most one request per
+        // FLUSH_EVERY carries everything gathered since the last.
         match rx.recv().await {
             Some(bytes) => pending.extend_from_slice(&bytes),
             None => break,
         }
-        let flush_at = tokio::time::Instant::now() + FLUSH_EVERY;
+        let now = tokio::time::Instant::now();
+        let flush_at = match last_send {
+            Some(sent) if now < sent + FLUSH_EVERY => sent + FLUSH_EVERY,
+            _ => now + QUIET_GATHER,
+        };
         while pending.len() < MAX_CHUNK {
             tokio::select! {
                 more = rx.recv() => match more {
@@ -192,6 +201,7 @@ async fn upload<A: ConsoleApi>(
                 _ = tokio::time::sleep_until(flush_at) => break,
             }
         }
+        last_send = Some(tokio::time::Instant::now());
         while !pending.is_empty() {
             let chunk = pending.split_to(pending.len().min(MAX_CHUNK)).freeze();
             match send_chunk(&api, offset, chunk, &give_up).await {
