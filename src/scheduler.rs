@@ -369,10 +369,10 @@ impl Scheduler {
         if runs.iter().any(|r| r.cancel_requested) {
             return Ok("CANCEL");
         }
-        if let Some(build_id) = building {
-            if !runs.iter().any(|r| r.build_id == build_id) {
-                return Ok("CANCEL");
-            }
+        if let Some(build_id) = building
+            && !runs.iter().any(|r| r.build_id == build_id)
+        {
+            return Ok("CANCEL");
         }
         Ok("NONE")
     }

@@ -385,3 +385,22 @@ async fn a_ping_that_changes_nothing_shown_publishes_nothing() {
         ("agent_updated", Some("Building"))
     );
 }
+
+#[tokio::test]
+async fn a_quiet_stream_sends_a_keepalive_comment_within_fifteen_seconds() {
+    let app = spawn_app().await;
+    let mut stream = app.subscribe("/agents/events").await;
+    let started = std::time::Instant::now();
+    // Nothing changes: the only thing left to arrive is the keepalive (DEADLINE is 20 s).
+    let comment = tokio::time::timeout(DEADLINE, stream.comments.recv())
+        .await
+        .expect("a keepalive within the deadline")
+        .expect("the stream is open");
+    assert_eq!(comment, "keepalive");
+    // 15 s by the server's clock; a little more on a busy machine.
+    assert!(
+        started.elapsed() <= std::time::Duration::from_secs(18),
+        "{:?}",
+        started.elapsed()
+    );
+}

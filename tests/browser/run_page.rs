@@ -192,7 +192,7 @@ async fn cancel_from_the_run_page_reaches_the_agent_and_the_badge() {
             page.wait_attrs("#run-status", &[("data-state", "Building")])
                 .await;
 
-            app.report(&agent, id, "Completed", Some("Failed")).await;
+            app.report(agent, id, "Completed", Some("Failed")).await;
             page.wait_attrs(
                 "#run-status",
                 &[("data-state", "Completed"), ("data-result", "Cancelled")],

@@ -301,7 +301,7 @@ pub fn safe_cut(bytes: &[u8], cut: usize) -> usize {
         let finished = match after.first() {
             None => false,
             Some(b'[') => after[1..].iter().any(|b| (0x40..=0x7e).contains(b)),
-            Some(b']') => after.iter().any(|b| *b == 0x07),
+            Some(b']') => after.contains(&0x07),
             Some(_) => true,
         };
         if !finished {

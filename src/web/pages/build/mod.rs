@@ -94,11 +94,11 @@ async fn run_page(state: &AppState, id: i64, all: bool) -> Result<Markup> {
     let mut shown = &bytes[..(end - from) as usize];
     let mut from = from;
     // A window that starts inside a line starts at the next one (not inside a character).
-    if from > 0 {
-        if let Some(i) = shown.iter().position(|b| *b == b'\n') {
-            shown = &shown[i + 1..];
-            from += i as i64 + 1;
-        }
+    if from > 0
+        && let Some(i) = shown.iter().position(|b| *b == b'\n')
+    {
+        shown = &shown[i + 1..];
+        from += i as i64 + 1;
     }
     let (start, kept, truncated) = if all {
         (from, shown, false)
