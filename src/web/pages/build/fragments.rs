@@ -69,6 +69,14 @@ pub fn summary(run: &JobRun, hostname: Option<&str>) -> Markup {
                 }
                 span.label { "Scheduled" }
                 span { (timestamp(run.scheduled_at)) }
+                @if let Some(started) = run.entered(JobState::Building) {
+                    span.label { "Started" }
+                    span { (timestamp(started)) }
+                }
+                @if let Some(completed) = run.completed_at {
+                    span.label { "Completed" }
+                    span { (timestamp(completed)) }
+                }
                 span.label { "Duration" }
                 span #run-duration { (duration(run)) }
                 @if run.state != JobState::Completed && !run.cancel_requested {
