@@ -30,7 +30,7 @@ async fn list(State(state): State<AppState>) -> Result<Json<Value>> {
 }
 
 /// A path uuid that doesn't parse names no agent: 404, like one that isn't registered.
-fn path_uuid(raw: &str) -> Result<Uuid> {
+pub fn path_uuid(raw: &str) -> Result<Uuid> {
     raw.parse()
         .map_err(|_| Error::NotFound(format!("no agent with uuid {raw}")))
 }

@@ -5,6 +5,7 @@ mod events;
 mod jobs;
 mod meta;
 
+pub use agents::path_uuid as agent_uuid;
 pub use jobs::build_id;
 pub use meta::GOCD_VERSION;
 mod remoting;

@@ -9,14 +9,13 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use uuid::Uuid;
 
 use super::{ApiJson, name_list, parse_uuid};
 use crate::AppState;
 use crate::agents::{AgentState, Ping, Registration};
 use crate::error::{Error, Result};
 use crate::job_runs::{JobResult, JobRun, JobState};
-use crate::web::api::build_id;
+use crate::web::api::{agent_uuid, build_id};
 use crate::web::auth::{AuthenticatedAgent, bearer_token};
 
 pub fn router() -> Router<AppState> {
@@ -120,9 +119,7 @@ async fn ping(
     caller: AuthenticatedAgent,
     ApiJson(body): ApiJson<PingBody>,
 ) -> Result<Json<Value>> {
-    let uuid = uuid
-        .parse()
-        .map_err(|_| Error::NotFound(format!("no agent with uuid {uuid}")))?;
+    let uuid = agent_uuid(&uuid)?;
     caller.require(uuid)?;
     let agent_state: AgentState = body
         .agent_state
@@ -138,11 +135,6 @@ async fn ping(
         "agent_config_state": agent.agent_config_state,
         "instruction": instruction,
     })))
-}
-
-fn agent_uuid(raw: &str) -> Result<Uuid> {
-    raw.parse()
-        .map_err(|_| Error::NotFound(format!("no agent with uuid {raw}")))
 }
 
 /// `200 WORK`, or `204` when there is nothing for this agent (always for Pending or Disabled).

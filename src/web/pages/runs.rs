@@ -17,9 +17,10 @@ use super::fragment;
 use super::layout::{Section, page};
 use crate::AppState;
 use crate::agents::Agent;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::events::Topic;
 use crate::job_runs::{JobRun, JobState, RunPage, format_time};
+use crate::web::api::agent_uuid;
 use crate::web::sse::{self, Coalescer, KeyedViews, LiveView};
 
 /// One live run list per (agent, offset, page size) that someone watches.
@@ -40,11 +41,6 @@ pub fn router() -> Router<AppState> {
 struct PageQuery {
     offset: Option<i64>,
     page_size: Option<i64>,
-}
-
-fn agent_uuid(raw: &str) -> Result<Uuid> {
-    raw.parse()
-        .map_err(|_| Error::NotFound(format!("no agent with uuid {raw}")))
 }
 
 async fn runs_page(
