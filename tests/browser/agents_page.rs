@@ -351,3 +351,48 @@ async fn send_patch(
     app.send_json(reqwest::Method::PATCH, &format!("/api/agents/{uuid}"), body)
         .await
 }
+
+/// A viewer's sort order (DESIGN.md rule 7) survives a row swap and a whole-table swap.
+#[tokio::test]
+async fn sort_order_survives_live_swaps() {
+    browser_test("sort_order_survives_live_swaps", |rig| async move {
+        let app = spawn_app().await;
+        for host in ["bravo", "delta", "alpha"] {
+            app.register_enabled(host).await;
+        }
+        let page = rig.open("sorter", &app.url("/agents")).await;
+        sync_streams(&app, &[&page]).await;
+        let order = "return Array.from(document.querySelectorAll('#agents-body > tr .hostname'))\
+                     .map(a => a.textContent).join(',');";
+
+        // Agent name, clicked twice: descending.
+        let header = Locator::Css("th[data-sort-key='hostname'] button");
+        page.click(header).await;
+        page.click(header).await;
+        page.wait_js(
+            "descending order",
+            &format!("return (function() {{ {order} }})() === 'delta,bravo,alpha';"),
+            vec![],
+        )
+        .await;
+
+        // A change to one agent swaps its row; a newcomer swaps the whole table.
+        let charlie = app.register("charlie").await;
+        page.wait_row_present(&charlie.uuid).await;
+        page.wait_js(
+            "the newcomer sorted in",
+            &format!("return (function() {{ {order} }})() === 'delta,charlie,bravo,alpha';"),
+            vec![],
+        )
+        .await;
+        app.put(&format!("/api/agents/{}/enable", charlie.uuid)).await;
+        page.wait_row_attr(&charlie.uuid, "data-config-state", "Enabled").await;
+        assert_eq!(page.js(order, vec![]).await, json!("delta,charlie,bravo,alpha"));
+        assert_eq!(
+            page.js("return document.querySelector(\"th[data-sort-key='hostname']\").getAttribute('aria-sort');", vec![])
+                .await,
+            json!("descending")
+        );
+    })
+    .await;
+}
