@@ -307,3 +307,20 @@ async fn the_run_list_follows_the_agents_runs() {
         "{html}"
     );
 }
+
+#[tokio::test]
+async fn an_unknown_run_is_a_404_page_a_person_can_read() {
+    let app = spawn_app().await;
+    let response = app.client.get(app.url("/builds/999")).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    let html = response.text().await.unwrap();
+    assert!(
+        html.contains("no build with id 999") && html.contains("href=\"/agents\""),
+        "{html}"
+    );
+}

@@ -1,5 +1,6 @@
 //! `/go/about`: GoCD's server-details page; older GoCD clients read the version from it.
 
+use crate::web::pages::PageResult;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
@@ -7,14 +8,13 @@ use maud::{Markup, html};
 
 use super::layout::{Section, page};
 use crate::AppState;
-use crate::error::Result;
 use crate::web::api::GOCD_VERSION;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/go/about", get(about))
 }
 
-async fn about(State(state): State<AppState>) -> Result<Markup> {
+async fn about(State(state): State<AppState>) -> PageResult<Markup> {
     let schema = state.db.schema_version().await?;
     let rows = [
         ("Server Version", GOCD_VERSION.to_string()),

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use super::fragment;
 use super::layout::{Section, page};
+use super::{PageResult, fragment};
 use crate::AppState;
 use crate::agents::Agent;
 use crate::error::Result;
@@ -47,7 +47,7 @@ async fn runs_page(
     State(state): State<AppState>,
     Path(uuid): Path<String>,
     Query(query): Query<PageQuery>,
-) -> Result<Markup> {
+) -> PageResult<Markup> {
     let uuid = agent_uuid(&uuid)?;
     let agent = state.agents.get(uuid).await?;
     let history = state

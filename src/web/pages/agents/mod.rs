@@ -4,6 +4,7 @@
 mod fragments;
 pub mod live;
 
+use crate::web::pages::PageResult;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -27,7 +28,7 @@ pub fn router() -> Router<AppState> {
         .route("/agents/actions", post(action))
 }
 
-async fn agents_page(State(state): State<AppState>) -> Result<Markup> {
+async fn agents_page(State(state): State<AppState>) -> PageResult<Markup> {
     let agents = state.agents.list().await?;
     let body = fragments::agents_page(&agents, state.agents_view.queued());
     Ok(page("Agents", Section::Agents, &["agents.js"], body))

@@ -5,6 +5,7 @@ mod console_html;
 mod fragments;
 pub mod live;
 
+use crate::web::pages::PageResult;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -47,7 +48,7 @@ async fn by_id(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<PageQuery>,
-) -> Result<Markup> {
+) -> PageResult<Markup> {
     run_page(&state, build_id(&id)?, q.all.is_some()).await
 }
 
@@ -55,7 +56,7 @@ async fn by_agent(
     State(state): State<AppState>,
     Path((_uuid, id)): Path<(String, String)>,
     Query(q): Query<PageQuery>,
-) -> Result<Markup> {
+) -> PageResult<Markup> {
     run_page(&state, build_id(&id)?, q.all.is_some()).await
 }
 
@@ -64,7 +65,7 @@ async fn by_names(
     State(state): State<AppState>,
     Path((pipeline, pc, stage, sc, job)): Path<(String, i64, String, i64, String)>,
     Query(q): Query<PageQuery>,
-) -> Result<Markup> {
+) -> PageResult<Markup> {
     let id = state
         .job_runs
         .find(&pipeline, pc, &stage, sc, &job)
@@ -73,7 +74,7 @@ async fn by_names(
     run_page(&state, id, q.all.is_some()).await
 }
 
-async fn run_page(state: &AppState, id: i64, all: bool) -> Result<Markup> {
+async fn run_page(state: &AppState, id: i64, all: bool) -> PageResult<Markup> {
     let run = state.job_runs.get(id).await?;
     let hostname = match run.agent_uuid {
         Some(uuid) => state.agents.get(uuid).await.ok().map(|a| a.hostname),
