@@ -267,6 +267,8 @@ pub struct Registered {
 #[derive(Debug, Clone)]
 pub struct Ping {
     pub agent_state: AgentState,
+    /// The build the agent says it runs.
+    pub build_id: Option<i64>,
     pub free_space: Option<i64>,
 }
 
@@ -324,15 +326,25 @@ impl Agents {
         fetch(&mut conn, uuid).await?.ok_or_else(|| not_found(uuid))
     }
 
-    /// The agent a bearer token belongs to.
+    /// The agent a bearer token belongs to. The first use of a new token retires the one
+    /// it replaced (kept until then for a retried re-registration).
     pub async fn authenticate(&self, token: &str) -> Result<Uuid> {
-        let uuid: Option<String> =
-            sqlx::query_scalar("SELECT uuid FROM agents WHERE token_hash = ?")
-                .bind(hash_token(token))
-                .fetch_optional(&self.db.read)
+        let found: Option<(String, bool)> = sqlx::query_as(
+            "SELECT uuid, previous_token_hash IS NOT NULL FROM agents WHERE token_hash = ?",
+        )
+        .bind(hash_token(token))
+        .fetch_optional(&self.db.read)
+        .await?;
+        let (uuid, has_previous) =
+            found.ok_or_else(|| Error::Unauthorized("unknown agent token".into()))?;
+        if has_previous {
+            sqlx::query("UPDATE agents SET previous_token_hash = NULL WHERE uuid = ?")
+                .bind(&uuid)
+                .execute(&self.db.write)
                 .await?;
-        uuid.and_then(|u| u.parse().ok())
-            .ok_or_else(|| Error::Unauthorized("unknown agent token".into()))
+        }
+        uuid.parse()
+            .map_err(|_| Error::Unauthorized("unknown agent token".into()))
     }
 
     /// Registers a new agent or re-registers a known one (which needs its current token).
@@ -380,12 +392,18 @@ impl Agents {
             None => None,
         };
         let (before, agent) = if let Some(before) = existing {
-            let stored: String = sqlx::query_scalar("SELECT token_hash FROM agents WHERE uuid = ?")
-                .bind(before.uuid.to_string())
-                .fetch_one(&mut *tx)
-                .await?;
+            let (current, previous): (String, Option<String>) =
+                sqlx::query_as("SELECT token_hash, previous_token_hash FROM agents WHERE uuid = ?")
+                    .bind(before.uuid.to_string())
+                    .fetch_one(&mut *tx)
+                    .await?;
             let presented = token.map(hash_token).unwrap_or_default();
-            if !constant_time_eq(&stored, &presented) {
+            // The previous token counts too while the new one is unused: the answer that
+            // carried the new one may have been lost, and the agent retries with what it has.
+            let by_previous = previous
+                .as_deref()
+                .is_some_and(|p| constant_time_eq(p, &presented));
+            if !constant_time_eq(&current, &presented) && !by_previous {
                 return Err(Error::Conflict(format!(
                     "agent {} is already registered; re-registering needs its current token",
                     before.uuid
@@ -405,12 +423,18 @@ impl Agents {
                 agent.agent_config_state = ConfigState::Enabled;
             }
             save(&mut tx, &agent).await?;
-            sqlx::query("UPDATE agents SET token_hash = ?, last_contact_at = ? WHERE uuid = ?")
-                .bind(hash_token(&new_token))
-                .bind(now)
-                .bind(agent.uuid.to_string())
-                .execute(&mut *tx)
-                .await?;
+            // The token presented stays good for one more re-registration, until the new one
+            // is first used.
+            sqlx::query(
+                "UPDATE agents SET token_hash = ?, previous_token_hash = ?, last_contact_at = ? \
+                 WHERE uuid = ?",
+            )
+            .bind(hash_token(&new_token))
+            .bind(&presented)
+            .bind(now)
+            .bind(agent.uuid.to_string())
+            .execute(&mut *tx)
+            .await?;
             (Some(before), agent)
         } else {
             let agent = Agent {
@@ -478,9 +502,12 @@ impl Agents {
         let mut tx = self.db.write.begin().await?;
         let before = fetch(&mut tx, uuid).await?.ok_or_else(|| not_found(uuid))?;
         let mut agent = before.clone();
-        // While it holds a run it is Building, even if a ping raced the assignment.
+        // While it holds a run it is Building, even if a ping raced the assignment. A ping
+        // "Building" that names a build it no longer holds raced the completion: Idle.
         let state = if before.build_details.is_some() {
             AgentState::Building
+        } else if ping.build_id.is_some() {
+            AgentState::Idle
         } else {
             ping.agent_state
         };
@@ -742,8 +769,9 @@ pub(crate) async fn record_work_request(
     Ok((before, after))
 }
 
-/// A registration, ping or work request is contact.
-async fn touch(conn: &mut SqliteConnection, uuid: Uuid) -> Result<()> {
+/// A registration, ping or work request is contact (and so is a build's status report or
+/// console upload: an agent busy uploading is plainly alive).
+pub(crate) async fn touch(conn: &mut SqliteConnection, uuid: Uuid) -> Result<()> {
     sqlx::query("UPDATE agents SET last_contact_at = ? WHERE uuid = ?")
         .bind(now_millis())
         .bind(uuid.to_string())

@@ -516,6 +516,7 @@ impl JobRuns {
             _ => JobResult::Unknown,
         };
         move_run(&mut tx, build_id, state, result, None).await?;
+        agents::touch(&mut tx, agent).await?;
         let agent_change = if state == JobState::Completed {
             agents::set_agent_state(&mut tx, agent, AgentState::Idle).await?
         } else if run.state <= JobState::Assigned {
@@ -565,6 +566,7 @@ impl JobRuns {
         // Only the part past what is stored is new (a retry may overlap).
         let new = bytes.slice((stored - offset) as usize..);
         console::append(&mut tx, build_id, stored, &new).await?;
+        agents::touch(&mut tx, agent).await?;
         tx.commit().await?;
         let event = DomainEvent::ConsoleAppend {
             build_id,

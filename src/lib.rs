@@ -149,6 +149,7 @@ fn spawn_liveness(
     shutdown: CancellationToken,
 ) {
     let every = (after / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let started = tokio::time::Instant::now();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -159,8 +160,12 @@ fn spawn_liveness(
                     if let Err(error) = agents.mark_lost_contact(after).await {
                         tracing::warn!(%error, "liveness check failed");
                     }
-                    if let Err(error) = scheduler.reschedule_abandoned(after).await {
-                        tracing::warn!(%error, "could not reschedule the runs of silent agents");
+                    // After a restart, agents get a full period to be heard from before their
+                    // runs are taken away (the server's own downtime is not their silence).
+                    if started.elapsed() >= after {
+                        if let Err(error) = scheduler.reschedule_abandoned(after).await {
+                            tracing::warn!(%error, "could not reschedule the runs of silent agents");
+                        }
                     }
                 }
             }

@@ -237,3 +237,128 @@ async fn api_events_subscribes_to_a_repeated_topic_once_and_caps_the_count() {
         .await;
     assert_eq!(status, 422, "{body}");
 }
+
+#[tokio::test]
+async fn a_re_registration_whose_answer_was_lost_can_be_retried_with_the_old_token() {
+    let app = spawn_app().await;
+    let agent = app.register("retrier").await;
+    let reregister = |token: String| {
+        let app = &app;
+        let uuid = agent.uuid.clone();
+        async move {
+            let response = app
+                .client
+                .post(app.url("/api/agents/register"))
+                .bearer_auth(token)
+                .json(&json!({"uuid": uuid, "hostname": "retrier"}))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, first) = reregister(agent.token.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    // That answer was lost: the agent tries again with the only token it has.
+    let (status, second) = reregister(agent.token.clone()).await;
+    assert_eq!(status, 200, "{second}");
+    let newest = Registered {
+        uuid: agent.uuid.clone(),
+        token: second["token"].as_str().unwrap().into(),
+    };
+    let (status, _) = app
+        .ping(&newest, &newest.token, json!({"agent_state": "Idle"}))
+        .await;
+    assert_eq!(status, 200);
+    // Once the new token is used, the old one is retired for good, and the lost one never worked.
+    let (status, _) = reregister(agent.token.clone()).await;
+    assert_eq!(status, 409);
+    let lost = first["token"].as_str().unwrap().to_string();
+    let (status, _) = app
+        .ping(&newest, &lost, json!({"agent_state": "Idle"}))
+        .await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn a_building_ping_for_a_run_already_completed_leaves_the_agent_idle_for_work() {
+    let app = spawn_app().await;
+    let (agent, build_id) = app.running_build("racer").await;
+    app.report(&agent, build_id, "Completed", Some("Passed"))
+        .await;
+    // The pinger read "building build N" just before the runner reported the end.
+    let (status, body) = app
+        .ping(
+            &agent,
+            &agent.token,
+            json!({"agent_state": "Building", "build_id": build_id}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(app.agent(&agent.uuid).await["agent_state"], "Idle");
+    let next = app.schedule_job("next", "job").await;
+    assert_eq!(
+        app.take_work(&agent).await["build_id"],
+        next,
+        "no wait for another ping"
+    );
+}
+
+#[tokio::test]
+async fn after_a_long_restart_agents_get_a_full_period_before_their_runs_are_taken() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config::for_data_dir(data.path());
+    config.lost_contact_after = Duration::from_secs(1);
+    let first = Application::build(config.clone()).await.unwrap();
+    let stop = first.shutdown_token();
+    let base = format!("http://{}", first.local_addr());
+    let running = tokio::spawn(first.run_until_stopped());
+    let (agent, build_id) = TestAppRef { base: &base }.running_build().await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    // The server stays down longer than --lost-contact-after.
+    let down = std::time::Instant::now();
+    eventually("the downtime passes", || async {
+        (down.elapsed() > Duration::from_millis(1500)).then_some(())
+    })
+    .await;
+
+    let second = Application::build(config).await.unwrap();
+    let base = format!("http://{}", second.local_addr());
+    let stop = second.shutdown_token();
+    tokio::spawn(second.run_until_stopped());
+    let client = reqwest::Client::new();
+    // The agent pings as it does every few seconds; for two periods its run stays its own.
+    let restarted = std::time::Instant::now();
+    while restarted.elapsed() < Duration::from_secs(2) {
+        let ping: Value = client
+            .post(format!("{base}/api/agents/{}/ping", agent.uuid))
+            .bearer_auth(&agent.token)
+            .json(&json!({"agent_state": "Building", "build_id": build_id}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            ping["instruction"], "NONE",
+            "the run was taken from a live agent"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await; // the agent's own ping interval
+    }
+    let run: Value = client
+        .get(format!("{base}/api/builds/{build_id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(run["state"], "Assigned", "{run}");
+    stop.cancel();
+}

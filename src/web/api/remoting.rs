@@ -127,6 +127,7 @@ async fn ping(
         .map_err(|e| Error::Unprocessable(format!("agent_state: {e}")))?;
     let ping = Ping {
         agent_state,
+        build_id: body.build_id,
         free_space: free_space(body.free_space.as_ref())?,
     };
     let agent = state.agents.ping(uuid, ping).await?;
