@@ -162,11 +162,10 @@ fn spawn_liveness(
                     }
                     // After a restart, agents get a full period to be heard from before their
                     // runs are taken away (the server's own downtime is not their silence).
-                    if started.elapsed() >= after {
-                        if let Err(error) = scheduler.reschedule_abandoned(after).await {
+                    if started.elapsed() >= after
+                        && let Err(error) = scheduler.reschedule_abandoned(after).await {
                             tracing::warn!(%error, "could not reschedule the runs of silent agents");
                         }
-                    }
                 }
             }
         }

@@ -94,11 +94,65 @@ impl Backoff {
     }
 }
 
+/// How long a failing call is retried.
+#[derive(Debug, Clone)]
+pub struct Patience {
+    /// Ends the retries at once, even a request in flight (the agent is exiting).
+    pub give_up: CancellationToken,
+    /// Once this has fired, a failed attempt is not retried (each call is still tried once).
+    pub stop_retrying: CancellationToken,
+    /// Failing continuously for this long ends the retries.
+    pub fail_after: Duration,
+}
+
+/// How long a job's status reports and console uploads keep failing before the agent gives up.
+pub const FAIL_AFTER: Duration = Duration::from_secs(180);
+
+impl Patience {
+    /// Retries until `give_up`, however long that takes.
+    pub fn until(give_up: &CancellationToken) -> Patience {
+        Patience {
+            give_up: give_up.clone(),
+            stop_retrying: CancellationToken::new(),
+            fail_after: Duration::MAX,
+        }
+    }
+
+    /// Whether a call failing since `since` should be given up.
+    pub fn exhausted(&self, since: tokio::time::Instant) -> bool {
+        self.give_up.is_cancelled()
+            || self.stop_retrying.is_cancelled()
+            || since.elapsed() >= self.fail_after
+    }
+
+    /// Waits `delay` before the next attempt; false if the retries should end instead.
+    pub async fn wait(&self, delay: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = self.give_up.cancelled() => false,
+            _ = self.stop_retrying.cancelled() => false,
+        }
+    }
+}
+
 /// Calls `attempt` until it succeeds, fails for good (a non-transient error), or `give_up`
 /// fires (then the last error is returned). Transient failures are logged, not every one.
 pub async fn retry<T, F, Fut>(
     what: &str,
     give_up: &CancellationToken,
+    attempt: F,
+) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ApiError>>,
+{
+    retry_within(what, &Patience::until(give_up), attempt).await
+}
+
+/// [`retry`] within `patience`: the last error is returned once it is exhausted.
+pub async fn retry_within<T, F, Fut>(
+    what: &str,
+    patience: &Patience,
     mut attempt: F,
 ) -> Result<T, ApiError>
 where
@@ -107,10 +161,11 @@ where
 {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut failures = 0u32;
+    let mut failing_since = None;
     loop {
         let outcome = tokio::select! {
             outcome = attempt() => outcome,
-            _ = give_up.cancelled() => Err(ApiError::Transport(format!("gave up: {what}"))),
+            _ = patience.give_up.cancelled() => Err(ApiError::Transport(format!("gave up: {what}"))),
         };
         match outcome {
             Ok(value) => {
@@ -119,14 +174,18 @@ where
                 }
                 return Ok(value);
             }
-            Err(error) if error.is_transient() && !give_up.is_cancelled() => {
+            Err(error) if error.is_transient() => {
                 failures += 1;
+                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                if patience.exhausted(since) {
+                    tracing::warn!(%error, attempts = failures, "{what}: giving up");
+                    return Err(error);
+                }
                 if failures == 1 || failures.is_power_of_two() {
                     tracing::warn!(%error, attempts = failures, "{what}: will retry");
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff.next_delay()) => {}
-                    _ = give_up.cancelled() => return Err(error),
+                if !patience.wait(backoff.next_delay()).await {
+                    return Err(error);
                 }
             }
             Err(error) => return Err(error),
@@ -781,6 +840,43 @@ mod tests {
         .await;
         assert!(matches!(outcome, Err(ApiError::Status { status: 409, .. })));
         assert_eq!(calls, 1);
+    }
+
+    #[tokio::test]
+    async fn retries_end_after_the_failure_deadline_or_once_told_to_stop() {
+        let failing = || async { Err::<(), _>(ApiError::Transport("refused".into())) };
+        let patience = Patience {
+            give_up: CancellationToken::new(),
+            stop_retrying: CancellationToken::new(),
+            fail_after: Duration::from_millis(300),
+        };
+        let started = tokio::time::Instant::now();
+        assert!(retry_within("test", &patience, failing).await.is_err());
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        let patience = Patience {
+            fail_after: FAIL_AFTER,
+            ..patience
+        };
+        let stop = patience.stop_retrying.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stop.cancel();
+        });
+        let started = tokio::time::Instant::now();
+        let mut calls = 0;
+        let outcome = retry_within("test", &patience, || {
+            calls += 1;
+            failing()
+        })
+        .await;
+        assert!(outcome.is_err());
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(calls >= 1);
+
+        // Once stopped, a call is still tried once: a working server still hears it.
+        let outcome = retry_within("test", &patience, || async { Ok(7) }).await;
+        assert_eq!(outcome.unwrap(), 7);
     }
 
     #[tokio::test]

@@ -4,7 +4,9 @@
 //! The uploader batches: it sends what arrived within [`FLUSH_EVERY`] of the first unsent byte
 //! (or sooner, once [`MAX_CHUNK`] is waiting), in chunks of at most 1 MiB, each at the offset
 //! the agent believes is stored. A failed request is retried with the same bytes at the same
-//! offset (the server does not store a retried chunk twice). A `409` names the stored length:
+//! offset (the server does not store a retried chunk twice), within the job's `Patience`
+//! (a deadline of continuous failure; shorter once the job is stopped), after which the rest
+//! of the output is dropped and the job cannot pass. A `409` names the stored length:
 //! the uploader resyncs to it and sends the chunk from there. Bytes are sent exactly as the
 //! tasks wrote them.
 //!
@@ -27,9 +29,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-use super::client::{ApiError, Backoff, BuildId, Client, ConsoleAck};
+use super::client::{ApiError, Backoff, BuildId, Client, ConsoleAck, Patience};
 
 /// Output is sent at the latest this long after it was produced.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -74,30 +75,36 @@ pub struct UploadReport {
     pub error: Option<String>,
 }
 
-/// Writes into the console stream, keeping track of line starts for marker lines.
+/// One piece of the console stream.
+#[derive(Debug)]
+pub enum Piece {
+    /// Raw task output, exactly as written.
+    Output(Bytes),
+    /// A marker line's text: the uploader, which sees every byte in order, knows whether
+    /// it must start a new line first (output of background processes may arrive any time).
+    Marker(String),
+}
+
+impl From<Bytes> for Piece {
+    fn from(bytes: Bytes) -> Self {
+        Piece::Output(bytes)
+    }
+}
+
+/// Writes into the console stream.
 pub struct ConsoleWriter {
-    tx: mpsc::Sender<Bytes>,
-    at_line_start: bool,
+    tx: mpsc::Sender<Piece>,
 }
 
 impl ConsoleWriter {
     /// A sender for raw output (a task's pipe reader).
-    pub fn sender(&self) -> mpsc::Sender<Bytes> {
+    pub fn sender(&self) -> mpsc::Sender<Piece> {
         self.tx.clone()
-    }
-
-    /// Notes the last byte of raw output sent through a `sender`.
-    pub fn note_output(&mut self, last_byte: Option<u8>) {
-        if let Some(byte) = last_byte {
-            self.at_line_start = byte == b'\n';
-        }
     }
 
     /// Writes `[ferrocd] TEXT` on a line of its own.
     pub async fn marker(&mut self, text: &str) {
-        let line = marker_line(text, self.at_line_start);
-        self.at_line_start = true;
-        let _ = self.tx.send(Bytes::from(line)).await;
+        let _ = self.tx.send(Piece::Marker(text.to_string())).await;
     }
 }
 
@@ -151,29 +158,41 @@ fn shell_quote(word: &str) -> String {
 }
 
 /// Starts the uploader for one build. Drop the writer (and every sender) to finish: the
-/// uploader then flushes everything and returns its report. `give_up` stops retries.
+/// uploader then flushes everything and returns its report. A chunk that keeps failing is
+/// retried within `patience`; after that the rest of the output is dropped.
 pub fn start<A: ConsoleApi>(
     api: A,
-    give_up: CancellationToken,
+    patience: Patience,
 ) -> (ConsoleWriter, JoinHandle<UploadReport>) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    let handle = tokio::spawn(upload(api, rx, give_up));
-    (
-        ConsoleWriter {
-            tx,
-            at_line_start: true,
-        },
-        handle,
-    )
+    let handle = tokio::spawn(upload(api, rx, patience));
+    (ConsoleWriter { tx }, handle)
+}
+
+/// Adds `piece` to `pending`; `at_line_start` tracks whether the stream ends a line.
+fn append(pending: &mut BytesMut, at_line_start: &mut bool, piece: Piece) {
+    match piece {
+        Piece::Output(bytes) => {
+            if let Some(&last) = bytes.last() {
+                *at_line_start = last == b'\n';
+            }
+            pending.extend_from_slice(&bytes);
+        }
+        Piece::Marker(text) => {
+            pending.extend_from_slice(marker_line(&text, *at_line_start).as_bytes());
+            *at_line_start = true;
+        }
+    }
 }
 
 async fn upload<A: ConsoleApi>(
     api: A,
-    mut rx: mpsc::Receiver<Bytes>,
-    give_up: CancellationToken,
+    mut rx: mpsc::Receiver<Piece>,
+    patience: Patience,
 ) -> UploadReport {
     let mut offset = 0u64;
     let mut pending = BytesMut::new();
+    let mut at_line_start = true;
     let mut closed = false;
     let mut last_send: Option<tokio::time::Instant> = None;
     while !closed {
@@ -181,7 +200,7 @@ async fn upload<A: ConsoleApi>(
         // lone line without waiting); during a stream of output, at most one request per
         // FLUSH_EVERY carries everything gathered since the last.
         match rx.recv().await {
-            Some(bytes) => pending.extend_from_slice(&bytes),
+            Some(piece) => append(&mut pending, &mut at_line_start, piece),
             None => break,
         }
         let now = tokio::time::Instant::now();
@@ -192,7 +211,7 @@ async fn upload<A: ConsoleApi>(
         while pending.len() < MAX_CHUNK {
             tokio::select! {
                 more = rx.recv() => match more {
-                    Some(bytes) => pending.extend_from_slice(&bytes),
+                    Some(piece) => append(&mut pending, &mut at_line_start, piece),
                     None => {
                         closed = true;
                         break;
@@ -204,7 +223,7 @@ async fn upload<A: ConsoleApi>(
         last_send = Some(tokio::time::Instant::now());
         while !pending.is_empty() {
             let chunk = pending.split_to(pending.len().min(MAX_CHUNK)).freeze();
-            match send_chunk(&api, offset, chunk, &give_up).await {
+            match send_chunk(&api, offset, chunk, &patience).await {
                 Ok(stored) => offset = stored,
                 Err(error) => {
                     tracing::error!(%error, "console upload failed; the rest of this build's output is dropped");
@@ -229,15 +248,16 @@ async fn send_chunk<A: ConsoleApi>(
     api: &A,
     mut offset: u64,
     chunk: Bytes,
-    give_up: &CancellationToken,
+    patience: &Patience,
 ) -> Result<u64, String> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut failures = 0u32;
+    let mut failing_since = None;
     let mut resyncs = 0u32;
     loop {
         let outcome = tokio::select! {
             outcome = api.append(offset, chunk.clone()) => outcome,
-            _ = give_up.cancelled() => return Err("the agent stopped before the console was stored".into()),
+            _ = patience.give_up.cancelled() => return Err("the agent stopped before the console was stored".into()),
         };
         match outcome {
             Ok(ConsoleAck::Stored(stored)) => return Ok(stored),
@@ -257,12 +277,15 @@ async fn send_chunk<A: ConsoleApi>(
             }
             Err(error) if error.is_transient() => {
                 failures += 1;
+                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                if patience.exhausted(since) {
+                    return Err(format!("gave up after {failures} attempt(s): {error}"));
+                }
                 if failures == 1 || failures.is_power_of_two() {
                     tracing::warn!(%error, offset, attempts = failures, "console upload: will retry");
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff.next_delay()) => {}
-                    _ = give_up.cancelled() => return Err(format!("gave up after: {error}")),
+                if !patience.wait(backoff.next_delay()).await {
+                    return Err(format!("gave up after {failures} attempt(s): {error}"));
                 }
             }
             Err(error) => return Err(error.to_string()),
@@ -275,6 +298,17 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::agent::client::FAIL_AFTER;
+
+    fn patient() -> Patience {
+        Patience {
+            give_up: CancellationToken::new(),
+            stop_retrying: CancellationToken::new(),
+            fail_after: FAIL_AFTER,
+        }
+    }
 
     /// A console server in memory: stores appends as the contract says, and fails on demand.
     #[derive(Default)]
@@ -340,12 +374,11 @@ mod tests {
     }
 
     async fn run_upload(server: &Arc<FakeServer>, pieces: Vec<Vec<u8>>) -> UploadReport {
-        let (mut writer, handle) = start(Arc::clone(server), CancellationToken::new());
+        let (writer, handle) = start(Arc::clone(server), patient());
         let tx = writer.sender();
         for piece in pieces {
-            tx.send(Bytes::from(piece)).await.unwrap();
+            tx.send(Bytes::from(piece).into()).await.unwrap();
         }
-        writer.note_output(Some(b'x'));
         drop(tx);
         drop(writer);
         handle.await.unwrap()
@@ -407,14 +440,9 @@ mod tests {
         let server = Arc::new(FakeServer::default());
         let api = Arc::clone(&server);
         // The agent believes 10 bytes are stored; none are.
-        let stored = send_chunk(
-            &api,
-            10,
-            Bytes::from_static(b"abc"),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let stored = send_chunk(&api, 10, Bytes::from_static(b"abc"), &patient())
+            .await
+            .unwrap();
         assert_eq!(stored, 3);
         assert_eq!(*server.log.lock().unwrap(), b"abc");
         assert_eq!(*server.requests.lock().unwrap(), vec![(10, 3), (0, 3)]);
@@ -424,21 +452,94 @@ mod tests {
     async fn giving_up_ends_the_retries_and_drains() {
         let server = Arc::new(FakeServer::default());
         *server.script.lock().unwrap() = vec![Some(true); 1000];
-        let give_up = CancellationToken::new();
-        let (writer, handle) = start(Arc::clone(&server), give_up.clone());
+        let patience = patient();
+        let give_up = patience.give_up.clone();
+        let (writer, handle) = start(Arc::clone(&server), patience);
         let tx = writer.sender();
-        tx.send(Bytes::from_static(b"lost\n")).await.unwrap();
+        tx.send(Bytes::from_static(b"lost\n").into()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         give_up.cancel();
         // The queue keeps draining: sending never blocks for good.
         for _ in 0..(QUEUE * 2) {
-            let _ = tx.send(Bytes::from_static(b"more\n")).await;
+            let _ = tx.send(Bytes::from_static(b"more\n").into()).await;
         }
         drop(tx);
         drop(writer);
         let report = handle.await.unwrap();
         assert!(report.error.is_some());
         assert_eq!(report.offset, 0);
+    }
+
+    /// Feeds output until the uploader has given up (the queue then drains for good).
+    async fn until_given_up(server: &Arc<FakeServer>, patience: Patience) -> UploadReport {
+        let (writer, handle) = start(Arc::clone(server), patience);
+        let tx = writer.sender();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        for _ in 0..(QUEUE * 4) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the retries never ended"
+            );
+            let _ = tx.send(Bytes::from_static(b"more\n").into()).await;
+        }
+        drop(tx);
+        drop(writer);
+        tokio::time::timeout(Duration::from_secs(20), handle)
+            .await
+            .expect("the uploader ends")
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_console_failing_past_the_deadline_is_given_up() {
+        let server = Arc::new(FakeServer::default());
+        *server.script.lock().unwrap() = vec![Some(true); 100_000];
+        let patience = Patience {
+            fail_after: Duration::from_millis(300),
+            ..patient()
+        };
+        let report = until_given_up(&server, patience).await;
+        assert!(report.error.is_some());
+        assert_eq!(report.offset, 0);
+    }
+
+    #[tokio::test]
+    async fn stopping_the_job_ends_the_console_retries() {
+        let server = Arc::new(FakeServer::default());
+        *server.script.lock().unwrap() = vec![Some(true); 100_000];
+        let patience = patient();
+        let stop = patience.stop_retrying.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stop.cancel();
+        });
+        let report = until_given_up(&server, patience).await;
+        assert!(report.error.is_some());
+    }
+
+    #[tokio::test]
+    async fn markers_start_a_line_after_output_that_did_not_end_one() {
+        let server = Arc::new(FakeServer::default());
+        let (mut writer, handle) = start(Arc::clone(&server), patient());
+        writer.marker("Task: a").await;
+        writer
+            .sender()
+            .send(Bytes::from_static(b"partial").into())
+            .await
+            .unwrap();
+        writer.marker("Task: b").await;
+        writer
+            .sender()
+            .send(Bytes::from_static(b"whole\n").into())
+            .await
+            .unwrap();
+        writer.marker("Job completed: Passed").await;
+        drop(writer);
+        assert_eq!(handle.await.unwrap().error, None);
+        assert_eq!(
+            *server.log.lock().unwrap(),
+            b"[ferrocd] Task: a\npartial\n[ferrocd] Task: b\nwhole\n[ferrocd] Job completed: Passed\n"
+        );
     }
 
     #[test]

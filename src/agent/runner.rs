@@ -2,20 +2,35 @@
 //! sandbox (the first failure ends the job), report `Completing`, wait until the console holds
 //! every byte, report `Completed` with the result.
 //!
-//! Each task gets the agent's environment plus the job's `environment_variables` and GoCD's
+//! A report or console upload that keeps failing is retried for [`FAIL_AFTER`] of continuous
+//! failure, and only for [`RETRY_AFTER_STOP`] more once the job is cancelled or the agent
+//! stops; then the agent moves on (best effort: the job is still reported `Completed`, and
+//! `Failed` if its console could not be stored, unless it was cancelled).
+//!
+//! Every process the tasks started in their process groups, background ones included, is
+//! stopped when the job ends (see `process`).
+//!
+//! Each task gets the agent's environment (without its `FERROCD_*` variables) plus the job's `environment_variables` and GoCD's
 //! `GO_SERVER_URL`, `GO_PIPELINE_NAME`, `GO_PIPELINE_COUNTER`, `GO_PIPELINE_LABEL` (the
 //! counter), `GO_STAGE_NAME`, `GO_STAGE_COUNTER` and `GO_JOB_NAME` (these win over a job
 //! variable of the same name).
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{ApiError, BuildId, Client, JobResult, JobState, Task, Work, retry};
+use super::client::{
+    ApiError, BuildId, Client, FAIL_AFTER, JobResult, JobState, Patience, Task, Work, retry_within,
+};
 use super::console::{self, BuildConsole, ConsoleWriter, command_line};
-use super::process::{TaskEnd, TaskSpec, run_task};
+use super::process::{JobProcesses, TaskEnd, TaskSpec, run_task};
+
+/// Once a job is cancelled or the agent stops, failing reports and uploads are retried for
+/// this much longer at most.
+pub const RETRY_AFTER_STOP: Duration = Duration::from_secs(10);
 
 /// Why a running job is being stopped.
 pub struct Stops {
@@ -27,12 +42,55 @@ pub struct Stops {
     pub give_up: CancellationToken,
 }
 
+impl Stops {
+    /// How long this job's calls are retried: see [`RETRY_AFTER_STOP`] and [`FAIL_AFTER`].
+    fn patience(&self) -> Patience {
+        let stop_retrying = CancellationToken::new();
+        let timer = {
+            let stop_retrying = stop_retrying.clone();
+            let cancel = self.cancel.clone();
+            let shutdown = self.shutdown.clone();
+            async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = shutdown.cancelled() => {}
+                    // The job is over: nothing retries any more.
+                    _ = stop_retrying.cancelled() => return,
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY_AFTER_STOP) => stop_retrying.cancel(),
+                    _ = stop_retrying.cancelled() => {}
+                }
+            }
+        };
+        tokio::spawn(timer);
+        Patience {
+            give_up: self.give_up.clone(),
+            stop_retrying,
+            fail_after: FAIL_AFTER,
+        }
+    }
+}
+
 /// Runs `work` to its end; returns the result reported (None if the server refused the run).
 pub async fn run_job(
     client: Arc<Client>,
     work: Work,
     work_dir: &Path,
     stops: &Stops,
+) -> Option<JobResult> {
+    let patience = stops.patience();
+    // Ends the retry timer with the job.
+    let _end_timer = patience.stop_retrying.clone().drop_guard();
+    run_job_within(client, work, work_dir, stops, &patience).await
+}
+
+async fn run_job_within(
+    client: Arc<Client>,
+    work: Work,
+    work_dir: &Path,
+    stops: &Stops,
+    patience: &Patience,
 ) -> Option<JobResult> {
     let build = work.build_id.clone();
     tracing::info!(
@@ -43,7 +101,7 @@ pub async fn run_job(
         tasks = work.tasks.len(),
         "running a job"
     );
-    if let Err(error) = report(&client, &build, JobState::Preparing, None, stops).await {
+    if let Err(error) = report(&client, &build, JobState::Preparing, None, patience).await {
         tracing::error!(%build, %error, "the server refused the job's Preparing report; dropping the job");
         return None;
     }
@@ -52,7 +110,7 @@ pub async fn run_job(
             client: Arc::clone(&client),
             build: build.clone(),
         },
-        stops.give_up.clone(),
+        patience.clone(),
     );
     // Either stop, as one token the tasks watch.
     let stop = CancellationToken::new();
@@ -69,10 +127,21 @@ pub async fn run_job(
         })
     };
 
+    let mut processes = JobProcesses::new();
     let mut result = match prepare(&work, work_dir, client.base()) {
         Ok((sandbox, env)) => {
-            match report(&client, &build, JobState::Building, None, stops).await {
-                Ok(()) => run_tasks(&work.tasks, &sandbox, &env, &mut console, &stop).await,
+            match report(&client, &build, JobState::Building, None, patience).await {
+                Ok(()) => {
+                    run_tasks(
+                        &work.tasks,
+                        &sandbox,
+                        &env,
+                        &mut console,
+                        &stop,
+                        &mut processes,
+                    )
+                    .await
+                }
                 Err(error) => {
                     tracing::error!(%build, %error, "the server refused the job's Building report");
                     console
@@ -88,10 +157,8 @@ pub async fn run_job(
         }
     };
     watcher.abort();
-    if result != JobResult::Cancelled && stop.is_cancelled() && stops.shutdown.is_cancelled() {
-        // Shut down between tasks: the remaining ones did not run.
-        result = JobResult::Cancelled;
-    }
+    // Whatever the tasks left running (background processes) ends with the job.
+    processes.finish().await;
     if result == JobResult::Cancelled {
         if stops.shutdown.is_cancelled() && !stops.cancel.is_cancelled() {
             console.marker("Agent stopping: job cancelled").await;
@@ -101,17 +168,26 @@ pub async fn run_job(
     }
     console.marker(&format!("Job completed: {result}")).await;
 
-    let _ = report(&client, &build, JobState::Completing, None, stops).await;
+    let _ = report(&client, &build, JobState::Completing, None, patience).await;
     drop(console);
-    match uploader.await {
-        Ok(upload) => {
-            if let Some(error) = upload.error {
+    let console_lost = match uploader.await {
+        Ok(upload) => match upload.error {
+            Some(error) => {
                 tracing::error!(%build, %error, "part of the console was not stored");
+                true
             }
+            None => false,
+        },
+        Err(error) => {
+            tracing::error!(%build, %error, "the console uploader failed");
+            true
         }
-        Err(error) => tracing::error!(%build, %error, "the console uploader failed"),
+    };
+    if console_lost && result == JobResult::Passed {
+        // A build whose log is lost cannot count as passed.
+        result = JobResult::Failed;
     }
-    match report(&client, &build, JobState::Completed, Some(result), stops).await {
+    match report(&client, &build, JobState::Completed, Some(result), patience).await {
         Ok(()) => tracing::info!(%build, %result, "job completed"),
         Err(error) => {
             tracing::error!(%build, %result, %error, "could not report the job completed")
@@ -123,12 +199,14 @@ pub async fn run_job(
 /// Fails a job whose description could not be read, so it does not stay assigned forever.
 pub async fn fail_unreadable_job(client: Arc<Client>, build: BuildId, error: &str, stops: &Stops) {
     tracing::error!(%build, %error, "cannot read the job the server assigned; failing it");
+    let patience = stops.patience();
+    let _end_timer = patience.stop_retrying.clone().drop_guard();
     let (mut console, uploader) = console::start(
         BuildConsole {
             client: Arc::clone(&client),
             build: build.clone(),
         },
-        stops.give_up.clone(),
+        patience.clone(),
     );
     console
         .marker(&format!("The agent could not read this job: {error}"))
@@ -141,7 +219,7 @@ pub async fn fail_unreadable_job(client: Arc<Client>, build: BuildId, error: &st
         &build,
         JobState::Completed,
         Some(JobResult::Failed),
-        stops,
+        &patience,
     )
     .await;
 }
@@ -151,22 +229,22 @@ async fn report(
     build: &BuildId,
     state: JobState,
     result: Option<JobResult>,
-    stops: &Stops,
+    patience: &Patience,
 ) -> Result<(), ApiError> {
     let what = format!("reporting build {build} {state:?}");
-    retry(&what, &stops.give_up, || {
-        client.status(build, state, result)
-    })
-    .await
+    retry_within(&what, patience, || client.status(build, state, result)).await
 }
 
-/// Runs the tasks in order; the first that does not pass ends the job.
+/// Runs the tasks in order; the first that does not pass ends the job. `Cancelled` only when
+/// `stop` actually stopped a task or kept one from starting: a stop landing after the last
+/// task ended does not change the job's result.
 async fn run_tasks(
     tasks: &[Task],
     sandbox: &Path,
     env: &[(String, String)],
     console: &mut ConsoleWriter,
     stop: &CancellationToken,
+    processes: &mut JobProcesses,
 ) -> JobResult {
     for task in tasks {
         if stop.is_cancelled() {
@@ -190,9 +268,7 @@ async fn run_tasks(
             cwd: &cwd,
             env,
         };
-        let (end, last) = run_task(&spec, console.sender(), stop).await;
-        console.note_output(last);
-        match end {
+        match run_task(&spec, console.sender(), stop, processes).await {
             TaskEnd::Exited(0) => {}
             TaskEnd::Cancelled => return JobResult::Cancelled,
             TaskEnd::Exited(code) => {
@@ -213,11 +289,7 @@ async fn run_tasks(
             }
         }
     }
-    if stop.is_cancelled() {
-        JobResult::Cancelled
-    } else {
-        JobResult::Passed
-    }
+    JobResult::Passed
 }
 
 /// The job's sandbox (created) and its tasks' extra environment.
@@ -340,6 +412,57 @@ mod tests {
         assert_eq!(get("GO_JOB_NAME"), Some("unit"));
         assert_eq!(get("GO_SERVER_URL"), Some("http://ci:8153/go"));
         assert_eq!(env.iter().filter(|(n, _)| n == "GO_JOB_NAME").count(), 1);
+    }
+
+    /// A console that stores everything.
+    struct Sink;
+
+    impl console::ConsoleApi for Sink {
+        async fn append(
+            &self,
+            offset: u64,
+            chunk: bytes::Bytes,
+        ) -> Result<super::super::client::ConsoleAck, ApiError> {
+            Ok(super::super::client::ConsoleAck::Stored(
+                offset + chunk.len() as u64,
+            ))
+        }
+    }
+
+    async fn tasks_result(tasks: Value, stop: &CancellationToken) -> (JobResult, PathBuf) {
+        let sandbox = tempfile::tempdir().unwrap().keep();
+        let tasks: Vec<Task> = serde_json::from_value(tasks).unwrap();
+        let (mut console, uploader) =
+            console::start(Sink, Patience::until(&CancellationToken::new()));
+        let mut processes = JobProcesses::new();
+        let result = run_tasks(&tasks, &sandbox, &[], &mut console, stop, &mut processes).await;
+        processes.finish().await;
+        drop(console);
+        uploader.await.unwrap();
+        (result, sandbox)
+    }
+
+    #[tokio::test]
+    async fn a_stop_changes_the_result_only_when_it_stopped_something() {
+        let stop = CancellationToken::new();
+        stop.cancel();
+        // Nothing left to stop: the job's result stands.
+        let (result, _) = tasks_result(json!([]), &stop).await;
+        assert_eq!(result, JobResult::Passed);
+        // A task it kept from starting: cancelled.
+        let (result, sandbox) =
+            tasks_result(json!([{"command": "touch", "args": ["ran"]}]), &stop).await;
+        assert_eq!(result, JobResult::Cancelled);
+        assert!(!sandbox.join("ran").exists());
+        let _ = std::fs::remove_dir_all(sandbox);
+        // Tasks that ended before any stop keep their result.
+        let (result, sandbox) = tasks_result(
+            json!([{"command": "sh", "args": ["-c", "exit 4"]}]),
+            &CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(result, JobResult::Failed);
+        let _ = std::fs::remove_dir_all(sandbox);
     }
 
     #[test]

@@ -27,6 +27,17 @@ struct AgentProcess {
 
 impl AgentProcess {
     fn start(app: &TestApp, work_dir: &Path, log_dir: &TempDir) -> AgentProcess {
+        Self::start_keyed(app, work_dir, log_dir, false)
+    }
+
+    /// `key_in_env`: the registration key comes from `FERROCD_AGENT_REGISTRATION_KEY` instead
+    /// of `--registration-key`.
+    fn start_keyed(
+        app: &TestApp,
+        work_dir: &Path,
+        log_dir: &TempDir,
+        key_in_env: bool,
+    ) -> AgentProcess {
         let log = log_dir
             .path()
             .join(format!("agent-{}.log", std::process::id()));
@@ -35,14 +46,19 @@ impl AgentProcess {
             .append(true)
             .open(&log)
             .expect("agent log");
-        let child = Command::new(env!("CARGO_BIN_EXE_ferrocd"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ferrocd"));
+        command
             .arg("agent")
             .arg("--server")
             .arg(&app.base)
             .arg("--work-dir")
-            .arg(work_dir)
-            .arg("--registration-key")
-            .arg(KEY)
+            .arg(work_dir);
+        if key_in_env {
+            command.env("FERROCD_AGENT_REGISTRATION_KEY", KEY);
+        } else {
+            command.arg("--registration-key").arg(KEY);
+        }
+        let child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log"))
@@ -108,7 +124,16 @@ async fn app_with_key() -> TestApp {
 
 /// Starts an agent and waits until the server lists it Enabled.
 async fn start_agent(app: &TestApp, work_dir: &Path, logs: &TempDir) -> (AgentProcess, String) {
-    let agent = AgentProcess::start(app, work_dir, logs);
+    start_agent_keyed(app, work_dir, logs, false).await
+}
+
+async fn start_agent_keyed(
+    app: &TestApp,
+    work_dir: &Path,
+    logs: &TempDir,
+    key_in_env: bool,
+) -> (AgentProcess, String) {
+    let agent = AgentProcess::start_keyed(app, work_dir, logs, key_in_env);
     let uuid = eventually("the agent registers and saves its identity", || async {
         agent.identity().map(|(uuid, _)| uuid)
     })
@@ -574,4 +599,65 @@ async fn a_console_subscriber_sees_the_lines_while_the_job_runs() {
         seen, expected,
         "the subscriber saw every byte of the log, once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agents_own_variables_do_not_reach_tasks() {
+    let app = app_with_key().await;
+    let work = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (_agent, _uuid) = start_agent_keyed(&app, work.path(), &logs, true).await;
+
+    let build_id = schedule(
+        &app,
+        json!({"pipeline_name": "envleak", "stage_name": "s", "job_name": "j",
+               "tasks": [{"command": "env", "args": []}], "resources": [],
+               "environment_variables": {"MINE": "kept"}}),
+    )
+    .await;
+    let run = completed(&app, build_id).await;
+    assert_eq!(run["result"], "Passed", "{run}");
+    let stored = String::from_utf8(console(&app, build_id).await).unwrap();
+    assert!(stored.contains("MINE=kept\n"), "{stored:?}");
+    assert!(stored.contains("GO_JOB_NAME=j\n"), "{stored:?}");
+    assert!(
+        !stored.contains(KEY),
+        "the registration key leaked: {stored:?}"
+    );
+    assert!(!stored.contains("FERROCD_"), "{stored:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn background_processes_live_through_the_job_and_end_with_it() {
+    let app = app_with_key().await;
+    let work = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (agent, _uuid) = start_agent(&app, work.path(), &logs).await;
+
+    // The first task starts a "server" that answers only after its task has ended; the
+    // second waits for the answer (a closed pipe would have killed the server on SIGPIPE).
+    let server = "(while [ ! -e ask ]; do sleep 0.02; done; echo serving; echo yes > answered; sleep 600) & echo $! > server.pid";
+    let client = "touch ask; while [ ! -e answered ]; do sleep 0.02; done; echo answered";
+    let build_id = schedule(
+        &app,
+        json!({"pipeline_name": "bg", "stage_name": "s", "job_name": "j",
+               "tasks": [{"command": "sh", "args": ["-c", server]},
+                         {"command": "sh", "args": ["-c", client]}],
+               "resources": []}),
+    )
+    .await;
+    let run = completed(&app, build_id).await;
+    assert_eq!(run["result"], "Passed", "{run}");
+    let stored = String::from_utf8(console(&app, build_id).await).unwrap();
+    assert!(stored.contains("serving\n"), "{stored:?}");
+    assert!(
+        stored.ends_with("answered\n[ferrocd] Job completed: Passed\n"),
+        "{stored:?}"
+    );
+    let pid = read_pid(&agent.sandbox("bg").join("server.pid")).expect("the server's pid");
+    eventually(
+        &format!("the background process {pid} ended with the job"),
+        || async { process_gone(pid).then_some(()) },
+    )
+    .await;
 }
