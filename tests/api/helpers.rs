@@ -50,6 +50,45 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     }
 }
 
+/// A server on a data directory the test keeps, so it can be stopped and started again
+/// (restarts, Missing agents). Stopped when dropped.
+pub struct Server {
+    pub base: String,
+    stop: CancellationToken,
+    running: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Server {
+    pub async fn start(config: Config) -> Server {
+        let app = Application::build(config).await.expect("the server builds");
+        let base = format!("http://{}", app.local_addr());
+        let stop = app.shutdown_token();
+        let running = Some(tokio::spawn(app.run_until_stopped()));
+        Server {
+            base,
+            stop,
+            running,
+        }
+    }
+
+    /// Stops it gracefully and waits until it has.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(running) = self.running.take() {
+            running
+                .await
+                .expect("the server task")
+                .expect("a clean stop");
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 /// An agent as registration returned it.
 pub struct Registered {
     pub uuid: String,

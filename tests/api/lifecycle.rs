@@ -4,7 +4,6 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferrocd::Application;
 use ferrocd::config::Config;
 
 use crate::helpers::*;
@@ -75,12 +74,8 @@ async fn sigterm_with_streams_open_exits_promptly() {
 #[tokio::test]
 async fn an_agent_not_heard_from_since_a_restart_is_missing() {
     let data = tempfile::tempdir().unwrap();
-    let first = Application::build(Config::for_data_dir(data.path()))
-        .await
-        .unwrap();
-    let base = format!("http://{}", first.local_addr());
-    let stop = first.shutdown_token();
-    let running = tokio::spawn(first.run_until_stopped());
+    let first = Server::start(Config::for_data_dir(data.path())).await;
+    let base = first.base.clone();
     let client = reqwest::Client::new();
     let registered: serde_json::Value = client
         .post(format!("{base}/api/agents/register"))
@@ -93,16 +88,11 @@ async fn an_agent_not_heard_from_since_a_restart_is_missing() {
         .unwrap();
     let uuid = registered["uuid"].as_str().unwrap().to_string();
     let token = registered["token"].as_str().unwrap().to_string();
-    stop.cancel();
-    running.await.unwrap().unwrap();
+    first.stop().await;
 
     // Same data directory, new process: the agent is remembered, but Missing.
-    let second = Application::build(Config::for_data_dir(data.path()))
-        .await
-        .unwrap();
-    let base = format!("http://{}", second.local_addr());
-    let stop = second.shutdown_token();
-    tokio::spawn(second.run_until_stopped());
+    let second = Server::start(Config::for_data_dir(data.path())).await;
+    let base = second.base.clone();
     let agent: serde_json::Value = client
         .get(format!("{base}/api/agents/{uuid}"))
         .send()
@@ -132,5 +122,5 @@ async fn an_agent_not_heard_from_since_a_restart_is_missing() {
         .await
         .unwrap();
     assert_eq!(agent["agent_state"], "Idle");
-    stop.cancel();
+    second.stop().await;
 }

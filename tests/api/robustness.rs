@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use ferrocd::Application;
 use ferrocd::config::Config;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -14,20 +13,15 @@ async fn a_run_held_by_an_agent_missing_since_a_restart_is_rescheduled() {
     let data = tempfile::tempdir().unwrap();
     let mut config = Config::for_data_dir(data.path());
     config.lost_contact_after = Duration::from_secs(1);
-    let first = Application::build(config.clone()).await.unwrap();
-    let stop = first.shutdown_token();
-    let base = format!("http://{}", first.local_addr());
-    let running = tokio::spawn(first.run_until_stopped());
+    let first = Server::start(config.clone()).await;
+    let base = first.base.clone();
     let app = TestAppRef { base: &base };
     let (agent, build_id) = app.running_build().await;
-    stop.cancel();
-    running.await.unwrap().unwrap();
+    first.stop().await;
 
     // The agent never comes back: its run must not wait forever.
-    let second = Application::build(config).await.unwrap();
-    let base = format!("http://{}", second.local_addr());
-    let stop = second.shutdown_token();
-    tokio::spawn(second.run_until_stopped());
+    let second = Server::start(config).await;
+    let base = second.base.clone();
     let client = reqwest::Client::new();
     let old: Value = eventually("the old run ends", || async {
         let run: Value = client
@@ -61,7 +55,7 @@ async fn a_run_held_by_an_agent_missing_since_a_restart_is_rescheduled() {
         .await
         .unwrap();
     assert!(agent.get("build_details").is_none(), "{agent}");
-    stop.cancel();
+    second.stop().await;
 }
 
 /// The few protocol steps the restart test needs, against a base URL.
@@ -313,13 +307,10 @@ async fn after_a_long_restart_agents_get_a_full_period_before_their_runs_are_tak
     let data = tempfile::tempdir().unwrap();
     let mut config = Config::for_data_dir(data.path());
     config.lost_contact_after = Duration::from_secs(1);
-    let first = Application::build(config.clone()).await.unwrap();
-    let stop = first.shutdown_token();
-    let base = format!("http://{}", first.local_addr());
-    let running = tokio::spawn(first.run_until_stopped());
+    let first = Server::start(config.clone()).await;
+    let base = first.base.clone();
     let (agent, build_id) = TestAppRef { base: &base }.running_build().await;
-    stop.cancel();
-    running.await.unwrap().unwrap();
+    first.stop().await;
     // The server stays down longer than --lost-contact-after.
     let down = std::time::Instant::now();
     eventually("the downtime passes", || async {
@@ -327,10 +318,8 @@ async fn after_a_long_restart_agents_get_a_full_period_before_their_runs_are_tak
     })
     .await;
 
-    let second = Application::build(config).await.unwrap();
-    let base = format!("http://{}", second.local_addr());
-    let stop = second.shutdown_token();
-    tokio::spawn(second.run_until_stopped());
+    let second = Server::start(config).await;
+    let base = second.base.clone();
     let client = reqwest::Client::new();
     // The agent pings as it does every few seconds; for two periods its run stays its own.
     let restarted = std::time::Instant::now();
@@ -360,5 +349,5 @@ async fn after_a_long_restart_agents_get_a_full_period_before_their_runs_are_tak
         .await
         .unwrap();
     assert_eq!(run["state"], "Assigned", "{run}");
-    stop.cancel();
+    second.stop().await;
 }
