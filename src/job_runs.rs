@@ -253,6 +253,24 @@ pub(crate) async fn fetch_run_or_404(conn: &mut SqliteConnection, build_id: i64)
         .ok_or_else(|| not_found(build_id))
 }
 
+/// What matching needs of a Scheduled run: a poll for work reads only this, not whole runs.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct QueuedJob {
+    pub build_id: i64,
+    pub resources: Json<Vec<String>>,
+    pub environment: Option<String>,
+}
+
+/// The queue as matching sees it, oldest first.
+pub(crate) async fn fetch_queued_jobs(conn: &mut SqliteConnection) -> Result<Vec<QueuedJob>> {
+    Ok(sqlx::query_as(
+        "SELECT build_id, resources, environment FROM job_runs WHERE state = 'Scheduled' \
+         ORDER BY build_id",
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
 /// Runs in `state` Scheduled, oldest first: the queue.
 pub(crate) async fn fetch_queue(conn: &mut SqliteConnection) -> Result<Vec<JobRun>> {
     load_runs(

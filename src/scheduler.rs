@@ -12,7 +12,7 @@ use crate::agents::{self, Agent, AgentState, Agents, ConfigState};
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::events::{DomainEvent, Hub, Topic};
-use crate::job_runs::{self, JobResult, JobRun, JobRuns, JobState, NewRun, Task};
+use crate::job_runs::{self, JobResult, JobRun, JobRuns, JobState, NewRun, QueuedJob, Task};
 
 /// A job to schedule ad hoc (`POST /api/jobs/schedule`).
 #[derive(Debug, Clone, Default)]
@@ -56,21 +56,21 @@ impl From<&JobRun> for Work {
 
 /// GoCD's matching rule: the agent has every resource the job needs (case-insensitive), and
 /// agent and job share an environment, or neither has one.
-pub fn matches(agent: &Agent, run: &JobRun) -> bool {
+pub fn matches(agent: &Agent, job: &QueuedJob) -> bool {
     let has = |needed: &String| {
         agent
             .resources
             .iter()
             .any(|r| r.eq_ignore_ascii_case(needed))
     };
-    let environment_ok = match &run.environment {
+    let environment_ok = match &job.environment {
         None => agent.environments.is_empty(),
         Some(env) => agent
             .environments
             .iter()
             .any(|e| e.eq_ignore_ascii_case(env)),
     };
-    run.resources.iter().all(has) && environment_ok
+    job.resources.iter().all(has) && environment_ok
 }
 
 /// Only an Enabled agent that is in contact and holds no run gets work.
@@ -204,18 +204,18 @@ impl Scheduler {
                     agent = agents::fetch(&mut tx, agent_uuid).await?.unwrap_or(agent);
                 }
                 if can_take_work(&agent) {
-                    let queue = job_runs::fetch_queue(&mut tx).await?;
-                    if let Some(run) = queue.iter().find(|run| matches(&agent, run)) {
+                    let queue = job_runs::fetch_queued_jobs(&mut tx).await?;
+                    if let Some(job) = queue.iter().find(|job| matches(&agent, job)) {
                         job_runs::move_run(
                             &mut tx,
-                            run.build_id,
+                            job.build_id,
                             JobState::Assigned,
                             JobResult::Unknown,
                             Some(agent_uuid),
                         )
                         .await?;
                         agents::set_agent_state(&mut tx, agent_uuid, AgentState::Building).await?;
-                        let assigned = job_runs::fetch_run_or_404(&mut tx, run.build_id).await?;
+                        let assigned = job_runs::fetch_run_or_404(&mut tx, job.build_id).await?;
                         work = Some(Work::from(&assigned));
                         updated_runs.push(assigned);
                     }
@@ -424,27 +424,11 @@ mod tests {
         }
     }
 
-    fn run(resources: &[&str], environment: Option<&str>) -> JobRun {
-        JobRun {
+    fn run(resources: &[&str], environment: Option<&str>) -> QueuedJob {
+        QueuedJob {
             build_id: 1,
-            pipeline_name: "p".into(),
-            pipeline_counter: 1,
-            stage_name: "s".into(),
-            stage_counter: 1,
-            job_name: "j".into(),
-            agent_uuid: None,
-            state: JobState::Scheduled,
-            result: JobResult::Unknown,
-            console_length: 0,
-            resources: resources.iter().map(|s| s.to_string()).collect(),
+            resources: sqlx::types::Json(resources.iter().map(|s| s.to_string()).collect()),
             environment: environment.map(str::to_string),
-            tasks: vec![],
-            cancel_requested: false,
-            rescheduled_from: None,
-            scheduled_at: 0,
-            completed_at: None,
-            job_state_transitions: vec![],
-            environment_variables: BTreeMap::new(),
         }
     }
 

@@ -20,7 +20,7 @@ use super::fragments::{self, AgentCounts};
 use crate::agents::Agents;
 use crate::events::{DomainEvent, Hub, Topic};
 use crate::web::pages::fragment;
-use crate::web::sse::{LiveView, frame};
+use crate::web::sse::{Coalescer, LiveView, frame};
 
 /// At most one render per fragment this often.
 pub const COALESCE: Duration = Duration::from_millis(50);
@@ -95,12 +95,13 @@ pub fn spawn(
         let view = task_view;
         let mut renderer = Renderer::default();
         let mut dirty = Dirty::everything();
-        let mut last_render: Option<Instant> = None;
+        let mut coalescer = Coalescer::default();
         loop {
-            let due = dirty.any().then(|| match last_render {
-                Some(at) => (at + COALESCE).max(Instant::now()),
-                None => Instant::now(),
-            });
+            // What changed is tracked in `dirty`; when to render, by the shared coalescer.
+            if dirty.any() {
+                coalescer.mark();
+            }
+            let due = coalescer.due(COALESCE);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 event = agent_events.recv() => match event {
@@ -121,11 +122,11 @@ pub fn spawn(
                 },
                 _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                     let pending = std::mem::take(&mut dirty);
+                    coalescer.rendered();
                     if let Err(error) = renderer.render(&agents, &view, &pending).await {
                         tracing::warn!(%error, "agents view could not render; retrying");
                         dirty = pending;
                     }
-                    last_render = Some(Instant::now());
                 }
             }
         }

@@ -49,18 +49,14 @@ impl ConsoleView {
     }
 }
 
-fn hostname_for(
-    state: &AppState,
-    run: &JobRun,
-) -> impl std::future::Future<Output = Option<String>> + Send {
-    let agents = state.agents.clone();
-    let uuid = run.agent_uuid;
-    async move {
-        match uuid {
-            Some(uuid) => agents.get(uuid).await.ok().map(|a| a.hostname),
-            None => None,
-        }
-    }
+/// The hostname of the run's agent, if it has one that still exists.
+pub(super) async fn hostname_for(state: &AppState, run: &JobRun) -> Option<String> {
+    state
+        .agents
+        .get(run.agent_uuid?)
+        .await
+        .ok()
+        .map(|a| a.hostname)
 }
 
 pub async fn status_html(state: &AppState, run: &JobRun) -> Bytes {

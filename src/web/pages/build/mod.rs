@@ -76,10 +76,7 @@ async fn by_names(
 
 async fn run_page(state: &AppState, id: i64, all: bool) -> PageResult<Markup> {
     let run = state.job_runs.get(id).await?;
-    let hostname = match run.agent_uuid {
-        Some(uuid) => state.agents.get(uuid).await.ok().map(|a| a.hostname),
-        None => None,
-    };
+    let hostname = live::hostname_for(state, &run).await;
     let from = if all {
         0
     } else {
