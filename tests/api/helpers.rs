@@ -473,3 +473,222 @@ pub fn text_content(html: &str) -> String {
     }
     out
 }
+
+/// `/agents` as a fresh load shows it: the table's rows in order (the `<tr>` markup of each),
+/// the counts strip's text and the queued count.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AgentsPage {
+    pub rows: Vec<AgentRow>,
+    pub counts: String,
+    pub queued: String,
+}
+
+/// One `<tr id="agent-…">` of the agents table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRow {
+    pub id: String,
+    pub config_state: String,
+    pub agent_state: String,
+    /// The row's whole markup, as the page or a fragment holds it.
+    pub html: String,
+}
+
+impl AgentRow {
+    /// What a browser test can read of a row: its id and its two states.
+    pub fn summary(&self) -> (String, String, String) {
+        (
+            self.id.clone(),
+            self.config_state.clone(),
+            self.agent_state.clone(),
+        )
+    }
+}
+
+/// The value of `name="…"` in the first tag of `html`.
+pub fn attribute(html: &str, name: &str) -> Option<String> {
+    let tag_end = html.find('>')?;
+    let tag = &html[..tag_end];
+    let needle = format!(" {name}=\"");
+    let start = tag.find(&needle)? + needle.len();
+    let len = tag[start..].find('"')?;
+    Some(tag[start..start + len].to_string())
+}
+
+/// Every `<tr … id="agent-…">…</tr>` in `html`, in order. Our rows hold no nested table, and
+/// every text in them is escaped, so the next `</tr>` ends each one.
+pub fn agent_rows(html: &str) -> Vec<AgentRow> {
+    let mut rows = Vec::new();
+    let mut rest = html;
+    while let Some(start) = rest.find("<tr ") {
+        let tail = &rest[start..];
+        let tag = &tail[..tail.find('>').expect("a closed tag")];
+        if !tag.contains(" id=\"agent-") {
+            rest = &tail[4..];
+            continue;
+        }
+        let end = tail.find("</tr>").expect("a closed row") + "</tr>".len();
+        let row = &tail[..end];
+        rows.push(AgentRow {
+            id: attribute(row, "id").expect("a row id"),
+            config_state: attribute(row, "data-config-state").unwrap_or_default(),
+            agent_state: attribute(row, "data-agent-state").unwrap_or_default(),
+            html: row.to_string(),
+        });
+        rest = &tail[end..];
+    }
+    rows
+}
+
+/// The inner markup of the element that opens with `open` (e.g. `<div id="agent-counts"`),
+/// up to the first `close` after it.
+fn inner<'a>(html: &'a str, open: &str, close: &str) -> &'a str {
+    let start = html
+        .find(open)
+        .unwrap_or_else(|| panic!("no {open} in the page"));
+    let body_start = start + html[start..].find('>').expect("a closed tag") + 1;
+    let len = html[body_start..]
+        .find(close)
+        .unwrap_or_else(|| panic!("{open} is not closed by {close}"));
+    &html[body_start..body_start + len]
+}
+
+impl AgentsPage {
+    /// Parses a full `/agents` page.
+    pub fn parse(html: &str) -> AgentsPage {
+        AgentsPage {
+            rows: agent_rows(inner(html, "<tbody id=\"agents-body\"", "</tbody>")),
+            counts: text_content(inner(html, "<div id=\"agent-counts\"", "</div>")),
+            queued: text_content(inner(html, "<span id=\"queued-count\"", "</span>")),
+        }
+    }
+
+    /// The row ids with their states, in order.
+    pub fn summary(&self) -> Vec<(String, String, String)> {
+        self.rows.iter().map(AgentRow::summary).collect()
+    }
+}
+
+impl TestApp {
+    /// `GET /agents`, parsed.
+    pub async fn fresh_agents_page(&self) -> AgentsPage {
+        let response = self
+            .client
+            .get(self.url("/agents"))
+            .send()
+            .await
+            .expect("GET /agents");
+        assert_eq!(response.status(), 200);
+        AgentsPage::parse(&response.text().await.expect("the page"))
+    }
+}
+
+/// What a script reading `/agents/events` builds: rows by id from `agents` (all rows),
+/// `agent-added` and `agent-{uuid}` (one row; empty data removes it), plus the last `counts`
+/// and `queued`. Applied by a task as events arrive; `bytes` counts what the stream carried.
+#[derive(Clone, Default)]
+pub struct AgentsMirror {
+    state: std::sync::Arc<std::sync::Mutex<MirrorState>>,
+}
+
+#[derive(Default)]
+struct MirrorState {
+    rows: std::collections::BTreeMap<String, AgentRow>,
+    counts: String,
+    queued: String,
+    events: Vec<(String, usize)>,
+}
+
+impl AgentsMirror {
+    /// Follows `/agents/events` of `app` until the test ends.
+    pub async fn follow(app: &TestApp) -> AgentsMirror {
+        let mut stream = app.subscribe("/agents/events").await;
+        let mirror = AgentsMirror::default();
+        let state = std::sync::Arc::clone(&mirror.state);
+        tokio::spawn(async move {
+            while let Some(event) = stream.events.recv().await {
+                let mut state = state.lock().unwrap();
+                state.events.push((event.event.clone(), event.data.len()));
+                state.apply(&event);
+            }
+        });
+        mirror
+    }
+
+    /// Rows (by id), counts and queued as this client has them now.
+    pub fn page(&self) -> (Vec<AgentRow>, String, String) {
+        let state = self.state.lock().unwrap();
+        (
+            state.rows.values().cloned().collect(),
+            state.counts.clone(),
+            state.queued.clone(),
+        )
+    }
+
+    /// The names and data sizes of every event received so far.
+    pub fn events(&self) -> Vec<(String, usize)> {
+        self.state.lock().unwrap().events.clone()
+    }
+
+    /// How it differs from a fresh load (rows compared by id, markup and all); empty if equal.
+    pub fn differences(&self, fresh: &AgentsPage) -> Vec<String> {
+        let (rows, counts, queued) = self.page();
+        let mut out = Vec::new();
+        let mine: std::collections::BTreeMap<_, _> =
+            rows.iter().map(|r| (r.id.clone(), r)).collect();
+        let theirs: std::collections::BTreeMap<_, _> =
+            fresh.rows.iter().map(|r| (r.id.clone(), r)).collect();
+        for (id, row) in &theirs {
+            match mine.get(id) {
+                None => out.push(format!(
+                    "missing {id} ({}/{})",
+                    row.config_state, row.agent_state
+                )),
+                Some(have) if have.html != row.html => out.push(format!(
+                    "{id} differs:\n      stream: {}\n      fresh:  {}",
+                    have.html, row.html
+                )),
+                Some(_) => {}
+            }
+        }
+        for id in mine.keys().filter(|id| !theirs.contains_key(*id)) {
+            out.push(format!("extra {id}"));
+        }
+        if counts != fresh.counts {
+            out.push(format!("counts {counts:?}, fresh {:?}", fresh.counts));
+        }
+        if queued != fresh.queued {
+            out.push(format!("queued {queued:?}, fresh {:?}", fresh.queued));
+        }
+        out
+    }
+}
+
+impl MirrorState {
+    fn apply(&mut self, event: &SseEvent) {
+        match event.event.as_str() {
+            "agents" => {
+                self.rows = agent_rows(&event.data)
+                    .into_iter()
+                    .map(|r| (r.id.clone(), r))
+                    .collect();
+            }
+            "counts" => self.counts = text_content(&event.data),
+            "queued" => self.queued = event.data.clone(),
+            "agent-added" => {
+                for row in agent_rows(&event.data) {
+                    self.rows.insert(row.id.clone(), row);
+                }
+            }
+            name if name.starts_with("agent-") => {
+                if event.data.trim().is_empty() {
+                    self.rows.remove(name);
+                } else {
+                    for row in agent_rows(&event.data) {
+                        self.rows.insert(row.id.clone(), row);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -250,7 +250,29 @@ impl Rig {
         let page = Page {
             client,
             name: name.to_string(),
+            window: None,
         };
+        page.client
+            .goto(url)
+            .await
+            .unwrap_or_else(|e| panic!("[{name}] cannot open {url}: {e}"));
+        page
+    }
+
+    /// Another window of `beside`'s browser (the same Chromium, profile and connection
+    /// limits) showing `url`. Every call through the returned page switches to its window.
+    pub async fn open_window(&self, beside: &Page, name: &str, url: &str) -> Page {
+        let opened = beside
+            .client
+            .new_window(false)
+            .await
+            .unwrap_or_else(|e| panic!("[{name}] cannot open a window: {e}"));
+        let page = Page {
+            client: beside.client.clone(),
+            name: name.to_string(),
+            window: Some(opened.handle),
+        };
+        page.focus().await;
         page.client
             .goto(url)
             .await
@@ -270,6 +292,8 @@ impl Rig {
 pub struct Page {
     pub client: Client,
     name: String,
+    /// Set when the page shares its browser with others (`Rig::open_window`).
+    window: Option<fantoccini::wd::WindowHandle>,
 }
 
 /// A script's answer that counts as "not yet".
@@ -280,8 +304,19 @@ fn falsy(value: &Value) -> bool {
 }
 
 impl Page {
+    /// Makes this page's window the one its browser's commands go to.
+    async fn focus(&self) {
+        if let Some(window) = &self.window {
+            self.client
+                .switch_to_window(window.clone())
+                .await
+                .unwrap_or_else(|e| panic!("[{}] cannot switch to its window: {e}", self.name));
+        }
+    }
+
     /// Runs `script` (a function body: use `return`, read `arguments[i]`).
     pub async fn js(&self, script: &str, args: Vec<Value>) -> Value {
+        self.focus().await;
         self.client
             .execute(script, args)
             .await
@@ -676,6 +711,10 @@ pub struct FaultyProxy {
 struct ProxyInner {
     upstream: String,
     refuse: std::sync::atomic::AtomicBool,
+    /// While set, what the app sends on event streams is kept in `held`, not forwarded.
+    hold: std::sync::atomic::AtomicBool,
+    held: Mutex<Vec<u8>>,
+    released: tokio::sync::Notify,
     streams: Mutex<Vec<StreamRequest>>,
     open: Mutex<Vec<tokio_util::sync::CancellationToken>>,
 }
@@ -701,6 +740,9 @@ impl FaultyProxy {
         let inner = Arc::new(ProxyInner {
             upstream,
             refuse: Default::default(),
+            hold: Default::default(),
+            held: Mutex::new(Vec::new()),
+            released: tokio::sync::Notify::new(),
             streams: Mutex::new(Vec::new()),
             open: Mutex::new(Vec::new()),
         });
@@ -733,6 +775,37 @@ impl FaultyProxy {
     /// From now on, answer event-stream requests `503` (`false`: pass them on again).
     pub fn refuse_streams(&self, refuse: bool) {
         self.inner.refuse.store(refuse, Ordering::SeqCst);
+    }
+
+    /// From now on, keep what the app sends on event streams (response head included)
+    /// instead of passing it on, until `release`.
+    pub fn hold_streams(&self) {
+        self.inner.hold.store(true, Ordering::SeqCst);
+    }
+
+    /// What is held so far, as text.
+    pub fn held_text(&self) -> String {
+        String::from_utf8_lossy(&self.inner.held.lock().unwrap()).into_owned()
+    }
+
+    /// Polls until the held bytes contain `needle` `times` times or more.
+    pub async fn wait_held(&self, needle: &str, times: usize) {
+        let deadline = Instant::now() + DEADLINE;
+        while self.held_text().matches(needle).count() < times {
+            if Instant::now() > deadline {
+                panic!(
+                    "proxy: {needle:?} not held {times} times within {DEADLINE:?}; held:\n{}",
+                    self.held_text()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Sends everything held to the browser in one write, and passes streams on again.
+    pub fn release(&self) {
+        self.inner.hold.store(false, Ordering::SeqCst);
+        self.inner.released.notify_one();
     }
 
     /// Drops every open event-stream connection, as a network failure would; returns how
@@ -849,10 +922,59 @@ async fn proxy_connection(inner: Arc<ProxyInner>, mut client: tokio::net::TcpStr
     }
     let (mut client_read, mut client_write) = client.split();
     let (mut upstream_read, mut upstream_write) = upstream.split();
+    let downstream = async {
+        if is_stream {
+            forward_stream(&inner, &mut upstream_read, &mut client_write).await;
+        } else {
+            let _ = tokio::io::copy(&mut upstream_read, &mut client_write).await;
+        }
+    };
     tokio::select! {
         _ = cut.cancelled() => {}
-        _ = tokio::io::copy(&mut upstream_read, &mut client_write) => {}
+        _ = downstream => {}
         _ = tokio::io::copy(&mut client_read, &mut upstream_write) => {}
     }
     // Both sockets close here: a cut stream ends mid-body, as a network failure ends it.
+}
+
+/// Copies an event stream from the app to the browser, keeping it back while the proxy holds
+/// streams; what was held goes out in one write, before anything newer.
+async fn forward_stream(
+    inner: &ProxyInner,
+    from: &mut (impl tokio::io::AsyncRead + Unpin),
+    to: &mut (impl tokio::io::AsyncWrite + Unpin),
+) {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            read = from.read(&mut chunk) => {
+                let n = match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if inner.hold.load(Ordering::SeqCst) {
+                    inner.held.lock().unwrap().extend_from_slice(&chunk[..n]);
+                } else if !flush_held(inner, to).await || !write(to, &chunk[..n]).await {
+                    return;
+                }
+            }
+            _ = inner.released.notified() => {
+                if !flush_held(inner, to).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Writes what is held, all of it in one write; false if the browser has gone.
+async fn flush_held(inner: &ProxyInner, to: &mut (impl tokio::io::AsyncWrite + Unpin)) -> bool {
+    let held = std::mem::take(&mut *inner.held.lock().unwrap());
+    held.is_empty() || write(to, &held).await
+}
+
+async fn write(to: &mut (impl tokio::io::AsyncWrite + Unpin), bytes: &[u8]) -> bool {
+    use tokio::io::AsyncWriteExt;
+    to.write_all(bytes).await.is_ok() && to.flush().await.is_ok()
 }
