@@ -21,8 +21,11 @@
     const header = document.querySelector('th[data-sort-key="' + sort.key + '"]');
     const numeric = header && header.dataset.sortType === "number";
     let x = sortValue(a, sort.key), y = sortValue(b, sort.key);
-    if (numeric) { x = Number(x); y = Number(y); return (x - y) * sort.dir; }
-    return x.localeCompare(y) * sort.dir;
+    const by = numeric ? (Number(x) - Number(y)) * sort.dir : x.localeCompare(y) * sort.dir;
+    if (by !== 0) return by;
+    // Ties keep the server's order, so a sorted page does not depend on when rows arrived.
+    const p = a.dataset.order || "", q = b.dataset.order || "";
+    return p < q ? -1 : p > q ? 1 : 0;
   }
 
   let observer = null;
@@ -64,7 +67,8 @@
   function start() {
     const tbody = body();
     if (!tbody) return;
-    // Any swap (one row or the whole body) changes the body's children.
+    // Any live change (a row replaced, added or removed, or the whole body) changes the
+    // body's children.
     observer = new MutationObserver(apply);
     document.addEventListener("change", (e) => {
       const t = e.target;

@@ -321,6 +321,25 @@ impl Agents {
         rows.into_iter().map(Agent::try_from).collect()
     }
 
+    /// The agents among `uuids` that exist, in no particular order (one query per few hundred).
+    pub async fn find_many(&self, uuids: &[Uuid]) -> Result<Vec<Agent>> {
+        // Well under SQLite's limit of bound parameters per statement.
+        const CHUNK: usize = 500;
+        let mut found = Vec::with_capacity(uuids.len());
+        for chunk in uuids.chunks(CHUNK) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!("{SELECT_AGENT} WHERE a.uuid IN ({marks})");
+            let mut query = sqlx::query_as::<_, AgentRow>(sqlx::AssertSqlSafe(sql));
+            for uuid in chunk {
+                query = query.bind(uuid.to_string());
+            }
+            for row in query.fetch_all(&self.db.read).await? {
+                found.push(Agent::try_from(row)?);
+            }
+        }
+        Ok(found)
+    }
+
     pub async fn get(&self, uuid: Uuid) -> Result<Agent> {
         let mut conn = self.db.read.acquire().await?;
         fetch(&mut conn, uuid).await?.ok_or_else(|| not_found(uuid))

@@ -30,7 +30,8 @@ use crate::db::Db;
 use crate::events::Hub;
 use crate::job_runs::JobRuns;
 use crate::scheduler::Scheduler;
-use crate::web::pages::agents::{AgentsView, live as agents_live};
+use crate::web::live::RenderCounts;
+use crate::web::pages::agents::AgentsView;
 use crate::web::pages::build::ConsoleViews;
 use crate::web::pages::runs::RunsViews;
 
@@ -46,6 +47,8 @@ pub struct AppState {
     /// Live run lists and consoles, one per watched agent page or build.
     pub runs_views: Arc<RunsViews>,
     pub console_views: Arc<ConsoleViews>,
+    /// How often each live fragment has been rendered (shared by every live view).
+    pub renders: Arc<RenderCounts>,
     /// Fires on SIGTERM/Ctrl-C: streams end, background tasks stop.
     pub shutdown: CancellationToken,
 }
@@ -84,8 +87,15 @@ impl Application {
             job_runs.clone(),
         );
         let shutdown = CancellationToken::new();
-        let queued = scheduler.pending_count().await?;
-        let agents_view = agents_live::spawn(agents.clone(), &hub, queued, shutdown.clone());
+        let renders = Arc::new(RenderCounts::default());
+        let agents_view = AgentsView::start(
+            agents.clone(),
+            scheduler.clone(),
+            &hub,
+            Arc::clone(&renders),
+            shutdown.clone(),
+        )
+        .await?;
         spawn_liveness(
             agents.clone(),
             scheduler.clone(),
@@ -104,6 +114,7 @@ impl Application {
             agents_view,
             runs_views: Arc::default(),
             console_views: Arc::default(),
+            renders,
             shutdown,
         };
         Ok(Application { listener, state })

@@ -6,6 +6,7 @@ mod console_stream;
 mod helpers;
 mod jobs_api;
 mod lifecycle;
+mod live_views;
 mod registration;
 mod robustness;
 mod streams;

@@ -12,11 +12,11 @@ fn row_event(uuid: &str) -> String {
     format!("agent-{uuid}")
 }
 
-/// The agent's row, sent alone or within the whole table, contains `needle`. (Whether a
-/// change goes out as a row or a table depends on what else the same render covered.)
+/// The agent's row, sent alone (as a change or an addition) or within the whole table a
+/// connection starts with, contains `needle`.
 fn shows<'a>(uuid: &'a str, needle: &'a str) -> impl Fn(&SseEvent) -> bool + 'a {
     move |e: &SseEvent| {
-        (e.event == row_event(uuid) || e.event == "agents")
+        (e.event == row_event(uuid) || e.event == "agents" || e.event == "agent-added")
             && e.data.contains(&format!("id=\"agent-{uuid}\""))
             && e.data.contains(needle)
     }
@@ -46,7 +46,7 @@ async fn agents_stream_starts_with_the_current_state() {
     if !first[0].data.contains(&row) {
         stream
             .wait_for("the registered agent", |e| {
-                e.event == "agents" && e.data.contains(&row)
+                e.event == "agent-added" && e.data.contains(&row)
             })
             .await;
     }
@@ -95,18 +95,31 @@ async fn two_subscribers_both_see_a_change_made_through_the_api() {
 }
 
 #[tokio::test]
-async fn adding_or_removing_an_agent_sends_the_whole_table() {
+async fn an_added_or_removed_agent_is_one_row_not_the_whole_table() {
     let app = spawn_app().await;
+    let keeper = app.register("keeper").await;
     let mut stream = app.subscribe("/agents/events").await;
     stream
         .wait_for("initial table", |e| e.event == "agents")
         .await;
 
     let agent = app.register("newcomer").await;
-    let table = stream
-        .wait_for("the table with the newcomer", |e| e.event == "agents")
+    // (The keeper may come as `agent-added` too, if the view had not sent it yet when the
+    // stream started: the first state is what the view has sent, not what was just written.)
+    let newcomer = format!("id=\"agent-{}\"", agent.uuid);
+    let added = stream
+        .wait_for("the newcomer's row", |e| {
+            e.event == "agent-added" && e.data.contains(&newcomer)
+        })
         .await;
-    assert!(table.data.contains(&format!("id=\"agent-{}\"", agent.uuid)));
+    let rows = agent_rows(&added.data);
+    assert_eq!(rows.len(), 1, "one row: {}", added.data);
+    assert_eq!(rows[0].id, format!("agent-{}", agent.uuid));
+    assert_eq!(
+        rows[0].html, added.data,
+        "the data is the row and nothing else"
+    );
+    assert!(!added.data.contains(&keeper.uuid), "{}", added.data);
 
     app.put(&format!("/api/agents/{}/disable", agent.uuid))
         .await;
@@ -118,12 +131,31 @@ async fn adding_or_removing_an_agent_sends_the_whole_table() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let table = stream
-        .wait_for("the table without the newcomer", |e| {
-            e.event == "agents" && !e.data.contains(&agent.uuid)
+    stream
+        .wait_for("the newcomer's row removed", |e| {
+            e.event == row_event(&agent.uuid) && e.data.is_empty()
         })
         .await;
-    assert!(!table.data.contains("newcomer"));
+    let counts = stream.wait_for("the counts", |e| e.event == "counts").await;
+    assert!(counts.data.contains("Total: <b>1</b>"), "{}", counts.data);
+    // A marker through the hub: everything the changes caused has arrived before it.
+    app.state.hub.publish(
+        &Topic::SchedulerUpdates,
+        DomainEvent::PendingCount { count: 77 },
+    );
+    stream
+        .wait_for("the marker", |e| e.event == "queued" && e.data == "77")
+        .await;
+    let tables: Vec<String> = stream
+        .drain()
+        .into_iter()
+        .map(|e| e.event)
+        .filter(|name| name == "agents")
+        .collect();
+    assert!(
+        tables.is_empty(),
+        "whole tables sent after connect: {tables:?}"
+    );
 }
 
 #[tokio::test]
@@ -192,7 +224,9 @@ async fn a_burst_of_changes_ends_with_the_final_state_on_every_subscriber() {
         let later: Vec<_> = stream
             .drain()
             .into_iter()
-            .filter(|e| e.event == row_event(&agent.uuid) || e.event == "agents")
+            .filter(|e| {
+                e.event == row_event(&agent.uuid) || e.event == "agents" || e.event == "agent-added"
+            })
             .collect();
         assert!(
             later.iter().all(|e| e.data.contains("burst-39")),
@@ -218,8 +252,8 @@ async fn a_hostname_with_markup_and_a_carriage_return_is_escaped_and_the_stream_
     assert_eq!(status, 201, "{body}");
     let uuid = body["uuid"].as_str().unwrap().to_string();
     let table = stream
-        .wait_for("the table", |e| {
-            e.event == "agents" && e.data.contains(&uuid)
+        .wait_for("the new row", |e| {
+            e.event == "agent-added" && e.data.contains(&uuid)
         })
         .await;
     assert!(

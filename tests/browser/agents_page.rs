@@ -5,7 +5,7 @@ use fantoccini::Locator;
 use serde_json::json;
 
 use crate::helpers::{TestApp, spawn_app};
-use crate::support::{browser_test, sync_streams};
+use crate::support::{FaultyProxy, Page, browser_test, sync_streams};
 use ferrocd::events::{DomainEvent, Topic};
 
 /// Disabling an agent from one browser shows in another without a reload; so does an agent
@@ -52,7 +52,7 @@ async fn a_change_made_in_one_browser_shows_in_another_without_a_reload() {
             b.wait_row_present(&newcomer.uuid).await;
             b.wait_row_attr(&newcomer.uuid, "data-config-state", "Pending")
                 .await;
-            // The first agent's row survived the whole-table swap, still Disabled.
+            // The first agent's row is untouched by the newcomer's, still Disabled.
             assert_eq!(
                 b.row_attr(&agent.uuid, "data-config-state")
                     .await
@@ -77,8 +77,9 @@ async fn a_change_made_in_one_browser_shows_in_another_without_a_reload() {
     .await;
 }
 
-/// A checked box and a typed filter survive a one-row swap (of a shown row, of the checked
-/// row itself, of a hidden row) and a whole-table swap, and apply to rows that arrive later.
+/// A checked box and a typed filter survive every kind of live change: a one-row swap (of a
+/// shown row, of the checked row itself, of a hidden row), rows added, a row removed, and the
+/// whole table sent again after a reconnect; and they apply to rows that arrive later.
 #[tokio::test]
 async fn selection_and_filter_survive_live_swaps() {
     browser_test(
@@ -89,7 +90,10 @@ async fn selection_and_filter_survive_live_swaps() {
             let y = app.register_enabled("db-beta").await;
             let z = app.register_enabled("web-gamma").await;
 
-            let page = rig.open("viewer", &app.url("/agents")).await;
+            // Through a proxy that can cut the stream, so the page reconnects and gets the
+            // whole table again.
+            let proxy = FaultyProxy::start(&app).await;
+            let page = rig.open("viewer", &proxy.url("/agents")).await;
             sync_streams(&app, &[&page]).await;
 
             page.select_agent(&x.uuid).await;
@@ -173,17 +177,18 @@ async fn selection_and_filter_survive_live_swaps() {
             );
             expect_view("after db-beta's hidden row was swapped").await;
 
-            // New agents: the whole table is swapped; the filter applies to the new rows too.
+            // New agents come one row each; the filter applies to them too, and the rows
+            // already there are left alone.
             page.tag_rows().await;
             let shown_newcomer = app.register("web-delta").await;
             let hidden_newcomer = app.register("db-epsilon").await;
             page.wait_row_present(&shown_newcomer.uuid).await;
             page.wait_row_present(&hidden_newcomer.uuid).await;
             assert!(
-                page.row_replaced(&x.uuid).await,
-                "the table was not swapped as a whole"
+                !page.row_replaced(&x.uuid).await,
+                "an added agent replaced the other rows"
             );
-            expect_view("after the whole table was swapped").await;
+            expect_view("after two agents were added").await;
             assert!(
                 page.row_shown(&shown_newcomer.uuid).await,
                 "web-delta hidden"
@@ -195,6 +200,28 @@ async fn selection_and_filter_survive_live_swaps() {
             assert!(
                 !page.is_checked(&shown_newcomer.uuid).await,
                 "web-delta checked"
+            );
+
+            // A removed agent takes only its own row.
+            let path = format!("/api/agents/{}", shown_newcomer.uuid);
+            app.put(&format!("{path}/disable")).await;
+            let (status, body) = app
+                .send_json(reqwest::Method::DELETE, &path, json!({}))
+                .await;
+            assert_eq!(status, 200, "{body}");
+            page.wait_row_gone(&shown_newcomer.uuid).await;
+            assert!(
+                !page.row_replaced(&x.uuid).await,
+                "a removal replaced the other rows"
+            );
+            expect_view("after an agent was removed").await;
+
+            // The stream drops; the page reconnects and the whole table comes again.
+            whole_table_again(&page, &proxy, &x.uuid).await;
+            expect_view("after the whole table was sent again").await;
+            assert!(
+                !page.row_shown(&hidden_newcomer.uuid).await,
+                "db-epsilon shown after the whole table"
             );
         },
     )
@@ -274,6 +301,19 @@ async fn approving_a_pending_agent_shows_everywhere_and_says_so() {
                 )
                 .await
             );
+
+            // A row that arrived live (`agent-added`) has a working Approve button too.
+            let late = app.register("late-newcomer").await;
+            b.wait_row_present(&late.uuid).await;
+            let approve = format!(
+                "//tr[@id='agent-{}']//button[normalize-space()='Approve']",
+                late.uuid
+            );
+            b.click(Locator::XPath(&approve)).await;
+            a.wait_row_attr(&late.uuid, "data-config-state", "Enabled")
+                .await;
+            b.wait_row_attr(&late.uuid, "data-config-state", "Enabled")
+                .await;
         },
     )
     .await;
@@ -352,47 +392,81 @@ async fn send_patch(
         .await
 }
 
-/// A viewer's sort order (DESIGN.md rule 7) survives a row swap and a whole-table swap.
+/// A viewer's sort order (DESIGN.md rule 7) survives a row swap, an added row, a removed
+/// row and the whole table sent again after a reconnect.
 #[tokio::test]
 async fn sort_order_survives_live_swaps() {
     browser_test("sort_order_survives_live_swaps", |rig| async move {
         let app = spawn_app().await;
+        let mut agents = Vec::new();
         for host in ["bravo", "delta", "alpha"] {
-            app.register_enabled(host).await;
+            agents.push(app.register_enabled(host).await);
         }
-        let page = rig.open("sorter", &app.url("/agents")).await;
+        let proxy = FaultyProxy::start(&app).await;
+        let page = rig.open("sorter", &proxy.url("/agents")).await;
         sync_streams(&app, &[&page]).await;
         let order = "return Array.from(document.querySelectorAll('#agents-body > tr .hostname'))\
                      .map(a => a.textContent).join(',');";
+        let wait_order = |what: &'static str, expected: &'static str| {
+            let page = &page;
+            async move {
+                page.wait_js(
+                    what,
+                    &format!("return (function() {{ {order} }})() === '{expected}';"),
+                    vec![],
+                )
+                .await;
+            }
+        };
 
         // Agent name, clicked twice: descending.
         let header = Locator::Css("th[data-sort-key='hostname'] button");
         page.click(header).await;
         page.click(header).await;
-        page.wait_js(
-            "descending order",
-            &format!("return (function() {{ {order} }})() === 'delta,bravo,alpha';"),
-            vec![],
-        )
-        .await;
+        wait_order("descending order", "delta,bravo,alpha").await;
 
-        // A change to one agent swaps its row; a newcomer swaps the whole table.
+        // A newcomer is sorted in; a change to one agent swaps its row.
         let charlie = app.register("charlie").await;
         page.wait_row_present(&charlie.uuid).await;
-        page.wait_js(
-            "the newcomer sorted in",
-            &format!("return (function() {{ {order} }})() === 'delta,charlie,bravo,alpha';"),
-            vec![],
-        )
-        .await;
+        wait_order("the newcomer sorted in", "delta,charlie,bravo,alpha").await;
         app.put(&format!("/api/agents/{}/enable", charlie.uuid)).await;
         page.wait_row_attr(&charlie.uuid, "data-config-state", "Enabled").await;
         assert_eq!(page.js(order, vec![]).await, json!("delta,charlie,bravo,alpha"));
+
+        // A removal leaves the others in order.
+        let alpha = format!("/api/agents/{}", agents[2].uuid);
+        app.put(&format!("{alpha}/disable")).await;
+        let (status, body) = app.send_json(reqwest::Method::DELETE, &alpha, json!({})).await;
+        assert_eq!(status, 200, "{body}");
+        page.wait_row_gone(&agents[2].uuid).await;
+        assert_eq!(page.js(order, vec![]).await, json!("delta,charlie,bravo"));
+
+        // The whole table again, after a reconnect: still sorted.
+        whole_table_again(&page, &proxy, &charlie.uuid).await;
+        assert_eq!(page.js(order, vec![]).await, json!("delta,charlie,bravo"));
         assert_eq!(
             page.js("return document.querySelector(\"th[data-sort-key='hostname']\").getAttribute('aria-sort');", vec![])
                 .await,
             json!("descending")
         );
     })
+    .await;
+}
+
+/// Cuts the page's stream at the proxy and waits until it has reconnected and swapped in the
+/// whole table it gets on connect (agent `uuid`'s row is then a new element).
+async fn whole_table_again(page: &Page, proxy: &FaultyProxy, uuid: &str) {
+    page.tag_rows().await;
+    let seen = proxy.stream_requests().len();
+    assert!(proxy.cut_streams() >= 1, "no open stream to cut");
+    proxy
+        .wait_stream_request("the reconnect", seen, |r| r.target == "/agents/events")
+        .await;
+    page.wait_js(
+        "the whole table to be sent again",
+        "const r = document.getElementById('agent-' + arguments[0]); \
+         return r !== null && r.__oldRow !== true;",
+        vec![json!(uuid)],
+    )
     .await;
 }

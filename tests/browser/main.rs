@@ -10,5 +10,7 @@
 mod helpers;
 
 mod agents_page;
+mod convergence;
+mod listener_gap;
 mod run_page;
 mod support;

@@ -1,16 +1,16 @@
 //! `/agents/{uuid}/job_run_history`: one agent's runs, newest first, paged, kept current by
 //! the `runs` event of `/agents/{uuid}/job_run_history/events`.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::routing::get;
+use bytes::Bytes;
+use futures::Stream;
 use maud::{Markup, html};
 use serde::Deserialize;
-use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use super::layout::{Section, page};
@@ -18,17 +18,18 @@ use super::{PageResult, fragment};
 use crate::AppState;
 use crate::agents::Agent;
 use crate::error::Result;
-use crate::events::Topic;
-use crate::job_runs::{JobRun, JobState, RunPage, format_time};
+use crate::events::{DomainEvent, Topic};
+use crate::job_runs::{JobRun, JobRuns, JobState, RunPage, format_time};
 use crate::web::api::agent_uuid;
-use crate::web::sse::{self, Coalescer, KeyedViews, LiveView};
+use crate::web::live::{KeyedViews, Output, Subscription, View, Watched};
+use crate::web::sse;
+
+/// Which run list: an agent's, from `offset`, `page_size` runs.
+pub type RunsKey = (Uuid, i64, i64);
 
 /// One live run list per (agent, offset, page size) that someone watches.
-pub type RunsViews = KeyedViews<(Uuid, i64, i64), LiveView>;
+pub type RunsViews = KeyedViews<RunsKey, RunsLive>;
 
-const COALESCE: Duration = Duration::from_millis(50);
-/// How often an idle view checks whether anyone still watches it.
-const RETIRE_CHECK: Duration = Duration::from_secs(5);
 const DEFAULT_PAGE_SIZE: i64 = 50;
 
 pub fn router() -> Router<AppState> {
@@ -77,49 +78,88 @@ async fn events(
     let key = (uuid, query.offset.unwrap_or(0).max(0), page_size);
     state.job_runs.history(key.0, key.1, key.2).await?; // unknown agent or bad paging: 4xx now
     let views = Arc::clone(&state.runs_views);
-    let stream = views.attach(key, || spawn_view(state.clone(), key), |view| view.stream());
+    let stream = views.attach(key, || RunsLive::start(&state, key), |view| view.stream());
     Ok(sse::response(stream, state.shutdown.clone()))
 }
 
-/// Renders the run list once per change (coalesced) for everyone watching it; retires itself
-/// when nobody does.
-fn spawn_view(state: AppState, key: (Uuid, i64, i64)) -> Arc<LiveView> {
-    let view = LiveView::new();
-    let mut events = state.hub.subscribe(&Topic::AgentJobRuns(key.0));
-    let task_view = Arc::clone(&view);
-    tokio::spawn(async move {
-        let view = task_view;
-        let mut coalescer = Coalescer::default();
-        coalescer.mark();
-        let mut retire = tokio::time::interval(RETIRE_CHECK);
-        loop {
-            let due = coalescer.due(COALESCE);
-            tokio::select! {
-                _ = state.shutdown.cancelled() => break,
-                event = events.recv() => match event {
-                    Ok(_) | Err(RecvError::Lagged(_)) => coalescer.mark(),
-                    Err(RecvError::Closed) => break,
-                },
-                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
-                    coalescer.rendered();
-                    match state.job_runs.history(key.0, key.1, key.2).await {
-                        Ok(history) => {
-                            let frame = sse::frame("runs", &view.next_id(), &fragment(rows(&history.runs)));
-                            view.set_state(vec![frame.clone()]);
-                            view.send(frame);
-                        }
-                        Err(error) => tracing::warn!(%error, "run list view could not render"),
-                    }
-                }
-                _ = retire.tick() => {
-                    if state.runs_views.retire_if(&key, |v| v.watchers() == 0) {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    view
+/// What the connections to one run list share: its latest `runs` frame and its changes.
+pub struct RunsLive {
+    out: Arc<Output<Bytes>>,
+    latest: Arc<RwLock<Option<Bytes>>>,
+}
+
+impl RunsLive {
+    /// Starts the view of `key`; it renders at once and retires when nobody watches.
+    fn start(state: &AppState, key: RunsKey) -> Arc<RunsLive> {
+        let events = Subscription::new(&state.hub, &[Topic::AgentJobRuns(key.0)]);
+        let out = Output::new(Arc::clone(&state.renders));
+        let latest = Arc::new(RwLock::new(None));
+        let view = RunList {
+            job_runs: state.job_runs.clone(),
+            key,
+            latest: Arc::clone(&latest),
+            dirty: true,
+        };
+        let shutdown = state.shutdown.clone();
+        state
+            .runs_views
+            .spawn(key, view, events, Arc::clone(&out), shutdown);
+        Arc::new(RunsLive { out, latest })
+    }
+
+    fn stream(&self) -> impl Stream<Item = Bytes> + Send + use<> {
+        let latest = Arc::clone(&self.latest);
+        self.out.frames(move || {
+            let state: Vec<Bytes> = latest
+                .read()
+                .expect("runs lock poisoned")
+                .iter()
+                .cloned()
+                .collect();
+            async move { state }
+        })
+    }
+}
+
+impl Watched for RunsLive {
+    fn watchers(&self) -> usize {
+        self.out.watchers()
+    }
+}
+
+/// Renders the whole list (one page of runs) once per change, for everyone watching it.
+struct RunList {
+    job_runs: JobRuns,
+    key: RunsKey,
+    latest: Arc<RwLock<Option<Bytes>>>,
+    dirty: bool,
+}
+
+impl View for RunList {
+    type Change = Bytes;
+
+    fn note(&mut self, _: &DomainEvent) {
+        self.dirty = true;
+    }
+
+    fn missed(&mut self, _: &Topic) {
+        self.dirty = true;
+    }
+
+    fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    async fn render(&mut self, out: &Output<Bytes>) -> Result<()> {
+        let (agent, offset, page_size) = self.key;
+        let history = self.job_runs.history(agent, offset, page_size).await?;
+        out.rendered("runs.list");
+        let frame = sse::frame("runs", &out.next_id(), &fragment(rows(&history.runs)));
+        *self.latest.write().expect("runs lock poisoned") = Some(frame.clone());
+        out.send(frame);
+        self.dirty = false;
+        Ok(())
+    }
 }
 
 fn runs_body(agent: &Agent, history: &RunPage) -> Markup {

@@ -16,12 +16,10 @@ pub struct AgentCounts {
 }
 
 impl AgentCounts {
-    pub fn of(agents: &[Agent]) -> Self {
-        let mut counts = AgentCounts {
-            total: agents.len(),
-            ..Default::default()
-        };
+    pub fn of<'a>(agents: impl IntoIterator<Item = &'a Agent>) -> Self {
+        let mut counts = AgentCounts::default();
         for agent in agents {
+            counts.total += 1;
             match agent.agent_config_state {
                 ConfigState::Pending => counts.pending += 1,
                 ConfigState::Enabled => counts.enabled += 1,
@@ -86,7 +84,9 @@ pub fn agents_page(agents: &[Agent], queued: u64) -> Markup {
                             (sort_header("environments", "Environments", false))
                         }
                     }
-                    tbody #agents-body sse-swap="agents" hx-swap="innerHTML" {
+                    // Rows come and go one by one (`live.js` applies `agents`, `agent-added`
+                    // and each row's own event, named by its id).
+                    tbody #agents-body data-live-rows="agents" data-live-added="agent-added" {
                         (rows(agents))
                     }
                 }
@@ -138,8 +138,8 @@ pub fn counts(c: &AgentCounts) -> Markup {
     }
 }
 
-/// Every row (event `agents`, swapped as the inner HTML of the table body).
-pub fn rows(agents: &[Agent]) -> Markup {
+/// Every row (event `agents`, the whole inner HTML of the table body).
+pub fn rows<'a>(agents: impl IntoIterator<Item = &'a Agent>) -> Markup {
     html! { @for agent in agents { (row(agent)) } }
 }
 
@@ -157,7 +157,15 @@ fn status(agent: &Agent) -> (&'static str, &'static str) {
     }
 }
 
-/// One agent's row (event `agent-{uuid}`, swapped in place of the row with that id).
+/// Where a fresh load puts a row, as text that sorts the way the server sorts (hostname,
+/// then uuid, bytewise): the hostname's bytes in hex, so a browser's string comparison of
+/// two keys agrees with the database's, whatever the characters.
+pub fn order_key(agent: &Agent) -> String {
+    format!("{}-{}", hex::encode(agent.hostname.as_bytes()), agent.uuid)
+}
+
+/// One agent's row (events `agent-added` and `agent-{uuid}`, which replace the row with its
+/// id or insert it where `data-order` puts it).
 pub fn row(agent: &Agent) -> Markup {
     let (status_text, status_class) = status(agent);
     let resources = agent.resources.join(", ");
@@ -179,7 +187,7 @@ pub fn row(agent: &Agent) -> Markup {
             data-agent-state=(agent.agent_state)
             data-config-state=(agent.agent_config_state)
             data-filter=(filter_text)
-            sse-swap={ "agent-" (agent.uuid) } hx-swap="outerHTML" {
+            data-order=(order_key(agent)) {
             td.select {
                 input.agent-select type="checkbox" name="uuid" value=(agent.uuid)
                     aria-label={ "Select " (agent.hostname) };
@@ -202,7 +210,6 @@ pub fn row(agent: &Agent) -> Markup {
                     " "
                     button.btn.small.approve type="button" hx-post="/agents/actions"
                         hx-vals=(format!(r#"{{"action": "enable", "uuid": "{}"}}"#, agent.uuid))
-                        // The row's own hx-swap (outerHTML, for live updates) must not apply here.
                         hx-target="#flash" hx-swap="innerHTML" { "Approve" }
                 }
             }
@@ -262,6 +269,48 @@ pub fn action_result(done: &str, refused: &[(String, String)]) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn order_keys_sort_as_the_database_sorts_rows() {
+        let agent = |hostname: &str, uuid: u128| Agent {
+            uuid: uuid::Uuid::from_u128(uuid),
+            hostname: hostname.to_string(),
+            ip_address: String::new(),
+            sandbox: String::new(),
+            operating_system: String::new(),
+            free_space: None,
+            agent_config_state: ConfigState::Enabled,
+            agent_state: AgentState::Idle,
+            build_state: crate::agents::BuildState::Idle,
+            agent_version: String::new(),
+            resources: vec![],
+            environments: vec![],
+            build_details: None,
+        };
+        // A prefix, upper before lower case, characters beyond ASCII (whose UTF-16 order
+        // differs from their UTF-8 order) and equal names told apart by uuid.
+        let mut agents = vec![
+            agent("ab", 1),
+            agent("a", 2),
+            agent("B", 3),
+            agent("\u{FF21}", 4),
+            agent("\u{1F600}", 5),
+            agent("a", 1),
+            agent("é", 6),
+        ];
+        let mut by_key = agents.clone();
+        agents
+            .sort_by(|x, y| (x.hostname.as_bytes(), x.uuid).cmp(&(y.hostname.as_bytes(), y.uuid)));
+        // A browser compares the ASCII keys code unit by code unit, i.e. byte by byte.
+        by_key.sort_by_key(order_key);
+        let names = |list: &[Agent]| {
+            list.iter()
+                .map(|a| (a.hostname.clone(), a.uuid))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&by_key), names(&agents));
+        assert!(by_key.iter().map(order_key).all(|k| k.is_ascii()));
+    }
 
     #[test]
     fn free_space_reads_like_gocd() {

@@ -1,205 +1,335 @@
-//! The agents page's live view: one task renders each changed fragment once and shares the
-//! bytes with every open `/agents/events` connection.
+//! The agents page's live view, run by the shared runner (`web::live`).
 //!
-//! Coalescing: the first change after a quiet spell renders at once; changes arriving while a
-//! render is due fold into one trailing render at most every `COALESCE`. The final state
-//! always goes out, because a dirty mark is only cleared by a render that read after it.
+//! It keeps the rows it has told its connections about (`Rows`: every agent as last sent, in
+//! the server's order). A change re-reads only the agents it names and sends one event per
+//! agent that differs from what was sent: `agent-added` for one the connections do not have,
+//! `agent-{uuid}` for one they have (empty data once it is gone). Counts and the queued count
+//! go out when they change. The whole body (`agents`) is for a connection's first state and a
+//! lagging connection only; it is rendered from `Rows` when a connection asks for it, and
+//! kept until the rows change, so however many connect, one render serves them.
+//!
+//! A new connection subscribes before it reads `Rows`, and the view updates `Rows` before it
+//! sends, so every event a connection receives applies on top of the state it started from:
+//! a row event always names a row the connection has, unless it is `agent-added`.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use tokio::sync::broadcast::error::RecvError;
-use tokio::time::Instant;
+use futures::Stream;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::fragments::{self, AgentCounts};
-use crate::agents::Agents;
+use crate::agents::{Agent, Agents};
+use crate::error::Result;
 use crate::events::{DomainEvent, Hub, Topic};
+use crate::scheduler::Scheduler;
+use crate::web::live::{self, Output, RenderCounts, Subscription, View};
 use crate::web::pages::fragment;
-use crate::web::sse::{Coalescer, LiveView, frame};
+use crate::web::sse::frame;
 
-/// At most one render per fragment this often.
-pub const COALESCE: Duration = Duration::from_millis(50);
-
-/// What the page's stream shares: the live view and the queued count it last heard.
+/// What `/agents/events` connections share.
 pub struct AgentsView {
-    pub live: Arc<LiveView>,
-    queued: AtomicU64,
+    out: Arc<Output<Bytes>>,
+    shared: Arc<Shared>,
+}
+
+/// What a new connection reads as its state; written by the view before each send.
+struct Shared {
+    rows: RwLock<Rows>,
+    /// The `agents` frame, and the version of `rows` it shows.
+    table: tokio::sync::Mutex<Option<(u64, Bytes)>>,
+    counts: RwLock<Bytes>,
+    queued: RwLock<Bytes>,
+    queued_count: AtomicU64,
+}
+
+/// Every agent as the connections were last told, in the server's order.
+#[derive(Default)]
+struct Rows {
+    /// Bumped by every change, so a cached table knows whether it is current.
+    version: u64,
+    by_uuid: HashMap<Uuid, Agent>,
+    /// As `Agents::list` sorts them: by hostname, then uuid, both compared bytewise.
+    order: BTreeSet<(String, Uuid)>,
+}
+
+impl Rows {
+    fn insert(&mut self, agent: Agent) {
+        self.remove(agent.uuid);
+        self.order.insert((agent.hostname.clone(), agent.uuid));
+        self.by_uuid.insert(agent.uuid, agent);
+    }
+
+    fn remove(&mut self, uuid: Uuid) {
+        if let Some(old) = self.by_uuid.remove(&uuid) {
+            self.order.remove(&(old.hostname, uuid));
+        }
+    }
+
+    fn in_order(&self) -> impl Iterator<Item = &Agent> {
+        self.order.iter().map(|(_, uuid)| &self.by_uuid[uuid])
+    }
 }
 
 impl AgentsView {
-    pub fn queued(&self) -> u64 {
-        self.queued.load(Ordering::Relaxed)
+    /// Reads the agents and the queued count and starts the view; it stops with `shutdown`.
+    pub async fn start(
+        agents: Agents,
+        scheduler: Scheduler,
+        hub: &Hub,
+        renders: Arc<RenderCounts>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<AgentsView>> {
+        // Subscribe before the first read, so no change falls between the two.
+        let events = Subscription::new(hub, &[Topic::AgentsUpdates, Topic::SchedulerUpdates]);
+        let mut rows = Rows::default();
+        for agent in agents.list().await? {
+            rows.insert(agent);
+        }
+        let queued = scheduler.pending_count().await?;
+        let out = Output::new(renders);
+        let counts = AgentCounts::of(rows.by_uuid.values());
+        let shared = Arc::new(Shared {
+            rows: RwLock::new(rows),
+            table: tokio::sync::Mutex::new(None),
+            counts: RwLock::new(counts_frame(&out, &counts)),
+            queued: RwLock::new(queued_frame(&out, queued)),
+            queued_count: AtomicU64::new(queued),
+        });
+        let view = Renderer {
+            agents,
+            scheduler,
+            shared: Arc::clone(&shared),
+            dirty: Dirty::default(),
+            counts,
+        };
+        live::spawn(view, events, Arc::clone(&out), shutdown);
+        Ok(Arc::new(AgentsView { out, shared }))
     }
+
+    /// The scheduler's pending count, as last heard.
+    pub fn queued(&self) -> u64 {
+        self.shared.queued_count.load(Ordering::Relaxed)
+    }
+
+    /// One `/agents/events` connection: `agents`, `counts`, `queued`, then the changes.
+    pub fn stream(self: &Arc<Self>) -> impl Stream<Item = Bytes> + Send + use<> {
+        let view = Arc::clone(self);
+        self.out.frames(move || {
+            let view = Arc::clone(&view);
+            async move { view.state().await }
+        })
+    }
+
+    async fn state(&self) -> Vec<Bytes> {
+        let table = {
+            let mut cached = self.shared.table.lock().await;
+            let rows = self.shared.rows.read().expect("rows lock poisoned");
+            match &*cached {
+                Some((version, table)) if *version == rows.version => table.clone(),
+                _ => {
+                    self.out.rendered("agents.table");
+                    let html = fragment(fragments::rows(rows.in_order()));
+                    let table = frame("agents", &self.out.next_id(), &html);
+                    *cached = Some((rows.version, table.clone()));
+                    table
+                }
+            }
+        };
+        let counts = self
+            .shared
+            .counts
+            .read()
+            .expect("counts lock poisoned")
+            .clone();
+        let queued = self
+            .shared
+            .queued
+            .read()
+            .expect("queued lock poisoned")
+            .clone();
+        vec![table, counts, queued]
+    }
+}
+
+fn counts_frame(out: &Output<Bytes>, counts: &AgentCounts) -> Bytes {
+    out.rendered("agents.counts");
+    frame(
+        "counts",
+        &out.next_id(),
+        &fragment(fragments::counts(counts)),
+    )
+}
+
+fn queued_frame(out: &Output<Bytes>, queued: u64) -> Bytes {
+    out.rendered("agents.queued");
+    frame("queued", &out.next_id(), &queued.to_string())
 }
 
 /// What changed since the last render.
 #[derive(Default)]
 struct Dirty {
-    table: bool,
+    /// Agents to re-read.
     rows: HashSet<Uuid>,
-    queued: bool,
+    /// Events were missed: re-read every agent.
+    every_agent: bool,
+    /// The pending count last heard, if one was.
+    queued: Option<u64>,
+    /// Scheduler events were missed: re-read the pending count.
+    reread_queued: bool,
 }
 
-impl Dirty {
-    fn everything() -> Self {
-        Dirty {
-            table: true,
-            rows: HashSet::new(),
-            queued: true,
-        }
-    }
+struct Renderer {
+    agents: Agents,
+    scheduler: Scheduler,
+    shared: Arc<Shared>,
+    dirty: Dirty,
+    /// The counts last sent: a change that leaves them as they were sends no `counts`.
+    counts: AgentCounts,
+}
 
-    fn any(&self) -> bool {
-        self.table || !self.rows.is_empty() || self.queued
-    }
+impl View for Renderer {
+    type Change = Bytes;
 
-    fn agent_event(&mut self, event: &DomainEvent) {
+    fn note(&mut self, event: &DomainEvent) {
         match event {
-            // Membership changed: the whole table goes out.
-            DomainEvent::AgentRegistered(_) | DomainEvent::AgentDeleted(_) => self.table = true,
-            DomainEvent::AgentUpdated(agent)
+            DomainEvent::AgentRegistered(agent)
+            | DomainEvent::AgentUpdated(agent)
             | DomainEvent::AgentEnabled(agent)
-            | DomainEvent::AgentDisabled(agent) => {
-                self.rows.insert(agent.uuid);
+            | DomainEvent::AgentDisabled(agent)
+            | DomainEvent::AgentDeleted(agent) => {
+                self.dirty.rows.insert(agent.uuid);
             }
-            DomainEvent::PendingCount { .. } => self.queued = true,
+            DomainEvent::PendingCount { count } => self.dirty.queued = Some(*count),
             DomainEvent::RunCreated(_)
             | DomainEvent::RunUpdated(_)
             | DomainEvent::ConsoleAppend { .. } => {}
         }
     }
-}
 
-/// Starts the view task; it stops with `shutdown`.
-/// `queued` is the scheduler's pending count at start; `pending_count` events follow it.
-pub fn spawn(
-    agents: Agents,
-    hub: &Hub,
-    queued: u64,
-    shutdown: CancellationToken,
-) -> Arc<AgentsView> {
-    let view = Arc::new(AgentsView {
-        live: LiveView::new(),
-        queued: AtomicU64::new(queued),
-    });
-    // Subscribe before the first render, so no change falls between the two.
-    let mut agent_events = hub.subscribe(&Topic::AgentsUpdates);
-    let mut scheduler_events = hub.subscribe(&Topic::SchedulerUpdates);
-    let task_view = Arc::clone(&view);
-    tokio::spawn(async move {
-        let view = task_view;
-        let mut renderer = Renderer::default();
-        let mut dirty = Dirty::everything();
-        let mut coalescer = Coalescer::default();
-        loop {
-            // What changed is tracked in `dirty`; when to render, by the shared coalescer.
-            if dirty.any() {
-                coalescer.mark();
-            }
-            let due = coalescer.due(COALESCE);
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                event = agent_events.recv() => match event {
-                    Ok(event) => dirty.agent_event(&event),
-                    // We missed changes: re-read everything.
-                    Err(RecvError::Lagged(_)) => dirty = Dirty::everything(),
-                    Err(RecvError::Closed) => break,
-                },
-                event = scheduler_events.recv() => match event {
-                    Ok(event) => {
-                        if let DomainEvent::PendingCount { count } = *event {
-                            view.queued.store(count, Ordering::Relaxed);
-                            dirty.queued = true;
-                        }
-                    }
-                    Err(RecvError::Lagged(_)) => dirty.queued = true,
-                    Err(RecvError::Closed) => break,
-                },
-                _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
-                    let pending = std::mem::take(&mut dirty);
-                    coalescer.rendered();
-                    if let Err(error) = renderer.render(&agents, &view, &pending).await {
-                        tracing::warn!(%error, "agents view could not render; retrying");
-                        dirty = pending;
-                    }
-                }
+    fn missed(&mut self, topic: &Topic) {
+        match topic {
+            Topic::SchedulerUpdates => self.dirty.reread_queued = true,
+            _ => self.dirty.every_agent = true,
+        }
+    }
+
+    fn is_dirty(&self) -> bool {
+        let d = &self.dirty;
+        d.every_agent || !d.rows.is_empty() || d.queued.is_some() || d.reread_queued
+    }
+
+    async fn render(&mut self, out: &Output<Bytes>) -> Result<()> {
+        let dirty = std::mem::take(&mut self.dirty);
+        match self.send_changes(&dirty, out).await {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                // Nothing was marked meanwhile (the runner waits for us): try it all again.
+                self.dirty = dirty;
+                Err(error)
             }
         }
-    });
-    view
-}
-
-/// Keeps the latest frame of each fragment, for connections that arrive later.
-#[derive(Default)]
-struct Renderer {
-    table: Option<Bytes>,
-    counts: Option<Bytes>,
-    /// The counts last sent: a change that leaves them as they were sends no `counts`.
-    last_counts: Option<AgentCounts>,
-    queued: Option<Bytes>,
+    }
 }
 
 impl Renderer {
-    async fn render(
-        &mut self,
-        agents: &Agents,
-        view: &AgentsView,
-        dirty: &Dirty,
-    ) -> crate::error::Result<()> {
-        let live = &view.live;
-        let mut changes = Vec::new();
-        if dirty.table || !dirty.rows.is_empty() || self.table.is_none() {
-            // One query per render, however many rows changed or viewers watch.
-            let list = agents.list().await?;
-            let table = frame("agents", &live.next_id(), &fragment(fragments::rows(&list)));
-            let vanished = dirty
-                .rows
-                .iter()
-                .any(|uuid| !list.iter().any(|a| a.uuid == *uuid));
-            if dirty.table || vanished {
-                changes.push(table.clone());
-            } else {
-                for agent in list.iter().filter(|a| dirty.rows.contains(&a.uuid)) {
-                    let name = format!("agent-{}", agent.uuid);
-                    changes.push(frame(
-                        &name,
-                        &live.next_id(),
-                        &fragment(fragments::row(agent)),
-                    ));
+    /// Re-reads what `dirty` names, updates the shared state, then sends what differs.
+    async fn send_changes(&mut self, dirty: &Dirty, out: &Output<Bytes>) -> Result<()> {
+        let fresh = self.read(dirty).await?;
+        let queued = match dirty.reread_queued {
+            true => Some(self.scheduler.pending_count().await?),
+            false => dirty.queued,
+        };
+        let mut frames = Vec::new();
+        let counts = {
+            let mut rows = self.shared.rows.write().expect("rows lock poisoned");
+            for (uuid, now) in fresh {
+                let event = format!("agent-{uuid}");
+                match (rows.by_uuid.get(&uuid), now) {
+                    (None, None) => {}
+                    (Some(_), None) => {
+                        rows.remove(uuid);
+                        frames.push(frame(&event, &out.next_id(), ""));
+                    }
+                    (None, Some(agent)) => {
+                        out.rendered("agents.row");
+                        let html = fragment(fragments::row(&agent));
+                        frames.push(frame("agent-added", &out.next_id(), &html));
+                        rows.insert(agent);
+                    }
+                    (Some(before), Some(agent)) if *before != agent => {
+                        out.rendered("agents.row");
+                        let html = fragment(fragments::row(&agent));
+                        frames.push(frame(&event, &out.next_id(), &html));
+                        rows.insert(agent);
+                    }
+                    (Some(_), Some(_)) => {}
                 }
             }
-            self.table = Some(table);
-            let counts = AgentCounts::of(&list);
-            if self.last_counts != Some(counts) {
-                let frame = frame(
-                    "counts",
-                    &live.next_id(),
-                    &fragment(fragments::counts(&counts)),
-                );
-                changes.push(frame.clone());
-                self.counts = Some(frame);
-                self.last_counts = Some(counts);
+            if !frames.is_empty() {
+                rows.version += 1;
             }
+            AgentCounts::of(rows.by_uuid.values())
+        };
+        if counts != self.counts {
+            let counts_frame = counts_frame(out, &counts);
+            *self.shared.counts.write().expect("counts lock poisoned") = counts_frame.clone();
+            frames.push(counts_frame);
+            self.counts = counts;
         }
-        if dirty.queued || self.queued.is_none() {
-            let queued = frame("queued", &live.next_id(), &view.queued().to_string());
-            changes.push(queued.clone());
-            self.queued = Some(queued);
+        if let Some(queued) = queued
+            && queued != self.shared.queued_count.load(Ordering::Relaxed)
+        {
+            let queued_frame = queued_frame(out, queued);
+            *self.shared.queued.write().expect("queued lock poisoned") = queued_frame.clone();
+            self.shared.queued_count.store(queued, Ordering::Relaxed);
+            frames.push(queued_frame);
         }
-        let state = [&self.table, &self.counts, &self.queued]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
-        live.set_state(state);
-        for change in changes {
-            live.send(change);
+        for frame in frames {
+            out.send(frame);
         }
         Ok(())
+    }
+
+    /// Each agent `dirty` names (every agent, after missed events) as stored now; `None`
+    /// for one that is gone.
+    async fn read(&self, dirty: &Dirty) -> Result<Vec<(Uuid, Option<Agent>)>> {
+        if dirty.every_agent {
+            let mut stored: HashMap<Uuid, Agent> = self
+                .agents
+                .list()
+                .await?
+                .into_iter()
+                .map(|agent| (agent.uuid, agent))
+                .collect();
+            let known: Vec<Uuid> = {
+                let rows = self.shared.rows.read().expect("rows lock poisoned");
+                rows.by_uuid.keys().copied().collect()
+            };
+            let mut fresh: Vec<(Uuid, Option<Agent>)> = known
+                .into_iter()
+                .map(|uuid| (uuid, stored.remove(&uuid)))
+                .collect();
+            fresh.extend(stored.into_iter().map(|(uuid, agent)| (uuid, Some(agent))));
+            return Ok(fresh);
+        }
+        if dirty.rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let uuids: Vec<Uuid> = dirty.rows.iter().copied().collect();
+        let mut stored: HashMap<Uuid, Agent> = self
+            .agents
+            .find_many(&uuids)
+            .await?
+            .into_iter()
+            .map(|agent| (agent.uuid, agent))
+            .collect();
+        Ok(uuids
+            .into_iter()
+            .map(|uuid| (uuid, stored.remove(&uuid)))
+            .collect())
     }
 }

@@ -35,7 +35,7 @@ async fn agents_page(State(state): State<AppState>) -> PageResult<Markup> {
 }
 
 async fn events(State(state): State<AppState>) -> Response {
-    sse::response(state.agents_view.live.stream(), state.shutdown.clone())
+    sse::response(state.agents_view.stream(), state.shutdown.clone())
 }
 
 /// A page button's request: `action`, the selected `uuid`s, and the names typed for the

@@ -4,7 +4,6 @@
 //! point, a lag), so no byte goes twice and none is skipped.
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
@@ -14,20 +13,20 @@ use tokio::sync::broadcast::error::RecvError;
 use super::console_html::{complete_lines_end, render, safe_cut};
 use super::fragments::summary;
 use crate::AppState;
+use crate::agents::Agents;
+use crate::error::Result;
 use crate::events::{DomainEvent, Topic};
-use crate::job_runs::JobRun;
+use crate::job_runs::{JobRun, JobRuns};
+use crate::web::live::{KeyedViews, Output, Subscription, View, Watched};
 use crate::web::pages::fragment;
-use crate::web::sse::{self, Coalescer, KeyedViews};
+use crate::web::sse;
 
 pub type ConsoleViews = KeyedViews<i64, ConsoleView>;
 
-const COALESCE: Duration = Duration::from_millis(50);
-const RETIRE_CHECK: Duration = Duration::from_secs(5);
 /// A line this long without a newline is sent anyway.
 const LONGEST_PENDING_LINE: usize = 64 * 1024;
 /// Catch-up from storage goes out in events of about this size.
 const CATCH_UP_EVENT: usize = 256 * 1024;
-const CAPACITY: usize = 256;
 
 #[derive(Clone)]
 pub enum Change {
@@ -37,10 +36,17 @@ pub enum Change {
     Status,
 }
 
+/// What the connections to one build's console share.
 pub struct ConsoleView {
-    changes: broadcast::Sender<Change>,
+    out: Arc<Output<Change>>,
     /// The latest status fragment (HTML), framed per connection with its own offset as id.
-    status: RwLock<Bytes>,
+    status: Arc<RwLock<Bytes>>,
+}
+
+impl Watched for ConsoleView {
+    fn watchers(&self) -> usize {
+        self.out.watchers()
+    }
 }
 
 impl ConsoleView {
@@ -50,17 +56,12 @@ impl ConsoleView {
 }
 
 /// The hostname of the run's agent, if it has one that still exists.
-pub(super) async fn hostname_for(state: &AppState, run: &JobRun) -> Option<String> {
-    state
-        .agents
-        .get(run.agent_uuid?)
-        .await
-        .ok()
-        .map(|a| a.hostname)
+pub(super) async fn hostname_for(agents: &Agents, run: &JobRun) -> Option<String> {
+    agents.get(run.agent_uuid?).await.ok().map(|a| a.hostname)
 }
 
-pub async fn status_html(state: &AppState, run: &JobRun) -> Bytes {
-    let hostname = hostname_for(state, run).await;
+pub async fn status_html(agents: &Agents, run: &JobRun) -> Bytes {
+    let hostname = hostname_for(agents, run).await;
     Bytes::from(fragment(summary(run, hostname.as_deref())))
 }
 
@@ -102,116 +103,100 @@ impl Tail {
     }
 }
 
-/// Starts the view of `build_id` with the state as stored now.
-pub fn spawn_view(
-    state: AppState,
+/// One build's console as a live view: appends extend the tail, rendered once per batch of
+/// complete lines; a run update (or missed events) re-reads the run and the stored log.
+struct Console {
+    job_runs: JobRuns,
+    agents: Agents,
     build_id: i64,
-    mut events: broadcast::Receiver<crate::events::Published>,
     run: JobRun,
-    status: Bytes,
-    stored_tail: (i64, Bytes),
-) -> Arc<ConsoleView> {
-    let view = Arc::new(ConsoleView {
-        changes: broadcast::channel(CAPACITY).0,
-        status: RwLock::new(status),
-    });
-    let (tail_start, tail_bytes) = stored_tail;
-    let line_start = complete_lines_end(&tail_bytes, tail_start).max(tail_start);
-    let mut tail = Tail {
-        line_start,
-        pending: BytesMut::from(&tail_bytes[(line_start - tail_start) as usize..]),
-        completed: run.is_completed(),
-    };
-    let task_view = Arc::clone(&view);
-    tokio::spawn(async move {
-        let view = task_view;
-        let mut run = run;
-        let mut lines = Coalescer::default();
-        let mut status_dirty = false;
-        let mut retire = tokio::time::interval(RETIRE_CHECK);
-        loop {
-            let due = if status_dirty {
-                Some(tokio::time::Instant::now())
-            } else {
-                lines.due(COALESCE)
-            };
-            tokio::select! {
-                _ = state.shutdown.cancelled() => break,
-                event = events.recv() => match event {
-                    Ok(event) => match &*event {
-                        DomainEvent::ConsoleAppend { start, bytes, .. } => {
-                            let known = tail.known_end();
-                            let end = start + bytes.len() as i64;
-                            if *start > known {
-                                // We missed an append: the log knows what it was.
-                                if let Ok((missed, _)) = state.job_runs.read_console(build_id, known).await {
-                                    let upto = ((start - known) as usize).min(missed.len());
-                                    tail.pending.extend_from_slice(&missed[..upto]);
-                                }
-                            }
-                            let known = tail.known_end();
-                            if end > known && *start <= known {
-                                tail.pending.extend_from_slice(&bytes[(known - start) as usize..]);
-                                lines.mark();
-                            }
-                        }
-                        // Re-read rather than trust the payload: two writes may publish in
-                        // another order than they committed.
-                        DomainEvent::RunUpdated(_) => {
-                            refresh(&state, build_id, &mut run, &mut tail).await;
-                            lines.mark();
-                            status_dirty = true;
-                        }
-                        _ => {}
-                    },
-                    Err(RecvError::Lagged(_)) => {
-                        refresh(&state, build_id, &mut run, &mut tail).await;
-                        lines.mark();
-                        status_dirty = true;
-                    }
-                    Err(RecvError::Closed) => break,
-                },
-                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
-                    // Lines first: a run's final status follows its last lines.
-                    if let Some((start, bytes)) = tail.take_ready() {
-                        let html = Bytes::from(fragment_lines(&bytes, start));
-                        let end = start + bytes.len() as i64;
-                        let _ = view.changes.send(Change::Lines { start, end, html });
-                    }
-                    lines.rendered();
-                    if status_dirty {
-                        let html = status_html(&state, &run).await;
-                        *view.status.write().expect("status lock poisoned") = html;
-                        let _ = view.changes.send(Change::Status);
-                        status_dirty = false;
-                    }
-                }
-                _ = retire.tick() => {
-                    if state.console_views.retire_if(&build_id, |v| v.changes.receiver_count() == 0) {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    view
+    tail: Tail,
+    status: Arc<RwLock<Bytes>>,
+    /// New bytes wait in `tail`.
+    lines: bool,
+    /// The run and any bytes past `tail` must be read from storage.
+    refresh: bool,
+    status_changed: bool,
 }
 
-/// Catches the view up with storage: the run as it is now, and any bytes past what the view
-/// has (events it missed, or appends that raced its start).
-async fn refresh(state: &AppState, build_id: i64, run: &mut JobRun, tail: &mut Tail) {
-    if let Ok(fresh) = state.job_runs.get(build_id).await {
-        *run = fresh;
+impl View for Console {
+    type Change = Change;
+
+    fn note(&mut self, event: &DomainEvent) {
+        match event {
+            DomainEvent::ConsoleAppend { start, bytes, .. } => {
+                if self.refresh {
+                    return; // the refresh reads these bytes too: they were stored first
+                }
+                let known = self.tail.known_end();
+                let end = start + bytes.len() as i64;
+                if *start > known {
+                    // We missed an append: the log knows what it was.
+                    self.refresh = true;
+                } else if end > known {
+                    self.tail
+                        .pending
+                        .extend_from_slice(&bytes[(known - start) as usize..]);
+                    self.lines = true;
+                }
+            }
+            // Re-read rather than trust the payload: two writes may publish in another order
+            // than they committed.
+            DomainEvent::RunUpdated(_) => {
+                self.refresh = true;
+                self.status_changed = true;
+            }
+            _ => {}
+        }
     }
-    if let Ok((missed, _)) = state
-        .job_runs
-        .read_console(build_id, tail.known_end())
-        .await
-    {
-        tail.pending.extend_from_slice(&missed);
+
+    fn missed(&mut self, _: &Topic) {
+        self.refresh = true;
+        self.status_changed = true;
     }
-    // Only now: the bytes read above include everything stored before completion.
-    tail.completed = run.is_completed();
+
+    fn is_dirty(&self) -> bool {
+        self.lines || self.refresh || self.status_changed
+    }
+
+    async fn render(&mut self, out: &Output<Change>) -> Result<()> {
+        if self.refresh {
+            self.catch_up().await?;
+            self.refresh = false;
+        }
+        // Lines first: a run's final status follows its last lines.
+        if let Some((start, bytes)) = self.tail.take_ready() {
+            out.rendered("console.lines");
+            let html = Bytes::from(fragment_lines(&bytes, start));
+            let end = start + bytes.len() as i64;
+            out.send(Change::Lines { start, end, html });
+        }
+        self.lines = false;
+        if self.status_changed {
+            out.rendered("console.status");
+            let html = status_html(&self.agents, &self.run).await;
+            *self.status.write().expect("status lock poisoned") = html;
+            out.send(Change::Status);
+            self.status_changed = false;
+        }
+        Ok(())
+    }
+}
+
+impl Console {
+    /// Catches up with storage: the run as it is now, and any bytes past what the view has
+    /// (events it missed, or appends that raced its start).
+    async fn catch_up(&mut self) -> Result<()> {
+        self.run = self.job_runs.get(self.build_id).await?;
+        let (missed, _) = self
+            .job_runs
+            .read_console(self.build_id, self.tail.known_end())
+            .await?;
+        self.tail.pending.extend_from_slice(&missed);
+        // Only now: the bytes read above include everything stored before completion.
+        self.tail.completed = self.run.is_completed();
+        Ok(())
+    }
 }
 
 fn fragment_lines(bytes: &[u8], start: i64) -> String {
@@ -318,25 +303,52 @@ pub async fn attach(
 ) -> crate::error::Result<(Arc<ConsoleView>, broadcast::Receiver<Change>)> {
     // Subscribe before reading, so a change between the read and the view's start is heard
     // (the view re-reads on it). Unused if the view already runs.
-    let events = state.hub.subscribe(&Topic::AgentJobRunConsole(build_id));
+    let events = Subscription::new(&state.hub, &[Topic::AgentJobRunConsole(build_id)]);
     let run = state.job_runs.get(build_id).await?;
-    let status = status_html(state, &run).await;
+    let status = status_html(&state.agents, &run).await;
     // The view starts from the stored tail (its unfinished last line matters).
     let tail_from = (run.console_length - LONGEST_PENDING_LINE as i64).max(0);
     let (tail, _) = state.job_runs.read_console(build_id, tail_from).await?;
     let views = Arc::clone(&state.console_views);
     Ok(views.attach(
         build_id,
-        || {
-            spawn_view(
-                state.clone(),
-                build_id,
-                events,
-                run,
-                status,
-                (tail_from, tail),
-            )
-        },
-        |view| (Arc::clone(view), view.changes.subscribe()),
+        || start(state, build_id, events, run, status, (tail_from, tail)),
+        |view| (Arc::clone(view), view.out.subscribe()),
     ))
+}
+
+/// Starts the view of `build_id` with the state as stored now; it retires when nobody watches.
+fn start(
+    state: &AppState,
+    build_id: i64,
+    events: Subscription,
+    run: JobRun,
+    status: Bytes,
+    stored_tail: (i64, Bytes),
+) -> Arc<ConsoleView> {
+    let (tail_start, tail_bytes) = stored_tail;
+    let line_start = complete_lines_end(&tail_bytes, tail_start).max(tail_start);
+    let tail = Tail {
+        line_start,
+        pending: BytesMut::from(&tail_bytes[(line_start - tail_start) as usize..]),
+        completed: run.is_completed(),
+    };
+    let status = Arc::new(RwLock::new(status));
+    let out = Output::new(Arc::clone(&state.renders));
+    let view = Console {
+        job_runs: state.job_runs.clone(),
+        agents: state.agents.clone(),
+        build_id,
+        run,
+        tail,
+        status: Arc::clone(&status),
+        lines: false,
+        refresh: false,
+        status_changed: false,
+    };
+    let shutdown = state.shutdown.clone();
+    state
+        .console_views
+        .spawn(build_id, view, events, Arc::clone(&out), shutdown);
+    Arc::new(ConsoleView { out, status })
 }

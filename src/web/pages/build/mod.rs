@@ -76,7 +76,7 @@ async fn by_names(
 
 async fn run_page(state: &AppState, id: i64, all: bool) -> PageResult<Markup> {
     let run = state.job_runs.get(id).await?;
-    let hostname = live::hostname_for(state, &run).await;
+    let hostname = live::hostname_for(&state.agents, &run).await;
     let from = if all {
         0
     } else {
