@@ -65,7 +65,7 @@ pub struct ServeArgs {
     #[arg(long, env = "FERROCD_AGENT_REGISTRATION_KEY")]
     pub agent_registration_key: Option<String>,
     /// Seconds after which a silent Enabled agent becomes LostContact.
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "FERROCD_LOST_CONTACT_AFTER", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub lost_contact_after: u64,
 }
 
