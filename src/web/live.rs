@@ -32,7 +32,7 @@ use crate::error::Result;
 use crate::events::{DomainEvent, Hub, Published, Topic};
 
 /// At most one render per view this often.
-pub const COALESCE: Duration = Duration::from_millis(50);
+const COALESCE: Duration = Duration::from_millis(50);
 /// How often a keyed view checks whether anyone still watches it.
 const RETIRE_CHECK: Duration = Duration::from_secs(5);
 /// How far a connection may fall behind its view before it gets fresh state instead.
@@ -79,19 +79,6 @@ impl RenderCounts {
             .copied()
             .unwrap_or(0)
     }
-
-    /// Every fragment's count, sorted by name.
-    pub fn all(&self) -> Vec<(&'static str, u64)> {
-        let mut all: Vec<_> = self
-            .counts
-            .lock()
-            .expect("render counts lock poisoned")
-            .iter()
-            .map(|(k, v)| (*k, *v))
-            .collect();
-        all.sort();
-        all
-    }
 }
 
 /// Where a view's renders go: the broadcast its connections follow, the ids of its events,
@@ -135,10 +122,6 @@ impl<C: Clone + Send + 'static> Output<C> {
     /// Counts one render of `fragment`.
     pub fn rendered(&self, fragment: &'static str) {
         self.renders.record(fragment);
-    }
-
-    pub fn renders(&self) -> &Arc<RenderCounts> {
-        &self.renders
     }
 }
 
@@ -327,15 +310,6 @@ where
             _ => false,
         }
     }
-
-    /// How many views run now.
-    pub fn len(&self) -> usize {
-        self.views.lock().expect("views lock poisoned").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
@@ -374,8 +348,16 @@ mod tests {
     /// What a `Counter` render sends: events noted, and times told it missed some.
     type Covered = (usize, usize);
 
-    fn start(hub: &Hub) -> (Arc<Output<Covered>>, Arc<AtomicUsize>, CancellationToken) {
-        let out = Output::new(Arc::default());
+    struct Started {
+        out: Arc<Output<Covered>>,
+        renders: Arc<RenderCounts>,
+        missed: Arc<AtomicUsize>,
+        shutdown: CancellationToken,
+    }
+
+    fn start(hub: &Hub) -> Started {
+        let renders = Arc::new(RenderCounts::default());
+        let out = Output::new(Arc::clone(&renders));
         let missed = Arc::new(AtomicUsize::new(0));
         let shutdown = CancellationToken::new();
         let view = Counter {
@@ -385,13 +367,23 @@ mod tests {
         };
         let events = Subscription::new(hub, &[Topic::SchedulerUpdates]);
         spawn(view, events, Arc::clone(&out), shutdown.clone());
-        (out, missed, shutdown)
+        Started {
+            out,
+            renders,
+            missed,
+            shutdown,
+        }
     }
 
     #[tokio::test]
     async fn a_burst_folds_into_few_renders_and_the_last_one_covers_it_all() {
         let hub = Hub::new();
-        let (out, _, shutdown) = start(&hub);
+        let Started {
+            out,
+            renders: counts,
+            shutdown,
+            ..
+        } = start(&hub);
         let mut changes = out.subscribe();
         for count in 0..200 {
             hub.publish(
@@ -412,14 +404,19 @@ mod tests {
         }
         // The first event renders at once; the rest wait for at most a few trailing renders.
         assert!(renders <= 20, "{renders} renders for one burst");
-        assert_eq!(out.renders().get("counter"), renders as u64);
+        assert_eq!(counts.get("counter"), renders as u64);
         shutdown.cancel();
     }
 
     #[tokio::test]
     async fn a_view_that_falls_behind_is_told_and_renders_again() {
         let hub = Hub::new();
-        let (out, missed, shutdown) = start(&hub);
+        let Started {
+            out,
+            missed,
+            shutdown,
+            ..
+        } = start(&hub);
         let mut changes = out.subscribe();
         // More than the hub keeps for a topic, published before the view can read any.
         for count in 0..3000 {

@@ -247,26 +247,24 @@ impl Renderer {
         let counts = {
             let mut rows = self.shared.rows.write().expect("rows lock poisoned");
             for (uuid, now) in fresh {
-                let event = format!("agent-{uuid}");
-                match (rows.by_uuid.get(&uuid), now) {
-                    (None, None) => {}
-                    (Some(_), None) => {
+                let before = rows.by_uuid.get(&uuid);
+                match now {
+                    None if before.is_some() => {
                         rows.remove(uuid);
-                        frames.push(frame(&event, &out.next_id(), ""));
+                        frames.push(frame(&format!("agent-{uuid}"), &out.next_id(), ""));
                     }
-                    (None, Some(agent)) => {
-                        out.rendered("agents.row");
-                        let html = fragment(fragments::row(&agent));
-                        frames.push(frame("agent-added", &out.next_id(), &html));
-                        rows.insert(agent);
-                    }
-                    (Some(before), Some(agent)) if *before != agent => {
+                    Some(agent) if before != Some(&agent) => {
+                        // A row the connections lack is added; one they have is replaced.
+                        let event = match before {
+                            None => "agent-added".to_string(),
+                            Some(_) => format!("agent-{uuid}"),
+                        };
                         out.rendered("agents.row");
                         let html = fragment(fragments::row(&agent));
                         frames.push(frame(&event, &out.next_id(), &html));
                         rows.insert(agent);
                     }
-                    (Some(_), Some(_)) => {}
+                    _ => {}
                 }
             }
             if !frames.is_empty() {
@@ -297,36 +295,24 @@ impl Renderer {
     /// Each agent `dirty` names (every agent, after missed events) as stored now; `None`
     /// for one that is gone.
     async fn read(&self, dirty: &Dirty) -> Result<Vec<(Uuid, Option<Agent>)>> {
-        if dirty.every_agent {
-            let mut stored: HashMap<Uuid, Agent> = self
-                .agents
-                .list()
-                .await?
-                .into_iter()
-                .map(|agent| (agent.uuid, agent))
-                .collect();
+        let (mut uuids, stored) = if dirty.every_agent {
             let known: Vec<Uuid> = {
                 let rows = self.shared.rows.read().expect("rows lock poisoned");
                 rows.by_uuid.keys().copied().collect()
             };
-            let mut fresh: Vec<(Uuid, Option<Agent>)> = known
-                .into_iter()
-                .map(|uuid| (uuid, stored.remove(&uuid)))
-                .collect();
-            fresh.extend(stored.into_iter().map(|(uuid, agent)| (uuid, Some(agent))));
-            return Ok(fresh);
-        }
-        if dirty.rows.is_empty() {
+            (known, self.agents.list().await?)
+        } else if dirty.rows.is_empty() {
             return Ok(Vec::new());
-        }
-        let uuids: Vec<Uuid> = dirty.rows.iter().copied().collect();
-        let mut stored: HashMap<Uuid, Agent> = self
-            .agents
-            .find_many(&uuids)
-            .await?
-            .into_iter()
-            .map(|agent| (agent.uuid, agent))
-            .collect();
+        } else {
+            let uuids: Vec<Uuid> = dirty.rows.iter().copied().collect();
+            let stored = self.agents.find_many(&uuids).await?;
+            (uuids, stored)
+        };
+        let mut stored: HashMap<Uuid, Agent> = stored.into_iter().map(|a| (a.uuid, a)).collect();
+        // Every agent asked for or stored: an absent one is gone, a new one is added.
+        uuids.extend(stored.keys().copied());
+        uuids.sort();
+        uuids.dedup();
         Ok(uuids
             .into_iter()
             .map(|uuid| (uuid, stored.remove(&uuid)))
