@@ -5,7 +5,6 @@
 //! shown changed).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::ser::SerializeSeq;
 use serde::{Serialize, Serializer};
@@ -705,9 +704,10 @@ impl Agents {
         Ok(())
     }
 
-    /// Enabled agents heard from in this process but silent for `after` become LostContact.
-    pub async fn mark_lost_contact(&self, after: Duration) -> Result<Vec<Uuid>> {
-        let cutoff = now_millis() - after.as_millis() as i64;
+    /// Enabled agents heard from in this process but not since `silent_since` (milliseconds
+    /// since the epoch) become LostContact.
+    pub async fn mark_lost_contact(&self, silent_since: i64) -> Result<Vec<Uuid>> {
+        let cutoff = silent_since;
         let lost: Vec<String> = sqlx::query_scalar(
             "UPDATE agents SET agent_state = 'LostContact' \
              WHERE agent_config_state = 'Enabled' AND agent_state IN ('Idle', 'Building', 'Unknown') \

@@ -306,11 +306,11 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Runs held by agents silent for `silent_for` (LostContact, or Missing since a restart,
-    /// or deleted) are rescheduled. Idempotent: it runs on every liveness tick, so a failure
-    /// is retried and nothing waits forever.
-    pub async fn reschedule_abandoned(&self, silent_for: std::time::Duration) -> Result<()> {
-        let cutoff = crate::db::now_millis() - silent_for.as_millis() as i64;
+    /// Runs held by agents not heard from since `silent_since` (milliseconds since the epoch:
+    /// LostContact, or Missing since a restart, or deleted) are rescheduled. Idempotent: it
+    /// runs on every liveness tick, so a failure is retried and nothing waits forever.
+    pub async fn reschedule_abandoned(&self, silent_since: i64) -> Result<()> {
+        let cutoff = silent_since;
         let holders: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT r.agent_uuid FROM job_runs r LEFT JOIN agents a ON a.uuid = r.agent_uuid \
              WHERE r.state NOT IN ('Scheduled', 'Completed') AND r.agent_uuid IS NOT NULL \
