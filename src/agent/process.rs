@@ -6,9 +6,10 @@
 //! task) does not keep the task open: once the task's own process has exited, the agent reads
 //! what is already in the pipe and moves on, but keeps the pipe open and drained into the
 //! console for the rest of the job (a closed pipe would kill those processes with `SIGPIPE` on
-//! their next write). [`JobProcesses`] records every task's process group: when the job ends,
-//! or is cancelled, every group still alive is stopped: `SIGTERM`, then `SIGKILL` after
-//! [`GRACE`].
+//! their next write); what such a process writes later may reach the console before or after
+//! the next task's own lines, as each pipe has its own reader. [`JobProcesses`] records every
+//! task's process group: when the job ends, or is cancelled, every group still alive is
+//! stopped: `SIGTERM`, then `SIGKILL` after [`GRACE`].
 //!
 //! Limits: a process that leaves its group (`setsid`, `setpgid`, a shell with job control)
 //! escapes; so does one that outlives its group's recording. Making the agent a child
