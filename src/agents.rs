@@ -6,134 +6,18 @@
 
 use std::sync::Arc;
 
-use serde::ser::SerializeSeq;
-use serde::{Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use sqlx::SqliteConnection;
 use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::db::{Db, now_millis};
+use crate::domain::agent::{
+    Agent, AgentState, BuildDetails, BuildState, ConfigState, ListChange, NameKind,
+    admin_config_state, bounded_text, names, required_text,
+};
 use crate::error::{Error, Result};
 use crate::events::{DomainEvent, Hub, Topic};
-
-/// GoCD's `agent_config_state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum ConfigState {
-    Pending,
-    Enabled,
-    Disabled,
-}
-
-/// GoCD's `agent_state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum AgentState {
-    Idle,
-    Building,
-    LostContact,
-    Missing,
-    Unknown,
-}
-
-/// GoCD's `build_state`, derived from the agent state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum BuildState {
-    Idle,
-    Building,
-    Cancelled,
-    Unknown,
-}
-
-text_enum!(ConfigState {
-    Pending,
-    Enabled,
-    Disabled
-});
-text_enum!(AgentState {
-    Idle,
-    Building,
-    LostContact,
-    Missing,
-    Unknown
-});
-text_enum!(BuildState {
-    Idle,
-    Building,
-    Cancelled,
-    Unknown
-});
-
-/// An agent as the API shows it (GoCD Agents API v7).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Agent {
-    pub uuid: Uuid,
-    pub hostname: String,
-    pub ip_address: String,
-    pub sandbox: String,
-    pub operating_system: String,
-    #[serde(serialize_with = "free_space_json")]
-    pub free_space: Option<i64>,
-    pub agent_config_state: ConfigState,
-    pub agent_state: AgentState,
-    pub build_state: BuildState,
-    pub agent_version: String,
-    pub resources: Vec<String>,
-    #[serde(serialize_with = "environments_json")]
-    pub environments: Vec<String>,
-    /// The run it holds, only while it has one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub build_details: Option<BuildDetails>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct BuildDetails {
-    pub pipeline_name: String,
-    pub stage_name: String,
-    pub job_name: String,
-    pub build_id: i64,
-}
-
-impl Agent {
-    /// Building agents can't be deleted; they are the ones the counts call "building".
-    pub fn is_building(&self) -> bool {
-        self.agent_state == AgentState::Building || self.build_details.is_some()
-    }
-}
-
-/// GoCD sends `free_space` as a number of bytes, or the string "unknown".
-fn free_space_json<S: Serializer>(
-    value: &Option<i64>,
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    match value {
-        Some(bytes) => s.serialize_i64(*bytes),
-        None => s.serialize_str("unknown"),
-    }
-}
-
-/// GoCD v7 lists environments as objects with their origin; ours all come from the server.
-fn environments_json<S: Serializer>(
-    names: &[String],
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    #[derive(Serialize)]
-    struct Origin {
-        r#type: &'static str,
-    }
-    #[derive(Serialize)]
-    struct Environment<'a> {
-        name: &'a str,
-        origin: Origin,
-    }
-    let mut seq = s.serialize_seq(Some(names.len()))?;
-    for name in names {
-        seq.serialize_element(&Environment {
-            name,
-            origin: Origin { r#type: "gocd" },
-        })?;
-    }
-    seq.end()
-}
 
 #[derive(sqlx::FromRow)]
 struct AgentRow {
@@ -170,11 +54,7 @@ impl TryFrom<AgentRow> for Agent {
             operating_system: row.operating_system,
             free_space: row.free_space,
             agent_config_state: row.agent_config_state.parse().map_err(corrupt)?,
-            build_state: match agent_state {
-                AgentState::Idle => BuildState::Idle,
-                AgentState::Building => BuildState::Building,
-                _ => BuildState::Unknown,
-            },
+            build_state: BuildState::of(agent_state),
             agent_state,
             agent_version: row.agent_version,
             resources: row.resources.0,
@@ -280,13 +160,6 @@ pub struct AgentUpdate {
     pub config_state: Option<ConfigState>,
 }
 
-/// Names to add to and remove from a list (GoCD's bulk `operations`).
-#[derive(Debug, Clone, Default)]
-pub struct ListChange {
-    pub add: Vec<String>,
-    pub remove: Vec<String>,
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct BulkUpdate {
     pub uuids: Vec<Uuid>,
@@ -389,17 +262,13 @@ impl Agents {
             ("agent_version", &registration.agent_version, 255),
             ("sandbox", &registration.sandbox, 1024),
         ] {
-            if value.chars().count() > max {
-                return Err(Error::Unprocessable(format!(
-                    "{field}: at most {max} characters"
-                )));
-            }
+            bounded_text(field, value, max)?;
         }
-        let resources = names("resources", &registration.resources, is_resource_char)?;
+        let resources = names("resources", &registration.resources, NameKind::Resource)?;
         let environments = names(
             "environments",
             &registration.environments,
-            is_environment_char,
+            NameKind::Environment,
         )?;
         let new_token = random_token();
         let now = now_millis();
@@ -511,29 +380,12 @@ impl Agents {
     /// Records contact and the state the agent reports. Publishes only when the state shown
     /// changes (a new free space is stored silently).
     pub async fn ping(&self, uuid: Uuid, ping: Ping) -> Result<Agent> {
-        if !matches!(ping.agent_state, AgentState::Idle | AgentState::Building) {
-            return Err(Error::Unprocessable(format!(
-                "agent_state: an agent reports Idle or Building, not {}",
-                ping.agent_state
-            )));
-        }
         let mut tx = self.db.write.begin().await?;
         let before = fetch(&mut tx, uuid).await?.ok_or_else(|| not_found(uuid))?;
         let mut agent = before.clone();
-        // While it holds a run it is Building, even if a ping raced the assignment. A ping
-        // "Building" that names a build it no longer holds raced the completion: Idle.
-        let state = if before.build_details.is_some() {
-            AgentState::Building
-        } else if ping.build_id.is_some() {
-            AgentState::Idle
-        } else {
-            ping.agent_state
-        };
+        let state = before.after_ping(ping.agent_state, ping.build_id.is_some())?;
         agent.agent_state = state;
-        agent.build_state = match state {
-            AgentState::Building => BuildState::Building,
-            _ => BuildState::Idle,
-        };
+        agent.build_state = BuildState::of(state);
         if ping.free_space.is_some() {
             agent.free_space = ping.free_space;
         }
@@ -559,12 +411,12 @@ impl Agents {
         let resources = update
             .resources
             .as_deref()
-            .map(|r| names("resources", r, is_resource_char))
+            .map(|r| names("resources", r, NameKind::Resource))
             .transpose()?;
         let environments = update
             .environments
             .as_deref()
-            .map(|e| names("environments", e, is_environment_char))
+            .map(|e| names("environments", e, NameKind::Environment))
             .transpose()?;
         let config_state = update.config_state.map(admin_config_state).transpose()?;
 
@@ -598,14 +450,10 @@ impl Agents {
                 "uuids: name at least one agent".into(),
             ));
         }
-        let add_resources = names("resources", &bulk.resources.add, is_resource_char)?;
-        let remove_resources = names("resources", &bulk.resources.remove, is_resource_char)?;
-        let add_environments = names("environments", &bulk.environments.add, is_environment_char)?;
-        let remove_environments = names(
-            "environments",
-            &bulk.environments.remove,
-            is_environment_char,
-        )?;
+        let resources = bulk.resources.checked("resources", NameKind::Resource)?;
+        let environments = bulk
+            .environments
+            .checked("environments", NameKind::Environment)?;
         let config_state = bulk.config_state.map(admin_config_state).transpose()?;
 
         let mut tx = self.db.write.begin().await?;
@@ -626,12 +474,8 @@ impl Agents {
         let mut changes = Vec::new();
         for before in found {
             let mut agent = before.clone();
-            apply_list_change(&mut agent.resources, &add_resources, &remove_resources);
-            apply_list_change(
-                &mut agent.environments,
-                &add_environments,
-                &remove_environments,
-            );
+            resources.apply(&mut agent.resources);
+            environments.apply(&mut agent.environments);
             if let Some(state) = config_state {
                 agent.agent_config_state = state;
             }
@@ -773,13 +617,9 @@ pub(crate) async fn record_work_request(
     touch(conn, uuid).await?;
     // Asking for work means it is not building anything, unless it holds a run (which the
     // scheduler sorts out).
-    let idle = match before.agent_state {
-        AgentState::Missing | AgentState::LostContact | AgentState::Unknown => true,
-        AgentState::Building => before.build_details.is_none(),
-        AgentState::Idle => false,
-    };
-    if idle {
-        sqlx::query("UPDATE agents SET agent_state = 'Idle' WHERE uuid = ?")
+    if let Some(state) = before.after_work_request() {
+        sqlx::query("UPDATE agents SET agent_state = ? WHERE uuid = ?")
+            .bind(state.as_str())
             .bind(uuid.to_string())
             .execute(&mut *conn)
             .await?;
@@ -801,70 +641,6 @@ pub(crate) async fn touch(conn: &mut SqliteConnection, uuid: Uuid) -> Result<()>
 
 fn not_found(uuid: Uuid) -> Error {
     Error::NotFound(format!("no agent with uuid {uuid}"))
-}
-
-/// An admin may enable or disable; Pending is where agents start, not a state to set.
-fn admin_config_state(state: ConfigState) -> Result<ConfigState> {
-    match state {
-        ConfigState::Pending => Err(Error::Unprocessable(
-            "agent_config_state: must be Enabled or Disabled".into(),
-        )),
-        other => Ok(other),
-    }
-}
-
-fn required_text(field: &str, value: &str) -> Result<String> {
-    let value = value.trim();
-    if value.is_empty() {
-        return Err(Error::Unprocessable(format!("{field}: must not be empty")));
-    }
-    if value.chars().count() > 255 {
-        return Err(Error::Unprocessable(format!(
-            "{field}: at most 255 characters"
-        )));
-    }
-    Ok(value.to_string())
-}
-
-/// GoCD's resource names: letters, digits, `_`, `-`, `.`, `|` and spaces.
-fn is_resource_char(c: char) -> bool {
-    c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '|' | ' ')
-}
-
-/// GoCD's environment names: letters, digits, `_`, `-` and `.`.
-fn is_environment_char(c: char) -> bool {
-    c.is_alphanumeric() || matches!(c, '_' | '-' | '.')
-}
-
-/// Trims, drops empties and case-insensitive duplicates (keeping the first spelling), and
-/// rejects names with characters GoCD does not allow.
-pub fn names(field: &str, raw: &[String], allowed: fn(char) -> bool) -> Result<Vec<String>> {
-    let mut out: Vec<String> = Vec::new();
-    for name in raw.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
-        if !name.chars().all(allowed) || name.chars().count() > 255 {
-            return Err(Error::Unprocessable(format!(
-                "{field}: {name:?} is not a valid name (letters, digits, '_', '-', '.'{})",
-                if field == "resources" {
-                    ", '|' and spaces"
-                } else {
-                    ""
-                }
-            )));
-        }
-        if !out.iter().any(|n| n.eq_ignore_ascii_case(name)) {
-            out.push(name.to_string());
-        }
-    }
-    Ok(out)
-}
-
-fn apply_list_change(list: &mut Vec<String>, add: &[String], remove: &[String]) {
-    list.retain(|n| !remove.iter().any(|r| r.eq_ignore_ascii_case(n)));
-    for name in add {
-        if !list.iter().any(|n| n.eq_ignore_ascii_case(name)) {
-            list.push(name.clone());
-        }
-    }
 }
 
 /// 256 random bits, hex-encoded.
@@ -889,48 +665,6 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_trimmed_deduplicated_and_validated() {
-        let raw = vec![
-            " linux ".to_string(),
-            "Linux".into(),
-            "".into(),
-            "java 21".into(),
-        ];
-        assert_eq!(
-            names("resources", &raw, is_resource_char).unwrap(),
-            vec!["linux", "java 21"]
-        );
-        let bad = vec!["<script>".to_string()];
-        let err = names("resources", &bad, is_resource_char).unwrap_err();
-        assert!(err.to_string().starts_with("resources:"), "{err}");
-        assert!(names("environments", &["a b".to_string()], is_environment_char).is_err());
-    }
-
-    #[test]
-    fn list_changes_add_once_and_remove_case_insensitively() {
-        let mut list = vec!["linux".to_string(), "java".into()];
-        apply_list_change(
-            &mut list,
-            &["LINUX".into(), "docker".into()],
-            &["Java".into()],
-        );
-        assert_eq!(list, vec!["linux", "docker"]);
-    }
-
-    #[test]
-    fn config_state_parses_case_insensitively() {
-        assert_eq!(
-            "enabled".parse::<ConfigState>().unwrap(),
-            ConfigState::Enabled
-        );
-        assert_eq!(
-            "DISABLED".parse::<ConfigState>().unwrap(),
-            ConfigState::Disabled
-        );
-        assert!("on".parse::<ConfigState>().is_err());
-    }
 
     #[test]
     fn tokens_are_long_random_and_hashed() {

@@ -30,3 +30,14 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<crate::domain::Rejection> for Error {
+    fn from(rejection: crate::domain::Rejection) -> Error {
+        use crate::domain::Rejection;
+        match rejection {
+            Rejection::Invalid(message) => Error::Unprocessable(message),
+            Rejection::Conflict(message) => Error::Conflict(message),
+            Rejection::Forbidden(message) => Error::Forbidden(message),
+        }
+    }
+}

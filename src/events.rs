@@ -8,14 +8,13 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use bytes::Bytes;
 use uuid::Uuid;
 
-use crate::agents::Agent;
-use crate::job_runs::JobRun;
+use crate::domain::agent::Agent;
+use crate::domain::job_run::JobRun;
 
 /// How many events a slow subscriber may fall behind before it is told it lagged
 /// (and then gets fresh state instead of the missed events).
@@ -103,27 +102,6 @@ impl DomainEvent {
             DomainEvent::RunCreated(_) => "run_created",
             DomainEvent::RunUpdated(_) => "run_updated",
             DomainEvent::ConsoleAppend { .. } => "console_append",
-        }
-    }
-
-    /// The event's JSON data, as `/api/events` sends it.
-    pub fn data(&self) -> Value {
-        match self {
-            DomainEvent::AgentRegistered(agent)
-            | DomainEvent::AgentUpdated(agent)
-            | DomainEvent::AgentEnabled(agent)
-            | DomainEvent::AgentDisabled(agent)
-            | DomainEvent::AgentDeleted(agent) => {
-                serde_json::to_value(agent).unwrap_or(Value::Null)
-            }
-            DomainEvent::PendingCount { count } => json!({ "count": count }),
-            DomainEvent::RunCreated(run) | DomainEvent::RunUpdated(run) => {
-                serde_json::to_value(run).unwrap_or(Value::Null)
-            }
-            DomainEvent::ConsoleAppend { start, bytes, .. } => json!({
-                "offset": start + bytes.len() as i64,
-                "chunk": String::from_utf8_lossy(bytes),
-            }),
         }
     }
 }

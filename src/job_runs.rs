@@ -8,133 +8,19 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize, Serializer};
 use sqlx::SqliteConnection;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use crate::agents::{self, AgentState, Agents};
+use crate::agents::{self, Agents};
 use crate::console;
 use crate::db::{Db, now_millis};
+use crate::domain::agent::AgentState;
+use crate::domain::job_run::{
+    Append, JobResult, JobRun, JobState, Report, Requirements, Task, Transition, check_report,
+};
 use crate::error::{Error, Result};
 use crate::events::{DomainEvent, Hub, Topic};
-
-/// GoCD's job states, in the only order a run may move through them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub enum JobState {
-    Scheduled,
-    Assigned,
-    Preparing,
-    Building,
-    Completing,
-    Completed,
-}
-text_enum!(JobState {
-    Scheduled,
-    Assigned,
-    Preparing,
-    Building,
-    Completing,
-    Completed
-});
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum JobResult {
-    Unknown,
-    Passed,
-    Failed,
-    Cancelled,
-}
-text_enum!(JobResult {
-    Unknown,
-    Passed,
-    Failed,
-    Cancelled
-});
-
-/// One command of a job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Task {
-    pub command: String,
-    #[serde(default)]
-    pub args: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub working_dir: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Transition {
-    pub state: JobState,
-    #[serde(serialize_with = "rfc3339")]
-    pub state_change_time: i64,
-}
-
-/// A run of a job, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct JobRun {
-    pub build_id: i64,
-    pub pipeline_name: String,
-    pub pipeline_counter: i64,
-    pub stage_name: String,
-    pub stage_counter: i64,
-    pub job_name: String,
-    pub agent_uuid: Option<Uuid>,
-    pub state: JobState,
-    pub result: JobResult,
-    pub console_length: i64,
-    pub resources: Vec<String>,
-    pub environment: Option<String>,
-    pub tasks: Vec<Task>,
-    /// Set once a cancel was asked for a run its agent has not finished yet.
-    pub cancel_requested: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rescheduled_from: Option<i64>,
-    #[serde(serialize_with = "rfc3339")]
-    pub scheduled_at: i64,
-    #[serde(serialize_with = "rfc3339_opt")]
-    pub completed_at: Option<i64>,
-    pub job_state_transitions: Vec<Transition>,
-    /// Variables for the agent only; not shown in the API.
-    #[serde(skip)]
-    pub environment_variables: BTreeMap<String, String>,
-}
-
-impl JobRun {
-    pub fn is_completed(&self) -> bool {
-        self.state == JobState::Completed
-    }
-
-    /// When it entered `state`, if it did.
-    pub fn entered(&self, state: JobState) -> Option<i64> {
-        self.job_state_transitions
-            .iter()
-            .find(|t| t.state == state)
-            .map(|t| t.state_change_time)
-    }
-}
-
-/// Milliseconds since the epoch as RFC 3339, e.g. `2026-11-27T19:02:07.123Z`.
-pub fn format_time(millis: i64) -> String {
-    let nanos = i128::from(millis) * 1_000_000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
-fn rfc3339<S: Serializer>(millis: &i64, s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_str(&format_time(*millis))
-}
-
-fn rfc3339_opt<S: Serializer>(millis: &Option<i64>, s: S) -> std::result::Result<S::Ok, S::Error> {
-    match millis {
-        Some(m) => s.serialize_str(&format_time(*m)),
-        None => s.serialize_none(),
-    }
-}
 
 #[derive(sqlx::FromRow)]
 struct RunRow {
@@ -253,22 +139,27 @@ pub(crate) async fn fetch_run_or_404(conn: &mut SqliteConnection, build_id: i64)
         .ok_or_else(|| not_found(build_id))
 }
 
-/// What matching needs of a Scheduled run: a poll for work reads only this, not whole runs.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct QueuedJob {
-    pub build_id: i64,
-    pub resources: Json<Vec<String>>,
-    pub environment: Option<String>,
-}
-
-/// The queue as matching sees it, oldest first.
-pub(crate) async fn fetch_queued_jobs(conn: &mut SqliteConnection) -> Result<Vec<QueuedJob>> {
-    Ok(sqlx::query_as(
+/// The queue as matching sees it, oldest first: a poll for work reads only what matching
+/// needs of each Scheduled run, not whole runs.
+pub(crate) async fn fetch_queued_jobs(
+    conn: &mut SqliteConnection,
+) -> Result<Vec<(i64, Requirements)>> {
+    let rows: Vec<(i64, Json<Vec<String>>, Option<String>)> = sqlx::query_as(
         "SELECT build_id, resources, environment FROM job_runs WHERE state = 'Scheduled' \
          ORDER BY build_id",
     )
     .fetch_all(conn)
-    .await?)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(build_id, resources, environment)| {
+            let needs = Requirements {
+                resources: resources.0,
+                environment,
+            };
+            (build_id, needs)
+        })
+        .collect())
 }
 
 /// Runs in `state` Scheduled, oldest first: the queue.
@@ -488,50 +379,12 @@ impl JobRuns {
         state: JobState,
         result: Option<JobResult>,
     ) -> Result<JobRun> {
-        if state == JobState::Completed
-            && !matches!(
-                result,
-                Some(JobResult::Passed | JobResult::Failed | JobResult::Cancelled)
-            )
-        {
-            return Err(Error::Unprocessable(
-                "result: Completed needs a result: Passed, Failed or Cancelled".into(),
-            ));
-        }
-        if state < JobState::Preparing {
-            return Err(Error::Unprocessable(format!(
-                "job_state: an agent reports Preparing, Building, Completing or Completed, not {state}"
-            )));
-        }
+        check_report(state, result)?;
         let mut tx = self.db.write.begin().await?;
         let run = fetch_run_or_404(&mut tx, build_id).await?;
-        if run.agent_uuid != Some(agent) {
-            return Err(Error::Forbidden(format!(
-                "build {build_id} is not assigned to this agent"
-            )));
-        }
-        if state == run.state {
-            let same_result =
-                state != JobState::Completed || result == Some(run.result) || run.cancel_requested;
-            if same_result {
-                return Ok(run); // a retry
-            }
-            return Err(Error::Conflict(format!(
-                "build {build_id} already completed as {}",
-                run.result
-            )));
-        }
-        if state < run.state {
-            return Err(Error::Conflict(format!(
-                "build {build_id} is {}; it cannot go back to {state}",
-                run.state
-            )));
-        }
-        let result = match (state, result) {
-            // A run whose cancel was asked for ends Cancelled, whatever its last task did.
-            (JobState::Completed, _) if run.cancel_requested => JobResult::Cancelled,
-            (JobState::Completed, Some(result)) => result,
-            _ => JobResult::Unknown,
+        let (state, result) = match run.report(agent, state, result)? {
+            Report::Retry => return Ok(run),
+            Report::Move { state, result } => (state, result),
         };
         move_run(&mut tx, build_id, state, result, None).await?;
         agents::touch(&mut tx, agent).await?;
@@ -563,26 +416,13 @@ impl JobRuns {
     ) -> Result<i64> {
         let mut tx = self.db.write.begin().await?;
         let run = fetch_run_or_404(&mut tx, build_id).await?;
-        if run.agent_uuid != Some(agent) {
-            return Err(Error::Forbidden(format!(
-                "build {build_id} is not assigned to this agent"
-            )));
-        }
-        let stored = run.console_length;
-        if offset > stored {
-            return Err(Error::ConsoleGap { stored });
-        }
         let end = offset + bytes.len() as i64;
-        if end <= stored {
-            return Ok(stored); // a retry of bytes already stored
-        }
-        if run.is_completed() {
-            return Err(Error::Conflict(format!(
-                "build {build_id} is Completed; its console is closed"
-            )));
-        }
-        // Only the part past what is stored is new (a retry may overlap).
-        let new = bytes.slice((stored - offset) as usize..);
+        let new = match run.append(agent, offset, bytes.len())? {
+            Append::Stored => return Ok(run.console_length),
+            Append::Gap { stored } => return Err(Error::ConsoleGap { stored }),
+            Append::From(skip) => bytes.slice(skip..),
+        };
+        let stored = run.console_length;
         console::append(&mut tx, build_id, stored, &new).await?;
         agents::touch(&mut tx, agent).await?;
         tx.commit().await?;

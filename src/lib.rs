@@ -3,14 +3,12 @@
 //! `Application::build` wires the database, the event hub, the contexts and their live views
 //! into one router; `run_until_stopped` serves it until the shutdown token fires.
 
-#[macro_use]
-mod macros;
-
 pub mod agent;
 pub mod agents;
 pub mod config;
 pub mod console;
 pub mod db;
+pub mod domain;
 pub mod error;
 pub mod events;
 pub mod job_runs;

@@ -8,23 +8,13 @@ use std::sync::Arc;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::agents::{self, Agent, AgentState, Agents, ConfigState};
+use crate::agents::{self, Agents};
 use crate::db::Db;
-use crate::error::{Error, Result};
+use crate::domain::agent::{AgentState, ConfigState};
+use crate::domain::job_run::{Cancel, JobResult, JobRun, JobState, NewJob, Task};
+use crate::error::Result;
 use crate::events::{DomainEvent, Hub, Topic};
-use crate::job_runs::{self, JobResult, JobRun, JobRuns, JobState, NewRun, QueuedJob, Task};
-
-/// A job to schedule ad hoc (`POST /api/jobs/schedule`).
-#[derive(Debug, Clone, Default)]
-pub struct NewJob {
-    pub pipeline_name: String,
-    pub stage_name: String,
-    pub job_name: String,
-    pub tasks: Vec<Task>,
-    pub resources: Vec<String>,
-    pub environment: Option<String>,
-    pub environment_variables: BTreeMap<String, String>,
-}
+use crate::job_runs::{self, JobRuns, NewRun};
 
 /// What an agent receives to run (`POST /api/agents/{uuid}/work`).
 #[derive(Debug, Clone, Serialize)]
@@ -54,52 +44,6 @@ impl From<&JobRun> for Work {
     }
 }
 
-/// GoCD's matching rule: the agent has every resource the job needs (case-insensitive), and
-/// agent and job share an environment, or neither has one.
-pub fn matches(agent: &Agent, job: &QueuedJob) -> bool {
-    let has = |needed: &String| {
-        agent
-            .resources
-            .iter()
-            .any(|r| r.eq_ignore_ascii_case(needed))
-    };
-    let environment_ok = match &job.environment {
-        None => agent.environments.is_empty(),
-        Some(env) => agent
-            .environments
-            .iter()
-            .any(|e| e.eq_ignore_ascii_case(env)),
-    };
-    job.resources.iter().all(has) && environment_ok
-}
-
-/// Only an Enabled agent that is in contact and holds no run gets work.
-pub fn can_take_work(agent: &Agent) -> bool {
-    agent.agent_config_state == ConfigState::Enabled
-        && agent.build_details.is_none()
-        && !matches!(
-            agent.agent_state,
-            AgentState::LostContact | AgentState::Missing | AgentState::Building
-        )
-}
-
-fn valid_name(field: &str, value: &str) -> Result<String> {
-    let value = value.trim();
-    if value.is_empty() {
-        return Err(Error::Unprocessable(format!("{field}: must not be empty")));
-    }
-    if value.len() > 255
-        || !value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-    {
-        return Err(Error::Unprocessable(format!(
-            "{field}: {value:?} is not a valid name (letters, digits, '_', '-', '.'; at most 255)"
-        )));
-    }
-    Ok(value.to_string())
-}
-
 #[derive(Clone)]
 pub struct Scheduler {
     db: Db,
@@ -125,30 +69,15 @@ impl Scheduler {
 
     /// Creates a Scheduled run; an ad-hoc job gets the next counter of its pipeline name.
     pub async fn schedule(&self, job: NewJob) -> Result<JobRun> {
-        let pipeline_name = valid_name("pipeline_name", &job.pipeline_name)?;
-        let stage_name = valid_name("stage_name", &job.stage_name)?;
-        let job_name = valid_name("job_name", &job.job_name)?;
-        if job.tasks.is_empty() {
-            return Err(Error::Unprocessable(
-                "tasks: a job needs at least one task".into(),
-            ));
-        }
-        if let Some(i) = job.tasks.iter().position(|t| t.command.trim().is_empty()) {
-            return Err(Error::Unprocessable(format!(
-                "tasks[{i}].command: must not be empty"
-            )));
-        }
-        let resources = agents::names("resources", &job.resources, |c| {
-            c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '|' | ' ')
-        })?;
-        let environment = job
-            .environment
-            .as_deref()
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .map(|e| valid_name("environment", e))
-            .transpose()?;
-
+        let NewJob {
+            pipeline_name,
+            stage_name,
+            job_name,
+            tasks,
+            resources,
+            environment,
+            environment_variables,
+        } = job.checked()?;
         let mut tx = self.db.write.begin().await?;
         let counter: i64 = sqlx::query_scalar(
             "SELECT COALESCE(MAX(pipeline_counter), 0) + 1 FROM job_runs WHERE pipeline_name = ?",
@@ -164,10 +93,10 @@ impl Scheduler {
                 stage_name: &stage_name,
                 stage_counter: 1,
                 job_name: &job_name,
-                tasks: &job.tasks,
+                tasks: &tasks,
                 resources: &resources,
                 environment: environment.as_deref(),
-                environment_variables: &job.environment_variables,
+                environment_variables: &environment_variables,
                 rescheduled_from: None,
             },
         )
@@ -203,19 +132,21 @@ impl Scheduler {
                     agents::set_agent_state(&mut tx, agent_uuid, AgentState::Idle).await?;
                     agent = agents::fetch(&mut tx, agent_uuid).await?.unwrap_or(agent);
                 }
-                if can_take_work(&agent) {
+                if agent.can_take_work() {
                     let queue = job_runs::fetch_queued_jobs(&mut tx).await?;
-                    if let Some(job) = queue.iter().find(|job| matches(&agent, job)) {
+                    if let Some((build_id, _)) =
+                        queue.iter().find(|(_, needs)| agent.matches(needs))
+                    {
                         job_runs::move_run(
                             &mut tx,
-                            job.build_id,
+                            *build_id,
                             JobState::Assigned,
                             JobResult::Unknown,
                             Some(agent_uuid),
                         )
                         .await?;
                         agents::set_agent_state(&mut tx, agent_uuid, AgentState::Building).await?;
-                        let assigned = job_runs::fetch_run_or_404(&mut tx, job.build_id).await?;
+                        let assigned = job_runs::fetch_run_or_404(&mut tx, *build_id).await?;
                         work = Some(Work::from(&assigned));
                         updated_runs.push(assigned);
                     }
@@ -330,9 +261,9 @@ impl Scheduler {
     pub async fn cancel(&self, build_id: i64) -> Result<JobRun> {
         let mut tx = self.db.write.begin().await?;
         let run = job_runs::fetch_run_or_404(&mut tx, build_id).await?;
-        match run.state {
-            JobState::Completed => return Ok(run),
-            JobState::Scheduled => {
+        match run.cancel() {
+            Cancel::Nothing => return Ok(run),
+            Cancel::EndNow => {
                 job_runs::move_run(
                     &mut tx,
                     build_id,
@@ -342,8 +273,7 @@ impl Scheduler {
                 )
                 .await?;
             }
-            _ if run.cancel_requested => return Ok(run),
-            _ => job_runs::request_cancel(&mut tx, build_id).await?,
+            Cancel::AskTheAgent => job_runs::request_cancel(&mut tx, build_id).await?,
         }
         let updated = job_runs::fetch_run_or_404(&mut tx, build_id).await?;
         let pending = job_runs::pending_count(&mut tx).await?;
@@ -392,101 +322,6 @@ impl Scheduler {
         self.hub.publish(
             &Topic::SchedulerUpdates,
             DomainEvent::PendingCount { count },
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::agents::BuildState;
-
-    fn agent(
-        state: ConfigState,
-        agent_state: AgentState,
-        resources: &[&str],
-        environments: &[&str],
-    ) -> Agent {
-        Agent {
-            uuid: Uuid::new_v4(),
-            hostname: "h".into(),
-            ip_address: String::new(),
-            sandbox: String::new(),
-            operating_system: String::new(),
-            free_space: None,
-            agent_config_state: state,
-            agent_state,
-            build_state: BuildState::Idle,
-            agent_version: String::new(),
-            resources: resources.iter().map(|s| s.to_string()).collect(),
-            environments: environments.iter().map(|s| s.to_string()).collect(),
-            build_details: None,
-        }
-    }
-
-    fn run(resources: &[&str], environment: Option<&str>) -> QueuedJob {
-        QueuedJob {
-            build_id: 1,
-            resources: sqlx::types::Json(resources.iter().map(|s| s.to_string()).collect()),
-            environment: environment.map(str::to_string),
-        }
-    }
-
-    #[test]
-    fn resources_must_all_be_offered_case_insensitively() {
-        let a = agent(
-            ConfigState::Enabled,
-            AgentState::Idle,
-            &["Linux", "docker"],
-            &[],
-        );
-        assert!(matches(&a, &run(&[], None)));
-        assert!(matches(&a, &run(&["linux"], None)));
-        assert!(matches(&a, &run(&["DOCKER", "linux"], None)));
-        assert!(!matches(&a, &run(&["linux", "java"], None)));
-    }
-
-    #[test]
-    fn environments_must_be_shared_or_absent_on_both_sides() {
-        let plain = agent(ConfigState::Enabled, AgentState::Idle, &[], &[]);
-        let prod = agent(ConfigState::Enabled, AgentState::Idle, &[], &["Production"]);
-        assert!(matches(&plain, &run(&[], None)));
-        assert!(!matches(&plain, &run(&[], Some("production"))));
-        assert!(matches(&prod, &run(&[], Some("production"))));
-        assert!(!matches(&prod, &run(&[], Some("staging"))));
-        assert!(
-            !matches(&prod, &run(&[], None)),
-            "an agent in an environment takes only its jobs"
-        );
-    }
-
-    #[test]
-    fn only_enabled_idle_agents_in_contact_take_work() {
-        let table = [
-            (ConfigState::Enabled, AgentState::Idle, true),
-            (ConfigState::Pending, AgentState::Idle, false),
-            (ConfigState::Disabled, AgentState::Idle, false),
-            (ConfigState::Enabled, AgentState::LostContact, false),
-            (ConfigState::Enabled, AgentState::Missing, false),
-            (ConfigState::Enabled, AgentState::Building, false),
-        ];
-        for (config, state, expected) in table {
-            assert_eq!(
-                can_take_work(&agent(config, state, &[], &[])),
-                expected,
-                "{config} {state}"
-            );
-        }
-        let mut busy = agent(ConfigState::Enabled, AgentState::Idle, &[], &[]);
-        busy.build_details = Some(crate::agents::BuildDetails {
-            pipeline_name: "p".into(),
-            stage_name: "s".into(),
-            job_name: "j".into(),
-            build_id: 9,
-        });
-        assert!(
-            !can_take_work(&busy),
-            "an agent holding a run gets no second one"
         );
     }
 }

@@ -17,6 +17,19 @@ use tower_http::trace::TraceLayer;
 use crate::AppState;
 use crate::error::Error;
 
+/// Milliseconds since the epoch as RFC 3339, e.g. `2026-11-27T19:02:07.123Z` (the API's and
+/// the pages' time format).
+pub fn format_time(millis: i64) -> String {
+    let nanos = i128::from(millis) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
 /// The largest request body we read (a console chunk, later, is at most 1 MiB too).
 pub const MAX_BODY: usize = 1024 * 1024;
 

@@ -3,14 +3,98 @@
 use axum::extract::{Path, State};
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::jobs::TransitionsJson;
 use super::{ApiJson, ApiQuery, name_list, parse_uuid};
 use crate::AppState;
-use crate::agents::{Agent, AgentUpdate, BulkUpdate, ConfigState, ListChange};
+use crate::agents::{AgentUpdate, BulkUpdate};
+use crate::domain::agent::{Agent, AgentState, BuildDetails, BuildState, ConfigState, ListChange};
 use crate::error::{Error, Result};
+
+/// An agent as GoCD's Agents API v7 shows it (and `/api/events` sends it).
+pub struct AgentJson(pub Agent);
+
+impl Serialize for AgentJson {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let a = &self.0;
+        Shape {
+            uuid: a.uuid,
+            hostname: &a.hostname,
+            ip_address: &a.ip_address,
+            sandbox: &a.sandbox,
+            operating_system: &a.operating_system,
+            free_space: a.free_space,
+            agent_config_state: a.agent_config_state,
+            agent_state: a.agent_state,
+            build_state: a.build_state,
+            agent_version: &a.agent_version,
+            resources: &a.resources,
+            environments: &a.environments,
+            build_details: a.build_details.as_ref(),
+        }
+        .serialize(s)
+    }
+}
+
+#[derive(Serialize)]
+struct Shape<'a> {
+    uuid: Uuid,
+    hostname: &'a str,
+    ip_address: &'a str,
+    sandbox: &'a str,
+    operating_system: &'a str,
+    #[serde(serialize_with = "free_space_json")]
+    free_space: Option<i64>,
+    agent_config_state: ConfigState,
+    agent_state: AgentState,
+    build_state: BuildState,
+    agent_version: &'a str,
+    resources: &'a [String],
+    #[serde(serialize_with = "environments_json")]
+    environments: &'a [String],
+    /// Only while it holds a run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    build_details: Option<&'a BuildDetails>,
+}
+
+/// GoCD sends `free_space` as a number of bytes, or the string "unknown".
+fn free_space_json<S: Serializer>(
+    value: &Option<i64>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match value {
+        Some(bytes) => s.serialize_i64(*bytes),
+        None => s.serialize_str("unknown"),
+    }
+}
+
+/// GoCD v7 lists environments as objects with their origin; ours all come from the server.
+fn environments_json<S: Serializer>(
+    names: &&[String],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Origin {
+        r#type: &'static str,
+    }
+    #[derive(Serialize)]
+    struct Environment<'a> {
+        name: &'a str,
+        origin: Origin,
+    }
+    let mut seq = s.serialize_seq(Some(names.len()))?;
+    for name in names.iter() {
+        seq.serialize_element(&Environment {
+            name,
+            origin: Origin { r#type: "gocd" },
+        })?;
+    }
+    seq.end()
+}
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -25,7 +109,7 @@ async fn list(State(state): State<AppState>) -> Result<Json<Value>> {
     let agents = state.agents.list().await?;
     Ok(Json(json!({
         "_links": { "self": { "href": "/go/api/agents" } },
-        "_embedded": { "agents": agents },
+        "_embedded": { "agents": agents.into_iter().map(AgentJson).collect::<Vec<_>>() },
     })))
 }
 
@@ -35,8 +119,8 @@ pub fn path_uuid(raw: &str) -> Result<Uuid> {
         .map_err(|_| Error::NotFound(format!("no agent with uuid {raw}")))
 }
 
-async fn show(State(state): State<AppState>, Path(uuid): Path<String>) -> Result<Json<Agent>> {
-    Ok(Json(state.agents.get(path_uuid(&uuid)?).await?))
+async fn show(State(state): State<AppState>, Path(uuid): Path<String>) -> Result<Json<AgentJson>> {
+    Ok(Json(AgentJson(state.agents.get(path_uuid(&uuid)?).await?)))
 }
 
 #[derive(Deserialize)]
@@ -61,7 +145,7 @@ async fn update(
     State(state): State<AppState>,
     Path(uuid): Path<String>,
     ApiJson(body): ApiJson<PatchAgent>,
-) -> Result<Json<Agent>> {
+) -> Result<Json<AgentJson>> {
     let uuid = path_uuid(&uuid)?;
     let update = AgentUpdate {
         hostname: body.hostname,
@@ -69,22 +153,34 @@ async fn update(
         environments: body.environments,
         config_state: config_state(body.agent_config_state.as_deref())?,
     };
-    Ok(Json(state.agents.update(uuid, update).await?))
+    Ok(Json(AgentJson(state.agents.update(uuid, update).await?)))
 }
 
-async fn set_config_state(state: &AppState, uuid: &str, to: ConfigState) -> Result<Json<Agent>> {
+async fn set_config_state(
+    state: &AppState,
+    uuid: &str,
+    to: ConfigState,
+) -> Result<Json<AgentJson>> {
     let update = AgentUpdate {
         config_state: Some(to),
         ..Default::default()
     };
-    Ok(Json(state.agents.update(path_uuid(uuid)?, update).await?))
+    Ok(Json(AgentJson(
+        state.agents.update(path_uuid(uuid)?, update).await?,
+    )))
 }
 
-async fn enable(State(state): State<AppState>, Path(uuid): Path<String>) -> Result<Json<Agent>> {
+async fn enable(
+    State(state): State<AppState>,
+    Path(uuid): Path<String>,
+) -> Result<Json<AgentJson>> {
     set_config_state(&state, &uuid, ConfigState::Enabled).await
 }
 
-async fn disable(State(state): State<AppState>, Path(uuid): Path<String>) -> Result<Json<Agent>> {
+async fn disable(
+    State(state): State<AppState>,
+    Path(uuid): Path<String>,
+) -> Result<Json<AgentJson>> {
     set_config_state(&state, &uuid, ConfigState::Disabled).await
 }
 
@@ -203,7 +299,7 @@ async fn job_run_history(
                 "job_name": run.job_name,
                 "result": run.result,
                 "state": run.state,
-                "job_state_transitions": run.job_state_transitions,
+                "job_state_transitions": TransitionsJson(&run.job_state_transitions),
             })
         })
         .collect();

@@ -13,7 +13,9 @@ use tokio::sync::broadcast::error::RecvError;
 use super::ApiQuery;
 use crate::AppState;
 use crate::error::{Error, Result};
-use crate::events::Topic;
+use crate::events::{DomainEvent, Topic};
+use crate::web::api::agents::AgentJson;
+use crate::web::api::jobs::RunJson;
 use crate::web::sse;
 
 pub fn router() -> Router<AppState> {
@@ -84,7 +86,7 @@ async fn events(
     let frames = stream::once(async move { ready }).chain(merged.enumerate().map(|(i, item)| {
         let id = (i + 1).to_string();
         match item {
-            Item::Event(event) => sse::frame(event.name(), &id, &event.data().to_string()),
+            Item::Event(event) => sse::frame(event.name(), &id, &data(&event).to_string()),
             // Too slow to keep up: say so (never a silent gap); the client re-reads state.
             Item::Lagged(topic, missed) => sse::frame(
                 "lagged",
@@ -94,4 +96,24 @@ async fn events(
         }
     }));
     Ok(sse::response(frames, state.shutdown.clone()))
+}
+
+/// The event's JSON data, as `/api/events` sends it.
+fn data(event: &DomainEvent) -> serde_json::Value {
+    let value = match event {
+        DomainEvent::AgentRegistered(agent)
+        | DomainEvent::AgentUpdated(agent)
+        | DomainEvent::AgentEnabled(agent)
+        | DomainEvent::AgentDisabled(agent)
+        | DomainEvent::AgentDeleted(agent) => serde_json::to_value(AgentJson(agent.clone())),
+        DomainEvent::PendingCount { count } => Ok(json!({ "count": count })),
+        DomainEvent::RunCreated(run) | DomainEvent::RunUpdated(run) => {
+            serde_json::to_value(RunJson(run.clone()))
+        }
+        DomainEvent::ConsoleAppend { start, bytes, .. } => Ok(json!({
+            "offset": start + bytes.len() as i64,
+            "chunk": String::from_utf8_lossy(bytes),
+        })),
+    };
+    value.unwrap_or(serde_json::Value::Null)
 }

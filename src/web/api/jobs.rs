@@ -8,14 +8,91 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 use super::{ApiJson, ApiQuery, name_list};
 use crate::AppState;
+use crate::domain::job_run::{JobResult, JobRun, JobState, NewJob, Task, Transition};
 use crate::error::{Error, Result};
-use crate::job_runs::{JobRun, Task};
-use crate::scheduler::NewJob;
+use crate::web::format_time;
+
+/// A run as the API shows it (and `/api/events` sends it): times in RFC 3339, and without the
+/// variables meant for its agent only.
+pub struct RunJson(pub JobRun);
+
+impl Serialize for RunJson {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let r = &self.0;
+        RunShape {
+            build_id: r.build_id,
+            pipeline_name: &r.pipeline_name,
+            pipeline_counter: r.pipeline_counter,
+            stage_name: &r.stage_name,
+            stage_counter: r.stage_counter,
+            job_name: &r.job_name,
+            agent_uuid: r.agent_uuid,
+            state: r.state,
+            result: r.result,
+            console_length: r.console_length,
+            resources: &r.resources,
+            environment: r.environment.as_deref(),
+            tasks: &r.tasks,
+            cancel_requested: r.cancel_requested,
+            rescheduled_from: r.rescheduled_from,
+            scheduled_at: format_time(r.scheduled_at),
+            completed_at: r.completed_at.map(format_time),
+            job_state_transitions: TransitionsJson(&r.job_state_transitions),
+        }
+        .serialize(s)
+    }
+}
+
+#[derive(Serialize)]
+struct RunShape<'a> {
+    build_id: i64,
+    pipeline_name: &'a str,
+    pipeline_counter: i64,
+    stage_name: &'a str,
+    stage_counter: i64,
+    job_name: &'a str,
+    agent_uuid: Option<Uuid>,
+    state: JobState,
+    result: JobResult,
+    console_length: i64,
+    resources: &'a [String],
+    environment: Option<&'a str>,
+    tasks: &'a [Task],
+    cancel_requested: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rescheduled_from: Option<i64>,
+    scheduled_at: String,
+    completed_at: Option<String>,
+    job_state_transitions: TransitionsJson<'a>,
+}
+
+/// A run's transitions as GoCD lists them: `{state, state_change_time}`, times in RFC 3339.
+pub struct TransitionsJson<'a>(pub &'a [Transition]);
+
+impl Serialize for TransitionsJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Entry {
+            state: JobState,
+            state_change_time: String,
+        }
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for t in self.0 {
+            seq.serialize_element(&Entry {
+                state: t.state,
+                state_change_time: format_time(t.state_change_time),
+            })?;
+        }
+        seq.end()
+    }
+}
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -48,7 +125,7 @@ struct ScheduleBody {
 async fn schedule(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<ScheduleBody>,
-) -> Result<(StatusCode, Json<JobRun>)> {
+) -> Result<(StatusCode, Json<RunJson>)> {
     let job = NewJob {
         pipeline_name: body.pipeline_name,
         stage_name: body.stage_name,
@@ -60,26 +137,28 @@ async fn schedule(
     };
     Ok((
         StatusCode::CREATED,
-        Json(state.scheduler.schedule(job).await?),
+        Json(RunJson(state.scheduler.schedule(job).await?)),
     ))
 }
 
 async fn scheduler(State(state): State<AppState>) -> Result<Json<Value>> {
     let jobs = state.scheduler.queue().await?;
-    Ok(Json(json!({ "pending_count": jobs.len(), "jobs": jobs })))
+    let count = jobs.len();
+    let jobs: Vec<RunJson> = jobs.into_iter().map(RunJson).collect();
+    Ok(Json(json!({ "pending_count": count, "jobs": jobs })))
 }
 
-async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobRun>> {
-    Ok(Json(state.job_runs.get(build_id(&id)?).await?))
+async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<RunJson>> {
+    Ok(Json(RunJson(state.job_runs.get(build_id(&id)?).await?)))
 }
 
 async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<JobRun>)> {
+) -> Result<(StatusCode, Json<RunJson>)> {
     Ok((
         StatusCode::ACCEPTED,
-        Json(state.scheduler.cancel(build_id(&id)?).await?),
+        Json(RunJson(state.scheduler.cancel(build_id(&id)?).await?)),
     ))
 }
 

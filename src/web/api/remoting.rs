@@ -10,11 +10,13 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::jobs::RunJson;
 use super::{ApiJson, name_list, parse_uuid};
 use crate::AppState;
-use crate::agents::{AgentState, Ping, Registration};
+use crate::agents::{Ping, Registration};
+use crate::domain::agent::AgentState;
+use crate::domain::job_run::{JobResult, JobState};
 use crate::error::{Error, Result};
-use crate::job_runs::{JobResult, JobRun, JobState};
 use crate::web::api::{agent_uuid, build_id};
 use crate::web::auth::{AuthenticatedAgent, bearer_token};
 
@@ -163,7 +165,7 @@ async fn status(
     Path(id): Path<String>,
     caller: AuthenticatedAgent,
     ApiJson(body): ApiJson<StatusBody>,
-) -> Result<Json<JobRun>> {
+) -> Result<Json<RunJson>> {
     let job_state: JobState = body
         .job_state
         .parse()
@@ -180,7 +182,7 @@ async fn status(
         .job_runs
         .report_status(build_id(&id)?, caller.0, job_state, result)
         .await?;
-    Ok(Json(run))
+    Ok(Json(RunJson(run)))
 }
 
 /// Raw console bytes at `X-Console-Offset` → `{"offset": NEW_LENGTH}`.

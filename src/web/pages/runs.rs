@@ -16,11 +16,13 @@ use uuid::Uuid;
 use super::layout::{Section, page};
 use super::{PageResult, fragment};
 use crate::AppState;
-use crate::agents::Agent;
+use crate::domain::agent::Agent;
+use crate::domain::job_run::{JobRun, JobState};
 use crate::error::Result;
 use crate::events::{DomainEvent, Topic};
-use crate::job_runs::{JobRun, JobRuns, JobState, RunPage, format_time};
+use crate::job_runs::{JobRuns, RunPage};
 use crate::web::api::agent_uuid;
+use crate::web::format_time;
 use crate::web::live::{KeyedViews, Output, Subscription, View, Watched};
 use crate::web::sse;
 

@@ -2,7 +2,7 @@
 
 use maud::{Markup, html};
 
-use crate::agents::{Agent, AgentState, ConfigState};
+use crate::domain::agent::{Agent, AgentState, ConfigState};
 
 /// What the counts strip shows.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -281,7 +281,7 @@ mod tests {
             free_space: None,
             agent_config_state: ConfigState::Enabled,
             agent_state: AgentState::Idle,
-            build_state: crate::agents::BuildState::Idle,
+            build_state: crate::domain::agent::BuildState::Idle,
             agent_version: String::new(),
             resources: vec![],
             environments: vec![],

@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::fragments::{self, AgentCounts};
-use crate::agents::{Agent, Agents};
+use crate::agents::Agents;
+use crate::domain::agent::Agent;
 use crate::error::Result;
 use crate::events::{DomainEvent, Hub, Topic};
 use crate::scheduler::Scheduler;

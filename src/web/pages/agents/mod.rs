@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 use super::layout::{Section, page};
 use crate::AppState;
-use crate::agents::{AgentUpdate, BulkUpdate, ConfigState, ListChange};
+use crate::agents::{AgentUpdate, BulkUpdate};
+use crate::domain::agent::{ConfigState, ListChange};
 use crate::error::{Error, Result};
 use crate::web::sse;
 

@@ -3,7 +3,7 @@
 use maud::{Markup, PreEscaped, html};
 
 use super::console_html;
-use crate::job_runs::{JobRun, JobState};
+use crate::domain::job_run::{JobRun, JobState};
 use crate::web::pages::runs::{duration, result_class, timestamp};
 
 /// What the console shows at first: the log up to `end`, rendered (its tail only, when

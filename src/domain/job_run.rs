@@ -1,0 +1,463 @@
+//! Job runs (GoCD's builds: one run of one job, on one agent): their states and results, the
+//! entity, and the rules on them: what an ad-hoc job must name, which progress reports an
+//! agent may make, what a console append adds, and what cancelling does.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::agent::{NameKind, names};
+use super::{Checked, Rejection};
+
+/// GoCD's job states, in the only order a run may move through them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum JobState {
+    Scheduled,
+    Assigned,
+    Preparing,
+    Building,
+    Completing,
+    Completed,
+}
+text_enum!(JobState {
+    Scheduled,
+    Assigned,
+    Preparing,
+    Building,
+    Completing,
+    Completed
+});
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobResult {
+    Unknown,
+    Passed,
+    Failed,
+    Cancelled,
+}
+text_enum!(JobResult {
+    Unknown,
+    Passed,
+    Failed,
+    Cancelled
+});
+
+/// One command of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+}
+
+/// When a run entered a state (milliseconds since the epoch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    pub state: JobState,
+    pub state_change_time: i64,
+}
+
+/// What a job needs of the agent that runs it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Requirements {
+    pub resources: Vec<String>,
+    pub environment: Option<String>,
+}
+
+/// A run of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRun {
+    pub build_id: i64,
+    pub pipeline_name: String,
+    pub pipeline_counter: i64,
+    pub stage_name: String,
+    pub stage_counter: i64,
+    pub job_name: String,
+    pub agent_uuid: Option<Uuid>,
+    pub state: JobState,
+    pub result: JobResult,
+    pub console_length: i64,
+    pub resources: Vec<String>,
+    pub environment: Option<String>,
+    pub tasks: Vec<Task>,
+    /// Set once a cancel was asked for a run its agent has not finished yet.
+    pub cancel_requested: bool,
+    pub rescheduled_from: Option<i64>,
+    pub scheduled_at: i64,
+    pub completed_at: Option<i64>,
+    pub job_state_transitions: Vec<Transition>,
+    /// Variables for the agent only; the API does not show them.
+    pub environment_variables: BTreeMap<String, String>,
+}
+
+/// What an agent's progress report does to its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// The run is in that state already: a harmless retry.
+    Retry,
+    /// The run moves on to `state` with `result`.
+    Move { state: JobState, result: JobResult },
+}
+
+/// What a console append at an offset adds to a log of `stored` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Append {
+    /// Every byte is stored already (a retry): answer the stored length.
+    Stored,
+    /// Store the chunk from this byte of it on (a retry may overlap what is stored).
+    From(usize),
+    /// The chunk starts past the stored end: the agent must resend from `stored`.
+    Gap { stored: i64 },
+}
+
+/// What a cancel does to a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancel {
+    /// Finished, or a cancel was asked already.
+    Nothing,
+    /// Not started: it ends Completed/Cancelled now.
+    EndNow,
+    /// Running: its agent is asked to stop it, and reports the end.
+    AskTheAgent,
+}
+
+/// A report an agent may make at all: Preparing onwards, and Completed with a result.
+pub fn check_report(state: JobState, result: Option<JobResult>) -> Checked<()> {
+    if state == JobState::Completed
+        && !matches!(
+            result,
+            Some(JobResult::Passed | JobResult::Failed | JobResult::Cancelled)
+        )
+    {
+        return Err(Rejection::Invalid(
+            "result: Completed needs a result: Passed, Failed or Cancelled".into(),
+        ));
+    }
+    if state < JobState::Preparing {
+        return Err(Rejection::Invalid(format!(
+            "job_state: an agent reports Preparing, Building, Completing or Completed, not {state}"
+        )));
+    }
+    Ok(())
+}
+
+impl JobRun {
+    pub fn is_completed(&self) -> bool {
+        self.state == JobState::Completed
+    }
+
+    /// When it entered `state`, if it did.
+    pub fn entered(&self, state: JobState) -> Option<i64> {
+        self.job_state_transitions
+            .iter()
+            .find(|t| t.state == state)
+            .map(|t| t.state_change_time)
+    }
+
+    /// What the work requirements of this run are.
+    pub fn requirements(&self) -> Requirements {
+        Requirements {
+            resources: self.resources.clone(),
+            environment: self.environment.clone(),
+        }
+    }
+
+    fn require_agent(&self, agent: Uuid) -> Checked<()> {
+        if self.agent_uuid != Some(agent) {
+            return Err(Rejection::Forbidden(format!(
+                "build {} is not assigned to this agent",
+                self.build_id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Progress reported by `agent` (checked by [`check_report`] first): forward only;
+    /// repeating the current state is a retry. A run whose cancel was asked for ends
+    /// Cancelled, whatever its last task did.
+    pub fn report(
+        &self,
+        agent: Uuid,
+        state: JobState,
+        result: Option<JobResult>,
+    ) -> Checked<Report> {
+        self.require_agent(agent)?;
+        let build_id = self.build_id;
+        if state == self.state {
+            let same_result = state != JobState::Completed
+                || result == Some(self.result)
+                || self.cancel_requested;
+            if same_result {
+                return Ok(Report::Retry);
+            }
+            return Err(Rejection::Conflict(format!(
+                "build {build_id} already completed as {}",
+                self.result
+            )));
+        }
+        if state < self.state {
+            return Err(Rejection::Conflict(format!(
+                "build {build_id} is {}; it cannot go back to {state}",
+                self.state
+            )));
+        }
+        let result = match (state, result) {
+            (JobState::Completed, _) if self.cancel_requested => JobResult::Cancelled,
+            (JobState::Completed, Some(result)) => result,
+            _ => JobResult::Unknown,
+        };
+        Ok(Report::Move { state, result })
+    }
+
+    /// `len` console bytes from `agent` at `offset` (the length it believes stored).
+    pub fn append(&self, agent: Uuid, offset: i64, len: usize) -> Checked<Append> {
+        self.require_agent(agent)?;
+        let stored = self.console_length;
+        if offset > stored {
+            return Ok(Append::Gap { stored });
+        }
+        if offset + len as i64 <= stored {
+            return Ok(Append::Stored);
+        }
+        if self.is_completed() {
+            return Err(Rejection::Conflict(format!(
+                "build {} is Completed; its console is closed",
+                self.build_id
+            )));
+        }
+        Ok(Append::From((stored - offset) as usize))
+    }
+
+    pub fn cancel(&self) -> Cancel {
+        match self.state {
+            JobState::Completed => Cancel::Nothing,
+            JobState::Scheduled => Cancel::EndNow,
+            _ if self.cancel_requested => Cancel::Nothing,
+            _ => Cancel::AskTheAgent,
+        }
+    }
+}
+
+/// A pipeline, stage, job or environment name: letters, digits, `_`, `-`, `.`; at most 255.
+pub fn job_name(field: &str, value: &str) -> Checked<String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(Rejection::Invalid(format!("{field}: must not be empty")));
+    }
+    if value.len() > 255
+        || !value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(Rejection::Invalid(format!(
+            "{field}: {value:?} is not a valid name (letters, digits, '_', '-', '.'; at most 255)"
+        )));
+    }
+    Ok(value.to_string())
+}
+
+/// A job to schedule ad hoc (`POST /api/jobs/schedule`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NewJob {
+    pub pipeline_name: String,
+    pub stage_name: String,
+    pub job_name: String,
+    pub tasks: Vec<Task>,
+    pub resources: Vec<String>,
+    pub environment: Option<String>,
+    pub environment_variables: BTreeMap<String, String>,
+}
+
+impl NewJob {
+    /// The job with its names trimmed and checked, its resources de-duplicated, and an empty
+    /// environment dropped.
+    pub fn checked(self) -> Checked<NewJob> {
+        let pipeline_name = job_name("pipeline_name", &self.pipeline_name)?;
+        let stage_name = job_name("stage_name", &self.stage_name)?;
+        let job = job_name("job_name", &self.job_name)?;
+        if self.tasks.is_empty() {
+            return Err(Rejection::Invalid(
+                "tasks: a job needs at least one task".into(),
+            ));
+        }
+        if let Some(i) = self.tasks.iter().position(|t| t.command.trim().is_empty()) {
+            return Err(Rejection::Invalid(format!(
+                "tasks[{i}].command: must not be empty"
+            )));
+        }
+        let resources = names("resources", &self.resources, NameKind::Resource)?;
+        let environment = self
+            .environment
+            .as_deref()
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(|e| job_name("environment", e))
+            .transpose()?;
+        Ok(NewJob {
+            pipeline_name,
+            stage_name,
+            job_name: job,
+            tasks: self.tasks,
+            resources,
+            environment,
+            environment_variables: self.environment_variables,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(state: JobState, agent: Option<Uuid>) -> JobRun {
+        JobRun {
+            build_id: 7,
+            pipeline_name: "p".into(),
+            pipeline_counter: 1,
+            stage_name: "s".into(),
+            stage_counter: 1,
+            job_name: "j".into(),
+            agent_uuid: agent,
+            state,
+            result: JobResult::Unknown,
+            console_length: 10,
+            resources: vec![],
+            environment: None,
+            tasks: vec![],
+            cancel_requested: false,
+            rescheduled_from: None,
+            scheduled_at: 0,
+            completed_at: None,
+            job_state_transitions: vec![],
+            environment_variables: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn reports_move_forward_only_and_a_repeat_is_a_retry() {
+        let agent = Uuid::new_v4();
+        let building = run(JobState::Building, Some(agent));
+        assert_eq!(
+            building.report(agent, JobState::Completed, Some(JobResult::Passed)),
+            Ok(Report::Move {
+                state: JobState::Completed,
+                result: JobResult::Passed
+            })
+        );
+        assert_eq!(
+            building.report(agent, JobState::Building, None),
+            Ok(Report::Retry)
+        );
+        assert!(matches!(
+            building.report(agent, JobState::Preparing, None),
+            Err(Rejection::Conflict(_))
+        ));
+        assert!(matches!(
+            building.report(Uuid::new_v4(), JobState::Completing, None),
+            Err(Rejection::Forbidden(_))
+        ));
+        let mut done = run(JobState::Completed, Some(agent));
+        done.result = JobResult::Passed;
+        assert_eq!(
+            done.report(agent, JobState::Completed, Some(JobResult::Passed)),
+            Ok(Report::Retry)
+        );
+        assert!(matches!(
+            done.report(agent, JobState::Completed, Some(JobResult::Failed)),
+            Err(Rejection::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn a_cancelled_run_ends_cancelled_whatever_its_last_task_did() {
+        let agent = Uuid::new_v4();
+        let mut asked = run(JobState::Building, Some(agent));
+        asked.cancel_requested = true;
+        assert_eq!(
+            asked.report(agent, JobState::Completed, Some(JobResult::Passed)),
+            Ok(Report::Move {
+                state: JobState::Completed,
+                result: JobResult::Cancelled
+            })
+        );
+        assert_eq!(asked.cancel(), Cancel::Nothing);
+        assert_eq!(run(JobState::Scheduled, None).cancel(), Cancel::EndNow);
+        assert_eq!(
+            run(JobState::Building, Some(agent)).cancel(),
+            Cancel::AskTheAgent
+        );
+        assert_eq!(
+            run(JobState::Completed, Some(agent)).cancel(),
+            Cancel::Nothing
+        );
+    }
+
+    #[test]
+    fn what_an_agent_may_report_at_all() {
+        assert!(check_report(JobState::Completed, None).is_err());
+        assert!(check_report(JobState::Completed, Some(JobResult::Unknown)).is_err());
+        assert!(check_report(JobState::Assigned, None).is_err());
+        assert!(check_report(JobState::Building, None).is_ok());
+    }
+
+    #[test]
+    fn appends_store_only_what_is_new_and_refuse_gaps() {
+        let agent = Uuid::new_v4();
+        let r = run(JobState::Building, Some(agent));
+        assert_eq!(r.append(agent, 10, 5), Ok(Append::From(0)));
+        assert_eq!(r.append(agent, 8, 5), Ok(Append::From(2)));
+        assert_eq!(r.append(agent, 0, 10), Ok(Append::Stored));
+        assert_eq!(r.append(agent, 11, 1), Ok(Append::Gap { stored: 10 }));
+        let done = run(JobState::Completed, Some(agent));
+        assert!(matches!(
+            done.append(agent, 10, 1),
+            Err(Rejection::Conflict(_))
+        ));
+        assert_eq!(done.append(agent, 0, 3), Ok(Append::Stored));
+    }
+
+    #[test]
+    fn an_ad_hoc_job_is_checked_and_tidied() {
+        let job = NewJob {
+            pipeline_name: " web ".into(),
+            stage_name: "s".into(),
+            job_name: "j".into(),
+            tasks: vec![Task {
+                command: "true".into(),
+                args: vec![],
+                working_dir: None,
+            }],
+            resources: vec!["linux".into(), "LINUX".into()],
+            environment: Some("  ".into()),
+            ..Default::default()
+        };
+        let checked = job.clone().checked().unwrap();
+        assert_eq!(checked.pipeline_name, "web");
+        assert_eq!(checked.resources, vec!["linux"]);
+        assert_eq!(checked.environment, None);
+        let no_tasks = NewJob {
+            tasks: vec![],
+            ..job.clone()
+        };
+        assert!(
+            no_tasks
+                .checked()
+                .unwrap_err()
+                .to_string()
+                .starts_with("tasks:")
+        );
+        let bad = NewJob {
+            stage_name: "a b".into(),
+            ..job
+        };
+        assert!(
+            bad.checked()
+                .unwrap_err()
+                .to_string()
+                .starts_with("stage_name:")
+        );
+    }
+}
