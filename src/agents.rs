@@ -4,20 +4,18 @@
 //! publishes exactly one event per changed agent on `agents:updates` (none when nothing
 //! shown changed).
 
-use std::sync::Arc;
-
 use sha2::{Digest, Sha256};
 use sqlx::SqliteConnection;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use crate::db::{Db, now_millis};
+use crate::db::{Db, WriteTx, now_millis};
 use crate::domain::agent::{
     Agent, AgentState, BuildDetails, BuildState, ConfigState, ListChange, NameKind,
     admin_config_state, bounded_text, names, required_text,
 };
 use crate::error::{Error, Result};
-use crate::events::{DomainEvent, Hub, Topic};
+use crate::events::{DomainEvent, Topic};
 
 #[derive(sqlx::FromRow)]
 struct AgentRow {
@@ -171,15 +169,13 @@ pub struct BulkUpdate {
 #[derive(Clone)]
 pub struct Agents {
     db: Db,
-    hub: Arc<Hub>,
     registration_key: Option<String>,
 }
 
 impl Agents {
-    pub fn new(db: Db, hub: Arc<Hub>, registration_key: Option<String>) -> Self {
+    pub fn new(db: Db, registration_key: Option<String>) -> Self {
         Agents {
             db,
-            hub,
             registration_key,
         }
     }
@@ -229,10 +225,12 @@ impl Agents {
         let (uuid, has_previous) =
             found.ok_or_else(|| Error::Unauthorized("unknown agent token".into()))?;
         if has_previous {
+            let mut tx = self.db.begin().await?;
             sqlx::query("UPDATE agents SET previous_token_hash = NULL WHERE uuid = ?")
                 .bind(&uuid)
-                .execute(&self.db.write)
+                .execute(&mut *tx)
                 .await?;
+            tx.commit().await?;
         }
         uuid.parse()
             .map_err(|_| Error::Unauthorized("unknown agent token".into()))
@@ -273,7 +271,7 @@ impl Agents {
         let new_token = random_token();
         let now = now_millis();
 
-        let mut tx = self.db.write.begin().await?;
+        let mut tx = self.db.begin().await?;
         let existing = match registration.uuid {
             Some(uuid) => fetch(&mut tx, uuid).await?,
             None => None,
@@ -367,9 +365,9 @@ impl Agents {
             .await?;
             (None, agent)
         };
+        publish_change(&mut tx, before.as_ref(), &agent);
         tx.commit().await?;
         let created = before.is_none();
-        self.publish_change(before.as_ref(), &agent);
         Ok(Registered {
             agent,
             token: new_token,
@@ -380,7 +378,7 @@ impl Agents {
     /// Records contact and the state the agent reports. Publishes only when the state shown
     /// changes (a new free space is stored silently).
     pub async fn ping(&self, uuid: Uuid, ping: Ping) -> Result<Agent> {
-        let mut tx = self.db.write.begin().await?;
+        let mut tx = self.db.begin().await?;
         let before = fetch(&mut tx, uuid).await?.ok_or_else(|| not_found(uuid))?;
         let mut agent = before.clone();
         let state = before.after_ping(ping.agent_state, ping.build_id.is_some())?;
@@ -391,13 +389,10 @@ impl Agents {
         }
         save(&mut tx, &agent).await?;
         touch(&mut tx, uuid).await?;
-        tx.commit().await?;
         if before.agent_state != agent.agent_state {
-            self.hub.publish(
-                &Topic::AgentsUpdates,
-                DomainEvent::AgentUpdated(agent.clone()),
-            );
+            tx.publish(Topic::AgentsUpdates, DomainEvent::AgentUpdated { uuid });
         }
+        tx.commit().await?;
         Ok(agent)
     }
 
@@ -420,7 +415,7 @@ impl Agents {
             .transpose()?;
         let config_state = update.config_state.map(admin_config_state).transpose()?;
 
-        let mut tx = self.db.write.begin().await?;
+        let mut tx = self.db.begin().await?;
         let before = fetch(&mut tx, uuid).await?.ok_or_else(|| not_found(uuid))?;
         let mut agent = before.clone();
         if let Some(hostname) = hostname {
@@ -437,8 +432,8 @@ impl Agents {
         }
         if agent != before {
             save(&mut tx, &agent).await?;
+            publish_change(&mut tx, Some(&before), &agent);
             tx.commit().await?;
-            self.publish_change(Some(&before), &agent);
         }
         Ok(agent)
     }
@@ -456,7 +451,7 @@ impl Agents {
             .checked("environments", NameKind::Environment)?;
         let config_state = bulk.config_state.map(admin_config_state).transpose()?;
 
-        let mut tx = self.db.write.begin().await?;
+        let mut tx = self.db.begin().await?;
         let mut found = Vec::with_capacity(bulk.uuids.len());
         let mut unknown = Vec::new();
         for &uuid in &bulk.uuids {
@@ -471,7 +466,6 @@ impl Agents {
                 unknown.join(", ")
             )));
         }
-        let mut changes = Vec::new();
         for before in found {
             let mut agent = before.clone();
             resources.apply(&mut agent.resources);
@@ -481,13 +475,10 @@ impl Agents {
             }
             if agent != before {
                 save(&mut tx, &agent).await?;
-                changes.push((before, agent));
+                publish_change(&mut tx, Some(&before), &agent);
             }
         }
         tx.commit().await?;
-        for (before, agent) in &changes {
-            self.publish_change(Some(before), agent);
-        }
         Ok(bulk.uuids)
     }
 
@@ -498,7 +489,7 @@ impl Agents {
                 "uuids: name at least one agent".into(),
             ));
         }
-        let mut tx = self.db.write.begin().await?;
+        let mut tx = self.db.begin().await?;
         let mut doomed = Vec::with_capacity(uuids.len());
         let mut unknown = Vec::new();
         let mut refused = Vec::new();
@@ -529,66 +520,63 @@ impl Agents {
                 .bind(agent.uuid.to_string())
                 .execute(&mut *tx)
                 .await?;
+            let uuid = agent.uuid;
+            tx.publish(Topic::AgentsUpdates, DomainEvent::AgentDeleted { uuid });
         }
         tx.commit().await?;
-        for agent in &doomed {
-            self.hub.publish(
-                &Topic::AgentsUpdates,
-                DomainEvent::AgentDeleted(agent.clone()),
-            );
-        }
         Ok(doomed.len())
     }
 
     /// At start every known agent is Missing until it is heard from in this process.
     pub async fn mark_all_missing(&self) -> Result<()> {
+        let mut tx = self.db.begin().await?;
         sqlx::query("UPDATE agents SET agent_state = 'Missing'")
-            .execute(&self.db.write)
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        tx.commit().await
     }
 
     /// Enabled agents heard from in this process but not since `silent_since` (milliseconds
     /// since the epoch) become LostContact.
     pub async fn mark_lost_contact(&self, silent_since: i64) -> Result<Vec<Uuid>> {
-        let cutoff = silent_since;
+        let mut tx = self.db.begin().await?;
         let lost: Vec<String> = sqlx::query_scalar(
             "UPDATE agents SET agent_state = 'LostContact' \
              WHERE agent_config_state = 'Enabled' AND agent_state IN ('Idle', 'Building', 'Unknown') \
              AND last_contact_at < ? RETURNING uuid",
         )
-        .bind(cutoff)
-        .fetch_all(&self.db.write)
+        .bind(silent_since)
+        .fetch_all(&mut *tx)
         .await?;
         let lost: Vec<Uuid> = lost.iter().filter_map(|u| u.parse().ok()).collect();
         for &uuid in &lost {
-            if let Ok(agent) = self.get(uuid).await {
-                self.hub
-                    .publish(&Topic::AgentsUpdates, DomainEvent::AgentUpdated(agent));
-            }
+            tx.publish(Topic::AgentsUpdates, DomainEvent::AgentUpdated { uuid });
         }
+        tx.commit().await?;
         Ok(lost)
-    }
-
-    /// One event for one write: enabled/disabled when the config state moved, else updated.
-    pub(crate) fn publish_change(&self, before: Option<&Agent>, after: &Agent) {
-        let event = match before {
-            None => DomainEvent::AgentRegistered(after.clone()),
-            Some(before) if before.agent_config_state != after.agent_config_state => {
-                match after.agent_config_state {
-                    ConfigState::Disabled => DomainEvent::AgentDisabled(after.clone()),
-                    _ => DomainEvent::AgentEnabled(after.clone()),
-                }
-            }
-            Some(before) if before != after => DomainEvent::AgentUpdated(after.clone()),
-            Some(_) => return,
-        };
-        self.hub.publish(&Topic::AgentsUpdates, event);
     }
 }
 
+/// One event for one write of an agent, queued on `tx`: enabled/disabled when the config
+/// state moved, else updated; none when nothing changed.
+pub(crate) fn publish_change(tx: &mut WriteTx, before: Option<&Agent>, after: &Agent) {
+    let uuid = after.uuid;
+    let event = match before {
+        None => DomainEvent::AgentRegistered { uuid },
+        Some(before) if before.agent_config_state != after.agent_config_state => {
+            match after.agent_config_state {
+                ConfigState::Disabled => DomainEvent::AgentDisabled { uuid },
+                _ => DomainEvent::AgentEnabled { uuid },
+            }
+        }
+        Some(before) if before != after => DomainEvent::AgentUpdated { uuid },
+        Some(_) => return,
+    };
+    tx.publish(Topic::AgentsUpdates, event);
+}
+
 /// Sets an agent's state inside another context's transaction (assignment, completion).
-/// Returns the agent before and after, for `Agents::publish_change` once committed; `None`
+/// Returns the agent before and after, for [`publish_change`]; `None`
 /// when nothing shown changed.
 pub(crate) async fn set_agent_state(
     conn: &mut SqliteConnection,

@@ -1,28 +1,82 @@
-//! The embedded SQLite database: one pool for reads and a single-connection pool for writes.
+//! The embedded SQLite database: one pool for reads and a single-connection pool for writes,
+//! and the one way to write: [`WriteTx`], which publishes the write's events once it has
+//! committed.
 //!
 //! One writer connection serialises every write transaction, so a read-then-write never meets
 //! SQLITE_BUSY on an upgraded snapshot (sqlx's `begin()` is DEFERRED); WAL lets readers go on
 //! while it writes. With `synchronous=NORMAL` an acknowledged write survives a process crash;
 //! a power loss may take the last moments.
 
+use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use crate::error::{Error, Result};
+use crate::events::{DomainEvent, Publisher, Topic};
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Db {
     /// Readers: many connections, WAL snapshots.
     pub read: SqlitePool,
-    /// The one writer.
-    pub write: SqlitePool,
+    /// The one writer, reached only through [`Db::begin`].
+    write: SqlitePool,
+    /// Where committed writes publish.
+    publisher: Arc<Publisher>,
+}
+
+/// One write: a transaction on the writer connection and the events it will publish. They go
+/// out only if [`WriteTx::commit`] succeeds, after the commit and in commit order; a write
+/// dropped without committing rolls back and publishes nothing.
+pub struct WriteTx {
+    tx: Transaction<'static, Sqlite>,
+    events: Vec<(Topic, DomainEvent)>,
+    publisher: Arc<Publisher>,
+}
+
+impl WriteTx {
+    /// Queues `event` on `topic`, for once the write has committed.
+    pub fn publish(&mut self, topic: Topic, event: DomainEvent) {
+        self.events.push((topic, event));
+    }
+
+    /// Commits, then publishes the queued events, in order; no other write publishes between
+    /// this commit and its events.
+    pub async fn commit(self) -> Result<()> {
+        let WriteTx {
+            tx,
+            events,
+            publisher,
+        } = self;
+        let _turn = publisher.turn().await;
+        tx.commit().await?;
+        for (topic, event) in events {
+            publisher.send(&topic, event);
+        }
+        Ok(())
+    }
+}
+
+impl Deref for WriteTx {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
 }
 
 impl Db {
-    pub async fn connect(url: &str) -> Result<Db> {
+    /// Opens (creating and migrating) the database at `url`; committed writes publish through
+    /// `publisher`.
+    pub async fn connect(url: &str, publisher: Publisher) -> Result<Db> {
         if !url.starts_with("sqlite:") {
             return Err(Error::Unprocessable(format!(
                 "database-url: only sqlite:// URLs are supported so far, got {url:?}"
@@ -43,7 +97,20 @@ impl Db {
             .max_connections(8)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Db { read, write })
+        Ok(Db {
+            read,
+            write,
+            publisher: Arc::new(publisher),
+        })
+    }
+
+    /// Starts a write (waiting for the writer connection).
+    pub async fn begin(&self) -> Result<WriteTx> {
+        Ok(WriteTx {
+            tx: self.write.begin().await?,
+            events: Vec::new(),
+            publisher: Arc::clone(&self.publisher),
+        })
     }
 
     /// The newest applied migration, shown on `/go/about` as the schema version.

@@ -1,26 +1,30 @@
-//! The hub: topics, typed domain events and their broadcast.
+//! The hub: topics, domain events and their broadcast.
 //!
-//! Contexts publish here after a successful write, never before; views and `/api/events`
-//! subscribe. A topic's channel is created on first use and dropped once nobody listens.
+//! Events are small facts that name what changed (ids, a pending count, a console range),
+//! never the entities themselves: views re-read what they show, and an event serializes to a
+//! few dozen bytes, so it can cross a process (a Postgres `NOTIFY` payload is at most 8000).
+//!
+//! The hub comes in two halves. [`Hub`] subscribes; it is what views and streams hold.
+//! [`Publisher`] sends; the only one connected to the server's hub goes to the database
+//! (`db::Db`), whose write transaction publishes a write's events once it has committed, in
+//! commit order. So no context can publish before, or without, its commit.
+//! A topic's channel is created on first use and dropped once nobody listens.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
-
-use bytes::Bytes;
 use uuid::Uuid;
-
-use crate::domain::agent::Agent;
-use crate::domain::job_run::JobRun;
 
 /// How many events a slow subscriber may fall behind before it is told it lagged
 /// (and then gets fresh state instead of the missed events).
 const CHANNEL_CAPACITY: usize = 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub enum Topic {
     /// `agents:updates`: every change to any agent.
     AgentsUpdates,
@@ -40,6 +44,19 @@ impl fmt::Display for Topic {
             Topic::AgentJobRuns(agent) => write!(f, "agent_job_runs:{agent}"),
             Topic::AgentJobRunConsole(build_id) => write!(f, "agent_job_run_console:{build_id}"),
         }
+    }
+}
+
+impl From<Topic> for String {
+    fn from(topic: Topic) -> String {
+        topic.to_string()
+    }
+}
+
+impl TryFrom<String> for Topic {
+    type Error = String;
+    fn try_from(name: String) -> Result<Topic, String> {
+        name.parse()
     }
 }
 
@@ -69,23 +86,41 @@ impl FromStr for Topic {
     }
 }
 
-#[derive(Debug, Clone)]
+/// What a committed write changed. Views re-read the entities named.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum DomainEvent {
-    AgentRegistered(Agent),
-    AgentUpdated(Agent),
-    AgentEnabled(Agent),
-    AgentDisabled(Agent),
-    AgentDeleted(Agent),
+    AgentRegistered {
+        uuid: Uuid,
+    },
+    AgentUpdated {
+        uuid: Uuid,
+    },
+    AgentEnabled {
+        uuid: Uuid,
+    },
+    AgentDisabled {
+        uuid: Uuid,
+    },
+    AgentDeleted {
+        uuid: Uuid,
+    },
+    /// The queue's length after the write (a fact small enough to carry).
     PendingCount {
         count: u64,
     },
-    RunCreated(JobRun),
-    RunUpdated(JobRun),
-    /// Bytes appended to a console at `start` (kept raw; JSON shows them as lossy UTF-8).
+    /// A run just handed to its agent.
+    RunCreated {
+        build_id: i64,
+    },
+    RunUpdated {
+        build_id: i64,
+    },
+    /// Console bytes `start..end` of a run were stored.
     ConsoleAppend {
         build_id: i64,
         start: i64,
-        bytes: Bytes,
+        end: i64,
     },
 }
 
@@ -93,14 +128,14 @@ impl DomainEvent {
     /// The event name, as `/api/events` sends it.
     pub fn name(&self) -> &'static str {
         match self {
-            DomainEvent::AgentRegistered(_) => "agent_registered",
-            DomainEvent::AgentUpdated(_) => "agent_updated",
-            DomainEvent::AgentEnabled(_) => "agent_enabled",
-            DomainEvent::AgentDisabled(_) => "agent_disabled",
-            DomainEvent::AgentDeleted(_) => "agent_deleted",
+            DomainEvent::AgentRegistered { .. } => "agent_registered",
+            DomainEvent::AgentUpdated { .. } => "agent_updated",
+            DomainEvent::AgentEnabled { .. } => "agent_enabled",
+            DomainEvent::AgentDisabled { .. } => "agent_disabled",
+            DomainEvent::AgentDeleted { .. } => "agent_deleted",
             DomainEvent::PendingCount { .. } => "pending_count",
-            DomainEvent::RunCreated(_) => "run_created",
-            DomainEvent::RunUpdated(_) => "run_updated",
+            DomainEvent::RunCreated { .. } => "run_created",
+            DomainEvent::RunUpdated { .. } => "run_updated",
             DomainEvent::ConsoleAppend { .. } => "console_append",
         }
     }
@@ -108,13 +143,23 @@ impl DomainEvent {
 
 pub type Published = Arc<DomainEvent>;
 
-#[derive(Default)]
+type Channels = Arc<Mutex<ChannelMap>>;
+
+/// The subscribing half of the hub.
 pub struct Hub {
-    channels: Mutex<Channels>,
+    channels: Channels,
+}
+
+/// The sending half of the hub: held by the database, used by its write transaction.
+pub struct Publisher {
+    channels: Channels,
+    /// Held from a write's commit until its events are out, so events go out in commit
+    /// order (the last pending count heard is the true one).
+    order: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
-struct Channels {
+struct ChannelMap {
     by_topic: HashMap<Topic, broadcast::Sender<Published>>,
     /// Subscriptions since the last sweep of channels nobody listens to.
     since_sweep: usize,
@@ -123,6 +168,19 @@ struct Channels {
 /// Sweep abandoned channels after this many subscriptions (amortised; a topic that is
 /// never published again, such as a finished build's console, must not stay forever).
 const SWEEP_EVERY: usize = 64;
+
+/// A new hub: what subscribes, and what publishes into it.
+pub fn hub() -> (Arc<Hub>, Publisher) {
+    let channels = Channels::default();
+    let hub = Hub {
+        channels: Arc::clone(&channels),
+    };
+    let publisher = Publisher {
+        channels,
+        order: tokio::sync::Mutex::new(()),
+    };
+    (Arc::new(hub), publisher)
+}
 
 impl Topic {
     /// Per-agent and per-build topics carry far fewer events than the global ones.
@@ -135,10 +193,6 @@ impl Topic {
 }
 
 impl Hub {
-    pub fn new() -> Arc<Hub> {
-        Arc::new(Hub::default())
-    }
-
     pub fn subscribe(&self, topic: &Topic) -> broadcast::Receiver<Published> {
         let mut channels = self.channels.lock().expect("hub lock poisoned");
         channels.since_sweep += 1;
@@ -155,19 +209,6 @@ impl Hub {
             .subscribe()
     }
 
-    /// Sends `event` to everyone subscribed to `topic` now. Call only after the write it
-    /// describes has committed.
-    pub fn publish(&self, topic: &Topic, event: DomainEvent) {
-        let mut channels = self.channels.lock().expect("hub lock poisoned");
-        let nobody_listens = match channels.by_topic.get(topic) {
-            Some(sender) => sender.send(Arc::new(event)).is_err(),
-            None => false,
-        };
-        if nobody_listens {
-            channels.by_topic.remove(topic);
-        }
-    }
-
     /// How many topics have a channel now (for tests and metrics).
     pub fn channel_count(&self) -> usize {
         self.channels
@@ -178,13 +219,33 @@ impl Hub {
     }
 }
 
+impl Publisher {
+    /// Waits for the writes before this one to have published, then holds the turn: commit,
+    /// then [`Publisher::send`] the write's events, then drop the guard.
+    pub async fn turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.order.lock().await
+    }
+
+    /// Sends `event` to everyone subscribed to `topic` now.
+    pub fn send(&self, topic: &Topic, event: DomainEvent) {
+        let mut channels = self.channels.lock().expect("hub lock poisoned");
+        let nobody_listens = match channels.by_topic.get(topic) {
+            Some(sender) => sender.send(Arc::new(event)).is_err(),
+            None => false,
+        };
+        if nobody_listens {
+            channels.by_topic.remove(topic);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn channels_nobody_listens_to_are_swept() {
-        let hub = Hub::default();
+        let (hub, publisher) = hub();
         for build_id in 0..(SWEEP_EVERY as i64 * 3) {
             drop(hub.subscribe(&Topic::AgentJobRunConsole(build_id)));
         }
@@ -194,7 +255,7 @@ mod tests {
             "{} channels",
             hub.channel_count()
         );
-        hub.publish(
+        publisher.send(
             &Topic::AgentsUpdates,
             DomainEvent::PendingCount { count: 1 },
         );
@@ -214,5 +275,26 @@ mod tests {
         }
         assert!("agent_job_runs:not-a-uuid".parse::<Topic>().is_err());
         assert!("agent_job_run_console:x".parse::<Topic>().is_err());
+    }
+
+    #[test]
+    fn events_are_small_and_round_trip_through_json() {
+        let events = [
+            DomainEvent::AgentDisabled {
+                uuid: Uuid::new_v4(),
+            },
+            DomainEvent::PendingCount { count: 3 },
+            DomainEvent::ConsoleAppend {
+                build_id: 9,
+                start: 0,
+                end: 1 << 20,
+            },
+        ];
+        for event in events {
+            let json = serde_json::to_string(&(Topic::AgentJobRunConsole(9), &event)).unwrap();
+            assert!(json.len() < 200, "{json}");
+            let (topic, back): (Topic, DomainEvent) = serde_json::from_str(&json).unwrap();
+            assert_eq!((topic, back), (Topic::AgentJobRunConsole(9), event));
+        }
     }
 }

@@ -5,7 +5,6 @@
 //! through the crate-internal functions at the bottom.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use sqlx::SqliteConnection;
@@ -14,13 +13,13 @@ use uuid::Uuid;
 
 use crate::agents::{self, Agents};
 use crate::console;
-use crate::db::{Db, now_millis};
+use crate::db::{Db, WriteTx, now_millis};
 use crate::domain::agent::AgentState;
 use crate::domain::job_run::{
     Append, JobResult, JobRun, JobState, Report, Requirements, Task, Transition, check_report,
 };
 use crate::error::{Error, Result};
-use crate::events::{DomainEvent, Hub, Topic};
+use crate::events::{DomainEvent, Topic};
 
 #[derive(sqlx::FromRow)]
 struct RunRow {
@@ -299,13 +298,12 @@ pub struct RunPage {
 #[derive(Clone)]
 pub struct JobRuns {
     db: Db,
-    hub: Arc<Hub>,
     agents: Agents,
 }
 
 impl JobRuns {
-    pub fn new(db: Db, hub: Arc<Hub>, agents: Agents) -> Self {
-        JobRuns { db, hub, agents }
+    pub fn new(db: Db, agents: Agents) -> Self {
+        JobRuns { db, agents }
     }
 
     pub async fn get(&self, build_id: i64) -> Result<JobRun> {
@@ -380,7 +378,7 @@ impl JobRuns {
         result: Option<JobResult>,
     ) -> Result<JobRun> {
         check_report(state, result)?;
-        let mut tx = self.db.write.begin().await?;
+        let mut tx = self.db.begin().await?;
         let run = fetch_run_or_404(&mut tx, build_id).await?;
         let (state, result) = match run.report(agent, state, result)? {
             Report::Retry => return Ok(run),
@@ -396,11 +394,11 @@ impl JobRuns {
             None
         };
         let updated = fetch_run_or_404(&mut tx, build_id).await?;
-        tx.commit().await?;
-        self.publish_run(&updated);
+        publish_run(&mut tx, &updated);
         if let Some((before, after)) = agent_change {
-            self.agents.publish_change(Some(&before), &after);
+            agents::publish_change(&mut tx, Some(&before), &after);
         }
+        tx.commit().await?;
         Ok(updated)
     }
 
@@ -414,7 +412,7 @@ impl JobRuns {
         offset: i64,
         bytes: Bytes,
     ) -> Result<i64> {
-        let mut tx = self.db.write.begin().await?;
+        let mut tx = self.db.begin().await?;
         let run = fetch_run_or_404(&mut tx, build_id).await?;
         let end = offset + bytes.len() as i64;
         let new = match run.append(agent, offset, bytes.len())? {
@@ -425,14 +423,13 @@ impl JobRuns {
         let stored = run.console_length;
         console::append(&mut tx, build_id, stored, &new).await?;
         agents::touch(&mut tx, agent).await?;
-        tx.commit().await?;
         let event = DomainEvent::ConsoleAppend {
             build_id,
             start: stored,
-            bytes: new,
+            end: stored + new.len() as i64,
         };
-        self.hub
-            .publish(&Topic::AgentJobRunConsole(build_id), event);
+        tx.publish(Topic::AgentJobRunConsole(build_id), event);
+        tx.commit().await?;
         Ok(end)
     }
 
@@ -465,33 +462,35 @@ impl JobRuns {
         .await?;
         Ok((bytes, run.console_length))
     }
+}
 
-    /// A run just handed to its agent: `run_created` on the agent's run list, `run_updated`
-    /// on its console.
-    pub(crate) fn publish_assigned(&self, run: &JobRun) {
-        if let Some(agent) = run.agent_uuid {
-            self.hub.publish(
-                &Topic::AgentJobRuns(agent),
-                DomainEvent::RunCreated(run.clone()),
-            );
-        }
-        self.hub.publish(
-            &Topic::AgentJobRunConsole(run.build_id),
-            DomainEvent::RunUpdated(run.clone()),
+/// A run just handed to its agent: `run_created` on the agent's run list, `run_updated` on
+/// its console.
+pub(crate) fn publish_assigned(tx: &mut WriteTx, run: &JobRun) {
+    let build_id = run.build_id;
+    if let Some(agent) = run.agent_uuid {
+        tx.publish(
+            Topic::AgentJobRuns(agent),
+            DomainEvent::RunCreated { build_id },
         );
     }
+    tx.publish(
+        Topic::AgentJobRunConsole(build_id),
+        DomainEvent::RunUpdated { build_id },
+    );
+}
 
-    /// `run_updated` where the run's watchers listen: its agent's run list and its console.
-    pub(crate) fn publish_run(&self, run: &JobRun) {
-        if let Some(agent) = run.agent_uuid {
-            self.hub.publish(
-                &Topic::AgentJobRuns(agent),
-                DomainEvent::RunUpdated(run.clone()),
-            );
-        }
-        self.hub.publish(
-            &Topic::AgentJobRunConsole(run.build_id),
-            DomainEvent::RunUpdated(run.clone()),
+/// `run_updated` where the run's watchers listen: its agent's run list and its console.
+pub(crate) fn publish_run(tx: &mut WriteTx, run: &JobRun) {
+    let build_id = run.build_id;
+    if let Some(agent) = run.agent_uuid {
+        tx.publish(
+            Topic::AgentJobRuns(agent),
+            DomainEvent::RunUpdated { build_id },
         );
     }
+    tx.publish(
+        Topic::AgentJobRunConsole(build_id),
+        DomainEvent::RunUpdated { build_id },
+    );
 }

@@ -28,6 +28,7 @@ use crate::db::Db;
 use crate::events::Hub;
 use crate::job_runs::JobRuns;
 use crate::scheduler::Scheduler;
+use crate::web::api::events::TopicViews;
 use crate::web::live::RenderCounts;
 use crate::web::pages::agents::AgentsView;
 use crate::web::pages::build::ConsoleViews;
@@ -45,6 +46,8 @@ pub struct AppState {
     /// Live run lists and consoles, one per watched agent page or build.
     pub runs_views: Arc<RunsViews>,
     pub console_views: Arc<ConsoleViews>,
+    /// The topics some `/api/events` stream follows, one live view each.
+    pub topic_views: Arc<TopicViews>,
     /// How often each live fragment has been rendered (shared by every live view).
     pub renders: Arc<RenderCounts>,
     /// Fires on SIGTERM/Ctrl-C: streams end, background tasks stop.
@@ -68,22 +71,13 @@ impl Application {
     ) -> Result<Application, Box<dyn std::error::Error + Send + Sync>> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
-        let db = Db::connect(&config.database_url).await?;
-        let hub = Hub::new();
-        let agents = Agents::new(
-            db.clone(),
-            Arc::clone(&hub),
-            config.agent_registration_key.clone(),
-        );
+        let (hub, publisher) = events::hub();
+        let db = Db::connect(&config.database_url, publisher).await?;
+        let agents = Agents::new(db.clone(), config.agent_registration_key.clone());
         // Nobody has been heard from in this process yet.
         agents.mark_all_missing().await?;
-        let job_runs = JobRuns::new(db.clone(), Arc::clone(&hub), agents.clone());
-        let scheduler = Scheduler::new(
-            db.clone(),
-            Arc::clone(&hub),
-            agents.clone(),
-            job_runs.clone(),
-        );
+        let job_runs = JobRuns::new(db.clone(), agents.clone());
+        let scheduler = Scheduler::new(db.clone());
         let shutdown = CancellationToken::new();
         let renders = Arc::new(RenderCounts::default());
         let agents_view = AgentsView::start(
@@ -112,6 +106,7 @@ impl Application {
             agents_view,
             runs_views: Arc::default(),
             console_views: Arc::default(),
+            topic_views: Arc::default(),
             renders,
             shutdown,
         };

@@ -3,18 +3,18 @@
 //! of agents that lost contact.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde::Serialize;
+use sqlx::SqliteConnection;
 use uuid::Uuid;
 
-use crate::agents::{self, Agents};
-use crate::db::Db;
+use crate::agents;
+use crate::db::{Db, WriteTx};
 use crate::domain::agent::{AgentState, ConfigState};
 use crate::domain::job_run::{Cancel, JobResult, JobRun, JobState, NewJob, Task};
 use crate::error::Result;
-use crate::events::{DomainEvent, Hub, Topic};
-use crate::job_runs::{self, JobRuns, NewRun};
+use crate::events::{DomainEvent, Topic};
+use crate::job_runs::{self, NewRun};
 
 /// What an agent receives to run (`POST /api/agents/{uuid}/work`).
 #[derive(Debug, Clone, Serialize)]
@@ -47,24 +47,11 @@ impl From<&JobRun> for Work {
 #[derive(Clone)]
 pub struct Scheduler {
     db: Db,
-    hub: Arc<Hub>,
-    agents: Agents,
-    job_runs: JobRuns,
-    /// Held from a write's commit until its events are out, so pending counts are published
-    /// in commit order and the last one heard is the true one. (Writes are serialised by the
-    /// one writer connection already, so this costs no concurrency.)
-    publish_order: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Scheduler {
-    pub fn new(db: Db, hub: Arc<Hub>, agents: Agents, job_runs: JobRuns) -> Self {
-        Scheduler {
-            db,
-            hub,
-            agents,
-            job_runs,
-            publish_order: Arc::default(),
-        }
+    pub fn new(db: Db) -> Self {
+        Scheduler { db }
     }
 
     /// Creates a Scheduled run; an ad-hoc job gets the next counter of its pipeline name.
@@ -78,7 +65,7 @@ impl Scheduler {
             environment,
             environment_variables,
         } = job.checked()?;
-        let mut tx = self.db.write.begin().await?;
+        let mut tx = self.db.begin().await?;
         let counter: i64 = sqlx::query_scalar(
             "SELECT COALESCE(MAX(pipeline_counter), 0) + 1 FROM job_runs WHERE pipeline_name = ?",
         )
@@ -102,11 +89,9 @@ impl Scheduler {
         )
         .await?;
         let run = job_runs::fetch_run_or_404(&mut tx, build_id).await?;
-        let pending = job_runs::pending_count(&mut tx).await?;
-        let _in_order = self.publish_order.lock().await;
+        job_runs::publish_run(&mut tx, &run);
+        publish_pending(&mut tx).await?;
         tx.commit().await?;
-        self.job_runs.publish_run(&run);
-        self.publish_pending(pending);
         Ok(run)
     }
 
@@ -115,7 +100,7 @@ impl Scheduler {
     /// run (its first answer may have been lost); a run it had started is given up on (the
     /// agent restarted) and rescheduled.
     pub async fn try_assign_work(&self, agent_uuid: Uuid) -> Result<Option<Work>> {
-        let mut tx = self.db.write.begin().await?;
+        let mut tx = self.db.begin().await?;
         let (before, mut agent) = agents::record_work_request(&mut tx, agent_uuid).await?;
         let mut updated_runs = Vec::new();
         let mut work = None;
@@ -154,32 +139,24 @@ impl Scheduler {
             }
         }
         let after = agents::fetch(&mut tx, agent_uuid).await?.unwrap_or(agent);
-        let pending = job_runs::pending_count(&mut tx).await?;
-        let queue_changed = !updated_runs.is_empty();
-        let _in_order = self.publish_order.lock().await;
-        tx.commit().await?;
-
         for run in &updated_runs {
             if run.state == JobState::Assigned && run.agent_uuid == Some(agent_uuid) {
-                self.job_runs.publish_assigned(run);
+                job_runs::publish_assigned(&mut tx, run);
             } else {
-                self.job_runs.publish_run(run);
+                job_runs::publish_run(&mut tx, run);
             }
         }
-        self.agents.publish_change(Some(&before), &after);
-        if queue_changed {
-            self.publish_pending(pending);
+        agents::publish_change(&mut tx, Some(&before), &after);
+        if !updated_runs.is_empty() {
+            publish_pending(&mut tx).await?;
         }
+        tx.commit().await?;
         Ok(work)
     }
 
     /// Ends a run its agent will not finish (Completed/Cancelled) and, unless a cancel was
     /// asked for, schedules the same job again. Returns the runs that changed.
-    async fn give_up(
-        &self,
-        conn: &mut sqlx::SqliteConnection,
-        run: &JobRun,
-    ) -> Result<Vec<JobRun>> {
+    async fn give_up(&self, conn: &mut SqliteConnection, run: &JobRun) -> Result<Vec<JobRun>> {
         job_runs::move_run(
             conn,
             run.build_id,
@@ -214,7 +191,7 @@ impl Scheduler {
     /// The runs of an agent that lost contact end Completed/Cancelled and are scheduled again,
     /// as GoCD does, so nothing waits forever.
     pub async fn reschedule_runs_of(&self, agent_uuid: Uuid) -> Result<()> {
-        let mut tx = self.db.write.begin().await?;
+        let mut tx = self.db.begin().await?;
         let before = agents::fetch(&mut tx, agent_uuid).await?;
         let mut changed = Vec::new();
         for run in job_runs::fetch_active_runs_of(&mut tx, agent_uuid).await? {
@@ -224,17 +201,14 @@ impl Scheduler {
             return Ok(());
         }
         let after = agents::fetch(&mut tx, agent_uuid).await?;
-        let pending = job_runs::pending_count(&mut tx).await?;
-        let _in_order = self.publish_order.lock().await;
-        tx.commit().await?;
         for run in &changed {
-            self.job_runs.publish_run(run);
+            job_runs::publish_run(&mut tx, run);
         }
         if let (Some(before), Some(after)) = (before, after) {
-            self.agents.publish_change(Some(&before), &after);
+            agents::publish_change(&mut tx, Some(&before), &after);
         }
-        self.publish_pending(pending);
-        Ok(())
+        publish_pending(&mut tx).await?;
+        tx.commit().await
     }
 
     /// Runs held by agents not heard from since `silent_since` (milliseconds since the epoch:
@@ -259,7 +233,7 @@ impl Scheduler {
     /// A Scheduled run ends Completed/Cancelled at once; a running one when its agent has
     /// stopped it (the agent hears `CANCEL` on its next ping). A finished run is left as it is.
     pub async fn cancel(&self, build_id: i64) -> Result<JobRun> {
-        let mut tx = self.db.write.begin().await?;
+        let mut tx = self.db.begin().await?;
         let run = job_runs::fetch_run_or_404(&mut tx, build_id).await?;
         match run.cancel() {
             Cancel::Nothing => return Ok(run),
@@ -276,13 +250,11 @@ impl Scheduler {
             Cancel::AskTheAgent => job_runs::request_cancel(&mut tx, build_id).await?,
         }
         let updated = job_runs::fetch_run_or_404(&mut tx, build_id).await?;
-        let pending = job_runs::pending_count(&mut tx).await?;
-        let _in_order = self.publish_order.lock().await;
-        tx.commit().await?;
-        self.job_runs.publish_run(&updated);
+        job_runs::publish_run(&mut tx, &updated);
         if run.state == JobState::Scheduled {
-            self.publish_pending(pending);
+            publish_pending(&mut tx).await?;
         }
+        tx.commit().await?;
         Ok(updated)
     }
 
@@ -317,11 +289,11 @@ impl Scheduler {
         let mut conn = self.db.read.acquire().await?;
         job_runs::fetch_queue(&mut conn).await
     }
+}
 
-    fn publish_pending(&self, count: u64) {
-        self.hub.publish(
-            &Topic::SchedulerUpdates,
-            DomainEvent::PendingCount { count },
-        );
-    }
+/// The queue's length as `tx` leaves it, on `scheduler:updates`.
+async fn publish_pending(tx: &mut WriteTx) -> Result<()> {
+    let count = job_runs::pending_count(tx).await?;
+    tx.publish(Topic::SchedulerUpdates, DomainEvent::PendingCount { count });
+    Ok(())
 }

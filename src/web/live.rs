@@ -47,8 +47,8 @@ pub trait View: Send + 'static {
 
     /// Marks what `event` changes.
     fn note(&mut self, event: &DomainEvent);
-    /// The view missed events on `topic`: whatever it shows from there must be re-read.
-    fn missed(&mut self, topic: &Topic);
+    /// The view missed `count` events on `topic`: whatever it shows from there must be re-read.
+    fn missed(&mut self, topic: &Topic, count: u64);
     /// Whether something is marked and waits for a render.
     fn is_dirty(&self) -> bool;
     fn render(&mut self, out: &Output<Self::Change>) -> impl Future<Output = Result<()>> + Send;
@@ -160,7 +160,7 @@ impl Output<Bytes> {
 /// What a view's subscription yields.
 enum Heard {
     Event(Published),
-    Missed(Topic),
+    Missed(Topic, u64),
 }
 
 /// A view's subscription to its topics, made before it reads its first state.
@@ -177,7 +177,7 @@ impl Subscription {
                 loop {
                     match events.recv().await {
                         Ok(event) => yield Heard::Event(event),
-                        Err(RecvError::Lagged(_)) => yield Heard::Missed(topic.clone()),
+                        Err(RecvError::Lagged(count)) => yield Heard::Missed(topic.clone(), count),
                         Err(RecvError::Closed) => break,
                     }
                 }
@@ -225,7 +225,7 @@ fn run<V: View>(
                 _ = shutdown.cancelled() => break,
                 heard = events.topics.next() => match heard {
                     Some(Heard::Event(event)) => view.note(&event),
-                    Some(Heard::Missed(topic)) => view.missed(&topic),
+                    Some(Heard::Missed(topic, count)) => view.missed(&topic, count),
                     None => break,
                 },
                 _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
@@ -265,6 +265,14 @@ impl<K: std::hash::Hash + Eq + Clone, V> Default for KeyedViews<K, V> {
 }
 
 impl<K: std::hash::Hash + Eq + Clone, V> KeyedViews<K, V> {
+    /// Whether `key` has a view now (it may start or retire a moment later).
+    pub fn contains(&self, key: &K) -> bool {
+        self.views
+            .lock()
+            .expect("views lock poisoned")
+            .contains_key(key)
+    }
+
     /// The view for `key`, started with `start` if there is none. `attach` runs under the
     /// registry's lock, so a subscription it makes cannot race the view's retirement.
     pub fn attach<T>(
@@ -315,6 +323,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::{Publisher, hub};
     use std::sync::atomic::AtomicUsize;
 
     /// Counts the events it has noted and, at each render, sends how many it had then and
@@ -330,7 +339,7 @@ mod tests {
         fn note(&mut self, _: &DomainEvent) {
             self.noted += 1;
         }
-        fn missed(&mut self, _: &Topic) {
+        fn missed(&mut self, _: &Topic, _: u64) {
             self.missed.fetch_add(1, Ordering::SeqCst);
             self.noted += 1;
         }
@@ -377,7 +386,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_burst_folds_into_few_renders_and_the_last_one_covers_it_all() {
-        let hub = Hub::new();
+        let (hub, publisher) = hub();
         let Started {
             out,
             renders: counts,
@@ -386,10 +395,7 @@ mod tests {
         } = start(&hub);
         let mut changes = out.subscribe();
         for count in 0..200 {
-            hub.publish(
-                &Topic::SchedulerUpdates,
-                DomainEvent::PendingCount { count },
-            );
+            send_pending(&publisher, count);
         }
         let mut renders = 0;
         loop {
@@ -410,7 +416,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_view_that_falls_behind_is_told_and_renders_again() {
-        let hub = Hub::new();
+        let (hub, publisher) = hub();
         let Started {
             out,
             missed,
@@ -420,10 +426,7 @@ mod tests {
         let mut changes = out.subscribe();
         // More than the hub keeps for a topic, published before the view can read any.
         for count in 0..3000 {
-            hub.publish(
-                &Topic::SchedulerUpdates,
-                DomainEvent::PendingCount { count },
-            );
+            send_pending(&publisher, count);
         }
         // A render follows, after the view was told.
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -466,5 +469,12 @@ mod tests {
         );
         // Then the changes still buffered follow.
         assert!(stream.next().await.unwrap().starts_with(b"change "));
+    }
+
+    fn send_pending(publisher: &Publisher, count: u64) {
+        publisher.send(
+            &Topic::SchedulerUpdates,
+            DomainEvent::PendingCount { count },
+        );
     }
 }

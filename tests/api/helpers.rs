@@ -364,6 +364,21 @@ impl TestApp {
         run["build_id"].as_i64().expect("a build id")
     }
 
+    /// A marker for the streams: queues a job no agent can take (it needs a resource nobody
+    /// offers) and returns the pending count that follows. Once a stream shows that count, it
+    /// has everything its view rendered before the marker.
+    pub async fn queue_marker(&self) -> u64 {
+        let body = json!({"pipeline_name": "marker", "stage_name": "s", "job_name": "j",
+                          "tasks": [{"command": "true"}], "resources": ["no-agent-has-this"]});
+        let (status, run) = self
+            .send_json(reqwest::Method::POST, "/api/jobs/schedule", body)
+            .await;
+        assert_eq!(status, 201, "schedule failed: {run}");
+        let (status, queue) = self.get_json("/api/scheduler").await;
+        assert_eq!(status, 200, "{queue}");
+        queue["pending_count"].as_u64().expect("a pending count")
+    }
+
     /// Asks for work as `agent`; expects a job.
     pub async fn take_work(&self, agent: &Registered) -> Value {
         let response = self

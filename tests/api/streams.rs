@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use ferrocd::events::{DomainEvent, Topic};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -138,13 +137,10 @@ async fn an_added_or_removed_agent_is_one_row_not_the_whole_table() {
         .await;
     let counts = stream.wait_for("the counts", |e| e.event == "counts").await;
     assert!(counts.data.contains("Total: <b>1</b>"), "{}", counts.data);
-    // A marker through the hub: everything the changes caused has arrived before it.
-    app.state.hub.publish(
-        &Topic::SchedulerUpdates,
-        DomainEvent::PendingCount { count: 77 },
-    );
+    // A marker: everything the changes caused has arrived before it.
+    let marker = app.queue_marker().await.to_string();
     stream
-        .wait_for("the marker", |e| e.event == "queued" && e.data == "77")
+        .wait_for("the marker", |e| e.event == "queued" && e.data == marker)
         .await;
     let tables: Vec<String> = stream
         .drain()
@@ -283,10 +279,9 @@ async fn the_queued_count_follows_the_scheduler() {
             e.event == "queued" && e.data == "0"
         })
         .await;
-    app.state.hub.publish(
-        &Topic::SchedulerUpdates,
-        DomainEvent::PendingCount { count: 5 },
-    );
+    for _ in 0..5 {
+        app.queue_marker().await;
+    }
     stream
         .wait_for("queued 5", |e| e.event == "queued" && e.data == "5")
         .await;
@@ -362,6 +357,57 @@ async fn api_events_carries_the_five_agent_events_one_per_write() {
 }
 
 #[tokio::test]
+async fn api_events_serializes_each_event_once_for_every_stream_and_ends_on_the_stored_state() {
+    let app = spawn_app().await;
+    let agent = app.register_enabled("flipper").await;
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let mut stream = app.subscribe("/api/events?topics=agents:updates").await;
+        let (name, _) = next_domain_event(&mut stream).await;
+        assert_eq!(name, "ready");
+        streams.push(stream);
+    }
+    let serialized_before = app.state.renders.get("api.event");
+
+    // Racing writes: whatever order they commit in, the last event any stream hears carries
+    // the state the API shows afterwards.
+    let flips = (0..10).map(|i| {
+        let path = format!(
+            "/api/agents/{}/{}",
+            agent.uuid,
+            if i % 2 == 0 { "disable" } else { "enable" }
+        );
+        let app = &app;
+        async move { app.put(&path).await }
+    });
+    futures::future::join_all(flips).await;
+    let stored = app.agent(&agent.uuid).await["agent_config_state"].clone();
+    let marker = app.register("marker").await;
+
+    let mut heard = Vec::new();
+    for stream in &mut streams {
+        let mut events = Vec::new();
+        loop {
+            let (name, data) = next_domain_event(stream).await;
+            if data["uuid"] == marker.uuid.as_str() {
+                break;
+            }
+            events.push((name, data));
+        }
+        let (name, last) = events.last().expect("the flips were heard").clone();
+        assert_eq!(last["agent_config_state"], stored, "{name}: {last}");
+        heard.push(events.len());
+    }
+    assert!(
+        heard.iter().all(|n| *n == heard[0]),
+        "every stream hears the same: {heard:?}"
+    );
+    // One serialization per event (the flips and the marker), however many streams follow.
+    let serialized = app.state.renders.get("api.event") - serialized_before;
+    assert_eq!(serialized, heard[0] as u64 + 1, "{heard:?}");
+}
+
+#[tokio::test]
 async fn api_events_carries_the_pending_count() {
     let app = spawn_app().await;
     let mut stream = app
@@ -369,14 +415,11 @@ async fn api_events_carries_the_pending_count() {
         .await;
     let (name, _) = next_domain_event(&mut stream).await;
     assert_eq!(name, "ready");
-    app.state.hub.publish(
-        &Topic::SchedulerUpdates,
-        DomainEvent::PendingCount { count: 2 },
-    );
+    app.queue_marker().await;
     let (name, data) = next_domain_event(&mut stream).await;
     assert_eq!(
         (name.as_str(), data),
-        ("pending_count", json!({"count": 2}))
+        ("pending_count", json!({"count": 1}))
     );
 }
 

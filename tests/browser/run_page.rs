@@ -127,7 +127,7 @@ async fn the_queued_count_drops_when_an_agent_takes_the_job() {
             for page in [&a, &b] {
                 page.mark_document().await;
             }
-            sync_streams(&app, &[&a, &b]).await;
+            let queued = sync_streams(&app, &[&a, &b]).await;
             for page in [&a, &b] {
                 assert_eq!(
                     page.row_attr(&agent.uuid, "data-agent-state")
@@ -141,13 +141,14 @@ async fn the_queued_count_drops_when_an_agent_takes_the_job() {
 
             let id = app.schedule_job("queue", "job").await;
             for page in [&a, &b] {
-                page.wait_text("#queued-count", "1").await;
+                page.wait_text("#queued-count", &(queued + 1).to_string())
+                    .await;
             }
 
             let work = app.take_work(&agent).await;
             assert_eq!(work["build_id"], id);
             for page in [&a, &b] {
-                page.wait_text("#queued-count", "0").await;
+                page.wait_text("#queued-count", &queued.to_string()).await;
                 page.wait_row_attr(&agent.uuid, "data-agent-state", "Building")
                     .await;
                 page.assert_not_reloaded().await;

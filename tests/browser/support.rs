@@ -12,7 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +24,6 @@ use tempfile::TempDir;
 use tokio::time::Instant;
 
 use crate::helpers::{DEADLINE, TestApp};
-use ferrocd::events::{DomainEvent, Topic};
 
 /// How often a wait looks again.
 const POLL: Duration = Duration::from_millis(50);
@@ -578,25 +577,22 @@ impl Page {
 /// Makes sure each page's event stream is open and being swapped before a test changes
 /// anything, so a change cannot fall between page load and stream connect unnoticed.
 ///
-/// How: publish a fresh pending count on the hub (the scheduler's topic) and wait until every
-/// page's `#queued-count` shows it. The pages were rendered before the publish, so their
+/// How: queue a job no agent can take (a fresh pending count) and wait until every page's
+/// `#queued-count` shows it. The pages were rendered before the job was queued, so their
 /// HTML holds an older number; the new one can only arrive through `/agents/events`, either
 /// as a live `queued` event or in the state sent on connect. Either way the stream is then
 /// connected and subscribed (the server subscribes before it sends state), and the state it
 /// sent on connect (`agents`, `counts`, then `queued`) has been swapped already, so it cannot
 /// later overwrite what the test does. Tagging a DOM node and waiting for the first swap
 /// would race with a stream that connected before the tag was set; htmx's EventSource is
-/// internal and not worth reaching into.
-pub async fn sync_streams(app: &TestApp, pages: &[&Page]) {
-    static NEXT: AtomicU64 = AtomicU64::new(1_000);
-    let token = NEXT.fetch_add(1, Ordering::Relaxed);
-    app.state.hub.publish(
-        &Topic::SchedulerUpdates,
-        DomainEvent::PendingCount { count: token },
-    );
+/// internal and not worth reaching into. Returns the pending count the pages show now (the
+/// marker job stays queued).
+pub async fn sync_streams(app: &TestApp, pages: &[&Page]) -> u64 {
+    let token = app.queue_marker().await;
     for page in pages {
         page.wait_text("#queued-count", &token.to_string()).await;
     }
+    token
 }
 
 /// Run-page and stream helpers.

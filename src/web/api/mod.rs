@@ -1,7 +1,7 @@
 //! The JSON API, mounted at both `/api` and `/go/api`. One file per resource.
 
 mod agents;
-mod events;
+pub mod events;
 mod jobs;
 mod meta;
 

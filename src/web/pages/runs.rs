@@ -144,7 +144,7 @@ impl View for RunList {
         self.dirty = true;
     }
 
-    fn missed(&mut self, _: &Topic) {
+    fn missed(&mut self, _: &Topic, _: u64) {
         self.dirty = true;
     }
 

@@ -197,21 +197,21 @@ impl View for Renderer {
 
     fn note(&mut self, event: &DomainEvent) {
         match event {
-            DomainEvent::AgentRegistered(agent)
-            | DomainEvent::AgentUpdated(agent)
-            | DomainEvent::AgentEnabled(agent)
-            | DomainEvent::AgentDisabled(agent)
-            | DomainEvent::AgentDeleted(agent) => {
-                self.dirty.rows.insert(agent.uuid);
+            DomainEvent::AgentRegistered { uuid }
+            | DomainEvent::AgentUpdated { uuid }
+            | DomainEvent::AgentEnabled { uuid }
+            | DomainEvent::AgentDisabled { uuid }
+            | DomainEvent::AgentDeleted { uuid } => {
+                self.dirty.rows.insert(*uuid);
             }
             DomainEvent::PendingCount { count } => self.dirty.queued = Some(*count),
-            DomainEvent::RunCreated(_)
-            | DomainEvent::RunUpdated(_)
+            DomainEvent::RunCreated { .. }
+            | DomainEvent::RunUpdated { .. }
             | DomainEvent::ConsoleAppend { .. } => {}
         }
     }
 
-    fn missed(&mut self, topic: &Topic) {
+    fn missed(&mut self, topic: &Topic, _: u64) {
         match topic {
             Topic::SchedulerUpdates => self.dirty.reread_queued = true,
             _ => self.dirty.every_agent = true,

@@ -104,8 +104,9 @@ impl Tail {
     }
 }
 
-/// One build's console as a live view: appends extend the tail, rendered once per batch of
-/// complete lines; a run update (or missed events) re-reads the run and the stored log.
+/// One build's console as a live view: an append marks the log as having unread bytes, and a
+/// render reads them from storage past the tail and sends each batch of complete lines once;
+/// a run update (or missed events) re-reads the run too.
 struct Console {
     job_runs: JobRuns,
     agents: Agents,
@@ -113,9 +114,9 @@ struct Console {
     run: JobRun,
     tail: Tail,
     status: Arc<RwLock<Bytes>>,
-    /// New bytes wait in `tail`.
-    lines: bool,
-    /// The run and any bytes past `tail` must be read from storage.
+    /// Bytes past `tail` are stored.
+    unread: bool,
+    /// The run, and any bytes past `tail`, must be read from storage.
     refresh: bool,
     status_changed: bool,
 }
@@ -125,25 +126,12 @@ impl View for Console {
 
     fn note(&mut self, event: &DomainEvent) {
         match event {
-            DomainEvent::ConsoleAppend { start, bytes, .. } => {
-                if self.refresh {
-                    return; // the refresh reads these bytes too: they were stored first
-                }
-                let known = self.tail.known_end();
-                let end = start + bytes.len() as i64;
-                if *start > known {
-                    // We missed an append: the log knows what it was.
-                    self.refresh = true;
-                } else if end > known {
-                    self.tail
-                        .pending
-                        .extend_from_slice(&bytes[(known - start) as usize..]);
-                    self.lines = true;
+            DomainEvent::ConsoleAppend { end, .. } => {
+                if *end > self.tail.known_end() {
+                    self.unread = true;
                 }
             }
-            // Re-read rather than trust the payload: two writes may publish in another order
-            // than they committed.
-            DomainEvent::RunUpdated(_) => {
+            DomainEvent::RunUpdated { .. } => {
                 self.refresh = true;
                 self.status_changed = true;
             }
@@ -151,20 +139,26 @@ impl View for Console {
         }
     }
 
-    fn missed(&mut self, _: &Topic) {
+    fn missed(&mut self, _: &Topic, _: u64) {
         self.refresh = true;
         self.status_changed = true;
     }
 
     fn is_dirty(&self) -> bool {
-        self.lines || self.refresh || self.status_changed
+        self.unread || self.refresh || self.status_changed
     }
 
     async fn render(&mut self, out: &Output<Change>) -> Result<()> {
         if self.refresh {
-            self.catch_up().await?;
+            self.run = self.job_runs.get(self.build_id).await?;
+            self.read_unread().await?;
+            // Only now: the bytes read above include everything stored before completion.
+            self.tail.completed = self.run.is_completed();
             self.refresh = false;
+        } else if self.unread {
+            self.read_unread().await?;
         }
+        self.unread = false;
         // Lines first: a run's final status follows its last lines.
         if let Some((start, bytes)) = self.tail.take_ready() {
             out.rendered("console.lines");
@@ -172,7 +166,6 @@ impl View for Console {
             let end = start + bytes.len() as i64;
             out.send(Change::Lines { start, end, html });
         }
-        self.lines = false;
         if self.status_changed {
             out.rendered("console.status");
             let html = status_html(&self.agents, &self.run).await;
@@ -185,17 +178,13 @@ impl View for Console {
 }
 
 impl Console {
-    /// Catches up with storage: the run as it is now, and any bytes past what the view has
-    /// (events it missed, or appends that raced its start).
-    async fn catch_up(&mut self) -> Result<()> {
-        self.run = self.job_runs.get(self.build_id).await?;
-        let (missed, _) = self
+    /// Reads the stored bytes past what the view has into its tail.
+    async fn read_unread(&mut self) -> Result<()> {
+        let (more, _) = self
             .job_runs
             .read_console(self.build_id, self.tail.known_end())
             .await?;
-        self.tail.pending.extend_from_slice(&missed);
-        // Only now: the bytes read above include everything stored before completion.
-        self.tail.completed = self.run.is_completed();
+        self.tail.pending.extend_from_slice(&more);
         Ok(())
     }
 }
@@ -343,7 +332,7 @@ fn start(
         run,
         tail,
         status: Arc::clone(&status),
-        lines: false,
+        unread: false,
         refresh: false,
         status_changed: false,
     };
