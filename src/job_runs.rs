@@ -14,10 +14,7 @@ use uuid::Uuid;
 use crate::agents::{self, Agents};
 use crate::console;
 use crate::db::{Db, WriteTx, now_millis};
-use crate::domain::agent::AgentState;
-use crate::domain::job_run::{
-    Append, JobResult, JobRun, JobState, Report, Requirements, Task, Transition, check_report,
-};
+use crate::domain::job_run::{Append, JobResult, JobRun, JobState, Requirements, Task, Transition};
 use crate::error::{Error, Result};
 use crate::events::{DomainEvent, Topic};
 
@@ -249,29 +246,62 @@ async fn record_transition(
     Ok(())
 }
 
-/// Moves a run to `state` (and `result`), recording the transition; `agent` is set when
-/// given (assignment).
+/// Moves `run` on to `state` (and `result`), recording the transition; `agent` is set when
+/// given. A compare-and-set on the state `run` was read in: if another write moved it
+/// meanwhile, nothing changes and the answer is a conflict.
 pub(crate) async fn move_run(
     conn: &mut SqliteConnection,
-    build_id: i64,
+    run: &JobRun,
     state: JobState,
     result: JobResult,
     agent: Option<Uuid>,
 ) -> Result<()> {
     let now = now_millis();
-    sqlx::query(
-        "UPDATE job_runs SET state = ?, result = ?, agent_uuid = COALESCE(?, agent_uuid), \
-         completed_at = CASE WHEN ? = 'Completed' THEN ? ELSE completed_at END WHERE build_id = ?",
+    let moved = sqlx::query(
+        "UPDATE job_runs SET state = $1, result = $2, agent_uuid = COALESCE($3, agent_uuid), \
+         completed_at = CASE WHEN $1 = 'Completed' THEN $4 ELSE completed_at END \
+         WHERE build_id = $5 AND state = $6",
     )
     .bind(state.as_str())
     .bind(result.as_str())
     .bind(agent.map(|a| a.to_string()))
-    .bind(state.as_str())
     .bind(now)
+    .bind(run.build_id)
+    .bind(run.state.as_str())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if moved == 0 {
+        return Err(Error::Conflict(format!(
+            "build {} changed meanwhile; it is no longer {}",
+            run.build_id, run.state
+        )));
+    }
+    record_transition(conn, run.build_id, state, now).await
+}
+
+/// Hands the Scheduled run `build_id` to `agent`: a compare-and-set, false if it is no longer
+/// Scheduled (another writer took or cancelled it).
+pub(crate) async fn assign_run(
+    conn: &mut SqliteConnection,
+    build_id: i64,
+    agent: Uuid,
+) -> Result<bool> {
+    let now = now_millis();
+    let assigned = sqlx::query(
+        "UPDATE job_runs SET state = 'Assigned', agent_uuid = $1 \
+         WHERE build_id = $2 AND state = 'Scheduled'",
+    )
+    .bind(agent.to_string())
     .bind(build_id)
     .execute(&mut *conn)
-    .await?;
-    record_transition(conn, build_id, state, now).await
+    .await?
+    .rows_affected();
+    if assigned == 0 {
+        return Ok(false);
+    }
+    record_transition(conn, build_id, JobState::Assigned, now).await?;
+    Ok(true)
 }
 
 pub(crate) async fn request_cancel(conn: &mut SqliteConnection, build_id: i64) -> Result<()> {
@@ -366,40 +396,6 @@ impl JobRuns {
             page_size,
             total,
         })
-    }
-
-    /// The agent's report of its progress: forward only; repeating the current state is a
-    /// harmless retry. `Completed` needs a result.
-    pub async fn report_status(
-        &self,
-        build_id: i64,
-        agent: Uuid,
-        state: JobState,
-        result: Option<JobResult>,
-    ) -> Result<JobRun> {
-        check_report(state, result)?;
-        let mut tx = self.db.begin().await?;
-        let run = fetch_run_or_404(&mut tx, build_id).await?;
-        let (state, result) = match run.report(agent, state, result)? {
-            Report::Retry => return Ok(run),
-            Report::Move { state, result } => (state, result),
-        };
-        move_run(&mut tx, build_id, state, result, None).await?;
-        agents::touch(&mut tx, agent).await?;
-        let agent_change = if state == JobState::Completed {
-            agents::set_agent_state(&mut tx, agent, AgentState::Idle).await?
-        } else if run.state <= JobState::Assigned {
-            agents::set_agent_state(&mut tx, agent, AgentState::Building).await?
-        } else {
-            None
-        };
-        let updated = fetch_run_or_404(&mut tx, build_id).await?;
-        publish_run(&mut tx, &updated);
-        if let Some((before, after)) = agent_change {
-            agents::publish_change(&mut tx, Some(&before), &after);
-        }
-        tx.commit().await?;
-        Ok(updated)
     }
 
     /// Appends an agent's console bytes at `offset` (the length it believes stored).

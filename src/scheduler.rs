@@ -5,13 +5,14 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use sqlx::SqliteConnection;
 use uuid::Uuid;
 
 use crate::agents;
 use crate::db::{Db, WriteTx};
-use crate::domain::agent::{AgentState, ConfigState};
-use crate::domain::job_run::{Cancel, JobResult, JobRun, JobState, NewJob, Task};
+use crate::domain::agent::{Agent, AgentState, ConfigState};
+use crate::domain::job_run::{
+    Cancel, JobResult, JobRun, JobState, NewJob, Report, Task, check_report,
+};
 use crate::error::Result;
 use crate::events::{DomainEvent, Topic};
 use crate::job_runs::{self, NewRun};
@@ -102,90 +103,78 @@ impl Scheduler {
     pub async fn try_assign_work(&self, agent_uuid: Uuid) -> Result<Option<Work>> {
         let mut tx = self.db.begin().await?;
         let (before, mut agent) = agents::record_work_request(&mut tx, agent_uuid).await?;
-        let mut updated_runs = Vec::new();
+        let mut queue_changed = false;
         let mut work = None;
         if agent.agent_config_state == ConfigState::Enabled {
             for run in job_runs::fetch_active_runs_of(&mut tx, agent_uuid).await? {
                 if run.state == JobState::Assigned && !run.cancel_requested && work.is_none() {
                     work = Some(Work::from(&run));
                 } else {
-                    updated_runs.extend(self.give_up(&mut tx, &run).await?);
+                    give_up(&mut tx, &run).await?;
+                    queue_changed = true;
                 }
             }
             if work.is_none() {
-                if !updated_runs.is_empty() {
+                if queue_changed {
                     agents::set_agent_state(&mut tx, agent_uuid, AgentState::Idle).await?;
                     agent = agents::fetch(&mut tx, agent_uuid).await?.unwrap_or(agent);
                 }
-                if agent.can_take_work() {
-                    let queue = job_runs::fetch_queued_jobs(&mut tx).await?;
-                    if let Some((build_id, _)) =
-                        queue.iter().find(|(_, needs)| agent.matches(needs))
-                    {
-                        job_runs::move_run(
-                            &mut tx,
-                            *build_id,
-                            JobState::Assigned,
-                            JobResult::Unknown,
-                            Some(agent_uuid),
-                        )
-                        .await?;
-                        agents::set_agent_state(&mut tx, agent_uuid, AgentState::Building).await?;
-                        let assigned = job_runs::fetch_run_or_404(&mut tx, *build_id).await?;
-                        work = Some(Work::from(&assigned));
-                        updated_runs.push(assigned);
-                    }
+                if agent.can_take_work()
+                    && let Some(assigned) = assign_oldest_match(&mut tx, &agent).await?
+                {
+                    agents::set_agent_state(&mut tx, agent_uuid, AgentState::Building).await?;
+                    work = Some(Work::from(&assigned));
+                    job_runs::publish_assigned(&mut tx, &assigned);
+                    queue_changed = true;
                 }
             }
         }
         let after = agents::fetch(&mut tx, agent_uuid).await?.unwrap_or(agent);
-        for run in &updated_runs {
-            if run.state == JobState::Assigned && run.agent_uuid == Some(agent_uuid) {
-                job_runs::publish_assigned(&mut tx, run);
-            } else {
-                job_runs::publish_run(&mut tx, run);
-            }
-        }
         agents::publish_change(&mut tx, Some(&before), &after);
-        if !updated_runs.is_empty() {
+        if queue_changed {
             publish_pending(&mut tx).await?;
         }
         tx.commit().await?;
         Ok(work)
     }
 
-    /// Ends a run its agent will not finish (Completed/Cancelled) and, unless a cancel was
-    /// asked for, schedules the same job again. Returns the runs that changed.
-    async fn give_up(&self, conn: &mut SqliteConnection, run: &JobRun) -> Result<Vec<JobRun>> {
-        job_runs::move_run(
-            conn,
-            run.build_id,
-            JobState::Completed,
-            JobResult::Cancelled,
-            None,
-        )
-        .await?;
-        let mut changed = vec![job_runs::fetch_run_or_404(conn, run.build_id).await?];
-        if !run.cancel_requested {
-            let build_id = job_runs::insert_run(
-                conn,
-                NewRun {
-                    pipeline_name: &run.pipeline_name,
-                    pipeline_counter: run.pipeline_counter,
-                    stage_name: &run.stage_name,
-                    stage_counter: run.stage_counter,
-                    job_name: &run.job_name,
-                    tasks: &run.tasks,
-                    resources: &run.resources,
-                    environment: run.environment.as_deref(),
-                    environment_variables: &run.environment_variables,
-                    rescheduled_from: Some(run.build_id),
-                },
-            )
-            .await?;
-            changed.push(job_runs::fetch_run_or_404(conn, build_id).await?);
+    /// An agent's report of its run's progress: forward only; repeating the current state is
+    /// a harmless retry. `Completed` needs a result, and ends the run.
+    pub async fn report_status(
+        &self,
+        build_id: i64,
+        agent: Uuid,
+        state: JobState,
+        result: Option<JobResult>,
+    ) -> Result<JobRun> {
+        check_report(state, result)?;
+        let mut tx = self.db.begin().await?;
+        let run = job_runs::fetch_run_or_404(&mut tx, build_id).await?;
+        let (state, result) = match run.report(agent, state, result)? {
+            Report::Retry => return Ok(run),
+            Report::Move { state, result } => (state, result),
+        };
+        agents::touch(&mut tx, agent).await?;
+        let (updated, agent_change) = if state == JobState::Completed {
+            let ended = end_run(&mut tx, &run, result).await?;
+            let change = agents::set_agent_state(&mut tx, agent, AgentState::Idle).await?;
+            (ended, change)
+        } else {
+            job_runs::move_run(&mut tx, &run, state, result, None).await?;
+            let change = if run.state <= JobState::Assigned {
+                agents::set_agent_state(&mut tx, agent, AgentState::Building).await?
+            } else {
+                None
+            };
+            let updated = job_runs::fetch_run_or_404(&mut tx, build_id).await?;
+            job_runs::publish_run(&mut tx, &updated);
+            (updated, change)
+        };
+        if let Some((before, after)) = agent_change {
+            agents::publish_change(&mut tx, Some(&before), &after);
         }
-        Ok(changed)
+        tx.commit().await?;
+        Ok(updated)
     }
 
     /// The runs of an agent that lost contact end Completed/Cancelled and are scheduled again,
@@ -193,17 +182,14 @@ impl Scheduler {
     pub async fn reschedule_runs_of(&self, agent_uuid: Uuid) -> Result<()> {
         let mut tx = self.db.begin().await?;
         let before = agents::fetch(&mut tx, agent_uuid).await?;
-        let mut changed = Vec::new();
-        for run in job_runs::fetch_active_runs_of(&mut tx, agent_uuid).await? {
-            changed.extend(self.give_up(&mut tx, &run).await?);
-        }
-        if changed.is_empty() {
+        let runs = job_runs::fetch_active_runs_of(&mut tx, agent_uuid).await?;
+        if runs.is_empty() {
             return Ok(());
         }
-        let after = agents::fetch(&mut tx, agent_uuid).await?;
-        for run in &changed {
-            job_runs::publish_run(&mut tx, run);
+        for run in &runs {
+            give_up(&mut tx, run).await?;
         }
+        let after = agents::fetch(&mut tx, agent_uuid).await?;
         if let (Some(before), Some(after)) = (before, after) {
             agents::publish_change(&mut tx, Some(&before), &after);
         }
@@ -235,25 +221,20 @@ impl Scheduler {
     pub async fn cancel(&self, build_id: i64) -> Result<JobRun> {
         let mut tx = self.db.begin().await?;
         let run = job_runs::fetch_run_or_404(&mut tx, build_id).await?;
-        match run.cancel() {
+        let updated = match run.cancel() {
             Cancel::Nothing => return Ok(run),
             Cancel::EndNow => {
-                job_runs::move_run(
-                    &mut tx,
-                    build_id,
-                    JobState::Completed,
-                    JobResult::Cancelled,
-                    None,
-                )
-                .await?;
+                let ended = end_run(&mut tx, &run, JobResult::Cancelled).await?;
+                publish_pending(&mut tx).await?;
+                ended
             }
-            Cancel::AskTheAgent => job_runs::request_cancel(&mut tx, build_id).await?,
-        }
-        let updated = job_runs::fetch_run_or_404(&mut tx, build_id).await?;
-        job_runs::publish_run(&mut tx, &updated);
-        if run.state == JobState::Scheduled {
-            publish_pending(&mut tx).await?;
-        }
+            Cancel::AskTheAgent => {
+                job_runs::request_cancel(&mut tx, build_id).await?;
+                let updated = job_runs::fetch_run_or_404(&mut tx, build_id).await?;
+                job_runs::publish_run(&mut tx, &updated);
+                updated
+            }
+        };
         tx.commit().await?;
         Ok(updated)
     }
@@ -296,4 +277,54 @@ async fn publish_pending(tx: &mut WriteTx) -> Result<()> {
     let count = job_runs::pending_count(tx).await?;
     tx.publish(Topic::SchedulerUpdates, DomainEvent::PendingCount { count });
     Ok(())
+}
+
+/// Every run ends here, in the transaction of whatever ended it: its agent's report, a cancel
+/// before it started, or the scheduler giving up on it. It moves to Completed with `result`
+/// and its watchers hear of it. (What follows a run's end, such as a pipeline's next stage,
+/// belongs here, so that it happens once, in the same transaction, whatever ended the run.)
+async fn end_run(tx: &mut WriteTx, run: &JobRun, result: JobResult) -> Result<JobRun> {
+    job_runs::move_run(tx, run, JobState::Completed, result, None).await?;
+    let ended = job_runs::fetch_run_or_404(tx, run.build_id).await?;
+    job_runs::publish_run(tx, &ended);
+    Ok(ended)
+}
+
+/// Ends a run its agent will not finish (Completed/Cancelled) and, unless a cancel was asked
+/// for, schedules the same job again.
+async fn give_up(tx: &mut WriteTx, run: &JobRun) -> Result<()> {
+    end_run(tx, run, JobResult::Cancelled).await?;
+    if !run.cancel_requested {
+        let build_id = job_runs::insert_run(
+            tx,
+            NewRun {
+                pipeline_name: &run.pipeline_name,
+                pipeline_counter: run.pipeline_counter,
+                stage_name: &run.stage_name,
+                stage_counter: run.stage_counter,
+                job_name: &run.job_name,
+                tasks: &run.tasks,
+                resources: &run.resources,
+                environment: run.environment.as_deref(),
+                environment_variables: &run.environment_variables,
+                rescheduled_from: Some(run.build_id),
+            },
+        )
+        .await?;
+        let again = job_runs::fetch_run_or_404(tx, build_id).await?;
+        job_runs::publish_run(tx, &again);
+    }
+    Ok(())
+}
+
+/// Assigns `agent` the oldest Scheduled run it matches, if any: a compare-and-set on the
+/// run's state, so a run another writer took meanwhile is skipped, not given twice.
+async fn assign_oldest_match(tx: &mut WriteTx, agent: &Agent) -> Result<Option<JobRun>> {
+    let queue = job_runs::fetch_queued_jobs(tx).await?;
+    for (build_id, _) in queue.iter().filter(|(_, needs)| agent.matches(needs)) {
+        if job_runs::assign_run(tx, *build_id, agent.uuid).await? {
+            return Ok(Some(job_runs::fetch_run_or_404(tx, *build_id).await?));
+        }
+    }
+    Ok(None)
 }

@@ -179,7 +179,7 @@ async fn status(
         })
         .transpose()?;
     let run = state
-        .job_runs
+        .scheduler
         .report_status(build_id(&id)?, caller.0, job_state, result)
         .await?;
     Ok(Json(RunJson(run)))
