@@ -1,17 +1,23 @@
-//! The embedded SQLite database: one pool for reads and a single-connection pool for writes,
-//! and the one way to write: [`WriteTx`], which publishes the write's events once it has
-//! committed.
+//! The database: which backend, its connections, and the one way to write: [`WriteTx`], which
+//! publishes the write's events once it has committed.
 //!
-//! One writer connection serialises every write transaction, so a read-then-write never meets
+//! Contexts never name a backend's types. They pass a [`Conn`] (from [`WriteTx::conn`] or
+//! [`ReadConn::conn`]) to their store (`agents/store.rs`, `job_runs/store.rs`), and the store
+//! calls the same-named function of the backend's module (`agents/sqlite.rs`, …) through
+//! [`backend!`]. A second backend adds a `Conn` variant, an arm in `backend!` and a module per
+//! store beside `sqlite.rs`; the compiler then names every store function it lacks.
+//!
+//! SQLite today (embedded):
+//! one writer connection serialises every write transaction, so a read-then-write never meets
 //! SQLITE_BUSY on an upgraded snapshot (sqlx's `begin()` is DEFERRED); WAL lets readers go on
 //! while it writes. With `synchronous=NORMAL` an acknowledged write survives a process crash;
 //! a power loss may take the last moments.
 
-use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 
@@ -21,7 +27,7 @@ use crate::events::{DomainEvent, Publisher, Topic};
 #[derive(Clone)]
 pub struct Db {
     /// Readers: many connections, WAL snapshots.
-    pub read: SqlitePool,
+    read: SqlitePool,
     /// The one writer, reached only through [`Db::begin`].
     write: SqlitePool,
     /// Where committed writes publish.
@@ -60,18 +66,41 @@ impl WriteTx {
     }
 }
 
-impl Deref for WriteTx {
-    type Target = SqliteConnection;
-    fn deref(&self) -> &SqliteConnection {
-        &self.tx
+impl WriteTx {
+    /// The write's connection, for a store.
+    pub fn conn(&mut self) -> Conn<'_> {
+        Conn::Sqlite(&mut self.tx)
     }
 }
 
-impl DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
-        &mut self.tx
+/// A connection of the backend in use, handed to a store.
+pub enum Conn<'c> {
+    Sqlite(&'c mut SqliteConnection),
+}
+
+/// A reader connection (a consistent snapshot per statement; several reads through one
+/// connection are not one snapshot).
+pub struct ReadConn {
+    conn: PoolConnection<Sqlite>,
+}
+
+impl ReadConn {
+    pub fn conn(&mut self) -> Conn<'_> {
+        Conn::Sqlite(&mut self.conn)
     }
 }
+
+/// Calls the store function `f` of the backend `conn` belongs to: `backend!(conn, f(a, b))`
+/// is `sqlite::f(c, a, b).await` for a SQLite connection `c`. The backend modules sit beside
+/// the store that uses this.
+macro_rules! backend {
+    ($conn:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
+        match $conn {
+            $crate::db::Conn::Sqlite(c) => sqlite::$f(c $(, $arg)*).await,
+        }
+    };
+}
+pub(crate) use backend;
 
 impl Db {
     /// Opens (creating and migrating) the database at `url`; committed writes publish through
@@ -101,6 +130,13 @@ impl Db {
             read,
             write,
             publisher: Arc::new(publisher),
+        })
+    }
+
+    /// A reader connection.
+    pub async fn reader(&self) -> Result<ReadConn> {
+        Ok(ReadConn {
+            conn: self.read.acquire().await?,
         })
     }
 

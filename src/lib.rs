@@ -6,7 +6,6 @@
 pub mod agent;
 pub mod agents;
 pub mod config;
-pub mod console;
 pub mod db;
 pub mod domain;
 pub mod error;

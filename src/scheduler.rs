@@ -15,7 +15,7 @@ use crate::domain::job_run::{
 };
 use crate::error::Result;
 use crate::events::{DomainEvent, Topic};
-use crate::job_runs::{self, NewRun};
+use crate::job_runs::{self, store::NewRun};
 
 /// What an agent receives to run (`POST /api/agents/{uuid}/work`).
 #[derive(Debug, Clone, Serialize)]
@@ -67,12 +67,7 @@ impl Scheduler {
             environment_variables,
         } = job.checked()?;
         let mut tx = self.db.begin().await?;
-        let counter: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(pipeline_counter), 0) + 1 FROM job_runs WHERE pipeline_name = ?",
-        )
-        .bind(&pipeline_name)
-        .fetch_one(&mut *tx)
-        .await?;
+        let counter = job_runs::store::next_counter(tx.conn(), &pipeline_name).await?;
         let build_id = job_runs::insert_run(
             &mut tx,
             NewRun {
@@ -89,7 +84,7 @@ impl Scheduler {
             },
         )
         .await?;
-        let run = job_runs::fetch_run_or_404(&mut tx, build_id).await?;
+        let run = job_runs::fetch_run_or_404(tx.conn(), build_id).await?;
         job_runs::publish_run(&mut tx, &run);
         publish_pending(&mut tx).await?;
         tx.commit().await?;
@@ -106,7 +101,7 @@ impl Scheduler {
         let mut queue_changed = false;
         let mut work = None;
         if agent.agent_config_state == ConfigState::Enabled {
-            for run in job_runs::fetch_active_runs_of(&mut tx, agent_uuid).await? {
+            for run in job_runs::store::active_runs_of(tx.conn(), agent_uuid).await? {
                 if run.state == JobState::Assigned && !run.cancel_requested && work.is_none() {
                     work = Some(Work::from(&run));
                 } else {
@@ -149,7 +144,7 @@ impl Scheduler {
     ) -> Result<JobRun> {
         check_report(state, result)?;
         let mut tx = self.db.begin().await?;
-        let run = job_runs::fetch_run_or_404(&mut tx, build_id).await?;
+        let run = job_runs::fetch_run_or_404(tx.conn(), build_id).await?;
         let (state, result) = match run.report(agent, state, result)? {
             Report::Retry => return Ok(run),
             Report::Move { state, result } => (state, result),
@@ -166,7 +161,7 @@ impl Scheduler {
             } else {
                 None
             };
-            let updated = job_runs::fetch_run_or_404(&mut tx, build_id).await?;
+            let updated = job_runs::fetch_run_or_404(tx.conn(), build_id).await?;
             job_runs::publish_run(&mut tx, &updated);
             (updated, change)
         };
@@ -182,7 +177,7 @@ impl Scheduler {
     pub async fn reschedule_runs_of(&self, agent_uuid: Uuid) -> Result<()> {
         let mut tx = self.db.begin().await?;
         let before = agents::fetch(&mut tx, agent_uuid).await?;
-        let runs = job_runs::fetch_active_runs_of(&mut tx, agent_uuid).await?;
+        let runs = job_runs::store::active_runs_of(tx.conn(), agent_uuid).await?;
         if runs.is_empty() {
             return Ok(());
         }
@@ -201,16 +196,11 @@ impl Scheduler {
     /// LostContact, or Missing since a restart, or deleted) are rescheduled. Idempotent: it
     /// runs on every liveness tick, so a failure is retried and nothing waits forever.
     pub async fn reschedule_abandoned(&self, silent_since: i64) -> Result<()> {
-        let cutoff = silent_since;
-        let holders: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT r.agent_uuid FROM job_runs r LEFT JOIN agents a ON a.uuid = r.agent_uuid \
-             WHERE r.state NOT IN ('Scheduled', 'Completed') AND r.agent_uuid IS NOT NULL \
-             AND (a.uuid IS NULL OR a.last_contact_at IS NULL OR a.last_contact_at < ?)",
-        )
-        .bind(cutoff)
-        .fetch_all(&self.db.read)
-        .await?;
-        for agent in holders.iter().filter_map(|u| u.parse::<Uuid>().ok()) {
+        let holders = {
+            let mut conn = self.db.reader().await?;
+            job_runs::store::silent_holders(conn.conn(), silent_since).await?
+        };
+        for agent in holders {
             self.reschedule_runs_of(agent).await?;
         }
         Ok(())
@@ -220,7 +210,7 @@ impl Scheduler {
     /// stopped it (the agent hears `CANCEL` on its next ping). A finished run is left as it is.
     pub async fn cancel(&self, build_id: i64) -> Result<JobRun> {
         let mut tx = self.db.begin().await?;
-        let run = job_runs::fetch_run_or_404(&mut tx, build_id).await?;
+        let run = job_runs::fetch_run_or_404(tx.conn(), build_id).await?;
         let updated = match run.cancel() {
             Cancel::Nothing => return Ok(run),
             Cancel::EndNow => {
@@ -229,8 +219,8 @@ impl Scheduler {
                 ended
             }
             Cancel::AskTheAgent => {
-                job_runs::request_cancel(&mut tx, build_id).await?;
-                let updated = job_runs::fetch_run_or_404(&mut tx, build_id).await?;
+                job_runs::store::request_cancel(tx.conn(), build_id).await?;
+                let updated = job_runs::fetch_run_or_404(tx.conn(), build_id).await?;
                 job_runs::publish_run(&mut tx, &updated);
                 updated
             }
@@ -247,8 +237,8 @@ impl Scheduler {
         agent_uuid: Uuid,
         building: Option<i64>,
     ) -> Result<&'static str> {
-        let mut conn = self.db.read.acquire().await?;
-        let runs = job_runs::fetch_active_runs_of(&mut conn, agent_uuid).await?;
+        let mut conn = self.db.reader().await?;
+        let runs = job_runs::store::active_runs_of(conn.conn(), agent_uuid).await?;
         if runs.iter().any(|r| r.cancel_requested) {
             return Ok("CANCEL");
         }
@@ -261,20 +251,20 @@ impl Scheduler {
     }
 
     pub async fn pending_count(&self) -> Result<u64> {
-        let mut conn = self.db.read.acquire().await?;
-        job_runs::pending_count(&mut conn).await
+        let mut conn = self.db.reader().await?;
+        job_runs::store::pending_count(conn.conn()).await
     }
 
     /// The Scheduled runs, oldest first.
     pub async fn queue(&self) -> Result<Vec<JobRun>> {
-        let mut conn = self.db.read.acquire().await?;
-        job_runs::fetch_queue(&mut conn).await
+        let mut conn = self.db.reader().await?;
+        job_runs::store::queue(conn.conn()).await
     }
 }
 
 /// The queue's length as `tx` leaves it, on `scheduler:updates`.
 async fn publish_pending(tx: &mut WriteTx) -> Result<()> {
-    let count = job_runs::pending_count(tx).await?;
+    let count = job_runs::store::pending_count(tx.conn()).await?;
     tx.publish(Topic::SchedulerUpdates, DomainEvent::PendingCount { count });
     Ok(())
 }
@@ -285,7 +275,7 @@ async fn publish_pending(tx: &mut WriteTx) -> Result<()> {
 /// belongs here, so that it happens once, in the same transaction, whatever ended the run.)
 async fn end_run(tx: &mut WriteTx, run: &JobRun, result: JobResult) -> Result<JobRun> {
     job_runs::move_run(tx, run, JobState::Completed, result, None).await?;
-    let ended = job_runs::fetch_run_or_404(tx, run.build_id).await?;
+    let ended = job_runs::fetch_run_or_404(tx.conn(), run.build_id).await?;
     job_runs::publish_run(tx, &ended);
     Ok(ended)
 }
@@ -311,7 +301,7 @@ async fn give_up(tx: &mut WriteTx, run: &JobRun) -> Result<()> {
             },
         )
         .await?;
-        let again = job_runs::fetch_run_or_404(tx, build_id).await?;
+        let again = job_runs::fetch_run_or_404(tx.conn(), build_id).await?;
         job_runs::publish_run(tx, &again);
     }
     Ok(())
@@ -320,10 +310,12 @@ async fn give_up(tx: &mut WriteTx, run: &JobRun) -> Result<()> {
 /// Assigns `agent` the oldest Scheduled run it matches, if any: a compare-and-set on the
 /// run's state, so a run another writer took meanwhile is skipped, not given twice.
 async fn assign_oldest_match(tx: &mut WriteTx, agent: &Agent) -> Result<Option<JobRun>> {
-    let queue = job_runs::fetch_queued_jobs(tx).await?;
+    let queue = job_runs::store::queued_requirements(tx.conn()).await?;
     for (build_id, _) in queue.iter().filter(|(_, needs)| agent.matches(needs)) {
         if job_runs::assign_run(tx, *build_id, agent.uuid).await? {
-            return Ok(Some(job_runs::fetch_run_or_404(tx, *build_id).await?));
+            return Ok(Some(
+                job_runs::fetch_run_or_404(tx.conn(), *build_id).await?,
+            ));
         }
     }
     Ok(None)

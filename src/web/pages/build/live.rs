@@ -126,10 +126,8 @@ impl View for Console {
 
     fn note(&mut self, event: &DomainEvent) {
         match event {
-            DomainEvent::ConsoleAppend { end, .. } => {
-                if *end > self.tail.known_end() {
-                    self.unread = true;
-                }
+            DomainEvent::ConsoleAppend { end, .. } if *end > self.tail.known_end() => {
+                self.unread = true;
             }
             DomainEvent::RunUpdated { .. } => {
                 self.refresh = true;

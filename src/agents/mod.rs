@@ -1,122 +1,24 @@
 //! The agents context: registration, tokens, pings, admin edits, deletion and liveness.
 //!
-//! Every write goes through one transaction on the writer connection and, once committed,
-//! publishes exactly one event per changed agent on `agents:updates` (none when nothing
-//! shown changed).
+//! Every write goes through one `WriteTx` and, once committed, publishes exactly one event per
+//! changed agent on `agents:updates` (none when nothing shown changed). Its SQL is in the
+//! store (`store.rs`, `sqlite.rs`); its token crypto in `tokens.rs`.
 
-use sha2::{Digest, Sha256};
-use sqlx::SqliteConnection;
-use sqlx::types::Json;
+mod sqlite;
+mod store;
+mod tokens;
+
 use uuid::Uuid;
+
+use self::tokens::{constant_time_eq, hash_token, random_token};
 
 use crate::db::{Db, WriteTx, now_millis};
 use crate::domain::agent::{
-    Agent, AgentState, BuildDetails, BuildState, ConfigState, ListChange, NameKind,
-    admin_config_state, bounded_text, names, required_text,
+    Agent, AgentState, BuildState, ConfigState, ListChange, NameKind, admin_config_state,
+    bounded_text, names, required_text,
 };
 use crate::error::{Error, Result};
 use crate::events::{DomainEvent, Topic};
-
-#[derive(sqlx::FromRow)]
-struct AgentRow {
-    uuid: String,
-    hostname: String,
-    ip_address: String,
-    sandbox: String,
-    operating_system: String,
-    free_space: Option<i64>,
-    agent_version: String,
-    agent_config_state: String,
-    agent_state: String,
-    resources: Json<Vec<String>>,
-    environments: Json<Vec<String>>,
-    build_id: Option<i64>,
-    build_pipeline: Option<String>,
-    build_stage: Option<String>,
-    build_job: Option<String>,
-}
-
-impl TryFrom<AgentRow> for Agent {
-    type Error = Error;
-    fn try_from(row: AgentRow) -> Result<Agent> {
-        let corrupt = |what: String| Error::Database(sqlx::Error::Decode(what.into()));
-        let agent_state: AgentState = row.agent_state.parse().map_err(corrupt)?;
-        Ok(Agent {
-            uuid: row
-                .uuid
-                .parse()
-                .map_err(|e: uuid::Error| corrupt(e.to_string()))?,
-            hostname: row.hostname,
-            ip_address: row.ip_address,
-            sandbox: row.sandbox,
-            operating_system: row.operating_system,
-            free_space: row.free_space,
-            agent_config_state: row.agent_config_state.parse().map_err(corrupt)?,
-            build_state: BuildState::of(agent_state),
-            agent_state,
-            agent_version: row.agent_version,
-            resources: row.resources.0,
-            environments: row.environments.0,
-            build_details: match (
-                row.build_id,
-                row.build_pipeline,
-                row.build_stage,
-                row.build_job,
-            ) {
-                (Some(build_id), Some(pipeline_name), Some(stage_name), Some(job_name)) => {
-                    Some(BuildDetails {
-                        pipeline_name,
-                        stage_name,
-                        job_name,
-                        build_id,
-                    })
-                }
-                _ => None,
-            },
-        })
-    }
-}
-
-/// An agent with the run it holds (the newest not Completed), if any.
-const SELECT_AGENT: &str = "SELECT a.uuid, a.hostname, a.ip_address, a.sandbox, \
-     a.operating_system, a.free_space, a.agent_version, a.agent_config_state, a.agent_state, \
-     a.resources, a.environments, r.build_id AS build_id, r.pipeline_name AS build_pipeline, \
-     r.stage_name AS build_stage, r.job_name AS build_job \
-     FROM agents a LEFT JOIN job_runs r ON r.build_id = (SELECT MAX(j.build_id) FROM job_runs j \
-     WHERE j.agent_uuid = a.uuid AND j.state != 'Completed')";
-
-pub(crate) async fn fetch(conn: &mut SqliteConnection, uuid: Uuid) -> Result<Option<Agent>> {
-    let row: Option<AgentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{SELECT_AGENT} WHERE a.uuid = ?"
-    )))
-    .bind(uuid.to_string())
-    .fetch_optional(conn)
-    .await?;
-    row.map(Agent::try_from).transpose()
-}
-
-/// Writes every field an agent can change (not its token or timestamps).
-async fn save(conn: &mut SqliteConnection, agent: &Agent) -> Result<()> {
-    sqlx::query(
-        "UPDATE agents SET hostname = ?, ip_address = ?, sandbox = ?, operating_system = ?, \
-         free_space = ?, agent_version = ?, agent_config_state = ?, agent_state = ?, \
-         resources = ?, environments = ? WHERE uuid = ?",
-    )
-    .bind(&agent.hostname)
-    .bind(&agent.ip_address)
-    .bind(&agent.sandbox)
-    .bind(&agent.operating_system)
-    .bind(agent.free_space)
-    .bind(&agent.agent_version)
-    .bind(agent.agent_config_state.as_str())
-    .bind(agent.agent_state.as_str())
-    .bind(Json(&agent.resources))
-    .bind(Json(&agent.environments))
-    .bind(agent.uuid.to_string())
-    .execute(conn)
-    .await?;
-    Ok(())
-}
 
 /// What an agent sends when it registers.
 #[derive(Debug, Clone, Default)]
@@ -181,59 +83,37 @@ impl Agents {
     }
 
     pub async fn list(&self) -> Result<Vec<Agent>> {
-        let rows: Vec<AgentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{SELECT_AGENT} ORDER BY a.hostname, a.uuid"
-        )))
-        .fetch_all(&self.db.read)
-        .await?;
-        rows.into_iter().map(Agent::try_from).collect()
+        let mut conn = self.db.reader().await?;
+        store::list(conn.conn()).await
     }
 
     /// The agents among `uuids` that exist, in no particular order (one query per few hundred).
     pub async fn find_many(&self, uuids: &[Uuid]) -> Result<Vec<Agent>> {
-        // Well under SQLite's limit of bound parameters per statement.
-        const CHUNK: usize = 500;
-        let mut found = Vec::with_capacity(uuids.len());
-        for chunk in uuids.chunks(CHUNK) {
-            let marks = vec!["?"; chunk.len()].join(", ");
-            let sql = format!("{SELECT_AGENT} WHERE a.uuid IN ({marks})");
-            let mut query = sqlx::query_as::<_, AgentRow>(sqlx::AssertSqlSafe(sql));
-            for uuid in chunk {
-                query = query.bind(uuid.to_string());
-            }
-            for row in query.fetch_all(&self.db.read).await? {
-                found.push(Agent::try_from(row)?);
-            }
-        }
-        Ok(found)
+        let mut conn = self.db.reader().await?;
+        store::find_many(conn.conn(), uuids).await
     }
 
     pub async fn get(&self, uuid: Uuid) -> Result<Agent> {
-        let mut conn = self.db.read.acquire().await?;
-        fetch(&mut conn, uuid).await?.ok_or_else(|| not_found(uuid))
+        let mut conn = self.db.reader().await?;
+        store::fetch(conn.conn(), uuid)
+            .await?
+            .ok_or_else(|| not_found(uuid))
     }
 
     /// The agent a bearer token belongs to. The first use of a new token retires the one
     /// it replaced (kept until then for a retried re-registration).
     pub async fn authenticate(&self, token: &str) -> Result<Uuid> {
-        let found: Option<(String, bool)> = sqlx::query_as(
-            "SELECT uuid, previous_token_hash IS NOT NULL FROM agents WHERE token_hash = ?",
-        )
-        .bind(hash_token(token))
-        .fetch_optional(&self.db.read)
-        .await?;
-        let (uuid, has_previous) =
-            found.ok_or_else(|| Error::Unauthorized("unknown agent token".into()))?;
+        let mut conn = self.db.reader().await?;
+        let (uuid, has_previous) = store::by_token(conn.conn(), &hash_token(token))
+            .await?
+            .ok_or_else(|| Error::Unauthorized("unknown agent token".into()))?;
+        drop(conn);
         if has_previous {
             let mut tx = self.db.begin().await?;
-            sqlx::query("UPDATE agents SET previous_token_hash = NULL WHERE uuid = ?")
-                .bind(&uuid)
-                .execute(&mut *tx)
-                .await?;
+            store::forget_previous_token(tx.conn(), uuid).await?;
             tx.commit().await?;
         }
-        uuid.parse()
-            .map_err(|_| Error::Unauthorized("unknown agent token".into()))
+        Ok(uuid)
     }
 
     /// Registers a new agent or re-registers a known one (which needs its current token).
@@ -273,15 +153,11 @@ impl Agents {
 
         let mut tx = self.db.begin().await?;
         let existing = match registration.uuid {
-            Some(uuid) => fetch(&mut tx, uuid).await?,
+            Some(uuid) => store::fetch(tx.conn(), uuid).await?,
             None => None,
         };
         let (before, agent) = if let Some(before) = existing {
-            let (current, previous): (String, Option<String>) =
-                sqlx::query_as("SELECT token_hash, previous_token_hash FROM agents WHERE uuid = ?")
-                    .bind(before.uuid.to_string())
-                    .fetch_one(&mut *tx)
-                    .await?;
+            let (current, previous) = store::token_hashes(tx.conn(), before.uuid).await?;
             let presented = token.map(hash_token).unwrap_or_default();
             // The previous token counts too while the new one is unused: the answer that
             // carried the new one may have been lost, and the agent retries with what it has.
@@ -307,19 +183,11 @@ impl Agents {
             if key_accepted && agent.agent_config_state == ConfigState::Pending {
                 agent.agent_config_state = ConfigState::Enabled;
             }
-            save(&mut tx, &agent).await?;
+            store::save(tx.conn(), &agent).await?;
             // The token presented stays good for one more re-registration, until the new one
             // is first used.
-            sqlx::query(
-                "UPDATE agents SET token_hash = ?, previous_token_hash = ?, last_contact_at = ? \
-                 WHERE uuid = ?",
-            )
-            .bind(hash_token(&new_token))
-            .bind(&presented)
-            .bind(now)
-            .bind(agent.uuid.to_string())
-            .execute(&mut *tx)
-            .await?;
+            let new_hash = hash_token(&new_token);
+            store::replace_token(tx.conn(), agent.uuid, &new_hash, &presented, now).await?;
             (Some(before), agent)
         } else {
             let agent = Agent {
@@ -341,28 +209,7 @@ impl Agents {
                 environments,
                 build_details: None,
             };
-            sqlx::query(
-                "INSERT INTO agents (uuid, hostname, ip_address, sandbox, operating_system, \
-                 free_space, agent_version, agent_config_state, agent_state, resources, \
-                 environments, token_hash, registered_at, last_contact_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(agent.uuid.to_string())
-            .bind(&agent.hostname)
-            .bind(&agent.ip_address)
-            .bind(&agent.sandbox)
-            .bind(&agent.operating_system)
-            .bind(agent.free_space)
-            .bind(&agent.agent_version)
-            .bind(agent.agent_config_state.as_str())
-            .bind(agent.agent_state.as_str())
-            .bind(Json(&agent.resources))
-            .bind(Json(&agent.environments))
-            .bind(hash_token(&new_token))
-            .bind(now)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            store::insert(tx.conn(), &agent, &hash_token(&new_token), now).await?;
             (None, agent)
         };
         publish_change(&mut tx, before.as_ref(), &agent);
@@ -379,7 +226,9 @@ impl Agents {
     /// changes (a new free space is stored silently).
     pub async fn ping(&self, uuid: Uuid, ping: Ping) -> Result<Agent> {
         let mut tx = self.db.begin().await?;
-        let before = fetch(&mut tx, uuid).await?.ok_or_else(|| not_found(uuid))?;
+        let before = store::fetch(tx.conn(), uuid)
+            .await?
+            .ok_or_else(|| not_found(uuid))?;
         let mut agent = before.clone();
         let state = before.after_ping(ping.agent_state, ping.build_id.is_some())?;
         agent.agent_state = state;
@@ -387,7 +236,7 @@ impl Agents {
         if ping.free_space.is_some() {
             agent.free_space = ping.free_space;
         }
-        save(&mut tx, &agent).await?;
+        store::save(tx.conn(), &agent).await?;
         touch(&mut tx, uuid).await?;
         if before.agent_state != agent.agent_state {
             tx.publish(Topic::AgentsUpdates, DomainEvent::AgentUpdated { uuid });
@@ -416,7 +265,9 @@ impl Agents {
         let config_state = update.config_state.map(admin_config_state).transpose()?;
 
         let mut tx = self.db.begin().await?;
-        let before = fetch(&mut tx, uuid).await?.ok_or_else(|| not_found(uuid))?;
+        let before = store::fetch(tx.conn(), uuid)
+            .await?
+            .ok_or_else(|| not_found(uuid))?;
         let mut agent = before.clone();
         if let Some(hostname) = hostname {
             agent.hostname = hostname;
@@ -431,7 +282,7 @@ impl Agents {
             agent.agent_config_state = state;
         }
         if agent != before {
-            save(&mut tx, &agent).await?;
+            store::save(tx.conn(), &agent).await?;
             publish_change(&mut tx, Some(&before), &agent);
             tx.commit().await?;
         }
@@ -455,7 +306,7 @@ impl Agents {
         let mut found = Vec::with_capacity(bulk.uuids.len());
         let mut unknown = Vec::new();
         for &uuid in &bulk.uuids {
-            match fetch(&mut tx, uuid).await? {
+            match store::fetch(tx.conn(), uuid).await? {
                 Some(agent) => found.push(agent),
                 None => unknown.push(uuid.to_string()),
             }
@@ -474,7 +325,7 @@ impl Agents {
                 agent.agent_config_state = state;
             }
             if agent != before {
-                save(&mut tx, &agent).await?;
+                store::save(tx.conn(), &agent).await?;
                 publish_change(&mut tx, Some(&before), &agent);
             }
         }
@@ -494,7 +345,7 @@ impl Agents {
         let mut unknown = Vec::new();
         let mut refused = Vec::new();
         for &uuid in uuids {
-            match fetch(&mut tx, uuid).await? {
+            match store::fetch(tx.conn(), uuid).await? {
                 None => unknown.push(uuid.to_string()),
                 Some(agent) if agent.agent_config_state != ConfigState::Disabled => refused.push(
                     format!("{uuid} is {}, not Disabled", agent.agent_config_state),
@@ -516,11 +367,8 @@ impl Agents {
             )));
         }
         for agent in &doomed {
-            sqlx::query("DELETE FROM agents WHERE uuid = ?")
-                .bind(agent.uuid.to_string())
-                .execute(&mut *tx)
-                .await?;
             let uuid = agent.uuid;
+            store::delete(tx.conn(), uuid).await?;
             tx.publish(Topic::AgentsUpdates, DomainEvent::AgentDeleted { uuid });
         }
         tx.commit().await?;
@@ -530,9 +378,7 @@ impl Agents {
     /// At start every known agent is Missing until it is heard from in this process.
     pub async fn mark_all_missing(&self) -> Result<()> {
         let mut tx = self.db.begin().await?;
-        sqlx::query("UPDATE agents SET agent_state = 'Missing'")
-            .execute(&mut *tx)
-            .await?;
+        store::mark_all_missing(tx.conn()).await?;
         tx.commit().await
     }
 
@@ -540,15 +386,7 @@ impl Agents {
     /// since the epoch) become LostContact.
     pub async fn mark_lost_contact(&self, silent_since: i64) -> Result<Vec<Uuid>> {
         let mut tx = self.db.begin().await?;
-        let lost: Vec<String> = sqlx::query_scalar(
-            "UPDATE agents SET agent_state = 'LostContact' \
-             WHERE agent_config_state = 'Enabled' AND agent_state IN ('Idle', 'Building', 'Unknown') \
-             AND last_contact_at < ? RETURNING uuid",
-        )
-        .bind(silent_since)
-        .fetch_all(&mut *tx)
-        .await?;
-        let lost: Vec<Uuid> = lost.iter().filter_map(|u| u.parse().ok()).collect();
+        let lost = store::mark_lost_contact(tx.conn(), silent_since).await?;
         for &uuid in &lost {
             tx.publish(Topic::AgentsUpdates, DomainEvent::AgentUpdated { uuid });
         }
@@ -575,91 +413,47 @@ pub(crate) fn publish_change(tx: &mut WriteTx, before: Option<&Agent>, after: &A
     tx.publish(Topic::AgentsUpdates, event);
 }
 
+/// The agent as `tx` sees it (for the other contexts, inside their writes).
+pub(crate) async fn fetch(tx: &mut WriteTx, uuid: Uuid) -> Result<Option<Agent>> {
+    store::fetch(tx.conn(), uuid).await
+}
+
 /// Sets an agent's state inside another context's transaction (assignment, completion).
-/// Returns the agent before and after, for [`publish_change`]; `None`
-/// when nothing shown changed.
+/// Returns the agent before and after, for [`publish_change`]; `None` when nothing shown
+/// changed.
 pub(crate) async fn set_agent_state(
-    conn: &mut SqliteConnection,
+    tx: &mut WriteTx,
     uuid: Uuid,
     state: AgentState,
 ) -> Result<Option<(Agent, Agent)>> {
-    let Some(before) = fetch(conn, uuid).await? else {
+    let Some(before) = fetch(tx, uuid).await? else {
         return Ok(None);
     };
-    sqlx::query("UPDATE agents SET agent_state = ? WHERE uuid = ?")
-        .bind(state.as_str())
-        .bind(uuid.to_string())
-        .execute(&mut *conn)
-        .await?;
-    let after = fetch(conn, uuid).await?.ok_or_else(|| not_found(uuid))?;
+    store::set_state(tx.conn(), uuid, state).await?;
+    let after = fetch(tx, uuid).await?.ok_or_else(|| not_found(uuid))?;
     Ok((before != after).then_some((before, after)))
 }
 
 /// A work request is contact: an agent that was Missing or LostContact is back, Idle.
 /// Returns the agent before and after.
-pub(crate) async fn record_work_request(
-    conn: &mut SqliteConnection,
-    uuid: Uuid,
-) -> Result<(Agent, Agent)> {
-    let before = fetch(conn, uuid).await?.ok_or_else(|| not_found(uuid))?;
-    touch(conn, uuid).await?;
+pub(crate) async fn record_work_request(tx: &mut WriteTx, uuid: Uuid) -> Result<(Agent, Agent)> {
+    let before = fetch(tx, uuid).await?.ok_or_else(|| not_found(uuid))?;
+    touch(tx, uuid).await?;
     // Asking for work means it is not building anything, unless it holds a run (which the
     // scheduler sorts out).
     if let Some(state) = before.after_work_request() {
-        sqlx::query("UPDATE agents SET agent_state = ? WHERE uuid = ?")
-            .bind(state.as_str())
-            .bind(uuid.to_string())
-            .execute(&mut *conn)
-            .await?;
+        store::set_state(tx.conn(), uuid, state).await?;
     }
-    let after = fetch(conn, uuid).await?.ok_or_else(|| not_found(uuid))?;
+    let after = fetch(tx, uuid).await?.ok_or_else(|| not_found(uuid))?;
     Ok((before, after))
 }
 
 /// A registration, ping or work request is contact (and so is a build's status report or
 /// console upload: an agent busy uploading is plainly alive).
-pub(crate) async fn touch(conn: &mut SqliteConnection, uuid: Uuid) -> Result<()> {
-    sqlx::query("UPDATE agents SET last_contact_at = ? WHERE uuid = ?")
-        .bind(now_millis())
-        .bind(uuid.to_string())
-        .execute(conn)
-        .await?;
-    Ok(())
+pub(crate) async fn touch(tx: &mut WriteTx, uuid: Uuid) -> Result<()> {
+    store::touch(tx.conn(), uuid, now_millis()).await
 }
 
 fn not_found(uuid: Uuid) -> Error {
     Error::NotFound(format!("no agent with uuid {uuid}"))
-}
-
-/// 256 random bits, hex-encoded.
-fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).expect("the operating system's random source works");
-    hex::encode(bytes)
-}
-
-fn hash_token(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_are_long_random_and_hashed() {
-        let (a, b) = (random_token(), random_token());
-        assert_eq!(a.len(), 64);
-        assert_ne!(a, b);
-        assert_ne!(hash_token(&a), a);
-        assert_eq!(hash_token(&a), hash_token(&a));
-    }
 }

@@ -1,0 +1,218 @@
+//! The job runs context: one run of one job (GoCD's build), its history per agent, and its
+//! console. The scheduler creates, assigns and ends runs through the crate-internal functions
+//! here, inside its own writes; every statement is in the store (`store.rs`, `sqlite.rs`).
+
+mod sqlite;
+pub(crate) mod store;
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use self::store::NewRun;
+use crate::agents::{self, Agents};
+use crate::db::{Conn, Db, WriteTx, now_millis};
+use crate::domain::job_run::{Append, JobResult, JobRun, JobState};
+use crate::error::{Error, Result};
+use crate::events::{DomainEvent, Topic};
+
+pub(crate) async fn fetch_run_or_404(conn: Conn<'_>, build_id: i64) -> Result<JobRun> {
+    store::fetch(conn, build_id)
+        .await?
+        .ok_or_else(|| not_found(build_id))
+}
+
+/// A new Scheduled run, scheduled now; returns its build id.
+pub(crate) async fn insert_run(tx: &mut WriteTx, run: NewRun<'_>) -> Result<i64> {
+    store::insert(tx.conn(), run, now_millis()).await
+}
+
+/// Moves `run` on to `state` (and `result`), recording the transition; `agent` is set when
+/// given. A compare-and-set on the state `run` was read in: if another write moved it
+/// meanwhile, nothing changes and the answer is a conflict.
+pub(crate) async fn move_run(
+    tx: &mut WriteTx,
+    run: &JobRun,
+    state: JobState,
+    result: JobResult,
+    agent: Option<Uuid>,
+) -> Result<()> {
+    if !store::move_run(tx.conn(), run, state, result, agent, now_millis()).await? {
+        return Err(Error::Conflict(format!(
+            "build {} changed meanwhile; it is no longer {}",
+            run.build_id, run.state
+        )));
+    }
+    Ok(())
+}
+
+/// Hands the Scheduled run `build_id` to `agent`: a compare-and-set, false if it is no longer
+/// Scheduled (another writer took or cancelled it).
+pub(crate) async fn assign_run(tx: &mut WriteTx, build_id: i64, agent: Uuid) -> Result<bool> {
+    store::assign(tx.conn(), build_id, agent, now_millis()).await
+}
+
+fn not_found(build_id: i64) -> Error {
+    Error::NotFound(format!("no build with id {build_id}"))
+}
+
+/// A page of an agent's runs, newest first.
+#[derive(Debug, Clone)]
+pub struct RunPage {
+    pub runs: Vec<JobRun>,
+    pub offset: i64,
+    pub page_size: i64,
+    pub total: i64,
+}
+
+#[derive(Clone)]
+pub struct JobRuns {
+    db: Db,
+    agents: Agents,
+}
+
+impl JobRuns {
+    pub fn new(db: Db, agents: Agents) -> Self {
+        JobRuns { db, agents }
+    }
+
+    pub async fn get(&self, build_id: i64) -> Result<JobRun> {
+        let mut conn = self.db.reader().await?;
+        fetch_run_or_404(conn.conn(), build_id).await
+    }
+
+    /// The newest run of a job addressed by names and counters (GoCD's URLs).
+    pub async fn find(
+        &self,
+        pipeline: &str,
+        pipeline_counter: i64,
+        stage: &str,
+        stage_counter: i64,
+        job: &str,
+    ) -> Result<Option<i64>> {
+        let mut conn = self.db.reader().await?;
+        store::find(
+            conn.conn(),
+            pipeline,
+            pipeline_counter,
+            stage,
+            stage_counter,
+            job,
+        )
+        .await
+    }
+
+    /// An agent's runs, newest first (`GET /api/agents/{uuid}/job_run_history`).
+    pub async fn history(&self, agent: Uuid, offset: i64, page_size: i64) -> Result<RunPage> {
+        if !(0..=i64::from(u32::MAX)).contains(&offset) {
+            return Err(Error::Unprocessable(
+                "offset: must be between 0 and 4294967295".into(),
+            ));
+        }
+        if !(1..=1000).contains(&page_size) {
+            return Err(Error::Unprocessable(
+                "page_size: must be between 1 and 1000".into(),
+            ));
+        }
+        self.agents.get(agent).await?;
+        let mut conn = self.db.reader().await?;
+        let (runs, total) = store::history(conn.conn(), agent, offset, page_size).await?;
+        Ok(RunPage {
+            runs,
+            offset,
+            page_size,
+            total,
+        })
+    }
+
+    /// Appends an agent's console bytes at `offset` (the length it believes stored).
+    /// Returns the new length. A retried chunk is not stored twice; a gap is a conflict
+    /// carrying the stored length.
+    pub async fn append_console(
+        &self,
+        build_id: i64,
+        agent: Uuid,
+        offset: i64,
+        bytes: Bytes,
+    ) -> Result<i64> {
+        let mut tx = self.db.begin().await?;
+        let run = fetch_run_or_404(tx.conn(), build_id).await?;
+        let end = offset + bytes.len() as i64;
+        let new = match run.append(agent, offset, bytes.len())? {
+            Append::Stored => return Ok(run.console_length),
+            Append::Gap { stored } => return Err(Error::ConsoleGap { stored }),
+            Append::From(skip) => bytes.slice(skip..),
+        };
+        let stored = run.console_length;
+        store::append_console(tx.conn(), build_id, stored, &new).await?;
+        agents::touch(&mut tx, agent).await?;
+        let event = DomainEvent::ConsoleAppend {
+            build_id,
+            start: stored,
+            end: stored + new.len() as i64,
+        };
+        tx.publish(Topic::AgentJobRunConsole(build_id), event);
+        tx.commit().await?;
+        Ok(end)
+    }
+
+    /// At most `max` bytes of the stored log from `from`, the run (for its state), and the
+    /// log's length: bounded reads for streams that walk a large log window by window.
+    pub async fn read_console_window(
+        &self,
+        build_id: i64,
+        from: i64,
+        max: i64,
+    ) -> Result<(Bytes, JobRun)> {
+        let mut conn = self.db.reader().await?;
+        let run = fetch_run_or_404(conn.conn(), build_id).await?;
+        let from = from.clamp(0, run.console_length);
+        let to = from.saturating_add(max.max(0)).min(run.console_length);
+        let bytes = store::read_console(conn.conn(), build_id, from, to).await?;
+        Ok((bytes, run))
+    }
+
+    /// The stored log from `from` on, and the log's whole length.
+    pub async fn read_console(&self, build_id: i64, from: i64) -> Result<(Bytes, i64)> {
+        let mut conn = self.db.reader().await?;
+        let run = fetch_run_or_404(conn.conn(), build_id).await?;
+        let bytes = store::read_console(
+            conn.conn(),
+            build_id,
+            from.clamp(0, run.console_length),
+            run.console_length,
+        )
+        .await?;
+        Ok((bytes, run.console_length))
+    }
+}
+
+/// A run just handed to its agent: `run_created` on the agent's run list, `run_updated` on
+/// its console.
+pub(crate) fn publish_assigned(tx: &mut WriteTx, run: &JobRun) {
+    let build_id = run.build_id;
+    if let Some(agent) = run.agent_uuid {
+        tx.publish(
+            Topic::AgentJobRuns(agent),
+            DomainEvent::RunCreated { build_id },
+        );
+    }
+    tx.publish(
+        Topic::AgentJobRunConsole(build_id),
+        DomainEvent::RunUpdated { build_id },
+    );
+}
+
+/// `run_updated` where the run's watchers listen: its agent's run list and its console.
+pub(crate) fn publish_run(tx: &mut WriteTx, run: &JobRun) {
+    let build_id = run.build_id;
+    if let Some(agent) = run.agent_uuid {
+        tx.publish(
+            Topic::AgentJobRuns(agent),
+            DomainEvent::RunUpdated { build_id },
+        );
+    }
+    tx.publish(
+        Topic::AgentJobRunConsole(build_id),
+        DomainEvent::RunUpdated { build_id },
+    );
+}

@@ -1,0 +1,123 @@
+//! The job runs store: what the job runs context and the scheduler ask of the database,
+//! whichever backend it is. Each function hands its connection to the same-named function of
+//! the backend's module (`sqlite.rs`).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use super::sqlite;
+use crate::db::{Conn, backend};
+use crate::domain::job_run::{JobResult, JobRun, JobState, Requirements, Task};
+use crate::error::Result;
+
+/// What a new run needs; the scheduler fills it in.
+pub struct NewRun<'a> {
+    pub pipeline_name: &'a str,
+    pub pipeline_counter: i64,
+    pub stage_name: &'a str,
+    pub stage_counter: i64,
+    pub job_name: &'a str,
+    pub tasks: &'a [Task],
+    pub resources: &'a [String],
+    pub environment: Option<&'a str>,
+    pub environment_variables: &'a BTreeMap<String, String>,
+    pub rescheduled_from: Option<i64>,
+}
+
+pub async fn fetch(conn: Conn<'_>, build_id: i64) -> Result<Option<JobRun>> {
+    backend!(conn, fetch(build_id))
+}
+
+/// The Scheduled runs, oldest first.
+pub async fn queue(conn: Conn<'_>) -> Result<Vec<JobRun>> {
+    backend!(conn, queue())
+}
+
+/// What matching needs of each Scheduled run, oldest first (a poll for work reads only this).
+pub async fn queued_requirements(conn: Conn<'_>) -> Result<Vec<(i64, Requirements)>> {
+    backend!(conn, queued_requirements())
+}
+
+/// The runs an agent holds that are not Completed, oldest first.
+pub async fn active_runs_of(conn: Conn<'_>, agent: Uuid) -> Result<Vec<JobRun>> {
+    backend!(conn, active_runs_of(agent))
+}
+
+/// A page of an agent's runs, newest first, and how many it has in all.
+pub async fn history(
+    conn: Conn<'_>,
+    agent: Uuid,
+    offset: i64,
+    page_size: i64,
+) -> Result<(Vec<JobRun>, i64)> {
+    backend!(conn, history(agent, offset, page_size))
+}
+
+/// The newest run of a job addressed by names and counters.
+pub async fn find(
+    conn: Conn<'_>,
+    pipeline: &str,
+    pipeline_counter: i64,
+    stage: &str,
+    stage_counter: i64,
+    job: &str,
+) -> Result<Option<i64>> {
+    backend!(
+        conn,
+        find(pipeline, pipeline_counter, stage, stage_counter, job)
+    )
+}
+
+pub async fn pending_count(conn: Conn<'_>) -> Result<u64> {
+    backend!(conn, pending_count())
+}
+
+/// The next counter of a pipeline name.
+pub async fn next_counter(conn: Conn<'_>, pipeline: &str) -> Result<i64> {
+    backend!(conn, next_counter(pipeline))
+}
+
+/// A new Scheduled run (and its first transition); returns its build id.
+pub async fn insert(conn: Conn<'_>, run: NewRun<'_>, now: i64) -> Result<i64> {
+    backend!(conn, insert(run, now))
+}
+
+/// Moves `run` on to `state` if it is still in the state it was read in (a compare-and-set);
+/// false if another write moved it meanwhile.
+pub async fn move_run(
+    conn: Conn<'_>,
+    run: &JobRun,
+    state: JobState,
+    result: JobResult,
+    agent: Option<Uuid>,
+    now: i64,
+) -> Result<bool> {
+    backend!(conn, move_run(run, state, result, agent, now))
+}
+
+/// Hands a Scheduled run to `agent` if it is still Scheduled (a compare-and-set).
+pub async fn assign(conn: Conn<'_>, build_id: i64, agent: Uuid, now: i64) -> Result<bool> {
+    backend!(conn, assign(build_id, agent, now))
+}
+
+pub async fn request_cancel(conn: Conn<'_>, build_id: i64) -> Result<()> {
+    backend!(conn, request_cancel(build_id))
+}
+
+/// The agents holding runs that are neither Scheduled nor Completed and have not been heard
+/// from since `silent_since` (or are gone).
+pub async fn silent_holders(conn: Conn<'_>, silent_since: i64) -> Result<Vec<Uuid>> {
+    backend!(conn, silent_holders(silent_since))
+}
+
+/// Stores console `bytes` at `start` (the stored length) and moves the run's length past them.
+pub async fn append_console(conn: Conn<'_>, build_id: i64, start: i64, bytes: &[u8]) -> Result<()> {
+    backend!(conn, append_console(build_id, start, bytes))
+}
+
+/// The console bytes from `from` up to `to` (a length the caller read).
+pub async fn read_console(conn: Conn<'_>, build_id: i64, from: i64, to: i64) -> Result<Bytes> {
+    backend!(conn, read_console(build_id, from, to))
+}
