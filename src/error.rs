@@ -1,5 +1,6 @@
-//! The one error type of the contexts. It knows nothing of HTTP; `web` maps each kind to a
-//! status code (`NotFound` → 404, `Unprocessable` → 422, …).
+//! The one error type of the server, from the stores up to the handlers. It knows nothing of
+//! HTTP; `web` maps each kind to a status code (`NotFound` → 404, `Unprocessable` → 422, …).
+//! A rule the domain enforces (`domain::Rejection`) converts into the kind it names.
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

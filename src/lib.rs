@@ -3,7 +3,7 @@
 //! `Application::build` wires the database, the event hub, the contexts and their live views
 //! into one router; `run_until_stopped` serves it until the shutdown token fires.
 
-pub mod agent;
+pub mod agent_runtime;
 pub mod agents;
 pub mod config;
 pub mod db;

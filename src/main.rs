@@ -33,7 +33,7 @@ async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send +
         tracing::info!("stopping the agent");
         stop.cancel();
     });
-    ferrocd::agent::run(args, shutdown).await
+    ferrocd::agent_runtime::run(args, shutdown).await
 }
 
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

@@ -2,48 +2,15 @@
 //! one writer connection serialises every assignment), cancelling, and rescheduling the runs
 //! of agents that lost contact.
 
-use std::collections::BTreeMap;
-
-use serde::Serialize;
 use uuid::Uuid;
 
 use crate::agents;
 use crate::db::{Db, WriteTx};
 use crate::domain::agent::{Agent, AgentState, ConfigState};
-use crate::domain::job_run::{
-    Cancel, JobResult, JobRun, JobState, NewJob, Report, Task, check_report,
-};
+use crate::domain::job_run::{Cancel, JobResult, JobRun, JobState, NewJob, Report, check_report};
 use crate::error::Result;
 use crate::events::{DomainEvent, Topic};
 use crate::job_runs::{self, store::NewRun};
-
-/// What an agent receives to run (`POST /api/agents/{uuid}/work`).
-#[derive(Debug, Clone, Serialize)]
-pub struct Work {
-    pub build_id: i64,
-    pub pipeline_name: String,
-    pub pipeline_counter: i64,
-    pub stage_name: String,
-    pub stage_counter: i64,
-    pub job_name: String,
-    pub tasks: Vec<Task>,
-    pub environment_variables: BTreeMap<String, String>,
-}
-
-impl From<&JobRun> for Work {
-    fn from(run: &JobRun) -> Self {
-        Work {
-            build_id: run.build_id,
-            pipeline_name: run.pipeline_name.clone(),
-            pipeline_counter: run.pipeline_counter,
-            stage_name: run.stage_name.clone(),
-            stage_counter: run.stage_counter,
-            job_name: run.job_name.clone(),
-            tasks: run.tasks.clone(),
-            environment_variables: run.environment_variables.clone(),
-        }
-    }
-}
 
 #[derive(Clone)]
 pub struct Scheduler {
@@ -91,11 +58,12 @@ impl Scheduler {
         Ok(run)
     }
 
-    /// Hands the oldest matching Scheduled run to `agent`, or nothing. A work request is
+    /// Hands the oldest matching Scheduled run to `agent` (the run to send as `WORK`), or
+    /// nothing. A work request is
     /// contact. An agent asking again for a run it was given but has not started gets the same
     /// run (its first answer may have been lost); a run it had started is given up on (the
     /// agent restarted) and rescheduled.
-    pub async fn try_assign_work(&self, agent_uuid: Uuid) -> Result<Option<Work>> {
+    pub async fn try_assign_work(&self, agent_uuid: Uuid) -> Result<Option<JobRun>> {
         let mut tx = self.db.begin().await?;
         let (before, mut agent) = agents::record_work_request(&mut tx, agent_uuid).await?;
         let mut queue_changed = false;
@@ -103,7 +71,7 @@ impl Scheduler {
         if agent.agent_config_state == ConfigState::Enabled {
             for run in job_runs::store::active_runs_of(tx.conn(), agent_uuid).await? {
                 if run.state == JobState::Assigned && !run.cancel_requested && work.is_none() {
-                    work = Some(Work::from(&run));
+                    work = Some(run);
                 } else {
                     give_up(&mut tx, &run).await?;
                     queue_changed = true;
@@ -118,8 +86,8 @@ impl Scheduler {
                     && let Some(assigned) = assign_oldest_match(&mut tx, &agent).await?
                 {
                     agents::set_agent_state(&mut tx, agent_uuid, AgentState::Building).await?;
-                    work = Some(Work::from(&assigned));
                     job_runs::publish_assigned(&mut tx, &assigned);
+                    work = Some(assigned);
                     queue_changed = true;
                 }
             }

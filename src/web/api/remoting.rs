@@ -1,4 +1,6 @@
-//! The agent protocol: registration and pings (work, status and console come with jobs).
+//! The agent protocol, the server's side: registration, pings, work, status reports and
+//! console uploads. The server writes its messages strictly (`WorkJson`); the agent's reading
+//! of them is `agent_runtime/wire.rs`.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -7,7 +9,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use serde::Deserialize;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::jobs::RunJson;
@@ -15,7 +19,7 @@ use super::{ApiJson, name_list, parse_uuid};
 use crate::AppState;
 use crate::agents::{Ping, Registration};
 use crate::domain::agent::AgentState;
-use crate::domain::job_run::{JobResult, JobState};
+use crate::domain::job_run::{JobResult, JobRun, JobState, Task};
 use crate::error::{Error, Result};
 use crate::web::api::{agent_uuid, build_id};
 use crate::web::auth::{AuthenticatedAgent, bearer_token};
@@ -149,9 +153,37 @@ async fn work(
     let uuid = agent_uuid(&uuid)?;
     caller.require(uuid)?;
     Ok(match state.scheduler.try_assign_work(uuid).await? {
-        Some(work) => Json(work).into_response(),
+        Some(run) => Json(WorkJson::from(&run)).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
     })
+}
+
+/// `WORK`: what an agent receives to run (`POST /api/agents/{uuid}/work`).
+#[derive(Debug, Clone, Serialize)]
+struct WorkJson {
+    build_id: i64,
+    pipeline_name: String,
+    pipeline_counter: i64,
+    stage_name: String,
+    stage_counter: i64,
+    job_name: String,
+    tasks: Vec<Task>,
+    environment_variables: BTreeMap<String, String>,
+}
+
+impl From<&JobRun> for WorkJson {
+    fn from(run: &JobRun) -> Self {
+        WorkJson {
+            build_id: run.build_id,
+            pipeline_name: run.pipeline_name.clone(),
+            pipeline_counter: run.pipeline_counter,
+            stage_name: run.stage_name.clone(),
+            stage_counter: run.stage_counter,
+            job_name: run.job_name.clone(),
+            tasks: run.tasks.clone(),
+            environment_variables: run.environment_variables.clone(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -219,4 +251,50 @@ async fn append_console(
         .append_console(build_id, caller.0, offset, bytes)
         .await?;
     Ok(Json(json!({ "offset": offset })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent_runtime::wire;
+
+    #[test]
+    fn the_agent_reads_the_work_the_server_writes() {
+        let run = JobRun {
+            build_id: 12,
+            pipeline_name: "web".into(),
+            pipeline_counter: 3,
+            stage_name: "test".into(),
+            stage_counter: 1,
+            job_name: "unit".into(),
+            agent_uuid: None,
+            state: JobState::Assigned,
+            result: JobResult::Unknown,
+            console_length: 0,
+            resources: vec![],
+            environment: None,
+            tasks: vec![Task {
+                command: "make".into(),
+                args: vec!["test".into()],
+                working_dir: Some("src".into()),
+            }],
+            cancel_requested: false,
+            rescheduled_from: None,
+            scheduled_at: 0,
+            completed_at: None,
+            job_state_transitions: vec![],
+            environment_variables: BTreeMap::from([("A".into(), "1".into())]),
+        };
+        let sent = serde_json::to_value(WorkJson::from(&run)).unwrap();
+        let read: wire::Work = serde_json::from_value(sent).unwrap();
+        assert_eq!(read.build_id, wire::BuildId::Number(12));
+        assert_eq!(
+            (read.pipeline_name.as_str(), read.job_name.as_str()),
+            ("web", "unit")
+        );
+        assert_eq!(read.tasks[0].command, "make");
+        assert_eq!(read.tasks[0].args, vec!["test"]);
+        assert_eq!(read.tasks[0].working_dir.as_deref(), Some("src"));
+        assert_eq!(read.environment_variables["A"], "1");
+    }
 }

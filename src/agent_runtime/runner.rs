@@ -22,11 +22,11 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{
-    ApiError, BuildId, Client, FAIL_AFTER, JobResult, JobState, Patience, Task, Work, retry_within,
-};
+use super::client::Client;
 use super::console::{self, BuildConsole, ConsoleWriter, command_line};
 use super::process::{JobProcesses, TaskEnd, TaskSpec, run_task};
+use super::retry::{ApiError, FAIL_AFTER, Patience, retry_within};
+use super::wire::{BuildId, JobResult, JobState, Task, Work};
 
 /// Once a job is cancelled or the agent stops, failing reports and uploads are retried for
 /// this much longer at most.
@@ -422,8 +422,8 @@ mod tests {
             &self,
             offset: u64,
             chunk: bytes::Bytes,
-        ) -> Result<super::super::client::ConsoleAck, ApiError> {
-            Ok(super::super::client::ConsoleAck::Stored(
+        ) -> Result<super::super::wire::ConsoleAck, ApiError> {
+            Ok(super::super::wire::ConsoleAck::Stored(
                 offset + chunk.len() as u64,
             ))
         }

@@ -17,7 +17,9 @@ mod client;
 mod console;
 mod identity;
 mod process;
+mod retry;
 mod runner;
+pub(crate) mod wire;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -26,9 +28,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentArgs;
-use client::{Backoff, BuildId, Client, Registered, WorkOffer};
+use client::{Client, Registered};
 use identity::{IdentityStore, MachineFacts};
+use retry::Backoff;
 use runner::Stops;
+use wire::{BuildId, WorkOffer};
 
 pub use console::{command_line, marker_line};
 pub use identity::IDENTITY_FILE;

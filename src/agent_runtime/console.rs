@@ -30,7 +30,9 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::client::{ApiError, Backoff, BuildId, Client, ConsoleAck, Patience};
+use super::client::Client;
+use super::retry::{ApiError, Backoff, Patience};
+use super::wire::{BuildId, ConsoleAck};
 
 /// Output is sent at the latest this long after it was produced.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -300,7 +302,7 @@ mod tests {
     use super::*;
     use tokio_util::sync::CancellationToken;
 
-    use crate::agent::client::FAIL_AFTER;
+    use crate::agent_runtime::retry::FAIL_AFTER;
 
     fn patient() -> Patience {
         Patience {

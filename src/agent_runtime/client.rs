@@ -1,5 +1,6 @@
-//! The agent's side of the agent protocol (CONTRACT.md, "The agent protocol"): one HTTP client
-//! holding the agent's identity, with a call per endpoint and the retry policy they share.
+//! The agent's side of the agent protocol (docs/API.md, "The agent protocol"): one HTTP client
+//! holding the agent's identity, with a call per endpoint. The messages are in `wire.rs`, the
+//! retry policy the calls share in `retry.rs`.
 //!
 //! Every call after registration carries `Authorization: Bearer TOKEN`. A `401` means the server
 //! no longer knows the token (an admin deleted the agent): the client re-registers once with
@@ -7,316 +8,23 @@
 //! refused with `409` the identity is lost for good: the client fires its `fatal` token and the
 //! agent stops instead of quietly becoming someone else.
 
-use std::fmt;
-use std::future::Future;
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::identity::{Identity, IdentityStore, MachineFacts};
+use super::retry::{ApiError, retry};
+use super::wire::{
+    BuildId, ConsoleAck, JobResult, JobState, PingReply, RegisterReply, Work, WorkOffer,
+};
 
 /// Longest wait for any one request (a hung server must not hang the agent).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Why a call failed.
-#[derive(Debug, Clone)]
-pub enum ApiError {
-    /// No answer: connection refused or reset, timeout, broken body.
-    Transport(String),
-    /// The server answered with an error status.
-    Status {
-        status: u16,
-        message: String,
-        body: Value,
-        headers: Box<HeaderMap>,
-    },
-    /// A success status with a body the agent cannot read.
-    Decode(String),
-}
-
-impl ApiError {
-    /// Worth retrying: the server may answer differently in a moment.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            ApiError::Transport(_) => true,
-            ApiError::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
-            ApiError::Decode(_) => false,
-        }
-    }
-}
-
-impl fmt::Display for ApiError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ApiError::Transport(e) => write!(f, "no answer from the server: {e}"),
-            ApiError::Status {
-                status, message, ..
-            } => write!(f, "the server answered {status}: {message}"),
-            ApiError::Decode(e) => write!(f, "unreadable answer from the server: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for ApiError {}
-
-/// Doubling delays between `min` and `max`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            next: min,
-        }
-    }
-
-    /// The delay to wait now; the following one is twice as long (up to `max`).
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    pub fn reset(&mut self) {
-        self.next = self.min;
-    }
-}
-
-/// How long a failing call is retried.
-#[derive(Debug, Clone)]
-pub struct Patience {
-    /// Ends the retries at once, even a request in flight (the agent is exiting).
-    pub give_up: CancellationToken,
-    /// Once this has fired, a failed attempt is not retried (each call is still tried once).
-    pub stop_retrying: CancellationToken,
-    /// Failing continuously for this long ends the retries.
-    pub fail_after: Duration,
-}
-
-/// How long a job's status reports and console uploads keep failing before the agent gives up.
-pub const FAIL_AFTER: Duration = Duration::from_secs(180);
-
-impl Patience {
-    /// Retries until `give_up`, however long that takes.
-    pub fn until(give_up: &CancellationToken) -> Patience {
-        Patience {
-            give_up: give_up.clone(),
-            stop_retrying: CancellationToken::new(),
-            fail_after: Duration::MAX,
-        }
-    }
-
-    /// Whether a call failing since `since` should be given up.
-    pub fn exhausted(&self, since: tokio::time::Instant) -> bool {
-        self.give_up.is_cancelled()
-            || self.stop_retrying.is_cancelled()
-            || since.elapsed() >= self.fail_after
-    }
-
-    /// Waits `delay` before the next attempt; false if the retries should end instead.
-    pub async fn wait(&self, delay: Duration) -> bool {
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => true,
-            _ = self.give_up.cancelled() => false,
-            _ = self.stop_retrying.cancelled() => false,
-        }
-    }
-}
-
-/// Calls `attempt` until it succeeds, fails for good (a non-transient error), or `give_up`
-/// fires (then the last error is returned). Transient failures are logged, not every one.
-pub async fn retry<T, F, Fut>(
-    what: &str,
-    give_up: &CancellationToken,
-    attempt: F,
-) -> Result<T, ApiError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, ApiError>>,
-{
-    retry_within(what, &Patience::until(give_up), attempt).await
-}
-
-/// [`retry`] within `patience`: the last error is returned once it is exhausted.
-pub async fn retry_within<T, F, Fut>(
-    what: &str,
-    patience: &Patience,
-    mut attempt: F,
-) -> Result<T, ApiError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, ApiError>>,
-{
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut failures = 0u32;
-    let mut failing_since = None;
-    loop {
-        let outcome = tokio::select! {
-            outcome = attempt() => outcome,
-            _ = patience.give_up.cancelled() => Err(ApiError::Transport(format!("gave up: {what}"))),
-        };
-        match outcome {
-            Ok(value) => {
-                if failures > 0 {
-                    tracing::info!("{what}: succeeded after {failures} failed attempt(s)");
-                }
-                return Ok(value);
-            }
-            Err(error) if error.is_transient() => {
-                failures += 1;
-                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
-                if patience.exhausted(since) {
-                    tracing::warn!(%error, attempts = failures, "{what}: giving up");
-                    return Err(error);
-                }
-                if failures == 1 || failures.is_power_of_two() {
-                    tracing::warn!(%error, attempts = failures, "{what}: will retry");
-                }
-                if !patience.wait(backoff.next_delay()).await {
-                    return Err(error);
-                }
-            }
-            Err(error) => return Err(error),
-        }
-    }
-}
-
-/// A build's id as the server wrote it in `WORK` (a number per the contract; a string is
-/// tolerated), echoed back in pings exactly as received.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum BuildId {
-    Number(u64),
-    Text(String),
-}
-
-impl fmt::Display for BuildId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BuildId::Number(n) => write!(f, "{n}"),
-            BuildId::Text(s) => f.write_str(s),
-        }
-    }
-}
-
-impl BuildId {
-    /// The id as one URL path segment.
-    fn path_segment(&self) -> String {
-        let text = self.to_string();
-        let mut out = String::with_capacity(text.len());
-        for byte in text.bytes() {
-            if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-                out.push(byte as char);
-            } else {
-                out.push_str(&format!("%{byte:02X}"));
-            }
-        }
-        out
-    }
-}
-
-/// One task of a job: a command run directly (no shell), in `working_dir` below the sandbox.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Task {
-    pub command: String,
-    #[serde(default)]
-    pub args: Vec<String>,
-    #[serde(default)]
-    pub working_dir: Option<String>,
-}
-
-/// `WORK`: the job the server assigned to this agent.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Work {
-    pub build_id: BuildId,
-    pub pipeline_name: String,
-    #[serde(default)]
-    pub pipeline_counter: Value,
-    pub stage_name: String,
-    #[serde(default)]
-    pub stage_counter: Value,
-    pub job_name: String,
-    #[serde(default)]
-    pub tasks: Vec<Task>,
-    #[serde(default)]
-    pub environment_variables: serde_json::Map<String, Value>,
-}
-
-/// What `POST /work` handed out.
-#[derive(Debug)]
-pub enum WorkOffer {
-    /// `204`: nothing to do.
-    None,
-    Job(Box<Work>),
-    /// A job whose description the agent cannot read; it is failed so it does not hang.
-    Malformed {
-        build_id: BuildId,
-        error: String,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum JobState {
-    Preparing,
-    Building,
-    Completing,
-    Completed,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum JobResult {
-    Passed,
-    Failed,
-    Cancelled,
-}
-
-impl fmt::Display for JobResult {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            JobResult::Passed => "Passed",
-            JobResult::Failed => "Failed",
-            JobResult::Cancelled => "Cancelled",
-        })
-    }
-}
-
-/// The server's answer to a console append.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConsoleAck {
-    /// Stored; the log is now this long.
-    Stored(u64),
-    /// `409`: the agent believed more was stored than is; the log is this long.
-    Gap(u64),
-}
-
-#[derive(Debug, Deserialize)]
-pub struct PingReply {
-    #[serde(default)]
-    pub agent_config_state: Option<String>,
-    #[serde(default)]
-    pub instruction: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RegisterReply {
-    uuid: String,
-    token: String,
-    #[serde(default)]
-    agent_config_state: Option<String>,
-}
-
 /// The identity in use; `generation` grows with every new token.
 struct Auth {
     identity: Option<Identity>,
@@ -730,33 +438,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_up_to_the_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-        let delays: Vec<u128> = (0..7).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(delays, vec![200, 400, 800, 1600, 3200, 5000, 5000]);
-        b.reset();
-        assert_eq!(b.next_delay(), Duration::from_millis(200));
-    }
-
-    #[test]
-    fn transient_errors_are_transport_and_5xx() {
-        let status = |status| ApiError::Status {
-            status,
-            message: String::new(),
-            body: Value::Null,
-            headers: Default::default(),
-        };
-        assert!(ApiError::Transport("reset".into()).is_transient());
-        assert!(status(500).is_transient());
-        assert!(status(503).is_transient());
-        assert!(status(429).is_transient());
-        assert!(!status(409).is_transient());
-        assert!(!status(403).is_transient());
-        assert!(!status(404).is_transient());
-        assert!(!ApiError::Decode("x".into()).is_transient());
-    }
-
-    #[test]
     fn work_parses_the_contract_shape() {
         let value = json!({
             "build_id": 17, "pipeline_name": "p", "pipeline_counter": 3, "stage_name": "s",
@@ -788,14 +469,6 @@ mod tests {
     }
 
     #[test]
-    fn build_ids_echo_as_received_and_are_path_safe() {
-        assert_eq!(json!(BuildId::Number(9)), json!(9));
-        assert_eq!(json!(BuildId::Text("a b".into())), json!("a b"));
-        assert_eq!(BuildId::Text("a/b c".into()).path_segment(), "a%2Fb%20c");
-        assert_eq!(BuildId::Number(42).path_segment(), "42");
-    }
-
-    #[test]
     fn a_console_gap_names_the_stored_length_in_body_or_header() {
         let mut headers = HeaderMap::new();
         assert_eq!(stored_length(&json!({"offset": 12}), &headers), Some(12));
@@ -805,88 +478,5 @@ mod tests {
             Some(34)
         );
         assert_eq!(stored_length(&Value::Null, &HeaderMap::new()), None);
-    }
-
-    #[tokio::test]
-    async fn retry_stops_at_a_permanent_error_and_retries_transient_ones() {
-        let give_up = CancellationToken::new();
-        let mut calls = 0;
-        let outcome: Result<u32, ApiError> = retry("test", &give_up, || {
-            calls += 1;
-            let n = calls;
-            async move {
-                if n < 3 {
-                    Err(ApiError::Transport("refused".into()))
-                } else {
-                    Ok(n)
-                }
-            }
-        })
-        .await;
-        assert_eq!(outcome.unwrap(), 3);
-
-        let mut calls = 0;
-        let outcome: Result<(), ApiError> = retry("test", &give_up, || {
-            calls += 1;
-            async {
-                Err(ApiError::Status {
-                    status: 409,
-                    message: "no".into(),
-                    body: Value::Null,
-                    headers: Default::default(),
-                })
-            }
-        })
-        .await;
-        assert!(matches!(outcome, Err(ApiError::Status { status: 409, .. })));
-        assert_eq!(calls, 1);
-    }
-
-    #[tokio::test]
-    async fn retries_end_after_the_failure_deadline_or_once_told_to_stop() {
-        let failing = || async { Err::<(), _>(ApiError::Transport("refused".into())) };
-        let patience = Patience {
-            give_up: CancellationToken::new(),
-            stop_retrying: CancellationToken::new(),
-            fail_after: Duration::from_millis(300),
-        };
-        let started = tokio::time::Instant::now();
-        assert!(retry_within("test", &patience, failing).await.is_err());
-        assert!(started.elapsed() < Duration::from_secs(5));
-
-        let patience = Patience {
-            fail_after: FAIL_AFTER,
-            ..patience
-        };
-        let stop = patience.stop_retrying.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            stop.cancel();
-        });
-        let started = tokio::time::Instant::now();
-        let mut calls = 0;
-        let outcome = retry_within("test", &patience, || {
-            calls += 1;
-            failing()
-        })
-        .await;
-        assert!(outcome.is_err());
-        assert!(started.elapsed() < Duration::from_secs(5));
-        assert!(calls >= 1);
-
-        // Once stopped, a call is still tried once: a working server still hears it.
-        let outcome = retry_within("test", &patience, || async { Ok(7) }).await;
-        assert_eq!(outcome.unwrap(), 7);
-    }
-
-    #[tokio::test]
-    async fn retry_returns_when_given_up() {
-        let give_up = CancellationToken::new();
-        give_up.cancel();
-        let outcome: Result<(), ApiError> = retry("test", &give_up, || async {
-            Err(ApiError::Transport("refused".into()))
-        })
-        .await;
-        assert!(outcome.is_err());
     }
 }
