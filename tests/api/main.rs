@@ -2,6 +2,7 @@
 
 mod agent_runtime;
 mod agents_api;
+mod architecture;
 mod console_stream;
 mod helpers;
 mod jobs_api;
