@@ -281,9 +281,7 @@ impl Agents {
         if let Some(state) = config_state {
             agent.agent_config_state = state;
         }
-        if agent != before {
-            store::save(tx.conn(), &agent).await?;
-            publish_change(&mut tx, Some(&before), &agent);
+        if save_if_changed(&mut tx, &before, &agent).await? {
             tx.commit().await?;
         }
         Ok(agent)
@@ -324,10 +322,7 @@ impl Agents {
             if let Some(state) = config_state {
                 agent.agent_config_state = state;
             }
-            if agent != before {
-                store::save(tx.conn(), &agent).await?;
-                publish_change(&mut tx, Some(&before), &agent);
-            }
+            save_if_changed(&mut tx, &before, &agent).await?;
         }
         tx.commit().await?;
         Ok(bulk.uuids)
@@ -393,6 +388,16 @@ impl Agents {
         tx.commit().await?;
         Ok(lost)
     }
+}
+
+/// An admin's edit: saved, with its event, only if it changes the agent; true if it did.
+async fn save_if_changed(tx: &mut WriteTx, before: &Agent, agent: &Agent) -> Result<bool> {
+    if agent == before {
+        return Ok(false);
+    }
+    store::save(tx.conn(), agent).await?;
+    publish_change(tx, Some(before), agent);
+    Ok(true)
 }
 
 /// One event for one write of an agent, queued on `tx`: enabled/disabled when the config
