@@ -173,15 +173,7 @@ impl JobRuns {
 
     /// The stored log from `from` on, and the log's whole length.
     pub async fn read_console(&self, build_id: i64, from: i64) -> Result<(Bytes, i64)> {
-        let mut conn = self.db.reader().await?;
-        let run = fetch_run_or_404(conn.conn(), build_id).await?;
-        let bytes = store::read_console(
-            conn.conn(),
-            build_id,
-            from.clamp(0, run.console_length),
-            run.console_length,
-        )
-        .await?;
+        let (bytes, run) = self.read_console_window(build_id, from, i64::MAX).await?;
         Ok((bytes, run.console_length))
     }
 }
@@ -189,27 +181,31 @@ impl JobRuns {
 /// A run just handed to its agent: `run_created` on the agent's run list, `run_updated` on
 /// its console.
 pub(crate) fn publish_assigned(tx: &mut WriteTx, run: &JobRun) {
-    let build_id = run.build_id;
-    if let Some(agent) = run.agent_uuid {
-        tx.publish(
-            Topic::AgentJobRuns(agent),
-            DomainEvent::RunCreated { build_id },
-        );
-    }
-    tx.publish(
-        Topic::AgentJobRunConsole(build_id),
-        DomainEvent::RunUpdated { build_id },
+    publish_to_watchers(
+        tx,
+        run,
+        DomainEvent::RunCreated {
+            build_id: run.build_id,
+        },
     );
 }
 
 /// `run_updated` where the run's watchers listen: its agent's run list and its console.
 pub(crate) fn publish_run(tx: &mut WriteTx, run: &JobRun) {
+    publish_to_watchers(
+        tx,
+        run,
+        DomainEvent::RunUpdated {
+            build_id: run.build_id,
+        },
+    );
+}
+
+/// `on_run_list` on the run's agent's list (if it has an agent); `run_updated` on its console.
+fn publish_to_watchers(tx: &mut WriteTx, run: &JobRun, on_run_list: DomainEvent) {
     let build_id = run.build_id;
     if let Some(agent) = run.agent_uuid {
-        tx.publish(
-            Topic::AgentJobRuns(agent),
-            DomainEvent::RunUpdated { build_id },
-        );
+        tx.publish(Topic::AgentJobRuns(agent), on_run_list);
     }
     tx.publish(
         Topic::AgentJobRunConsole(build_id),
