@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use crate::helpers::{TestApp, eventually, spawn_app_with};
+use crate::helpers::{Registered, TestApp, eventually, spawn_app_with};
 
 const KEY: &str = "agent-runtime-key";
 
@@ -146,15 +146,6 @@ async fn start_agent_keyed(
     (agent, uuid)
 }
 
-async fn schedule(app: &TestApp, body: Value) -> i64 {
-    let (status, run) = app
-        .send_json(reqwest::Method::POST, "/api/jobs/schedule", body)
-        .await;
-    assert_eq!(status, 201, "schedule: {run}");
-    assert_eq!(run["state"], "Scheduled", "{run}");
-    run["build_id"].as_i64().expect("a numeric build_id")
-}
-
 /// Waits until the run is Completed and returns it.
 async fn completed(app: &TestApp, build_id: i64) -> Value {
     eventually(&format!("build {build_id} completes"), || async {
@@ -162,17 +153,6 @@ async fn completed(app: &TestApp, build_id: i64) -> Value {
         (status == 200 && run["state"] == "Completed").then_some(run)
     })
     .await
-}
-
-async fn console(app: &TestApp, build_id: i64) -> Vec<u8> {
-    let response = app
-        .client
-        .get(app.url(&format!("/api/builds/{build_id}/console?from=0")))
-        .send()
-        .await
-        .expect("console request");
-    assert_eq!(response.status(), 200);
-    response.bytes().await.expect("console body").to_vec()
 }
 
 fn shown(bytes: &[u8]) -> String {
@@ -187,12 +167,12 @@ async fn a_failing_job_ends_failed_and_its_console_holds_the_exact_bytes() {
     let (_agent, uuid) = start_agent(&app, work.path(), &logs).await;
 
     let script = r#"echo hello; printf "\033[31mred\033[0m\n"; printf "50%%\r100%%\n"; exit 3"#;
-    let build_id = schedule(
-        &app,
-        json!({"pipeline_name": "bytes", "stage_name": "s", "job_name": "j",
+    let build_id = app
+        .schedule_ok(
+            json!({"pipeline_name": "bytes", "stage_name": "s", "job_name": "j",
                "tasks": [{"command": "sh", "args": ["-c", script]}], "resources": []}),
-    )
-    .await;
+        )
+        .await;
     let run = completed(&app, build_id).await;
     assert_eq!(run["result"], "Failed", "{run}");
     assert_eq!(run["agent_uuid"], uuid.as_str(), "{run}");
@@ -202,7 +182,7 @@ async fn a_failing_job_ends_failed_and_its_console_holds_the_exact_bytes() {
     expected.extend_from_slice(b"hello\n\x1b[31mred\x1b[0m\n50%\r100%\n");
     expected.extend_from_slice(b"[ferrocd] Task failed: exited with code 3\n");
     expected.extend_from_slice(b"[ferrocd] Job completed: Failed\n");
-    let stored = console(&app, build_id).await;
+    let stored = app.console(build_id, Some(0)).await.0;
     assert_eq!(
         stored,
         expected,
@@ -220,17 +200,17 @@ async fn passing_tasks_all_run_and_the_job_passes() {
     let logs = tempfile::tempdir().unwrap();
     let (agent, _uuid) = start_agent(&app, work.path(), &logs).await;
 
-    let build_id = schedule(
-        &app,
-        json!({"pipeline_name": "passes", "stage_name": "s", "job_name": "j",
+    let build_id = app
+        .schedule_ok(
+            json!({"pipeline_name": "passes", "stage_name": "s", "job_name": "j",
                "tasks": [{"command": "sh", "args": ["-c", "echo one; echo err >&2; touch first"]},
                          {"command": "sh", "args": ["-c", "printf two; touch second"]}],
                "resources": []}),
-    )
-    .await;
+        )
+        .await;
     let run = completed(&app, build_id).await;
     assert_eq!(run["result"], "Passed", "{run}");
-    let stored = console(&app, build_id).await;
+    let stored = app.console(build_id, Some(0)).await.0;
     let expected = b"[ferrocd] Task: sh -c 'echo one; echo err >&2; touch first'\n\
 one\nerr\n\
 [ferrocd] Task: sh -c 'printf two; touch second'\n\
@@ -248,14 +228,14 @@ async fn after_a_failing_task_the_next_one_does_not_run() {
     let logs = tempfile::tempdir().unwrap();
     let (agent, _uuid) = start_agent(&app, work.path(), &logs).await;
 
-    let build_id = schedule(
-        &app,
-        json!({"pipeline_name": "stops", "stage_name": "s", "job_name": "j",
+    let build_id = app
+        .schedule_ok(
+            json!({"pipeline_name": "stops", "stage_name": "s", "job_name": "j",
                "tasks": [{"command": "sh", "args": ["-c", "touch first; exit 1"]},
                          {"command": "touch", "args": ["second-ran"]}],
                "resources": []}),
-    )
-    .await;
+        )
+        .await;
     let run = completed(&app, build_id).await;
     assert_eq!(run["result"], "Failed", "{run}");
     let sandbox = agent.sandbox("stops");
@@ -264,7 +244,7 @@ async fn after_a_failing_task_the_next_one_does_not_run() {
         "the first task ran in the sandbox"
     );
     assert!(!sandbox.join("second-ran").exists(), "the second task ran");
-    let stored = String::from_utf8(console(&app, build_id).await).unwrap();
+    let stored = String::from_utf8(app.console(build_id, Some(0)).await.0).unwrap();
     assert_eq!(
         stored,
         "[ferrocd] Task: sh -c 'touch first; exit 1'\n\
@@ -273,18 +253,18 @@ async fn after_a_failing_task_the_next_one_does_not_run() {
     );
 
     // A command that cannot start fails the job the same way, with a line saying so.
-    let build_id = schedule(
-        &app,
-        json!({"pipeline_name": "stops", "stage_name": "s", "job_name": "j",
+    let build_id = app
+        .schedule_ok(
+            json!({"pipeline_name": "stops", "stage_name": "s", "job_name": "j",
                "tasks": [{"command": "/no/such/program", "args": []},
                          {"command": "touch", "args": ["second-ran"]}],
                "resources": []}),
-    )
-    .await;
+        )
+        .await;
     let run = completed(&app, build_id).await;
     assert_eq!(run["result"], "Failed", "{run}");
     assert!(!sandbox.join("second-ran").exists(), "the second task ran");
-    let stored = String::from_utf8(console(&app, build_id).await).unwrap();
+    let stored = String::from_utf8(app.console(build_id, Some(0)).await.0).unwrap();
     assert!(
         stored.contains("[ferrocd] Task failed: could not start '/no/such/program'"),
         "{stored}"
@@ -299,19 +279,19 @@ async fn environment_variables_reach_the_task() {
     let (_agent, _uuid) = start_agent(&app, work.path(), &logs).await;
 
     let script = r#"printf '%s|%s|%s|%s|%s|%s\n' "$GREETING" "$GO_PIPELINE_NAME" "$GO_PIPELINE_COUNTER" "$GO_STAGE_NAME" "$GO_STAGE_COUNTER" "$GO_JOB_NAME"; pwd"#;
-    let build_id = schedule(
-        &app,
-        json!({"pipeline_name": "envpipe", "stage_name": "envstage", "job_name": "envjob",
+    let build_id = app
+        .schedule_ok(
+            json!({"pipeline_name": "envpipe", "stage_name": "envstage", "job_name": "envjob",
                "tasks": [{"command": "sh", "args": ["-c", script]}], "resources": [],
                "environment_variables": {"GREETING": "hi there"}}),
-    )
-    .await;
+        )
+        .await;
     let run = completed(&app, build_id).await;
     assert_eq!(run["result"], "Passed", "{run}");
     let counter = run["pipeline_counter"]
         .as_i64()
         .expect("a numeric pipeline_counter");
-    let stored = String::from_utf8(console(&app, build_id).await).unwrap();
+    let stored = String::from_utf8(app.console(build_id, Some(0)).await.0).unwrap();
     let sandbox = std::fs::canonicalize(work.path().join("pipelines/envpipe")).unwrap();
     let expected_line = format!("hi there|envpipe|{counter}|envstage|1|envjob\n");
     assert!(stored.contains(&expected_line), "{stored:?}");
@@ -346,9 +326,7 @@ async fn cancelling_a_running_job_stops_all_its_processes() {
     let logs = tempfile::tempdir().unwrap();
     let (agent, uuid) = start_agent(&app, work.path(), &logs).await;
 
-    let build_id = schedule(
-        &app,
-        json!({"pipeline_name": "cancel", "stage_name": "s", "job_name": "j",
+    let build_id = app.schedule_ok(json!({"pipeline_name": "cancel", "stage_name": "s", "job_name": "j",
                "tasks": [{"command": "sh",
                           "args": ["-c", "echo $$ > shell.pid; sleep 600 & echo $! > child.pid; echo started; wait"]}],
                "resources": []}),
@@ -394,7 +372,7 @@ async fn cancelling_a_running_job_stops_all_its_processes() {
         })
         .await;
     }
-    let stored = String::from_utf8(console(&app, build_id).await).unwrap();
+    let stored = String::from_utf8(app.console(build_id, Some(0)).await.0).unwrap();
     assert!(stored.contains("started\n"), "{stored:?}");
     assert!(
         stored.ends_with("[ferrocd] Job cancelled\n[ferrocd] Job completed: Cancelled\n"),
@@ -408,15 +386,16 @@ async fn cancelling_a_running_job_stops_all_its_processes() {
 }
 
 async fn ping_status(app: &TestApp, uuid: &str, token: &str) -> u16 {
-    app.client
-        .post(app.url(&format!("/api/agents/{uuid}/ping")))
-        .bearer_auth(token)
-        .json(&json!({"agent_state": "Idle"}))
-        .send()
+    let agent = Registered {
+        uuid: uuid.to_string(),
+        token: token.to_string(),
+    };
+    app.as_agent(&agent)
+        .with_token(token)
+        .ping(json!({"agent_state": "Idle"}))
         .await
-        .expect("ping")
-        .status()
-        .as_u16()
+        .parts()
+        .0
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -454,12 +433,12 @@ async fn a_restarted_agent_keeps_its_identity() {
     assert_eq!(agents[0]["agent_config_state"], "Enabled");
 
     // And it still takes work.
-    let build_id = schedule(
-        &app,
-        json!({"pipeline_name": "again", "stage_name": "s", "job_name": "j",
+    let build_id = app
+        .schedule_ok(
+            json!({"pipeline_name": "again", "stage_name": "s", "job_name": "j",
                "tasks": [{"command": "true", "args": []}], "resources": []}),
-    )
-    .await;
+        )
+        .await;
     let run = completed(&app, build_id).await;
     assert_eq!(run["result"], "Passed", "{run}");
     assert_eq!(run["agent_uuid"], uuid.as_str());
@@ -474,12 +453,12 @@ async fn megabytes_of_output_arrive_whole_and_in_order() {
 
     // About 2.9 MB: more than one 1 MiB request, stdout and stderr interleaved.
     let script = "i=0; while [ $i -lt 40 ]; do seq $((i*10000+1)) $((i*10000+10000)); echo \"err $i\" >&2; i=$((i+1)); done";
-    let build_id = schedule(
-        &app,
-        json!({"pipeline_name": "big", "stage_name": "s", "job_name": "j",
+    let build_id = app
+        .schedule_ok(
+            json!({"pipeline_name": "big", "stage_name": "s", "job_name": "j",
                "tasks": [{"command": "sh", "args": ["-c", script]}], "resources": []}),
-    )
-    .await;
+        )
+        .await;
     let run = completed(&app, build_id).await;
     assert_eq!(run["result"], "Passed", "{run}");
     let mut expected = format!("[ferrocd] Task: sh -c '{script}'\n");
@@ -490,7 +469,7 @@ async fn megabytes_of_output_arrive_whole_and_in_order() {
         expected.push_str(&format!("err {i}\n"));
     }
     expected.push_str("[ferrocd] Job completed: Passed\n");
-    let stored = console(&app, build_id).await;
+    let stored = app.console(build_id, Some(0)).await.0;
     assert!(expected.len() > 2 * 1024 * 1024);
     assert_eq!(stored.len(), expected.len());
     assert!(stored == expected.as_bytes(), "the console differs");
@@ -503,9 +482,7 @@ async fn stopping_the_agent_mid_job_cancels_the_job_and_exits_cleanly() {
     let logs = tempfile::tempdir().unwrap();
     let (mut agent, _uuid) = start_agent(&app, work.path(), &logs).await;
 
-    let build_id = schedule(
-        &app,
-        json!({"pipeline_name": "stopping", "stage_name": "s", "job_name": "j",
+    let build_id = app.schedule_ok(json!({"pipeline_name": "stopping", "stage_name": "s", "job_name": "j",
                "tasks": [{"command": "sh", "args": ["-c", "sleep 600 & echo $! > child.pid; wait"]}],
                "resources": []}),
     )
@@ -529,7 +506,7 @@ async fn stopping_the_agent_mid_job_cancels_the_job_and_exits_cleanly() {
     assert!(process_gone(child), "the task's process outlived the agent");
     let run = completed(&app, build_id).await;
     assert_eq!(run["result"], "Cancelled", "{run}");
-    let stored = String::from_utf8(console(&app, build_id).await).unwrap();
+    let stored = String::from_utf8(app.console(build_id, Some(0)).await.0).unwrap();
     assert!(
         stored.ends_with(
             "[ferrocd] Agent stopping: job cancelled\n[ferrocd] Job completed: Cancelled\n"
@@ -549,12 +526,12 @@ async fn a_console_subscriber_sees_the_lines_while_the_job_runs() {
         r#"echo hello; printf "\033[31mred\033[0m\n"; printf "50%%\r100%%\n"; while [ ! -e '{}' ]; do sleep 0.05; done; echo after; exit 3"#,
         gate.display()
     );
-    let build_id = schedule(
-        &app,
-        json!({"pipeline_name": "watched", "stage_name": "s", "job_name": "j",
+    let build_id = app
+        .schedule_ok(
+            json!({"pipeline_name": "watched", "stage_name": "s", "job_name": "j",
                "tasks": [{"command": "sh", "args": ["-c", script]}], "resources": []}),
-    )
-    .await;
+        )
+        .await;
     let mut stream = crate::helpers::SseClient::connect(
         &app.url(&format!("/builds/{build_id}/console/events")),
         None,
@@ -580,7 +557,7 @@ async fn a_console_subscriber_sees_the_lines_while_the_job_runs() {
     std::fs::write(&gate, b"open").unwrap();
     let run = completed(&app, build_id).await;
     assert_eq!(run["result"], "Failed");
-    let stored = console(&app, build_id).await;
+    let stored = app.console(build_id, Some(0)).await.0;
     while seen.len()
         < String::from_utf8_lossy(&stored)
             .replace("\x1b[31m", "")
@@ -608,16 +585,16 @@ async fn the_agents_own_variables_do_not_reach_tasks() {
     let logs = tempfile::tempdir().unwrap();
     let (_agent, _uuid) = start_agent_keyed(&app, work.path(), &logs, true).await;
 
-    let build_id = schedule(
-        &app,
-        json!({"pipeline_name": "envleak", "stage_name": "s", "job_name": "j",
+    let build_id = app
+        .schedule_ok(
+            json!({"pipeline_name": "envleak", "stage_name": "s", "job_name": "j",
                "tasks": [{"command": "env", "args": []}], "resources": [],
                "environment_variables": {"MINE": "kept"}}),
-    )
-    .await;
+        )
+        .await;
     let run = completed(&app, build_id).await;
     assert_eq!(run["result"], "Passed", "{run}");
-    let stored = String::from_utf8(console(&app, build_id).await).unwrap();
+    let stored = String::from_utf8(app.console(build_id, Some(0)).await.0).unwrap();
     assert!(stored.contains("MINE=kept\n"), "{stored:?}");
     assert!(stored.contains("GO_JOB_NAME=j\n"), "{stored:?}");
     assert!(
@@ -638,17 +615,17 @@ async fn background_processes_live_through_the_job_and_end_with_it() {
     // second waits for the answer (a closed pipe would have killed the server on SIGPIPE).
     let server = "(while [ ! -e ask ]; do sleep 0.02; done; echo serving; echo yes > answered; sleep 600) & echo $! > server.pid";
     let client = "touch ask; while [ ! -e answered ]; do sleep 0.02; done; echo answered";
-    let build_id = schedule(
-        &app,
-        json!({"pipeline_name": "bg", "stage_name": "s", "job_name": "j",
+    let build_id = app
+        .schedule_ok(
+            json!({"pipeline_name": "bg", "stage_name": "s", "job_name": "j",
                "tasks": [{"command": "sh", "args": ["-c", server]},
                          {"command": "sh", "args": ["-c", client]}],
                "resources": []}),
-    )
-    .await;
+        )
+        .await;
     let run = completed(&app, build_id).await;
     assert_eq!(run["result"], "Passed", "{run}");
-    let stored = String::from_utf8(console(&app, build_id).await).unwrap();
+    let stored = String::from_utf8(app.console(build_id, Some(0)).await.0).unwrap();
     // Each task has its own pipe, read by its own reader: "serving" (the first task's
     // background process) and "answered" (the second task) may reach the console in either
     // order, but both arrive before the job's last line.

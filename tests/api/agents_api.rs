@@ -47,82 +47,8 @@ async fn enabling_a_pending_agent_approves_it() {
     );
 }
 
-// ---------------------------------------------------------------------------------------
-// Private helpers of this file.
-
 /// A well-formed uuid that names no agent.
 const UNKNOWN_UUID: &str = "00000000-0000-4000-8000-000000000000";
-
-async fn get_with_accept(app: &TestApp, path: &str, accept: &str) -> (u16, serde_json::Value) {
-    let response = app
-        .client
-        .get(app.url(path))
-        .header("Accept", accept)
-        .send()
-        .await
-        .expect("request");
-    let status = response.status().as_u16();
-    (
-        status,
-        response.json().await.unwrap_or(serde_json::Value::Null),
-    )
-}
-
-async fn send_raw(app: &TestApp, method: Method, path: &str, body: Vec<u8>) -> (u16, String) {
-    let response = app
-        .client
-        .request(method, app.url(path))
-        .header("Content-Type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .expect("request");
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap_or_default())
-}
-
-async fn get_text(app: &TestApp, path: &str) -> (u16, String, String) {
-    let response = app.client.get(app.url(path)).send().await.expect("request");
-    let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    (
-        status,
-        content_type,
-        response.text().await.unwrap_or_default(),
-    )
-}
-
-fn message(body: &serde_json::Value) -> &str {
-    body["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("an error body is {{\"message\": …}}, got {body}"))
-}
-
-async fn list_uuids(app: &TestApp) -> Vec<String> {
-    let (status, body) = app.get_json("/api/agents").await;
-    assert_eq!(status, 200, "{body}");
-    body["_embedded"]["agents"]
-        .as_array()
-        .expect("_embedded.agents")
-        .iter()
-        .map(|a| a["uuid"].as_str().unwrap().to_string())
-        .collect()
-}
-
-async fn patch(app: &TestApp, uuid: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-    app.send_json(Method::PATCH, &format!("/api/agents/{uuid}"), body)
-        .await
-}
-
-async fn delete_one(app: &TestApp, uuid: &str) -> (u16, serde_json::Value) {
-    app.send_json(Method::DELETE, &format!("/api/agents/{uuid}"), json!({}))
-        .await
-}
 
 // ---------------------------------------------------------------------------------------
 // Reading agents.
@@ -197,15 +123,17 @@ async fn gocd_accept_headers_are_all_accepted() {
         "application/vnd.go.cd.v7+json",
         "application/vnd.go.cd.v4+json",
     ] {
-        let (status, body) = get_with_accept(&app, "/api/agents", accept).await;
+        let (status, body) = app.get_accepting("/api/agents", accept).await.parts();
         assert_eq!(status, 200, "Accept: {accept}: {body}");
         assert_eq!(
             body["_embedded"]["agents"][0]["uuid"],
             agent.uuid.as_str(),
             "Accept: {accept}"
         );
-        let (status, body) =
-            get_with_accept(&app, &format!("/go/api/agents/{}", agent.uuid), accept).await;
+        let (status, body) = app
+            .get_accepting(&format!("/go/api/agents/{}", agent.uuid), accept)
+            .await
+            .parts();
         assert_eq!(status, 200, "Accept: {accept}: {body}");
         assert_eq!(body["hostname"], "accept-me", "Accept: {accept}");
     }
@@ -219,13 +147,13 @@ async fn patch_changes_hostname_and_resources_given_as_array_or_comma_string() {
     let app = spawn_app().await;
     let agent = app.register("old-name").await;
 
-    let (status, body) = patch(
-        &app,
-        &agent.uuid,
-        json!({"hostname": "new-name", "resources": ["java", "docker"]}),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    let body = app
+        .patch_agent(
+            &agent.uuid,
+            json!({"hostname": "new-name", "resources": ["java", "docker"]}),
+        )
+        .await
+        .expect(200);
     assert_eq!(body["uuid"], agent.uuid.as_str(), "PATCH answers the AGENT");
     assert_eq!(body["hostname"], "new-name");
     assert_eq!(body["resources"], json!(["java", "docker"]));
@@ -233,8 +161,10 @@ async fn patch_changes_hostname_and_resources_given_as_array_or_comma_string() {
     assert_eq!(shown["hostname"], "new-name");
     assert_eq!(shown["resources"], json!(["java", "docker"]));
 
-    let (status, body) = patch(&app, &agent.uuid, json!({"resources": "a, b"})).await;
-    assert_eq!(status, 200, "{body}");
+    let body = app
+        .patch_agent(&agent.uuid, json!({"resources": "a, b"}))
+        .await
+        .expect(200);
     assert_eq!(body["resources"], json!(["a", "b"]));
     assert_eq!(app.agent(&agent.uuid).await["resources"], json!(["a", "b"]));
     assert_eq!(
@@ -249,8 +179,10 @@ async fn patch_sets_environments_shown_with_their_gocd_origin() {
     let app = spawn_app().await;
     let agent = app.register("env-agent").await;
 
-    let (status, body) = patch(&app, &agent.uuid, json!({"environments": ["prod", "qa"]})).await;
-    assert_eq!(status, 200, "{body}");
+    let body = app
+        .patch_agent(&agent.uuid, json!({"environments": ["prod", "qa"]}))
+        .await
+        .expect(200);
     let expected = json!([
         {"name": "prod", "origin": {"type": "gocd"}},
         {"name": "qa", "origin": {"type": "gocd"}},
@@ -258,8 +190,9 @@ async fn patch_sets_environments_shown_with_their_gocd_origin() {
     assert_eq!(body["environments"], expected);
     assert_eq!(app.agent(&agent.uuid).await["environments"], expected);
 
-    let (status, body) = patch(&app, &agent.uuid, json!({"environments": "staging, prod"})).await;
-    assert_eq!(status, 200, "{body}");
+    app.patch_agent(&agent.uuid, json!({"environments": "staging, prod"}))
+        .await
+        .expect(200);
     assert_eq!(
         app.agent(&agent.uuid).await["environments"],
         json!([
@@ -279,7 +212,10 @@ async fn patch_agent_config_state_is_case_insensitive() {
         ("Enabled", "Enabled"),
         ("DiSaBlEd", "Disabled"),
     ] {
-        let (status, body) = patch(&app, &agent.uuid, json!({"agent_config_state": sent})).await;
+        let (status, body) = app
+            .patch_agent(&agent.uuid, json!({"agent_config_state": sent}))
+            .await
+            .parts();
         assert_eq!(status, 200, "{sent}: {body}");
         assert_eq!(body["agent_config_state"], shown, "{sent}");
         assert_eq!(
@@ -294,13 +230,14 @@ async fn patch_agent_config_state_is_case_insensitive() {
 async fn patch_with_a_body_that_is_not_json_is_400_with_a_message() {
     let app = spawn_app().await;
     let agent = app.register("bad-json").await;
-    let (status, text) = send_raw(
-        &app,
-        Method::PATCH,
-        &format!("/api/agents/{}", agent.uuid),
-        b"{\"hostname\": ".to_vec(),
-    )
-    .await;
+    let reply = app
+        .call_raw(
+            Method::PATCH,
+            &format!("/api/agents/{}", agent.uuid),
+            b"{\"hostname\": ".to_vec(),
+        )
+        .await;
+    let (status, text) = (reply.status, reply.text());
     assert_eq!(status, 400, "{text}");
     let body: serde_json::Value = serde_json::from_str(&text).expect("the error is JSON");
     assert!(!message(&body).is_empty(), "{body}");
@@ -317,7 +254,7 @@ async fn patch_with_a_field_of_the_wrong_type_is_422_naming_the_field() {
         (json!({"environments": {"name": "prod"}}), "environments"),
         (json!({"agent_config_state": true}), "agent_config_state"),
     ] {
-        let (status, answer) = patch(&app, &agent.uuid, body.clone()).await;
+        let (status, answer) = app.patch_agent(&agent.uuid, body.clone()).await.parts();
         assert_eq!(status, 422, "{body}: {answer}");
         assert!(
             message(&answer).contains(field),
@@ -334,7 +271,10 @@ async fn patch_to_pending_or_an_unknown_config_state_is_422() {
     let app = spawn_app().await;
     let agent = app.register_enabled("stays-enabled").await;
     for state in ["Pending", "pending", "bogus", ""] {
-        let (status, body) = patch(&app, &agent.uuid, json!({"agent_config_state": state})).await;
+        let (status, body) = app
+            .patch_agent(&agent.uuid, json!({"agent_config_state": state}))
+            .await
+            .parts();
         assert_eq!(status, 422, "{state:?}: {body}");
         assert!(
             message(&body).contains("agent_config_state"),
@@ -350,10 +290,12 @@ async fn patch_to_pending_or_an_unknown_config_state_is_422() {
 #[tokio::test]
 async fn patch_of_an_unknown_agent_is_404() {
     let app = spawn_app().await;
-    let (status, body) = patch(&app, UNKNOWN_UUID, json!({"hostname": "ghost"})).await;
-    assert_eq!(status, 404, "{body}");
+    let body = app
+        .patch_agent(UNKNOWN_UUID, json!({"hostname": "ghost"}))
+        .await
+        .expect(404);
     assert!(!message(&body).is_empty());
-    assert!(list_uuids(&app).await.is_empty(), "no agent was created");
+    assert!(app.agent_uuids().await.is_empty(), "no agent was created");
 }
 
 #[tokio::test]
@@ -393,7 +335,9 @@ async fn bulk_patch_edits_every_named_agent_and_says_which() {
     let one = app.register("bulk-1").await;
     let two = app.register("bulk-2").await;
     let other = app.register("bulk-untouched").await;
-    patch(&app, &two.uuid, json!({"environments": ["old-env"]})).await;
+    app.patch_agent(&two.uuid, json!({"environments": ["old-env"]}))
+        .await
+        .parts();
 
     let (status, body) = app
         .send_json(
@@ -490,26 +434,24 @@ async fn only_a_disabled_agent_can_be_deleted() {
         .await;
 
     for (agent, state) in [(&pending, "Pending"), (&enabled, "Enabled")] {
-        let (status, body) = delete_one(&app, &agent.uuid).await;
+        let (status, body) = app.delete_agent(&agent.uuid).await.parts();
         assert_eq!(status, 422, "deleting a {state} agent: {body}");
         assert!(!message(&body).is_empty());
         assert_eq!(app.agent(&agent.uuid).await["agent_config_state"], state);
     }
 
-    let (status, body) = delete_one(&app, &disabled.uuid).await;
-    assert_eq!(status, 200, "{body}");
+    let body = app.delete_agent(&disabled.uuid).await.expect(200);
     assert_eq!(body, json!({"message": "Deleted 1 agent(s)."}));
     let (status, _) = app
         .get_json(&format!("/api/agents/{}", disabled.uuid))
         .await;
     assert_eq!(status, 404, "a deleted agent is gone");
-    let listed = list_uuids(&app).await;
+    let listed = app.agent_uuids().await;
     assert!(!listed.contains(&disabled.uuid), "{listed:?}");
     assert_eq!(listed.len(), 2, "the others stay: {listed:?}");
 
-    let (status, body) = delete_one(&app, UNKNOWN_UUID).await;
-    assert_eq!(status, 404, "{body}");
-    let (status, body) = delete_one(&app, &disabled.uuid).await;
+    app.delete_agent(UNKNOWN_UUID).await.expect(404);
+    let (status, body) = app.delete_agent(&disabled.uuid).await.parts();
     assert_eq!(status, 404, "deleting twice: {body}");
 }
 
@@ -533,7 +475,7 @@ async fn bulk_delete_is_all_or_nothing() {
         .await;
     assert_eq!(status, 422, "one of them is Enabled: {body}");
     assert!(!message(&body).is_empty());
-    assert_eq!(list_uuids(&app).await.len(), 3, "none was deleted");
+    assert_eq!(app.agent_uuids().await.len(), 3, "none was deleted");
 
     let (status, body) = app
         .send_json(
@@ -544,25 +486,24 @@ async fn bulk_delete_is_all_or_nothing() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, json!({"message": "Deleted 2 agent(s)."}));
-    assert_eq!(list_uuids(&app).await, vec![three.uuid.clone()]);
+    assert_eq!(app.agent_uuids().await, vec![three.uuid.clone()]);
 }
 
 #[tokio::test]
 async fn a_building_agent_cannot_be_deleted_even_when_disabled() {
     let app = spawn_app().await;
     let agent = app.register_enabled("busy").await;
-    let (status, body) = app
-        .ping(&agent, &agent.token, json!({"agent_state": "Building"}))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    app.as_agent(&agent)
+        .ping(json!({"agent_state": "Building"}))
+        .await
+        .expect(200);
     let (status, body) = app
         .put(&format!("/api/agents/{}/disable", agent.uuid))
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["agent_state"], "Building", "{body}");
 
-    let (status, body) = delete_one(&app, &agent.uuid).await;
-    assert_eq!(status, 422, "{body}");
+    let body = app.delete_agent(&agent.uuid).await.expect(422);
     assert!(!message(&body).is_empty());
     let (status, body) = app
         .send_json(
@@ -584,32 +525,37 @@ async fn a_body_over_one_mebibyte_is_413() {
     let agent = app.register("big").await;
     let huge = "a".repeat(1024 * 1024 + 1024);
     let body = format!("{{\"hostname\": \"{huge}\"}}").into_bytes();
-    let (status, text) = send_raw(
-        &app,
-        Method::PATCH,
-        &format!("/api/agents/{}", agent.uuid),
-        body,
-    )
-    .await;
+    let reply = app
+        .call_raw(Method::PATCH, &format!("/api/agents/{}", agent.uuid), body)
+        .await;
+    let (status, text) = (reply.status, reply.text());
     assert_eq!(status, 413, "{}", &text[..text.len().min(200)]);
     assert_eq!(app.agent(&agent.uuid).await["hostname"], "big");
 
     let body = format!("{{\"hostname\": \"{huge}\"}}").into_bytes();
-    let (status, text) = send_raw(&app, Method::POST, "/api/agents/register", body).await;
+    let reply = app
+        .call_raw(Method::POST, "/api/agents/register", body)
+        .await;
+    let (status, text) = (reply.status, reply.text());
     assert_eq!(
         status,
         413,
         "registration too: {}",
         &text[..text.len().min(200)]
     );
-    assert_eq!(list_uuids(&app).await.len(), 1);
+    assert_eq!(app.agent_uuids().await.len(), 1);
 }
 
 #[tokio::test]
 async fn an_unknown_api_route_is_a_json_404() {
     let app = spawn_app().await;
     for path in ["/api/no-such-thing", "/go/api/agents/x/y/z"] {
-        let (status, content_type, text) = get_text(&app, path).await;
+        let reply = app.get(path).await;
+        let (status, content_type, text) = (
+            reply.status,
+            reply.header("content-type").to_string(),
+            reply.text(),
+        );
         assert_eq!(status, 404, "{path}: {text}");
         assert!(
             content_type.starts_with("application/json"),
@@ -644,7 +590,12 @@ async fn version_and_health_answer() {
 #[tokio::test]
 async fn the_about_page_shows_the_server_and_schema_versions() {
     let app = spawn_app().await;
-    let (status, content_type, html) = get_text(&app, "/go/about").await;
+    let reply = app.get("/go/about").await;
+    let (status, content_type, html) = (
+        reply.status,
+        reply.header("content-type").to_string(),
+        reply.text(),
+    );
     assert_eq!(status, 200, "{html}");
     assert!(content_type.starts_with("text/html"), "{content_type}");
     assert!(

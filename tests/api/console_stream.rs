@@ -39,7 +39,8 @@ async fn console_lines_arrive_as_they_are_appended_with_offsets_as_ids() {
     );
 
     let end = app
-        .append_console(&agent, build_id, 0, b"first line\nsecond ")
+        .as_agent(&agent)
+        .append_ok(build_id, 0, b"first line\nsecond ")
         .await;
     let event = stream
         .wait_for("the first line", |e| e.event == "console")
@@ -52,7 +53,8 @@ async fn console_lines_arrive_as_they_are_appended_with_offsets_as_ids() {
 
     // The unfinished line goes out once it is complete.
     let end = app
-        .append_console(&agent, build_id, end as usize, b"half\n\x1b[32mok\x1b[0m\n")
+        .as_agent(&agent)
+        .append_ok(build_id, end as usize, b"half\n\x1b[32mok\x1b[0m\n")
         .await;
     let event = stream
         .wait_for("the next lines", |e| e.event == "console")
@@ -74,12 +76,14 @@ async fn a_last_line_without_newline_is_sent_when_the_build_completes() {
         .subscribe(&format!("/builds/{build_id}/console/events"))
         .await;
     stream.wait_for("the status", |e| e.event == "status").await;
-    app.append_console(&agent, build_id, 0, b"done\nno newline")
+    app.as_agent(&agent)
+        .append_ok(build_id, 0, b"done\nno newline")
         .await;
     let (text, _) = read_console_until(&mut stream, 5).await;
     assert_eq!(text, "done\n");
 
-    app.report(&agent, build_id, "Completed", Some("Passed"))
+    app.as_agent(&agent)
+        .report_ok(build_id, "Completed", Some("Passed"))
         .await;
     let (text, _) = read_console_until(&mut stream, 15).await;
     assert_eq!(text, "no newline");
@@ -115,7 +119,7 @@ async fn a_stream_cut_mid_build_resumes_from_last_event_id_with_no_byte_twice_or
     for i in 0..5 {
         let (at, bytes) =
             append(format!("before cut {i} \x1b[1mbold\x1b[0m 50%\r100%\n").as_bytes());
-        app.append_console(&agent, build_id, at, &bytes).await;
+        app.as_agent(&agent).append_ok(build_id, at, &bytes).await;
         let (text, ids) = read_console_until(&mut first, (at + bytes.len()) as i64).await;
         seen.push_str(&text);
         last_id = *ids.last().unwrap();
@@ -125,16 +129,16 @@ async fn a_stream_cut_mid_build_resumes_from_last_event_id_with_no_byte_twice_or
     // Appends while nobody is connected, including invalid UTF-8 and a CRLF line.
     for i in 0..3 {
         let (at, bytes) = append(format!("while away {i} \u{2603}\r\n").as_bytes());
-        app.append_console(&agent, build_id, at, &bytes).await;
+        app.as_agent(&agent).append_ok(build_id, at, &bytes).await;
     }
     let (at, bytes) = append(b"bad bytes \xff\xfe end\n");
-    app.append_console(&agent, build_id, at, &bytes).await;
+    app.as_agent(&agent).append_ok(build_id, at, &bytes).await;
 
     // `?from=0` is overridden by Last-Event-ID, as a browser's reconnect sends it.
     let mut second = SseClient::connect(&format!("{url}?from=0"), Some(&last_id.to_string())).await;
     for i in 0..3 {
         let (at, bytes) = append(format!("after reconnect {i}\n").as_bytes());
-        app.append_console(&agent, build_id, at, &bytes).await;
+        app.as_agent(&agent).append_ok(build_id, at, &bytes).await;
     }
     let (text, ids) = read_console_until(&mut second, offset as i64).await;
     seen.push_str(&text);
@@ -143,7 +147,7 @@ async fn a_stream_cut_mid_build_resumes_from_last_event_id_with_no_byte_twice_or
         "offsets only grow: {ids:?}"
     );
 
-    let stored = app.stored_console(build_id).await;
+    let stored = app.console(build_id, None).await.0;
     assert_eq!(stored, expected, "the server stored every byte as sent");
     let without_ansi = String::from_utf8_lossy(&stored)
         .replace("\x1b[1m", "")
@@ -158,7 +162,8 @@ async fn a_stream_cut_mid_build_resumes_from_last_event_id_with_no_byte_twice_or
 async fn from_resumes_where_asked_and_a_new_stream_starts_at_zero() {
     let app = spawn_app().await;
     let (agent, build_id) = app.running_build("from").await;
-    app.append_console(&agent, build_id, 0, b"one\ntwo\nthree\n")
+    app.as_agent(&agent)
+        .append_ok(build_id, 0, b"one\ntwo\nthree\n")
         .await;
 
     let mut from_four = app
@@ -178,26 +183,18 @@ async fn from_resumes_where_asked_and_a_new_stream_starts_at_zero() {
 async fn the_run_page_shows_the_console_escaped_and_its_status() {
     let app = spawn_app().await;
     let (agent, build_id) = app.running_build("page").await;
-    app.append_console(
-        &agent,
-        build_id,
-        0,
-        b"<script>alert(1)</script>\n\x1b[31mred\x1b[0m\n",
-    )
-    .await;
+    app.as_agent(&agent)
+        .append_ok(
+            build_id,
+            0,
+            b"<script>alert(1)</script>\n\x1b[31mred\x1b[0m\n",
+        )
+        .await;
     for path in [
         format!("/builds/{build_id}"),
         format!("/agents/{}/job_run_history/{build_id}", agent.uuid),
     ] {
-        let html = app
-            .client
-            .get(app.url(&path))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let html = app.get(&path).await.text();
         assert!(
             html.contains("id=\"run-status\" data-state=\"Building\""),
             "{html}"
@@ -213,16 +210,10 @@ async fn the_run_page_shows_the_console_escaped_and_its_status() {
         );
     }
     // GoCD's address for the same run.
-    let gocd = app.url("/tab/build/detail/console/1/build/1/job");
     let html = app
-        .client
-        .get(gocd)
-        .send()
+        .get("/tab/build/detail/console/1/build/1/job")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .text();
     assert!(html.contains("id=\"console\""), "{html}");
 }
 
@@ -231,17 +222,10 @@ async fn a_large_log_shows_its_last_thousand_lines_and_a_way_to_all() {
     let app = spawn_app().await;
     let (agent, build_id) = app.running_build("big").await;
     let log: String = (1..=1500).map(|i| format!("line {i}\n")).collect();
-    app.append_console(&agent, build_id, 0, log.as_bytes())
+    app.as_agent(&agent)
+        .append_ok(build_id, 0, log.as_bytes())
         .await;
-    let html = app
-        .client
-        .get(app.url(&format!("/builds/{build_id}")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = app.get(&format!("/builds/{build_id}")).await.text();
     assert_eq!(html.matches("class=\"ln\"").count(), 1000);
     assert!(
         html.contains(">line 1500\n<")
@@ -253,15 +237,7 @@ async fn a_large_log_shows_its_last_thousand_lines_and_a_way_to_all() {
         html.contains(&format!("href=\"/api/builds/{build_id}/console\"")),
         "a raw download link"
     );
-    let all = app
-        .client
-        .get(app.url(&format!("/builds/{build_id}?all=1")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let all = app.get(&format!("/builds/{build_id}?all=1")).await.text();
     assert_eq!(all.matches("class=\"ln\"").count(), 1500);
 }
 
@@ -276,7 +252,7 @@ async fn the_run_list_follows_the_agents_runs() {
     assert!(!first.data.contains("<tr"), "no runs yet: {}", first.data);
 
     let build_id = app.schedule_job("listed", "job").await;
-    app.take_work(&agent).await;
+    app.as_agent(&agent).take_work().await;
     let row = format!("id=\"run-{build_id}\" data-state=\"Assigned\"");
     stream
         .wait_for("the assigned run", |e| {
@@ -284,7 +260,8 @@ async fn the_run_list_follows_the_agents_runs() {
         })
         .await;
 
-    app.report(&agent, build_id, "Completed", Some("Failed"))
+    app.as_agent(&agent)
+        .report_ok(build_id, "Completed", Some("Failed"))
         .await;
     let done = format!("id=\"run-{build_id}\" data-state=\"Completed\" data-result=\"Failed\"");
     stream
@@ -294,14 +271,9 @@ async fn the_run_list_follows_the_agents_runs() {
         .await;
 
     let html = app
-        .client
-        .get(app.url(&format!("/agents/{}/job_run_history", agent.uuid)))
-        .send()
+        .get(&format!("/agents/{}/job_run_history", agent.uuid))
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .text();
     assert!(
         html.contains("<table id=\"runs-table\">") && html.contains(&done),
         "{html}"
@@ -311,14 +283,11 @@ async fn the_run_list_follows_the_agents_runs() {
 #[tokio::test]
 async fn an_unknown_run_is_a_404_page_a_person_can_read() {
     let app = spawn_app().await;
-    let response = app.client.get(app.url("/builds/999")).send().await.unwrap();
-    assert_eq!(response.status(), 404);
-    let content_type = response.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let page = app.get("/builds/999").await;
+    assert_eq!(page.status, 404);
+    let content_type = page.header("content-type");
     assert!(content_type.starts_with("text/html"), "{content_type}");
-    let html = response.text().await.unwrap();
+    let html = page.text();
     assert!(
         html.contains("no build with id 999") && html.contains("href=\"/agents\""),
         "{html}"

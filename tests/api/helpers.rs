@@ -1,11 +1,16 @@
-//! The harness: a real server on a free port with a fresh database per test, and an SSE
-//! reader that parses the stream as `curl -N` shows it (`event:`, `id:`, `data:` lines).
+//! The harness: a real server on a free port with a fresh database per test, one typed client
+//! for its API (every request a test makes goes through [`Api::send`], so a credential or a
+//! header that all calls need is added in one place), and an SSE reader that parses the
+//! stream as `curl -N` shows it (`event:`, `id:`, `data:` lines).
 
+use std::ops::Deref;
 use std::time::Duration;
 
 use ferrocd::config::Config;
 use ferrocd::{AppState, Application};
 use futures::StreamExt;
+use reqwest::Method;
+use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::sync::mpsc;
@@ -15,8 +20,7 @@ use tokio_util::sync::CancellationToken;
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 pub struct TestApp {
-    pub base: String,
-    pub client: reqwest::Client,
+    api: Api,
     pub state: AppState,
     shutdown: CancellationToken,
     _data: TempDir,
@@ -25,6 +29,15 @@ pub struct TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// A test speaks to its server through the typed client, whichever way the server was started.
+impl Deref for TestApp {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
     }
 }
 
@@ -37,13 +50,12 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = Config::for_data_dir(data.path());
     configure(&mut config);
     let app = Application::build(config).await.expect("the server builds");
-    let base = format!("http://{}", app.local_addr());
+    let api = Api::new(format!("http://{}", app.local_addr()));
     let state = app.state();
     let shutdown = app.shutdown_token();
     tokio::spawn(app.run_until_stopped());
     TestApp {
-        base,
-        client: reqwest::Client::new(),
+        api,
         state,
         shutdown,
         _data: data,
@@ -71,6 +83,11 @@ impl Server {
         }
     }
 
+    /// The same typed client a [`TestApp`] has; it outlives a stop, so a test can keep it.
+    pub fn api(&self) -> Api {
+        Api::new(self.base.clone())
+    }
+
     /// Stops it gracefully and waits until it has.
     pub async fn stop(mut self) {
         self.stop.cancel();
@@ -95,38 +112,181 @@ pub struct Registered {
     pub token: String,
 }
 
-impl TestApp {
+impl Registered {
+    /// The identity in a registration answer.
+    pub fn from_body(body: &Value) -> Registered {
+        Registered {
+            uuid: body["uuid"].as_str().expect("a uuid").to_string(),
+            token: body["token"].as_str().expect("a token").to_string(),
+        }
+    }
+}
+
+/// The `message` of a JSON error body. Every error the API answers has one, so a missing one
+/// fails the test here rather than as a confusing `contains` further on.
+pub fn message(body: &Value) -> &str {
+    body["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an error body is {{\"message\": …}}, got {body}"))
+}
+
+/// A schedule request body for an ad-hoc job running `echo`.
+pub fn job_body(pipeline: &str, job: &str) -> Value {
+    json!({
+        "pipeline_name": pipeline,
+        "stage_name": "build",
+        "job_name": job,
+        "tasks": [{"command": "echo", "args": ["hello", job]}],
+        "resources": [],
+    })
+}
+
+/// What the server answered: kept whole, so a test can read it as JSON, text or bytes, and a
+/// failed expectation can show what came back.
+pub struct Reply {
+    /// `METHOD /path`, for failure messages.
+    pub what: String,
+    pub status: u16,
+    pub headers: HeaderMap,
+    /// The body as JSON, `null` when it is not JSON.
+    pub body: Value,
+    pub bytes: Vec<u8>,
+}
+
+impl Reply {
+    /// The JSON body, after checking the status; a wrong status panics showing the body.
+    pub fn expect(self, status: u16) -> Value {
+        assert_eq!(
+            self.status,
+            status,
+            "{} answered {}: {}",
+            self.what,
+            self.status,
+            self.shown()
+        );
+        self.body
+    }
+
+    /// The `message` of an error body.
+    pub fn message(&self) -> &str {
+        message(&self.body)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+
+    /// A header's value, `""` when absent.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// Status and JSON body, for tests that compare both.
+    pub fn parts(self) -> (u16, Value) {
+        (self.status, self.body)
+    }
+
+    /// The body as a failure message shows it: JSON if it is, else the first of the text.
+    fn shown(&self) -> String {
+        if self.body.is_null() {
+            self.text().chars().take(500).collect()
+        } else {
+            self.body.to_string()
+        }
+    }
+}
+
+/// The typed client of one server: what a user's script or the UI asks.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: String) -> Api {
+        Api {
+            base,
+            client: reqwest::Client::new(),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
 
-    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+    /// Sends a request and reads the whole answer: the one place a request leaves a test.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let request = request.build().expect("a well-formed request");
+        let what = format!("{} {}", request.method(), request.url().path());
         let response = self
             .client
-            .get(self.url(path))
-            .send()
+            .execute(request)
             .await
-            .expect("request");
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
         let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        let headers = response.headers().clone();
+        let bytes = response
+            .bytes()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: reading the body: {e}"))
+            .to_vec();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            what,
+            status,
+            headers,
+            body,
+            bytes,
+        }
     }
 
-    pub async fn send_json(
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.client.get(self.url(path))).await
+    }
+
+    /// A request with a JSON body.
+    pub async fn call(&self, method: Method, path: &str, body: Value) -> Reply {
+        self.call_raw(method, path, body.to_string()).await
+    }
+
+    /// A request that says it carries JSON, with whatever bytes a test wants to send: malformed
+    /// or oversized bodies.
+    pub async fn call_raw(
         &self,
-        method: reqwest::Method,
+        method: Method,
         path: &str,
-        body: Value,
-    ) -> (u16, Value) {
-        let response = self
-            .client
-            .request(method, self.url(path))
-            .header("Content-Type", "application/json")
-            .body(body.to_string())
-            .send()
+        body: impl Into<reqwest::Body>,
+    ) -> Reply {
+        self.send(
+            self.client
+                .request(method, self.url(path))
+                .header("Content-Type", "application/json")
+                .body(body),
+        )
+        .await
+    }
+
+    /// A GET with an `Accept` header, as GoCD clients send one.
+    pub async fn get_accepting(&self, path: &str, accept: &str) -> Reply {
+        self.send(self.client.get(self.url(path)).header("Accept", accept))
             .await
-            .expect("request");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        self.get(path).await.parts()
+    }
+
+    pub async fn send_json(&self, method: Method, path: &str, body: Value) -> (u16, Value) {
+        self.call(method, path, body).await.parts()
+    }
+
+    /// A PUT without a body (the enable and disable shortcuts).
+    pub async fn put(&self, path: &str) -> (u16, Value) {
+        self.send(self.client.put(self.url(path))).await.parts()
     }
 
     pub async fn register_with(&self, body: Value, key: Option<&str>) -> (u16, Value) {
@@ -137,9 +297,7 @@ impl TestApp {
         if let Some(key) = key {
             request = request.header("X-Agent-Registration-Key", key);
         }
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        self.send(request).await.parts()
     }
 
     /// Registers a Pending agent called `hostname`.
@@ -153,10 +311,7 @@ impl TestApp {
             )
             .await;
         assert_eq!(status, 201, "registration failed: {body}");
-        Registered {
-            uuid: body["uuid"].as_str().unwrap().to_string(),
-            token: body["token"].as_str().unwrap().to_string(),
-        }
+        Registered::from_body(&body)
     }
 
     /// Registers an agent and enables it.
@@ -169,38 +324,224 @@ impl TestApp {
         agent
     }
 
-    pub async fn put(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .client
-            .put(self.url(path))
-            .send()
-            .await
-            .expect("request");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    pub async fn ping(&self, agent: &Registered, token: &str, body: Value) -> (u16, Value) {
-        let response = self
-            .client
-            .post(self.url(&format!("/api/agents/{}/ping", agent.uuid)))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .expect("request");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+    /// Speaks as `agent`, with its own token.
+    pub fn as_agent(&self, agent: &Registered) -> AgentClient<'_> {
+        AgentClient {
+            api: self,
+            uuid: agent.uuid.clone(),
+            token: Some(agent.token.clone()),
+        }
     }
 
     pub async fn agent(&self, uuid: &str) -> Value {
-        let (status, body) = self.get_json(&format!("/api/agents/{uuid}")).await;
-        assert_eq!(status, 200, "{body}");
-        body
+        self.get(&format!("/api/agents/{uuid}")).await.expect(200)
+    }
+
+    /// The uuids of every agent listed, in the list's order.
+    pub async fn agent_uuids(&self) -> Vec<String> {
+        let body = self.get("/api/agents").await.expect(200);
+        body["_embedded"]["agents"]
+            .as_array()
+            .expect("_embedded.agents")
+            .iter()
+            .map(|a| a["uuid"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    pub async fn patch_agent(&self, uuid: &str, body: Value) -> Reply {
+        self.call(Method::PATCH, &format!("/api/agents/{uuid}"), body)
+            .await
+    }
+
+    pub async fn delete_agent(&self, uuid: &str) -> Reply {
+        self.call(Method::DELETE, &format!("/api/agents/{uuid}"), json!({}))
+            .await
+    }
+
+    pub async fn schedule(&self, body: Value) -> Reply {
+        self.call(Method::POST, "/api/jobs/schedule", body).await
+    }
+
+    /// Schedules `body`, expects a Scheduled run; returns its build id.
+    pub async fn schedule_ok(&self, body: Value) -> i64 {
+        let run = self.schedule(body).await.expect(201);
+        assert_eq!(run["state"], "Scheduled", "{run}");
+        run["build_id"].as_i64().expect("a numeric build_id")
+    }
+
+    /// Schedules an ad-hoc job running `echo`; returns its build id.
+    pub async fn schedule_job(&self, pipeline: &str, job: &str) -> i64 {
+        self.schedule_ok(job_body(pipeline, job)).await
+    }
+
+    /// A marker for the streams: queues a job no agent can take (it needs a resource nobody
+    /// offers) and returns the pending count that follows. Once a stream shows that count, it
+    /// has everything its view rendered before the marker.
+    pub async fn queue_marker(&self) -> u64 {
+        self.schedule_ok(json!({"pipeline_name": "marker", "stage_name": "s", "job_name": "j",
+                                "tasks": [{"command": "true"}], "resources": ["no-agent-has-this"]}))
+            .await;
+        self.pending_count().await
+    }
+
+    pub async fn pending_count(&self) -> u64 {
+        let body = self.get("/api/scheduler").await.expect(200);
+        body["pending_count"].as_u64().expect("a pending count")
+    }
+
+    /// `GET /api/builds/{id}`; expects the run.
+    pub async fn build(&self, build_id: i64) -> Value {
+        self.get(&format!("/api/builds/{build_id}"))
+            .await
+            .expect(200)
+    }
+
+    pub async fn cancel(&self, build_id: i64) -> Reply {
+        self.call(
+            Method::POST,
+            &format!("/api/builds/{build_id}/cancel"),
+            json!({}),
+        )
+        .await
+    }
+
+    /// `GET /api/builds/{id}/console[?from=N]`: the raw bytes and `X-Console-Length`.
+    pub async fn console(&self, build_id: i64, from: Option<u64>) -> (Vec<u8>, String) {
+        let path = match from {
+            Some(from) => format!("/api/builds/{build_id}/console?from={from}"),
+            None => format!("/api/builds/{build_id}/console"),
+        };
+        let reply = self.get(&path).await;
+        assert_eq!(
+            reply.status,
+            200,
+            "console of {build_id}: {}",
+            reply.shown()
+        );
+        let length = match reply.header("x-console-length") {
+            "" => "<missing>".to_string(),
+            length => length.to_string(),
+        };
+        (reply.bytes, length)
+    }
+
+    /// An enabled agent holding a fresh run it has been handed (Assigned); returns both.
+    pub async fn assigned_build(&self, hostname: &str) -> (Registered, i64) {
+        let agent = self.register_enabled(hostname).await;
+        let build_id = self.schedule_job("console", "job").await;
+        let work = self.as_agent(&agent).take_work().await;
+        assert_eq!(work["build_id"], build_id);
+        (agent, build_id)
+    }
+
+    /// An enabled agent holding a fresh run that it has started building; returns both.
+    pub async fn running_build(&self, hostname: &str) -> (Registered, i64) {
+        let (agent, build_id) = self.assigned_build(hostname).await;
+        self.as_agent(&agent)
+            .report_ok(build_id, "Building", None)
+            .await;
+        (agent, build_id)
     }
 
     pub async fn subscribe(&self, path: &str) -> SseClient {
         SseClient::connect(&self.url(path), None).await
+    }
+}
+
+/// The agent protocol, spoken as an agent would: its uuid in the path, a bearer token (its
+/// own, another agent's, or none, for the tests of who may do what).
+pub struct AgentClient<'a> {
+    api: &'a Api,
+    uuid: String,
+    token: Option<String>,
+}
+
+impl AgentClient<'_> {
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_string());
+        self
+    }
+
+    pub fn without_token(mut self) -> Self {
+        self.token = None;
+        self
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        request: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Reply {
+        let mut builder = self.api.client.post(self.api.url(path));
+        if let Some(token) = &self.token {
+            builder = builder.bearer_auth(token);
+        }
+        self.api.send(request(builder)).await
+    }
+
+    async fn post_json(&self, path: &str, body: Value) -> Reply {
+        self.post(path, |r| {
+            r.header("Content-Type", "application/json")
+                .body(body.to_string())
+        })
+        .await
+    }
+
+    /// `POST /api/agents/{uuid}/work`.
+    pub async fn work(&self) -> Reply {
+        self.post_json(&format!("/api/agents/{}/work", self.uuid), json!({}))
+            .await
+    }
+
+    /// Asks for work and expects some; returns the WORK.
+    pub async fn take_work(&self) -> Value {
+        self.work().await.expect(200)
+    }
+
+    /// Reports `job_state` (and `result`) for a build.
+    pub async fn report(&self, build_id: i64, job_state: &str, result: Option<&str>) -> Reply {
+        let mut body = json!({ "job_state": job_state });
+        if let Some(result) = result {
+            body["result"] = json!(result);
+        }
+        self.post_json(&format!("/api/builds/{build_id}/status"), body)
+            .await
+    }
+
+    /// Reports and expects the run back.
+    pub async fn report_ok(&self, build_id: i64, job_state: &str, result: Option<&str>) -> Value {
+        self.report(build_id, job_state, result).await.expect(200)
+    }
+
+    /// Raw console bytes at `X-Console-Offset: offset` (no header when `None`).
+    pub async fn append(&self, build_id: i64, offset: Option<u64>, bytes: &[u8]) -> Reply {
+        self.post(&format!("/api/builds/{build_id}/console"), |r| {
+            let r = r.header("Content-Type", "text/plain").body(bytes.to_vec());
+            match offset {
+                Some(offset) => r.header("X-Console-Offset", offset.to_string()),
+                None => r,
+            }
+        })
+        .await
+    }
+
+    /// Appends and expects it stored; returns the new stored length.
+    pub async fn append_ok(&self, build_id: i64, offset: usize, bytes: &[u8]) -> i64 {
+        let body = self
+            .append(build_id, Some(offset as u64), bytes)
+            .await
+            .expect(200);
+        body["offset"].as_i64().expect("offset")
+    }
+
+    pub async fn ping(&self, body: Value) -> Reply {
+        self.post_json(&format!("/api/agents/{}/ping", self.uuid), body)
+            .await
+    }
+
+    /// Re-registration: `POST /api/agents/register` with the token.
+    pub async fn register(&self, body: Value) -> Reply {
+        self.post_json("/api/agents/register", body).await
     }
 }
 
@@ -351,115 +692,6 @@ where
     }
 }
 
-/// The agent protocol, spoken as an agent would (for tests that drive a run step by step).
-impl TestApp {
-    /// Schedules an ad-hoc job running `echo`; returns its build id.
-    pub async fn schedule_job(&self, pipeline: &str, job: &str) -> i64 {
-        let body = json!({"pipeline_name": pipeline, "stage_name": "build", "job_name": job,
-                          "tasks": [{"command": "echo", "args": ["hello"]}]});
-        let (status, run) = self
-            .send_json(reqwest::Method::POST, "/api/jobs/schedule", body)
-            .await;
-        assert_eq!(status, 201, "schedule failed: {run}");
-        run["build_id"].as_i64().expect("a build id")
-    }
-
-    /// A marker for the streams: queues a job no agent can take (it needs a resource nobody
-    /// offers) and returns the pending count that follows. Once a stream shows that count, it
-    /// has everything its view rendered before the marker.
-    pub async fn queue_marker(&self) -> u64 {
-        let body = json!({"pipeline_name": "marker", "stage_name": "s", "job_name": "j",
-                          "tasks": [{"command": "true"}], "resources": ["no-agent-has-this"]});
-        let (status, run) = self
-            .send_json(reqwest::Method::POST, "/api/jobs/schedule", body)
-            .await;
-        assert_eq!(status, 201, "schedule failed: {run}");
-        let (status, queue) = self.get_json("/api/scheduler").await;
-        assert_eq!(status, 200, "{queue}");
-        queue["pending_count"].as_u64().expect("a pending count")
-    }
-
-    /// Asks for work as `agent`; expects a job.
-    pub async fn take_work(&self, agent: &Registered) -> Value {
-        let response = self
-            .client
-            .post(self.url(&format!("/api/agents/{}/work", agent.uuid)))
-            .bearer_auth(&agent.token)
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(response.status(), 200, "no work for {}", agent.uuid);
-        response.json().await.expect("WORK")
-    }
-
-    /// Reports `job_state` (and `result`) for a build as `agent`; expects 200.
-    pub async fn report(
-        &self,
-        agent: &Registered,
-        build_id: i64,
-        job_state: &str,
-        result: Option<&str>,
-    ) {
-        let mut body = json!({ "job_state": job_state });
-        if let Some(result) = result {
-            body["result"] = json!(result);
-        }
-        let response = self
-            .client
-            .post(self.url(&format!("/api/builds/{build_id}/status")))
-            .bearer_auth(&agent.token)
-            .json(&body)
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(response.status(), 200, "status {job_state} refused");
-    }
-
-    /// Appends console bytes at `offset` as `agent`; returns the new stored length.
-    pub async fn append_console(
-        &self,
-        agent: &Registered,
-        build_id: i64,
-        offset: usize,
-        bytes: &[u8],
-    ) -> i64 {
-        let response = self
-            .client
-            .post(self.url(&format!("/api/builds/{build_id}/console")))
-            .bearer_auth(&agent.token)
-            .header("X-Console-Offset", offset.to_string())
-            .header("Content-Type", "text/plain")
-            .body(bytes.to_vec())
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(response.status(), 200, "append refused");
-        let body: Value = response.json().await.expect("JSON");
-        body["offset"].as_i64().expect("offset")
-    }
-
-    /// The stored log, raw.
-    pub async fn stored_console(&self, build_id: i64) -> Vec<u8> {
-        let response = self
-            .client
-            .get(self.url(&format!("/api/builds/{build_id}/console")))
-            .send()
-            .await
-            .unwrap();
-        response.bytes().await.unwrap().to_vec()
-    }
-
-    /// An enabled agent holding a fresh run that it has started building; returns both.
-    pub async fn running_build(&self, hostname: &str) -> (Registered, i64) {
-        let agent = self.register_enabled(hostname).await;
-        let build_id = self.schedule_job("console", "job").await;
-        let work = self.take_work(&agent).await;
-        assert_eq!(work["build_id"], build_id);
-        self.report(&agent, build_id, "Building", None).await;
-        (agent, build_id)
-    }
-}
-
 /// What a browser's `textContent` of console HTML would be: tags dropped, the entities our
 /// fragments use decoded (`&#13;` is a carriage return).
 pub fn text_content(html: &str) -> String {
@@ -583,17 +815,12 @@ impl AgentsPage {
     }
 }
 
-impl TestApp {
+impl Api {
     /// `GET /agents`, parsed.
     pub async fn fresh_agents_page(&self) -> AgentsPage {
-        let response = self
-            .client
-            .get(self.url("/agents"))
-            .send()
-            .await
-            .expect("GET /agents");
-        assert_eq!(response.status(), 200);
-        AgentsPage::parse(&response.text().await.expect("the page"))
+        let reply = self.get("/agents").await;
+        assert_eq!(reply.status, 200, "GET /agents");
+        AgentsPage::parse(&reply.text())
     }
 }
 

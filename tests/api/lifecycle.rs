@@ -5,6 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferrocd::config::Config;
+use serde_json::json;
 
 use crate::helpers::*;
 
@@ -75,52 +76,28 @@ async fn sigterm_with_streams_open_exits_promptly() {
 async fn an_agent_not_heard_from_since_a_restart_is_missing() {
     let data = tempfile::tempdir().unwrap();
     let first = Server::start(Config::for_data_dir(data.path())).await;
-    let base = first.base.clone();
-    let client = reqwest::Client::new();
-    let registered: serde_json::Value = client
-        .post(format!("{base}/api/agents/register"))
-        .body(r#"{"hostname": "survivor"}"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let uuid = registered["uuid"].as_str().unwrap().to_string();
-    let token = registered["token"].as_str().unwrap().to_string();
+    let (status, registered) = first
+        .api()
+        .register_with(json!({"hostname": "survivor"}), None)
+        .await;
+    assert_eq!(status, 201, "{registered}");
+    let agent = Registered::from_body(&registered);
     first.stop().await;
 
     // Same data directory, new process: the agent is remembered, but Missing.
     let second = Server::start(Config::for_data_dir(data.path())).await;
-    let base = second.base.clone();
-    let agent: serde_json::Value = client
-        .get(format!("{base}/api/agents/{uuid}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(agent["hostname"], "survivor");
-    assert_eq!(agent["agent_state"], "Missing");
+    let api = second.api();
+    let shown = api.agent(&agent.uuid).await;
+    assert_eq!(shown["hostname"], "survivor");
+    assert_eq!(shown["agent_state"], "Missing");
 
     // Its old token still works, and contact ends Missing.
-    let ping = client
-        .post(format!("{base}/api/agents/{uuid}/ping"))
-        .bearer_auth(&token)
-        .body(r#"{"agent_state": "Idle"}"#)
-        .send()
+    let (status, _) = api
+        .as_agent(&agent)
+        .ping(json!({"agent_state": "Idle"}))
         .await
-        .unwrap();
-    assert_eq!(ping.status(), 200);
-    let agent: serde_json::Value = client
-        .get(format!("{base}/api/agents/{uuid}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(agent["agent_state"], "Idle");
+        .parts();
+    assert_eq!(status, 200);
+    assert_eq!(api.agent(&agent.uuid).await["agent_state"], "Idle");
     second.stop().await;
 }

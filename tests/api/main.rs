@@ -5,7 +5,7 @@ mod agents_api;
 mod architecture;
 mod console_stream;
 mod helpers;
-mod jobs_api;
+mod jobs;
 mod lifecycle;
 mod live_views;
 mod registration;

@@ -22,56 +22,6 @@ fn agent_body(hostname: &str) -> Value {
     })
 }
 
-/// `POST /api/agents/register` with an optional bearer token (re-registration).
-async fn register_as(app: &TestApp, body: Value, token: Option<&str>) -> (u16, Value) {
-    let mut request = app
-        .client
-        .post(app.url("/api/agents/register"))
-        .header("Content-Type", "application/json")
-        .body(body.to_string());
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-/// A ping with no `Authorization` header at all.
-async fn ping_without_token(app: &TestApp, uuid: &str) -> (u16, Value) {
-    let response = app
-        .client
-        .post(app.url(&format!("/api/agents/{uuid}/ping")))
-        .json(&json!({"agent_state": "Idle"}))
-        .send()
-        .await
-        .expect("request");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-fn message(body: &Value) -> &str {
-    body["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("an error body is {{\"message\": …}}, got {body}"))
-}
-
-fn registered(body: &Value) -> Registered {
-    Registered {
-        uuid: body["uuid"].as_str().expect("uuid").to_string(),
-        token: body["token"].as_str().expect("token").to_string(),
-    }
-}
-
-async fn agent_count(app: &TestApp) -> usize {
-    let (status, body) = app.get_json("/api/agents").await;
-    assert_eq!(status, 200, "{body}");
-    body["_embedded"]["agents"]
-        .as_array()
-        .expect("agents")
-        .len()
-}
-
 // ---------------------------------------------------------------------------------------
 // Registration and the key.
 
@@ -85,7 +35,7 @@ async fn a_new_agent_without_a_key_is_pending_and_idle() {
         body["uuid"].is_string() && body["token"].is_string(),
         "{body}"
     );
-    let agent = registered(&body);
+    let agent = Registered::from_body(&body);
 
     let shown = app.agent(&agent.uuid).await;
     assert_eq!(shown["hostname"], "fresh");
@@ -105,7 +55,7 @@ async fn the_right_key_registers_the_agent_enabled() {
     let (status, body) = app.register_with(agent_body("trusted"), Some(KEY)).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["agent_config_state"], "Enabled");
-    let agent = registered(&body);
+    let agent = Registered::from_body(&body);
     let shown = app.agent(&agent.uuid).await;
     assert_eq!(shown["agent_config_state"], "Enabled");
     assert_eq!(shown["agent_state"], "Idle");
@@ -120,7 +70,7 @@ async fn a_wrong_key_is_403_and_registers_nothing() {
     assert_eq!(status, 403, "{body}");
     assert!(!message(&body).is_empty());
     assert!(body.get("token").is_none(), "{body}");
-    assert_eq!(agent_count(&app).await, 0);
+    assert_eq!(app.agent_uuids().await.len(), 0);
 }
 
 #[tokio::test]
@@ -129,7 +79,7 @@ async fn no_key_on_a_keyed_server_registers_the_agent_pending() {
     let (status, body) = app.register_with(agent_body("keyless"), None).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["agent_config_state"], "Pending");
-    let agent = registered(&body);
+    let agent = Registered::from_body(&body);
     assert_eq!(
         app.agent(&agent.uuid).await["agent_config_state"],
         "Pending"
@@ -144,7 +94,7 @@ async fn a_key_sent_to_a_server_without_one_registers_the_agent_pending() {
         .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["agent_config_state"], "Pending");
-    let agent = registered(&body);
+    let agent = Registered::from_body(&body);
     assert_eq!(
         app.agent(&agent.uuid).await["agent_config_state"],
         "Pending"
@@ -200,7 +150,7 @@ async fn registering_with_a_given_uuid_creates_that_uuid() {
     let (status, answer) = app.register_with(body, None).await;
     assert_eq!(status, 422, "a malformed uuid: {answer}");
     assert!(message(&answer).contains("uuid"), "{answer}");
-    assert_eq!(agent_count(&app).await, 1);
+    assert_eq!(app.agent_uuids().await.len(), 1);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -214,19 +164,31 @@ async fn re_registering_a_known_uuid_without_its_token_is_409() {
 
     let mut body = agent_body("impostor");
     body["uuid"] = json!(first.uuid);
-    let (status, answer) = register_as(&app, body.clone(), None).await;
+    let (status, answer) = app.register_with(body.clone(), None).await;
     assert_eq!(status, 409, "no token: {answer}");
     assert!(!message(&answer).is_empty());
 
-    let (status, answer) = register_as(&app, body.clone(), Some(&other.token)).await;
+    let (status, answer) = app
+        .as_agent(&first)
+        .with_token(&other.token)
+        .register(body.clone())
+        .await
+        .parts();
     assert_eq!(status, 409, "another agent's token: {answer}");
-    let (status, answer) = register_as(&app, body, Some("deadbeef")).await;
+    let (status, answer) = app
+        .as_agent(&first)
+        .with_token("deadbeef")
+        .register(body)
+        .await
+        .parts();
     assert_eq!(status, 409, "a made-up token: {answer}");
 
     assert_eq!(app.agent(&first.uuid).await["hostname"], "first");
     let (status, _) = app
-        .ping(&first, &first.token, json!({"agent_state": "Idle"}))
-        .await;
+        .as_agent(&first)
+        .ping(json!({"agent_state": "Idle"}))
+        .await
+        .parts();
     assert_eq!(status, 200, "the real agent's token still works");
 }
 
@@ -237,25 +199,29 @@ async fn re_registering_with_its_token_answers_200_with_a_new_token_and_retires_
 
     let mut body = agent_body("again-renamed");
     body["uuid"] = json!(agent.uuid);
-    let (status, answer) = register_as(&app, body, Some(&agent.token)).await;
-    assert_eq!(status, 200, "{answer}");
+    let answer = app.as_agent(&agent).register(body).await.expect(200);
     assert_eq!(answer["uuid"], agent.uuid.as_str());
     assert_eq!(answer["agent_config_state"], "Pending");
     let new_token = answer["token"].as_str().expect("token").to_string();
     assert_ne!(new_token, agent.token, "a new token");
     assert_eq!(
-        agent_count(&app).await,
+        app.agent_uuids().await.len(),
         1,
         "the same agent, not a second one"
     );
 
     let (status, body) = app
-        .ping(&agent, &agent.token, json!({"agent_state": "Idle"}))
-        .await;
+        .as_agent(&agent)
+        .ping(json!({"agent_state": "Idle"}))
+        .await
+        .parts();
     assert_eq!(status, 401, "the old token stopped working: {body}");
     let (status, body) = app
-        .ping(&agent, &new_token, json!({"agent_state": "Idle"}))
-        .await;
+        .as_agent(&agent)
+        .with_token(&new_token)
+        .ping(json!({"agent_state": "Idle"}))
+        .await
+        .parts();
     assert_eq!(status, 200, "the new token works: {body}");
     assert_eq!(app.agent(&agent.uuid).await["hostname"], "again-renamed");
 }
@@ -278,8 +244,7 @@ async fn re_registration_keeps_the_resources_and_environments_an_admin_set() {
     body["uuid"] = json!(agent.uuid);
     body["resources"] = json!(["something-else"]);
     body["environments"] = json!(["dev"]);
-    let (status, answer) = register_as(&app, body, Some(&agent.token)).await;
-    assert_eq!(status, 200, "{answer}");
+    let answer = app.as_agent(&agent).register(body).await.expect(200);
     assert_eq!(answer["agent_config_state"], "Enabled");
 
     let shown = app.agent(&agent.uuid).await;
@@ -307,24 +272,18 @@ async fn registration_without_a_hostname_is_422_naming_it() {
     let (status, answer) = app.register_with(agent_body("   "), None).await;
     assert_eq!(status, 422, "a blank hostname: {answer}");
     assert!(message(&answer).contains("hostname"), "{answer}");
-    assert_eq!(agent_count(&app).await, 0);
+    assert_eq!(app.agent_uuids().await.len(), 0);
 }
 
 #[tokio::test]
 async fn registration_with_a_body_that_is_not_json_is_400() {
     let app = spawn_app().await;
-    let response = app
-        .client
-        .post(app.url("/api/agents/register"))
-        .header("Content-Type", "application/json")
-        .body("hostname=oops")
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status().as_u16(), 400);
-    let body: Value = response.json().await.expect("the error is JSON");
-    assert!(!message(&body).is_empty(), "{body}");
-    assert_eq!(agent_count(&app).await, 0);
+    let reply = app
+        .call_raw(Method::POST, "/api/agents/register", "hostname=oops")
+        .await;
+    assert_eq!(reply.status, 400);
+    assert!(!reply.message().is_empty(), "{}", reply.body);
+    assert_eq!(app.agent_uuids().await.len(), 0);
 }
 
 #[tokio::test]
@@ -334,7 +293,7 @@ async fn free_space_unknown_is_listed_as_unknown() {
     body["free_space"] = json!("unknown");
     let (status, answer) = app.register_with(body, None).await;
     assert_eq!(status, 201, "{answer}");
-    let agent = registered(&answer);
+    let agent = Registered::from_body(&answer);
     assert_eq!(app.agent(&agent.uuid).await["free_space"], "unknown");
     let (_, listed) = app.get_json("/api/agents").await;
     assert_eq!(listed["_embedded"]["agents"][0]["free_space"], "unknown");
@@ -347,24 +306,22 @@ async fn free_space_unknown_is_listed_as_unknown() {
 async fn a_ping_with_the_agents_own_token_answers_its_config_state() {
     let app = spawn_app().await;
     let agent = app.register("pinger").await;
-    let (status, body) = app
-        .ping(&agent, &agent.token, json!({"agent_state": "Idle"}))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let body = app
+        .as_agent(&agent)
+        .ping(json!({"agent_state": "Idle"}))
+        .await
+        .expect(200);
     assert_eq!(
         body,
         json!({"agent_config_state": "Pending", "instruction": "NONE"})
     );
 
     app.put(&format!("/api/agents/{}/enable", agent.uuid)).await;
-    let (status, body) = app
-        .ping(
-            &agent,
-            &agent.token,
-            json!({"agent_state": "Idle", "free_space": 42}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let body = app
+        .as_agent(&agent)
+        .ping(json!({"agent_state": "Idle", "free_space": 42}))
+        .await
+        .expect(200);
     assert_eq!(
         body,
         json!({"agent_config_state": "Enabled", "instruction": "NONE"})
@@ -377,10 +334,12 @@ async fn a_ping_with_another_agents_token_is_403() {
     let app = spawn_app().await;
     let mine = app.register("mine").await;
     let theirs = app.register("theirs").await;
-    let (status, body) = app
-        .ping(&mine, &theirs.token, json!({"agent_state": "Building"}))
-        .await;
-    assert_eq!(status, 403, "{body}");
+    let body = app
+        .as_agent(&mine)
+        .with_token(&theirs.token)
+        .ping(json!({"agent_state": "Building"}))
+        .await
+        .expect(403);
     assert!(!message(&body).is_empty());
     assert_eq!(app.agent(&mine.uuid).await["agent_state"], "Idle");
 }
@@ -390,17 +349,21 @@ async fn a_ping_without_a_token_or_with_a_bad_one_is_401() {
     let app = spawn_app().await;
     let agent = app.register("unauth").await;
 
-    let (status, body) = ping_without_token(&app, &agent.uuid).await;
+    let (status, body) = app
+        .as_agent(&agent)
+        .without_token()
+        .ping(json!({"agent_state": "Idle"}))
+        .await
+        .parts();
     assert_eq!(status, 401, "no token: {body}");
     assert!(!message(&body).is_empty());
 
     let (status, body) = app
-        .ping(
-            &agent,
-            "0123456789abcdef0123456789abcdef",
-            json!({"agent_state": "Idle"}),
-        )
-        .await;
+        .as_agent(&agent)
+        .with_token("0123456789abcdef0123456789abcdef")
+        .ping(json!({"agent_state": "Idle"}))
+        .await
+        .parts();
     assert_eq!(status, 401, "a bad token: {body}");
     assert!(!message(&body).is_empty());
 }
@@ -409,17 +372,19 @@ async fn a_ping_without_a_token_or_with_a_bad_one_is_401() {
 async fn a_building_ping_shows_the_agent_building() {
     let app = spawn_app().await;
     let agent = app.register_enabled("worker").await;
-    let (status, body) = app
-        .ping(&agent, &agent.token, json!({"agent_state": "Building"}))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    app.as_agent(&agent)
+        .ping(json!({"agent_state": "Building"}))
+        .await
+        .expect(200);
     let shown = app.agent(&agent.uuid).await;
     assert_eq!(shown["agent_state"], "Building", "{shown}");
     assert_eq!(shown["build_state"], "Building", "{shown}");
 
     let (status, _) = app
-        .ping(&agent, &agent.token, json!({"agent_state": "Idle"}))
-        .await;
+        .as_agent(&agent)
+        .ping(json!({"agent_state": "Idle"}))
+        .await
+        .parts();
     assert_eq!(status, 200);
     let shown = app.agent(&agent.uuid).await;
     assert_eq!(shown["agent_state"], "Idle", "{shown}");
@@ -432,12 +397,14 @@ async fn a_ping_with_an_invalid_agent_state_is_422() {
     let agent = app.register("confused").await;
     for state in [json!("Sleeping"), json!(3)] {
         let (status, body) = app
-            .ping(&agent, &agent.token, json!({"agent_state": state}))
-            .await;
+            .as_agent(&agent)
+            .ping(json!({"agent_state": state}))
+            .await
+            .parts();
         assert_eq!(status, 422, "{state}: {body}");
         assert!(message(&body).contains("agent_state"), "{state}: {body}");
     }
-    let (status, body) = app.ping(&agent, &agent.token, json!({})).await;
+    let (status, body) = app.as_agent(&agent).ping(json!({})).await.parts();
     assert_eq!(status, 422, "a missing agent_state: {body}");
     assert!(message(&body).contains("agent_state"), "{body}");
     assert_eq!(app.agent(&agent.uuid).await["agent_state"], "Idle");
@@ -452,17 +419,12 @@ async fn a_hostile_hostname_registers_and_is_escaped_on_the_agents_page() {
     let hostname = "evil<script>alert(1)</script>\rhost";
     let (status, body) = app.register_with(agent_body(hostname), None).await;
     assert_eq!(status, 201, "{body}");
-    let agent = registered(&body);
+    let agent = Registered::from_body(&body);
     assert_eq!(app.agent(&agent.uuid).await["hostname"], hostname);
 
-    let response = app
-        .client
-        .get(app.url("/agents"))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status().as_u16(), 200);
-    let html = response.text().await.expect("the page");
+    let page = app.get("/agents").await;
+    assert_eq!(page.status, 200);
+    let html = page.text();
     assert!(
         html.contains(&format!("id=\"agent-{}\"", agent.uuid)),
         "the agent has its row"

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use ferrocd::config::Config;
-use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -14,94 +13,24 @@ async fn a_run_held_by_an_agent_missing_since_a_restart_is_rescheduled() {
     let mut config = Config::for_data_dir(data.path());
     config.lost_contact_after = Duration::from_secs(1);
     let first = Server::start(config.clone()).await;
-    let base = first.base.clone();
-    let app = TestAppRef { base: &base };
-    let (agent, build_id) = app.running_build().await;
+    let (agent, build_id) = first.api().assigned_build("goes-away").await;
     first.stop().await;
 
     // The agent never comes back: its run must not wait forever.
     let second = Server::start(config).await;
-    let base = second.base.clone();
-    let client = reqwest::Client::new();
+    let api = second.api();
     let old: Value = eventually("the old run ends", || async {
-        let run: Value = client
-            .get(format!("{base}/api/builds/{build_id}"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let run = api.build(build_id).await;
         (run["state"] == "Completed").then_some(run)
     })
     .await;
     assert_eq!(old["result"], "Cancelled");
-    let queue: Value = client
-        .get(format!("{base}/api/scheduler"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, queue) = api.get_json("/api/scheduler").await;
     assert_eq!(queue["pending_count"], 1, "{queue}");
     assert_eq!(queue["jobs"][0]["rescheduled_from"], build_id);
-    let agent: Value = client
-        .get(format!("{base}/api/agents/{}", agent.uuid))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let agent = api.agent(&agent.uuid).await;
     assert!(agent.get("build_details").is_none(), "{agent}");
     second.stop().await;
-}
-
-/// The few protocol steps the restart test needs, against a base URL.
-struct TestAppRef<'a> {
-    base: &'a str,
-}
-
-impl TestAppRef<'_> {
-    async fn running_build(&self) -> (Registered, i64) {
-        let client = reqwest::Client::new();
-        let registered: Value = client
-            .post(format!("{}/api/agents/register", self.base))
-            .body(r#"{"hostname": "goes-away"}"#)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let agent = Registered {
-            uuid: registered["uuid"].as_str().unwrap().to_string(),
-            token: registered["token"].as_str().unwrap().to_string(),
-        };
-        client
-            .put(format!("{}/api/agents/{}/enable", self.base, agent.uuid))
-            .send()
-            .await
-            .unwrap();
-        let run: Value = client
-            .post(format!("{}/api/jobs/schedule", self.base))
-            .body(r#"{"pipeline_name": "p", "stage_name": "s", "job_name": "j", "tasks": [{"command": "true"}]}"#)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let work = client
-            .post(format!("{}/api/agents/{}/work", self.base, agent.uuid))
-            .bearer_auth(&agent.token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(work.status(), 200);
-        (agent, run["build_id"].as_i64().unwrap())
-    }
 }
 
 #[tokio::test]
@@ -114,18 +43,17 @@ async fn an_agent_whose_run_was_taken_away_hears_cancel() {
     })
     .await;
     // The agent comes back, still running that build: it must stop.
-    let (status, body) = app
-        .ping(
-            &agent,
-            &agent.token,
-            json!({"agent_state": "Building", "build_id": build_id}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let body = app
+        .as_agent(&agent)
+        .ping(json!({"agent_state": "Building", "build_id": build_id}))
+        .await
+        .expect(200);
     assert_eq!(body["instruction"], "CANCEL");
     let (_, body) = app
-        .ping(&agent, &agent.token, json!({"agent_state": "Idle"}))
-        .await;
+        .as_agent(&agent)
+        .ping(json!({"agent_state": "Idle"}))
+        .await
+        .parts();
     assert_eq!(body["instruction"], "NONE");
 }
 
@@ -133,18 +61,12 @@ async fn an_agent_whose_run_was_taken_away_hears_cancel() {
 async fn a_disabled_agent_holding_a_run_cannot_be_deleted() {
     let app = spawn_app().await;
     let (agent, _build_id) = app.running_build("holder").await;
-    app.ping(&agent, &agent.token, json!({"agent_state": "Idle"}))
+    app.as_agent(&agent)
+        .ping(json!({"agent_state": "Idle"}))
         .await; // a ping that lies
     app.put(&format!("/api/agents/{}/disable", agent.uuid))
         .await;
-    let (status, body) = app
-        .send_json(
-            Method::DELETE,
-            &format!("/api/agents/{}", agent.uuid),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 422, "{body}");
+    app.delete_agent(&agent.uuid).await.expect(422);
     assert_eq!(
         app.agent(&agent.uuid).await["build_details"]["job_name"],
         "job"
@@ -162,7 +84,7 @@ async fn bad_query_strings_are_json_422s_naming_the_parameter() {
     ] {
         let (status, body) = app.get_json(&path).await;
         assert_eq!(status, 422, "{path}: {body}");
-        let message = body["message"].as_str().unwrap_or_default();
+        let message = message(&body);
         assert!(
             message.contains("from") || message.contains("offset") || message.contains("page_size"),
             "{message}"
@@ -176,17 +98,13 @@ async fn bad_query_strings_are_json_422s_naming_the_parameter() {
         .await;
     assert_eq!(status, 422);
     let page = app
-        .client
-        .get(app.url(&format!(
+        .get(&format!(
             "/agents/{}/job_run_history?offset=9223372036854775807",
             agent.uuid
-        )))
-        .send()
-        .await
-        .unwrap();
+        ))
+        .await;
     assert_eq!(
-        page.status(),
-        422,
+        page.status, 422,
         "the page refuses a huge offset instead of overflowing"
     );
 }
@@ -200,10 +118,7 @@ async fn registration_fields_are_bounded() {
         body[field] = json!(long);
         let (status, answer) = app.register_with(body, None).await;
         assert_eq!(status, 422, "{field}: {answer}");
-        assert!(
-            answer["message"].as_str().unwrap().starts_with(field),
-            "{answer}"
-        );
+        assert!(message(&answer).starts_with(field), "{answer}");
     }
 }
 
@@ -238,21 +153,13 @@ async fn a_re_registration_whose_answer_was_lost_can_be_retried_with_the_old_tok
     let agent = app.register("retrier").await;
     let reregister = |token: String| {
         let app = &app;
-        let uuid = agent.uuid.clone();
+        let agent = &agent;
         async move {
-            let response = app
-                .client
-                .post(app.url("/api/agents/register"))
-                .bearer_auth(token)
-                .json(&json!({"uuid": uuid, "hostname": "retrier"}))
-                .send()
+            app.as_agent(agent)
+                .with_token(&token)
+                .register(json!({"uuid": agent.uuid, "hostname": "retrier"}))
                 .await
-                .unwrap();
-            let status = response.status().as_u16();
-            (
-                status,
-                response.json::<Value>().await.unwrap_or(Value::Null),
-            )
+                .parts()
         }
     };
     let (status, first) = reregister(agent.token.clone()).await;
@@ -265,16 +172,21 @@ async fn a_re_registration_whose_answer_was_lost_can_be_retried_with_the_old_tok
         token: second["token"].as_str().unwrap().into(),
     };
     let (status, _) = app
-        .ping(&newest, &newest.token, json!({"agent_state": "Idle"}))
-        .await;
+        .as_agent(&newest)
+        .ping(json!({"agent_state": "Idle"}))
+        .await
+        .parts();
     assert_eq!(status, 200);
     // Once the new token is used, the old one is retired for good, and the lost one never worked.
     let (status, _) = reregister(agent.token.clone()).await;
     assert_eq!(status, 409);
     let lost = first["token"].as_str().unwrap().to_string();
     let (status, _) = app
-        .ping(&newest, &lost, json!({"agent_state": "Idle"}))
-        .await;
+        .as_agent(&newest)
+        .with_token(&lost)
+        .ping(json!({"agent_state": "Idle"}))
+        .await
+        .parts();
     assert_eq!(status, 401);
 }
 
@@ -282,21 +194,18 @@ async fn a_re_registration_whose_answer_was_lost_can_be_retried_with_the_old_tok
 async fn a_building_ping_for_a_run_already_completed_leaves_the_agent_idle_for_work() {
     let app = spawn_app().await;
     let (agent, build_id) = app.running_build("racer").await;
-    app.report(&agent, build_id, "Completed", Some("Passed"))
+    app.as_agent(&agent)
+        .report_ok(build_id, "Completed", Some("Passed"))
         .await;
     // The pinger read "building build N" just before the runner reported the end.
-    let (status, body) = app
-        .ping(
-            &agent,
-            &agent.token,
-            json!({"agent_state": "Building", "build_id": build_id}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    app.as_agent(&agent)
+        .ping(json!({"agent_state": "Building", "build_id": build_id}))
+        .await
+        .expect(200);
     assert_eq!(app.agent(&agent.uuid).await["agent_state"], "Idle");
     let next = app.schedule_job("next", "job").await;
     assert_eq!(
-        app.take_work(&agent).await["build_id"],
+        app.as_agent(&agent).take_work().await["build_id"],
         next,
         "no wait for another ping"
     );
@@ -308,8 +217,7 @@ async fn after_a_long_restart_agents_get_a_full_period_before_their_runs_are_tak
     let mut config = Config::for_data_dir(data.path());
     config.lost_contact_after = Duration::from_secs(1);
     let first = Server::start(config.clone()).await;
-    let base = first.base.clone();
-    let (agent, build_id) = TestAppRef { base: &base }.running_build().await;
+    let (agent, build_id) = first.api().assigned_build("goes-away").await;
     first.stop().await;
     // The server stays down longer than --lost-contact-after.
     let down = std::time::Instant::now();
@@ -319,35 +227,22 @@ async fn after_a_long_restart_agents_get_a_full_period_before_their_runs_are_tak
     .await;
 
     let second = Server::start(config).await;
-    let base = second.base.clone();
-    let client = reqwest::Client::new();
+    let api = second.api();
     // The agent pings as it does every few seconds; for two periods its run stays its own.
     let restarted = std::time::Instant::now();
     while restarted.elapsed() < Duration::from_secs(2) {
-        let ping: Value = client
-            .post(format!("{base}/api/agents/{}/ping", agent.uuid))
-            .bearer_auth(&agent.token)
-            .json(&json!({"agent_state": "Building", "build_id": build_id}))
-            .send()
+        let (_, ping) = api
+            .as_agent(&agent)
+            .ping(json!({"agent_state": "Building", "build_id": build_id}))
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .parts();
         assert_eq!(
             ping["instruction"], "NONE",
             "the run was taken from a live agent"
         );
         tokio::time::sleep(Duration::from_millis(200)).await; // the agent's own ping interval
     }
-    let run: Value = client
-        .get(format!("{base}/api/builds/{build_id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let run = api.build(build_id).await;
     assert_eq!(run["state"], "Assigned", "{run}");
     second.stop().await;
 }

@@ -171,8 +171,10 @@ async fn lost_contact_is_published_without_any_request() {
 
     // A ping is contact regained.
     let (status, _) = app
-        .ping(&agent, &agent.token, json!({"agent_state": "Idle"}))
-        .await;
+        .as_agent(&agent)
+        .ping(json!({"agent_state": "Idle"}))
+        .await
+        .parts();
     assert_eq!(status, 200);
     stream
         .wait_for("contact regained", |e| {
@@ -287,15 +289,7 @@ async fn the_queued_count_follows_the_scheduler() {
         .await;
 
     // The page rendered after that shows it too.
-    let html = app
-        .client
-        .get(app.url("/agents"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = app.get("/agents").await.text();
     assert!(
         html.contains(r#"<span id="queued-count" sse-swap="queued">5</span>"#),
         "{html}"
@@ -444,17 +438,14 @@ async fn a_ping_that_changes_nothing_shown_publishes_nothing() {
     let mut stream = app.subscribe("/api/events?topics=agents:updates").await;
     next_domain_event(&mut stream).await; // ready
     // Same state, new free space: stored silently.
-    let (status, body) = app
-        .ping(
-            &agent,
-            &agent.token,
-            json!({"agent_state": "Idle", "free_space": 42}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    app.as_agent(&agent)
+        .ping(json!({"agent_state": "Idle", "free_space": 42}))
+        .await
+        .expect(200);
     assert_eq!(app.agent(&agent.uuid).await["free_space"], 42);
     // A state change is published, and it is the first event after the silent ping.
-    app.ping(&agent, &agent.token, json!({"agent_state": "Building"}))
+    app.as_agent(&agent)
+        .ping(json!({"agent_state": "Building"}))
         .await;
     let (name, data) = next_domain_event(&mut stream).await;
     assert_eq!(

@@ -51,7 +51,7 @@ async fn a_status_right_behind_the_console_snapshot_is_shown() {
         |rig| async move {
             let app = spawn_app().await;
             let (agent, id) = app.running_build("runner").await;
-            let offset = app.append_console(&agent, id, 0, b"one\ntwo\n").await;
+            let offset = app.as_agent(&agent).append_ok(id, 0, b"one\ntwo\n").await;
             let proxy = FaultyProxy::start(&app).await;
             proxy.hold_streams();
             let page = rig
@@ -60,10 +60,13 @@ async fn a_status_right_behind_the_console_snapshot_is_shown() {
             proxy.wait_held("event: status\n", 1).await;
             // Lines after the page was rendered come as a console event, then the new status.
             let stored = app
-                .append_console(&agent, id, offset as usize, b"three\n")
+                .as_agent(&agent)
+                .append_ok(id, offset as usize, b"three\n")
                 .await;
             proxy.wait_held("event: console\n", 1).await;
-            app.report(&agent, id, "Completed", Some("Passed")).await;
+            app.as_agent(&agent)
+                .report_ok(id, "Completed", Some("Passed"))
+                .await;
             proxy.wait_held("event: status\n", 2).await;
             proxy.release();
             page.wait_attrs(
@@ -107,7 +110,9 @@ async fn a_second_run_list_right_behind_the_first_is_shown() {
                 .await;
             proxy.wait_held("event: runs\n", 1).await;
 
-            app.report(&agent, id, "Completed", Some("Failed")).await;
+            app.as_agent(&agent)
+                .report_ok(id, "Completed", Some("Failed"))
+                .await;
             proxy.wait_held("event: runs\n", 2).await;
             proxy.release();
             page.wait_attrs(

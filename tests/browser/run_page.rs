@@ -39,12 +39,13 @@ async fn the_run_page_shows_lines_as_they_arrive() {
                 "a fresh run's console"
             );
 
-            let mut offset = app.append_console(&agent, id, 0, b"line 1\n").await as usize;
+            let mut offset = app.as_agent(&agent).append_ok(id, 0, b"line 1\n").await as usize;
             page.wait_text_contains("#console", "line 1\n").await;
 
             let more = format!("line 2 {RED}red{RESET}\n50%\r100%\n");
             offset = app
-                .append_console(&agent, id, offset, more.as_bytes())
+                .as_agent(&agent)
+                .append_ok(id, offset, more.as_bytes())
                 .await as usize;
             page.wait_text_contains("#console", "100%\n").await;
             page.wait_text_contains("#console", "line 2 red\n").await;
@@ -90,14 +91,16 @@ async fn the_run_page_shows_lines_as_they_arrive() {
             assert_eq!(progress["hidden"], json!("50%\r"), "{progress}");
             assert_eq!(progress["hidden_rendered"], json!(false), "{progress}");
 
-            app.report(&agent, id, "Completed", Some("Passed")).await;
+            app.as_agent(&agent)
+                .report_ok(id, "Completed", Some("Passed"))
+                .await;
             page.wait_attrs(
                 "#run-status",
                 &[("data-state", "Completed"), ("data-result", "Passed")],
             )
             .await;
 
-            let stored = app.stored_console(id).await;
+            let stored = app.console(id, None).await.0;
             assert_eq!(stored.len(), offset, "the stored log's length");
             page.wait_console_end(offset as i64).await;
             let expected = console_text_of(&stored, &[RED, RESET]);
@@ -145,7 +148,7 @@ async fn the_queued_count_drops_when_an_agent_takes_the_job() {
                     .await;
             }
 
-            let work = app.take_work(&agent).await;
+            let work = app.as_agent(&agent).take_work().await;
             assert_eq!(work["build_id"], id);
             for page in [&a, &b] {
                 page.wait_text("#queued-count", &queued.to_string()).await;
@@ -173,19 +176,21 @@ async fn cancel_from_the_run_page_reaches_the_agent_and_the_badge() {
                 .await;
             page.mark_document().await;
             page.wait_live().await;
-            let (status, reply) = app
-                .ping(&agent, &agent.token, json!({"agent_state": "Building"}))
-                .await;
-            assert_eq!(status, 200, "{reply}");
+            let reply = app
+                .as_agent(&agent)
+                .ping(json!({"agent_state": "Building"}))
+                .await
+                .expect(200);
             assert_eq!(reply["instruction"], "NONE", "before the click: {reply}");
 
             page.click(Locator::Css("#cancel-run")).await;
             let (app, agent) = (&app, &agent);
             eventually("the agent's ping to answer CANCEL", || async move {
-                let (status, reply) = app
-                    .ping(agent, &agent.token, json!({"agent_state": "Building"}))
-                    .await;
-                assert_eq!(status, 200, "{reply}");
+                let reply = app
+                    .as_agent(agent)
+                    .ping(json!({"agent_state": "Building"}))
+                    .await
+                    .expect(200);
                 (reply["instruction"] == "CANCEL").then_some(())
             })
             .await;
@@ -193,7 +198,9 @@ async fn cancel_from_the_run_page_reaches_the_agent_and_the_badge() {
             page.wait_attrs("#run-status", &[("data-state", "Building")])
                 .await;
 
-            app.report(agent, id, "Completed", Some("Failed")).await;
+            app.as_agent(agent)
+                .report_ok(id, "Completed", Some("Failed"))
+                .await;
             page.wait_attrs(
                 "#run-status",
                 &[("data-state", "Completed"), ("data-result", "Cancelled")],
@@ -278,7 +285,7 @@ async fn a_reconnect_without_last_event_id_does_not_duplicate_lines() {
             );
 
             let mut offset = app
-                .append_console(&agent, id, 0, b"one\ntwo\nthree\n")
+                .as_agent(&agent).append_ok(id, 0, b"one\ntwo\nthree\n")
                 .await as usize;
             page.wait_console_end(offset as i64).await;
 
@@ -313,7 +320,7 @@ async fn a_reconnect_without_last_event_id_does_not_duplicate_lines() {
             // one..three with four; only four may be added.
             lose_the_stream_and_its_last_event_id(&proxy, &page).await;
             let shown_before = offset as i64;
-            offset = app.append_console(&agent, id, offset, b"four\n").await as usize;
+            offset = app.as_agent(&agent).append_ok(id, offset, b"four\n").await as usize;
             page.js("window.__consoleEvents = []; return null;", vec![])
                 .await;
             let seen = proxy.stream_requests().len();
@@ -332,7 +339,7 @@ async fn a_reconnect_without_last_event_id_does_not_duplicate_lines() {
                     })),
                 "no console event resent the lines shown: {events}"
             );
-            let stored = app.stored_console(id).await;
+            let stored = app.console(id, None).await.0;
             assert_eq!(
                 page.console_text().await,
                 console_text_of(&stored, &[]),
