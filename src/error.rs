@@ -18,6 +18,9 @@ pub enum Error {
     Conflict(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A body that does not say it is JSON: 415.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// A console append past the stored end: the agent must resend from `stored`.
     #[error("the console holds {stored} bytes; send from there")]
     ConsoleGap { stored: i64 },

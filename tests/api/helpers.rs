@@ -293,6 +293,7 @@ impl Api {
         let mut request = self
             .client
             .post(self.url("/api/agents/register"))
+            .header("Content-Type", "application/json")
             .body(body.to_string());
         if let Some(key) = key {
             request = request.header("X-Agent-Registration-Key", key);

@@ -4,6 +4,7 @@ mod agent_runtime;
 mod agents_api;
 mod architecture;
 mod console_stream;
+mod cross_site;
 mod helpers;
 mod jobs;
 mod lifecycle;

@@ -45,6 +45,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
+        let says_json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(is_json_media_type);
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 Error::PayloadTooLarge(format!(
@@ -57,6 +62,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         })?;
         let value: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
             Value::Object(Default::default())
+        } else if !says_json {
+            // A page on another site may send a body without a preflight only as text/plain,
+            // a form, or with no type at all: none of them reaches an API call.
+            return Err(Error::UnsupportedMediaType(
+                "Content-Type: a request body must be sent as application/json".into(),
+            ));
         } else {
             serde_json::from_slice(&bytes)
                 .map_err(|e| Error::BadRequest(format!("the body is not valid JSON: {e}")))?
@@ -77,6 +88,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 }
             })
     }
+}
+
+/// `application/json`, or a JSON flavour such as GoCD's `application/vnd.go.cd.v7+json`, with
+/// any parameters (`; charset=utf-8`).
+fn is_json_media_type(value: &str) -> bool {
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let essence = essence.to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// A query string, whose errors are JSON 422s naming the parameter (axum's own `Query`

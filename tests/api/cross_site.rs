@@ -1,0 +1,62 @@
+//! Cross-site safety of the JSON API (the admin-access issue, finding 2): a page on another
+//! site can make a browser send a body without a CORS preflight only as `text/plain`, a form or
+//! untyped. None of those may reach an API call that acts.
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+fn job() -> String {
+    json!({"pipeline_name": "x", "stage_name": "s", "job_name": "j",
+           "tasks": [{"command": "id"}]})
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_say_it_is_json_is_415_and_schedules_nothing() {
+    let app = spawn_app().await;
+    let url = app.url("/api/jobs/schedule");
+    for content_type in [
+        Some("text/plain;charset=UTF-8"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        let mut request = app.client.post(&url).body(job());
+        if let Some(content_type) = content_type {
+            request = request.header("Content-Type", content_type);
+        }
+        let reply = app.send(request).await;
+        assert_eq!(reply.status, 415, "{content_type:?}: {}", reply.body);
+        assert!(
+            reply.message().contains("application/json"),
+            "{}",
+            reply.body
+        );
+    }
+    assert_eq!(app.pending_count().await, 0, "nothing was queued");
+}
+
+#[tokio::test]
+async fn json_and_gocd_json_flavours_are_read() {
+    let app = spawn_app().await;
+    let url = app.url("/api/jobs/schedule");
+    for content_type in [
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/vnd.go.cd.v7+json",
+    ] {
+        let request = app
+            .client
+            .post(&url)
+            .header("Content-Type", content_type)
+            .body(job());
+        app.send(request).await.expect(201);
+    }
+    // An empty body needs no type: the enable shortcut takes none.
+    let agent = app.register("no-body").await;
+    let enable = app
+        .client
+        .put(app.url(&format!("/api/agents/{}/enable", agent.uuid)));
+    app.send(enable).await.expect(200);
+}
