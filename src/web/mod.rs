@@ -5,6 +5,7 @@ pub mod assets;
 pub mod auth;
 pub mod live;
 pub mod pages;
+pub mod same_origin;
 pub mod sse;
 
 use axum::extract::DefaultBodyLimit;
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .merge(pages::router())
         .merge(assets::router())
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(same_origin::refuse_cross_site))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -60,3 +60,46 @@ async fn json_and_gocd_json_flavours_are_read() {
         .put(app.url(&format!("/api/agents/{}/enable", agent.uuid)));
     app.send(enable).await.expect(200);
 }
+
+#[tokio::test]
+async fn a_page_post_from_another_site_is_refused_and_changes_nothing() {
+    let app = spawn_app().await;
+    let agent = app.register("pending-victim").await;
+    let form = format!("action=enable&uuid={}", agent.uuid);
+    let post = |origin: Option<&str>| {
+        let mut request = app
+            .client
+            .post(app.url("/agents/actions"))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(form.clone());
+        if let Some(origin) = origin {
+            request = request.header("Origin", origin);
+        }
+        request
+    };
+    for origin in ["http://evil.example", "null"] {
+        let reply = app.send(post(Some(origin))).await;
+        assert_eq!(reply.status, 403, "{origin}: {}", reply.body);
+        assert!(reply.message().contains("cross-site"), "{}", reply.body);
+    }
+    let fetched = app
+        .client
+        .post(app.url("/agents/actions"))
+        .header("Sec-Fetch-Site", "cross-site")
+        .body(form.clone());
+    assert_eq!(app.send(fetched).await.status, 403);
+    assert_eq!(
+        app.agent(&agent.uuid).await["agent_config_state"],
+        "Pending"
+    );
+
+    // The page itself posts with its own origin; a script sends none.
+    let own = app.url("");
+    let own_origin = own.trim_end_matches('/');
+    let reply = app.send(post(Some(own_origin))).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        app.agent(&agent.uuid).await["agent_config_state"],
+        "Enabled"
+    );
+}
