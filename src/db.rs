@@ -7,11 +7,11 @@
 //! [`backend!`]. A second backend adds a `Conn` variant, an arm in `backend!` and a module per
 //! store beside `sqlite.rs`; the compiler then names every store function it lacks.
 //!
-//! SQLite today (embedded):
-//! one writer connection serialises every write transaction, so a read-then-write never meets
-//! SQLITE_BUSY on an upgraded snapshot (sqlx's `begin()` is DEFERRED); WAL lets readers go on
-//! while it writes. With `synchronous=NORMAL` an acknowledged write survives a process crash;
-//! a power loss may take the last moments.
+//! SQLite today (embedded): a pool of readers and one writer connection, which serialises
+//! every write transaction, so a read-then-write never meets SQLITE_BUSY on an upgraded
+//! snapshot (sqlx's `begin()` is DEFERRED); WAL lets readers go on while it writes. With
+//! `synchronous=NORMAL` an acknowledged write survives a process crash; a power loss may take
+//! the last moments.
 
 use std::str::FromStr;
 use std::sync::Arc;

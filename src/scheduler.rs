@@ -59,10 +59,9 @@ impl Scheduler {
     }
 
     /// Hands the oldest matching Scheduled run to `agent` (the run to send as `WORK`), or
-    /// nothing. A work request is
-    /// contact. An agent asking again for a run it was given but has not started gets the same
-    /// run (its first answer may have been lost); a run it had started is given up on (the
-    /// agent restarted) and rescheduled.
+    /// nothing. A work request is contact. An agent asking again for a run it was given but
+    /// has not started gets the same run (its first answer may have been lost); a run it had
+    /// started is given up on (the agent restarted) and rescheduled.
     pub async fn try_assign_work(&self, agent_uuid: Uuid) -> Result<Option<JobRun>> {
         let mut tx = self.db.begin().await?;
         let (before, mut agent) = agents::record_work_request(&mut tx, agent_uuid).await?;
