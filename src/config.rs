@@ -1,6 +1,6 @@
 //! Command-line flags and their environment variables (CONTRACT.md, "Command line").
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -52,7 +52,8 @@ pub struct AgentArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to bind; use 0.0.0.0:8153 to accept remote agents.
+    /// Address to bind. Anything but loopback (e.g. 0.0.0.0:8153, for remote agents and
+    /// users) needs --password-file, or --insecure-open.
     #[arg(long, env = "FERROCD_LISTEN", default_value = "127.0.0.1:8153")]
     pub listen: SocketAddr,
     /// `sqlite://…` (embedded, created on first start). Defaults to `sqlite://DATA_DIR/ferrocd.db`.
@@ -67,6 +68,28 @@ pub struct ServeArgs {
     /// Seconds after which a silent Enabled agent becomes LostContact.
     #[arg(long, env = "FERROCD_LOST_CONTACT_AFTER", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub lost_contact_after: u64,
+    /// Users and their bcrypt password hashes, in htpasswd format (`htpasswd -B -c FILE alice`);
+    /// re-read when it changes. With it, every page, stream and API call needs a user.
+    #[arg(long, env = "FERROCD_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Users of the password file who are admins (change agents, schedule ad-hoc jobs),
+    /// comma-separated.
+    #[arg(long, env = "FERROCD_ADMINS", value_delimiter = ',')]
+    pub admins: Vec<String>,
+    /// Serve a non-loopback address without authentication: anyone who can reach it can run
+    /// commands on every agent.
+    #[arg(long, env = "FERROCD_INSECURE_OPEN")]
+    pub insecure_open: bool,
+    /// The address people use, e.g. https://ci.example.com: its host is accepted in `Host`.
+    #[arg(long, env = "FERROCD_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Further host names people may use to reach the server, comma-separated.
+    #[arg(long, env = "FERROCD_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// A reverse proxy whose `X-Forwarded-Proto` and `X-Forwarded-For` are believed (from
+    /// that address only).
+    #[arg(long, env = "FERROCD_TRUSTED_PROXY")]
+    pub trusted_proxy: Option<IpAddr>,
 }
 
 /// The settings the server runs with, resolved from flags (or built directly by tests).
@@ -77,6 +100,13 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub agent_registration_key: Option<String>,
     pub lost_contact_after: Duration,
+    pub password_file: Option<PathBuf>,
+    pub admins: Vec<String>,
+    pub insecure_open: bool,
+    /// The host people use (from `--public-url`), and any others they may.
+    pub public_url: Option<String>,
+    pub allowed_hosts: Vec<String>,
+    pub trusted_proxy: Option<IpAddr>,
 }
 
 impl From<ServeArgs> for Config {
@@ -90,6 +120,12 @@ impl From<ServeArgs> for Config {
             data_dir: args.data_dir,
             agent_registration_key: args.agent_registration_key.filter(|k| !k.is_empty()),
             lost_contact_after: Duration::from_secs(args.lost_contact_after),
+            password_file: args.password_file,
+            admins: names(args.admins),
+            insecure_open: args.insecure_open,
+            public_url: args.public_url.filter(|u| !u.trim().is_empty()),
+            allowed_hosts: names(args.allowed_hosts),
+            trusted_proxy: args.trusted_proxy,
         }
     }
 }
@@ -104,6 +140,20 @@ impl Config {
             data_dir,
             agent_registration_key: None,
             lost_contact_after: Duration::from_secs(30),
+            password_file: None,
+            admins: Vec::new(),
+            insecure_open: false,
+            public_url: None,
+            allowed_hosts: Vec::new(),
+            trusted_proxy: None,
         }
     }
+}
+
+/// A comma-separated flag's names, trimmed, empty ones dropped.
+fn names(raw: Vec<String>) -> Vec<String> {
+    raw.into_iter()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .collect()
 }

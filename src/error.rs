@@ -21,6 +21,13 @@ pub enum Error {
     /// A body that does not say it is JSON: 415.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// Too many tries too fast: wait `retry_after` seconds (429 with `Retry-After`).
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after: u64 },
+    /// A `Host` this server does not answer to (421): a DNS-rebinding page, or a name to add
+    /// to `--allowed-hosts`.
+    #[error("{0}")]
+    MisdirectedRequest(String),
     /// A console append past the stored end: the agent must resend from `stored`.
     #[error("the console holds {stored} bytes; send from there")]
     ConsoleGap { stored: i64 },

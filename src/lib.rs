@@ -3,6 +3,7 @@
 //! `Application::build` wires the database, the event hub, the contexts and their live views
 //! into one router; `run_until_stopped` serves it until the shutdown token fires.
 
+pub mod accounts;
 pub mod agent_runtime;
 pub mod agents;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod job_runs;
 pub mod scheduler;
+pub mod secrets;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -21,6 +23,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::accounts::Accounts;
 use crate::agents::Agents;
 use crate::config::Config;
 use crate::db::Db;
@@ -28,6 +31,7 @@ use crate::events::Hub;
 use crate::job_runs::JobRuns;
 use crate::scheduler::Scheduler;
 use crate::web::api::events::TopicViews;
+use crate::web::hosts::AllowedHosts;
 use crate::web::live::RenderCounts;
 use crate::web::pages::agents::AgentsView;
 use crate::web::pages::build::ConsoleViews;
@@ -37,6 +41,11 @@ use crate::web::pages::runs::RunsViews;
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
+    pub accounts: Accounts,
+    /// The `Host` names pages, streams and the user API answer to.
+    pub hosts: Arc<AllowedHosts>,
+    /// A reverse proxy whose `X-Forwarded-*` headers are believed.
+    pub trusted_proxy: Option<std::net::IpAddr>,
     pub hub: Arc<Hub>,
     pub agents: Agents,
     pub job_runs: JobRuns,
@@ -68,10 +77,39 @@ impl Application {
     pub async fn build(
         config: Config,
     ) -> Result<Application, Box<dyn std::error::Error + Send + Sync>> {
+        if config.password_file.is_none()
+            && !config.listen.ip().is_loopback()
+            && !config.insecure_open
+        {
+            return Err(format!(
+                "refusing to listen on {} without authentication: anyone who can reach it could \
+                 run commands on every agent. Give --password-file FILE (htpasswd -B) and --admins, \
+                 or listen on 127.0.0.1, or accept the risk with --insecure-open",
+                config.listen
+            )
+            .into());
+        }
+        if config.password_file.is_none() && !config.listen.ip().is_loopback() {
+            tracing::warn!(
+                "INSECURE: serving {} with no authentication (--insecure-open): anyone who can \
+                 reach it can run commands on every agent",
+                config.listen
+            );
+        }
+        let hosts = AllowedHosts::new(
+            config.listen,
+            config.public_url.as_deref(),
+            &config.allowed_hosts,
+        )?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
         let (hub, publisher) = events::hub();
         let db = Db::connect(&config.database_url, publisher).await?;
+        let accounts = Accounts::new(
+            db.clone(),
+            config.password_file.as_deref(),
+            config.admins.clone(),
+        )?;
         let agents = Agents::new(db.clone(), config.agent_registration_key.clone());
         // Nobody has been heard from in this process yet.
         agents.mark_all_missing().await?;
@@ -98,6 +136,9 @@ impl Application {
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let state = AppState {
             db,
+            accounts,
+            hosts: Arc::new(hosts),
+            trusted_proxy: config.trusted_proxy,
             hub,
             agents,
             job_runs,
@@ -135,7 +176,10 @@ impl Application {
         let db = state.db.clone();
         let router = build_app(state);
         let stopped = shutdown.clone();
-        axum::serve(listener, router)
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
             .with_graceful_shutdown(async move { stopped.cancelled().await })
             .await?;
         db.close().await;

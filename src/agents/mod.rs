@@ -6,11 +6,10 @@
 
 mod sqlite;
 mod store;
-mod tokens;
 
 use uuid::Uuid;
 
-use self::tokens::{constant_time_eq, hash_token, random_token};
+use crate::secrets::{constant_time_eq, hash_token, random_token};
 
 use crate::db::{Db, WriteTx, now_millis};
 use crate::domain::agent::{

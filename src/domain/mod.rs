@@ -33,6 +33,7 @@ macro_rules! text_enum {
 
 pub mod agent;
 pub mod job_run;
+pub mod user;
 
 /// A rule the input or the current state broke; the message names the field or the state.
 /// The error type of the contexts maps each kind to its own (and so to a status code).

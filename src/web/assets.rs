@@ -3,14 +3,13 @@
 
 use std::sync::LazyLock;
 
-use axum::Router;
 use axum::extract::Path;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use sha2::{Digest, Sha256};
 
-use crate::AppState;
+use crate::web::auth::Credential;
+use crate::web::routes::Routes;
 use crate::error::Error;
 
 struct Asset {
@@ -78,8 +77,8 @@ pub fn url(name: &str) -> String {
     }
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/assets/{name}", get(serve))
+pub fn router() -> Routes {
+    Routes::new().get("/assets/{name}", Credential::None, serve)
 }
 
 async fn serve(Path(name): Path<String>) -> Response {

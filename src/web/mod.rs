@@ -3,20 +3,23 @@
 pub mod api;
 pub mod assets;
 pub mod auth;
+pub mod hosts;
 pub mod live;
 pub mod pages;
+pub mod routes;
 pub mod same_origin;
 pub mod sse;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::json;
 use tower_http::trace::TraceLayer;
 
 use crate::AppState;
 use crate::error::Error;
+use crate::web::routes::{Route, Routes};
 
 /// Milliseconds since the epoch as RFC 3339, e.g. `2026-11-27T19:02:07.123Z` (the API's and
 /// the pages' time format).
@@ -34,14 +37,26 @@ pub fn format_time(millis: i64) -> String {
 /// The largest request body we read (a console chunk, later, is at most 1 MiB too).
 pub const MAX_BODY: usize = 1024 * 1024;
 
-pub fn router(state: AppState) -> Router {
-    let api = api::router();
-    Router::new()
-        .nest("/api", api.clone())
-        .nest("/go/api", api)
+/// Every route, as declared: the API twice (GoCD clients call `/go/api`), pages, assets.
+fn routes() -> Routes {
+    Routes::new()
+        .nest("/api", api::router())
+        .nest("/go/api", api::router())
         .merge(pages::router())
         .merge(assets::router())
+}
+
+/// What every route answers and the credential it needs (the router is built from it).
+pub fn route_table() -> Vec<Route> {
+    routes().into_parts().1
+}
+
+pub fn router(state: AppState) -> Router {
+    let (router, _) = routes().into_parts();
+    router
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        // Each route's guard (`auth::guard`) finds the state here.
+        .layer(Extension(state.clone()))
         .layer(axum::middleware::from_fn(same_origin::refuse_cross_site))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -58,6 +73,8 @@ impl Error {
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::MisdirectedRequest(_) => StatusCode::MISDIRECTED_REQUEST,
             Error::Database(_) | Error::Migrate(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -90,6 +107,11 @@ impl IntoResponse for Error {
             response
                 .headers_mut()
                 .insert("x-console-length", (*stored).into());
+        }
+        if let Error::TooManyRequests { retry_after, .. } = &self {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, (*retry_after).into());
         }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

@@ -71,12 +71,14 @@ fn named_rooms(code: &str) -> BTreeSet<String> {
     named
 }
 
-const CONTEXTS: [&str; 3] = ["agents", "job_runs", "scheduler"];
+const CONTEXTS: [&str; 4] = ["accounts", "agents", "job_runs", "scheduler"];
 
 /// What `room` may not name; `None`: no rule.
 fn forbidden(room: &str) -> Option<Vec<&'static str>> {
     let everything_but_domain = vec![
+        "accounts",
         "agents",
+        "secrets",
         "job_runs",
         "scheduler",
         "events",
@@ -94,6 +96,7 @@ fn forbidden(room: &str) -> Option<Vec<&'static str>> {
         "events" => Some(everything_but_domain),
         r if CONTEXTS.contains(&r) => Some(vec!["web", "agent_runtime", "AppState", "Application"]),
         "db" => Some(vec![
+            "accounts",
             "agents",
             "job_runs",
             "scheduler",
@@ -102,6 +105,7 @@ fn forbidden(room: &str) -> Option<Vec<&'static str>> {
         ]),
         // The agent program talks to the server over HTTP only.
         "agent_runtime" => Some(vec![
+            "accounts",
             "agents",
             "job_runs",
             "scheduler",

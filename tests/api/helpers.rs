@@ -26,6 +26,13 @@ pub struct TestApp {
     _data: TempDir,
 }
 
+impl TestApp {
+    /// The server's data directory (its database, the test's password file).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._data.path()
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
@@ -204,6 +211,8 @@ impl Reply {
 pub struct Api {
     pub base: String,
     pub client: reqwest::Client,
+    /// Sent with every request that does not set them itself (a credential, say).
+    headers: Vec<(String, String)>,
 }
 
 impl Api {
@@ -211,7 +220,42 @@ impl Api {
         Api {
             base,
             client: reqwest::Client::new(),
+            headers: Vec::new(),
         }
+    }
+
+    /// The same client, sending `name: value` on every request.
+    pub fn with_header(&self, name: &str, value: &str) -> Api {
+        let mut api = self.clone();
+        api.headers.push((name.to_string(), value.to_string()));
+        api
+    }
+
+    /// What [`Api::with_header`] added.
+    pub fn default_headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// Speaks as a user of the password file, with HTTP Basic.
+    pub fn as_basic(&self, user: &str, password: &str) -> Api {
+        use base64::Engine;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        self.with_header("Authorization", &format!("Basic {encoded}"))
+    }
+
+    /// Speaks with a personal access token.
+    pub fn as_bearer(&self, token: &str) -> Api {
+        self.with_header("Authorization", &format!("Bearer {token}"))
+    }
+
+    /// A client that shows redirects instead of following them (the login flow).
+    pub fn without_redirects(&self) -> Api {
+        let mut api = self.clone();
+        api.client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("a client");
+        api
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -220,7 +264,15 @@ impl Api {
 
     /// Sends a request and reads the whole answer: the one place a request leaves a test.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
-        let request = request.build().expect("a well-formed request");
+        let mut request = request.build().expect("a well-formed request");
+        for (name, value) in &self.headers {
+            if !request.headers().contains_key(name.as_str()) {
+                request.headers_mut().insert(
+                    reqwest::header::HeaderName::from_bytes(name.as_bytes()).expect("a header name"),
+                    value.parse().expect("a header value"),
+                );
+            }
+        }
         let what = format!("{} {}", request.method(), request.url().path());
         let response = self
             .client
@@ -934,4 +986,34 @@ impl MirrorState {
             _ => {}
         }
     }
+}
+
+/// The users of [`spawn_team_app`]: alice is an admin, bob is not.
+pub const ALICE: (&str, &str) = ("alice", "alice-secret");
+pub const BOB: (&str, &str) = ("bob", "bob-secret");
+
+/// An htpasswd file's text for `users` (bcrypt at the lowest cost, to keep tests quick).
+pub fn htpasswd(users: &[(&str, &str)]) -> String {
+    users
+        .iter()
+        .map(|(user, password)| {
+            format!("{user}:{}\n", bcrypt::hash(password, 4).expect("a bcrypt hash"))
+        })
+        .collect()
+}
+
+/// A server with a password file (alice, an admin, and bob) and `configure` on top.
+pub async fn spawn_team_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_with(|config| {
+        let file = config.data_dir.join("passwords");
+        std::fs::write(&file, htpasswd(&[ALICE, BOB])).expect("the password file is written");
+        config.password_file = Some(file);
+        config.admins = vec![ALICE.0.to_string()];
+        configure(config);
+    })
+    .await
+}
+
+pub async fn spawn_team_app() -> TestApp {
+    spawn_team_app_with(|_| {}).await
 }

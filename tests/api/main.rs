@@ -1,5 +1,6 @@
 //! Integration tests: the real server on a free port, spoken to over HTTP.
 
+mod access;
 mod agent_runtime;
 mod agents_api;
 mod architecture;

@@ -1,8 +1,7 @@
 //! The Agents API (GoCD v7 shapes): list, show, edit, enable/disable, bulk edit, delete.
 
 use axum::extract::{Path, State};
-use axum::routing::{get, put};
-use axum::{Json, Router};
+use axum::Json;
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Value, json};
@@ -14,6 +13,8 @@ use crate::AppState;
 use crate::agents::{AgentUpdate, BulkUpdate};
 use crate::domain::agent::{Agent, AgentState, BuildDetails, BuildState, ConfigState, ListChange};
 use crate::error::{Error, Result};
+use crate::web::auth::Credential::{Admin, User};
+use crate::web::routes::Routes;
 
 /// An agent as GoCD's Agents API v7 shows it (and `/api/events` sends it).
 pub struct AgentJson(pub Agent);
@@ -96,13 +97,17 @@ fn environments_json<S: Serializer>(
     seq.end()
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/agents", get(list).patch(bulk_update).delete(bulk_delete))
-        .route("/agents/{uuid}", get(show).patch(update).delete(delete_one))
-        .route("/agents/{uuid}/enable", put(enable))
-        .route("/agents/{uuid}/disable", put(disable))
-        .route("/agents/{uuid}/job_run_history", get(job_run_history))
+pub fn router() -> Routes {
+    Routes::new()
+        .get("/agents", User, list)
+        .patch("/agents", Admin, bulk_update)
+        .delete("/agents", Admin, bulk_delete)
+        .get("/agents/{uuid}", User, show)
+        .patch("/agents/{uuid}", Admin, update)
+        .delete("/agents/{uuid}", Admin, delete_one)
+        .put("/agents/{uuid}/enable", Admin, enable)
+        .put("/agents/{uuid}/disable", Admin, disable)
+        .get("/agents/{uuid}/job_run_history", User, job_run_history)
 }
 
 async fn list(State(state): State<AppState>) -> Result<Json<Value>> {

@@ -10,10 +10,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
-use axum::routing::get;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use serde::Deserialize;
@@ -29,10 +27,12 @@ use crate::events::{DomainEvent, Topic};
 use crate::web::api::agents::AgentJson;
 use crate::web::api::jobs::RunJson;
 use crate::web::live::{KeyedViews, Output, Subscription, View, Watched};
+use crate::web::auth::Credential;
+use crate::web::routes::Routes;
 use crate::web::sse;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/events", get(events))
+pub fn router() -> Routes {
+    Routes::new().get("/events", Credential::User, events)
 }
 
 /// The live views of the topics some `/api/events` stream follows.

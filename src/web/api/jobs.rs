@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Value, json};
@@ -17,7 +16,9 @@ use super::{ApiJson, ApiQuery, name_list};
 use crate::AppState;
 use crate::domain::job_run::{JobResult, JobRun, JobState, NewJob, Task, Transition};
 use crate::error::{Error, Result};
+use crate::web::auth::Credential::{Admin, User};
 use crate::web::format_time;
+use crate::web::routes::Routes;
 
 /// A run as the API shows it (and `/api/events` sends it): times in RFC 3339, and without the
 /// variables meant for its agent only.
@@ -94,13 +95,14 @@ impl Serialize for TransitionsJson<'_> {
     }
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/jobs/schedule", post(schedule))
-        .route("/scheduler", get(scheduler))
-        .route("/builds/{build_id}", get(show))
-        .route("/builds/{build_id}/cancel", post(cancel))
-        .route("/builds/{build_id}/console", get(console))
+pub fn router() -> Routes {
+    Routes::new()
+        // An ad-hoc job runs any command on an agent: admins only.
+        .post("/jobs/schedule", Admin, schedule)
+        .get("/scheduler", User, scheduler)
+        .get("/builds/{build_id}", User, show)
+        .post("/builds/{build_id}/cancel", User, cancel)
+        .get("/builds/{build_id}/console", User, console)
 }
 
 /// A build id from a path; one that does not parse names no build.

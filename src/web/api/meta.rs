@@ -1,18 +1,18 @@
 //! `/api/version` and `/api/health`.
 
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{Value, json};
 
-use crate::AppState;
+use crate::web::auth::Credential;
+use crate::web::routes::Routes;
 
 /// The GoCD API level ferrocd follows; GoCD clients read it to pick endpoints.
 pub const GOCD_VERSION: &str = "25.1.0";
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/version", get(version))
-        .route("/health", get(health))
+pub fn router() -> Routes {
+    Routes::new()
+        .get("/version", Credential::User, version)
+        .get("/health", Credential::Probe, health)
 }
 
 async fn version() -> Json<Value> {

@@ -1,5 +1,6 @@
 //! The JSON API, mounted at both `/api` and `/go/api`. One file per resource.
 
+mod access_tokens;
 mod agents;
 pub mod events;
 mod jobs;
@@ -10,7 +11,6 @@ pub use jobs::build_id;
 pub use meta::GOCD_VERSION;
 mod remoting;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, Uri};
@@ -19,11 +19,12 @@ use serde::de::{DeserializeOwned, Deserializer};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::AppState;
 use crate::error::Error;
+use crate::web::routes::Routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router() -> Routes {
+    Routes::new()
+        .merge(access_tokens::router())
         .merge(agents::router())
         .merge(remoting::router())
         .merge(events::router())

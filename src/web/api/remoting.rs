@@ -7,8 +7,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -22,15 +21,17 @@ use crate::domain::agent::AgentState;
 use crate::domain::job_run::{JobResult, JobRun, JobState, Task};
 use crate::error::{Error, Result};
 use crate::web::api::{agent_uuid, build_id};
+use crate::web::auth::Credential;
 use crate::web::auth::{AuthenticatedAgent, bearer_token};
+use crate::web::routes::Routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/agents/register", post(register))
-        .route("/agents/{uuid}/ping", post(ping))
-        .route("/agents/{uuid}/work", post(work))
-        .route("/builds/{build_id}/status", post(status))
-        .route("/builds/{build_id}/console", post(append_console))
+pub fn router() -> Routes {
+    Routes::new()
+        .post("/agents/register", Credential::Registration, register)
+        .post("/agents/{uuid}/ping", Credential::Agent, ping)
+        .post("/agents/{uuid}/work", Credential::Agent, work)
+        .post("/builds/{build_id}/status", Credential::Agent, status)
+        .post("/builds/{build_id}/console", Credential::Agent, append_console)
 }
 
 /// Bytes free in the sandbox: a number, a numeric string, or "unknown".

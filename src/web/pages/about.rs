@@ -1,20 +1,23 @@
 //! `/go/about`: GoCD's server-details page; older GoCD clients read the version from it.
 
 use crate::web::pages::PageResult;
-use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
 use maud::{Markup, html};
 
 use super::layout::{Section, page};
 use crate::AppState;
 use crate::web::api::GOCD_VERSION;
+use crate::web::auth::{Credential, CurrentUser};
+use crate::web::routes::Routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/go/about", get(about))
+pub fn router() -> Routes {
+    Routes::new().get("/go/about", Credential::User, about)
 }
 
-async fn about(State(state): State<AppState>) -> PageResult<Markup> {
+async fn about(
+    State(state): State<AppState>,
+    CurrentUser(viewer): CurrentUser,
+) -> PageResult<Markup> {
     let schema = state.db.schema_version().await?;
     let rows = [
         ("Server Version", GOCD_VERSION.to_string()),
@@ -23,6 +26,7 @@ async fn about(State(state): State<AppState>) -> PageResult<Markup> {
         ("Database", "SQLite (embedded)".to_string()),
     ];
     Ok(page(
+        Some(&viewer),
         "About",
         Section::None,
         &[],

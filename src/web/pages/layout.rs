@@ -2,6 +2,7 @@
 
 use maud::{DOCTYPE, Markup, html};
 
+use crate::domain::user::User;
 use crate::web::assets;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -10,8 +11,18 @@ pub enum Section {
     None,
 }
 
-/// A full page. `scripts` are extra assets by name (e.g. `agents.js`).
-pub fn page(title: &str, section: Section, scripts: &[&str], body: Markup) -> Markup {
+/// A full page for `viewer` (none on an error page). `scripts` are extra assets by name (e.g.
+/// `agents.js`). Controls only admins may use carry the class `admin-only`; the stylesheet
+/// hides them from others (`data-admin` on the body), so a live fragment is rendered once for
+/// every viewer, and the server refuses the request anyway.
+pub fn page(
+    viewer: Option<&User>,
+    title: &str,
+    section: Section,
+    scripts: &[&str],
+    body: Markup,
+) -> Markup {
+    let admin = viewer.is_some_and(|v| v.admin);
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -28,7 +39,7 @@ pub fn page(title: &str, section: Section, scripts: &[&str], body: Markup) -> Ma
                     script src=(assets::url(script)) defer {}
                 }
             }
-            body hx-ext="sse" {
+            body hx-ext="sse" data-admin=(admin) {
                 header.site-header {
                     a.brand href="/" { span.logo { "▶" } "ferrocd" }
                     nav {
@@ -36,6 +47,14 @@ pub fn page(title: &str, section: Section, scripts: &[&str], body: Markup) -> Ma
                     }
                     span.live-badge #live-badge data-state="connecting"
                         title="This page updates itself as things change" { "connecting" }
+                    @if let Some(user) = viewer.filter(|v| v.signed_in) {
+                        div.user-menu {
+                            a href="/access_tokens" title="Personal access tokens" { (user.name) }
+                            form method="post" action="/auth/logout" {
+                                button.link-button type="submit" { "Sign out" }
+                            }
+                        }
+                    }
                 }
                 main.page { (body) }
             }

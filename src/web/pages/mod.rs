@@ -4,22 +4,26 @@ pub mod about;
 pub mod agents;
 pub mod build;
 pub mod layout;
+pub mod login;
 pub mod runs;
 
-use axum::Router;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 
 use crate::error::Error;
-use axum::routing::get;
+use crate::web::auth::Credential;
+use crate::web::routes::Routes;
 
-use crate::AppState;
+async fn home() -> Redirect {
+    Redirect::to("/agents")
+}
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router() -> Routes {
+    Routes::new()
         // The dashboard comes with pipelines; until then the agents page is home.
-        .route("/", get(|| async { Redirect::to("/agents") }))
-        .route("/go", get(|| async { Redirect::to("/agents") }))
+        .get("/", Credential::User, home)
+        .get("/go", Credential::User, home)
+        .merge(login::router())
         .merge(agents::router())
         .merge(about::router())
         .merge(runs::router())
@@ -54,7 +58,7 @@ impl IntoResponse for PageError {
         };
         (
             status,
-            layout::page(title, layout::Section::None, &[], body),
+            layout::page(None, title, layout::Section::None, &[], body),
         )
             .into_response()
     }

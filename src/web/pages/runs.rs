@@ -3,10 +3,8 @@
 
 use std::sync::{Arc, RwLock};
 
-use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use axum::routing::get;
 use bytes::Bytes;
 use futures::Stream;
 use maud::{Markup, html};
@@ -24,6 +22,8 @@ use crate::job_runs::{JobRuns, RunPage};
 use crate::web::api::agent_uuid;
 use crate::web::format_time;
 use crate::web::live::{KeyedViews, Output, Subscription, View, Watched};
+use crate::web::auth::{Credential, CurrentUser};
+use crate::web::routes::Routes;
 use crate::web::sse;
 
 /// Which run list: an agent's, from `offset`, `page_size` runs.
@@ -34,10 +34,10 @@ pub type RunsViews = KeyedViews<RunsKey, RunsLive>;
 
 const DEFAULT_PAGE_SIZE: i64 = 50;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/agents/{uuid}/job_run_history", get(runs_page))
-        .route("/agents/{uuid}/job_run_history/events", get(events))
+pub fn router() -> Routes {
+    Routes::new()
+        .get("/agents/{uuid}/job_run_history", Credential::User, runs_page)
+        .get("/agents/{uuid}/job_run_history/events", Credential::User, events)
 }
 
 #[derive(Deserialize)]
@@ -48,6 +48,7 @@ struct PageQuery {
 
 async fn runs_page(
     State(state): State<AppState>,
+    CurrentUser(viewer): CurrentUser,
     Path(uuid): Path<String>,
     Query(query): Query<PageQuery>,
 ) -> PageResult<Markup> {
@@ -63,6 +64,7 @@ async fn runs_page(
         .await?;
     let title = format!("{} job run history", agent.hostname);
     Ok(page(
+        Some(&viewer),
         &title,
         Section::Agents,
         &["durations.js"],

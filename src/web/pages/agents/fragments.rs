@@ -43,13 +43,13 @@ pub fn agents_page(agents: &[Agent], queued: u64) -> Markup {
                 h1 { "Agents" }
             }
             section.card.toolbar {
-                div.actions {
+                div.actions.admin-only {
                     (action_button("delete", "Delete", "btn danger", ""))
                     (action_button("enable", "Enable", "btn", ""))
                     (action_button("disable", "Disable", "btn", ""))
                     span.selected-count #selected-count { "0 selected" }
                 }
-                div.list-editor {
+                div.list-editor.admin-only {
                     label for="edit-resources" { "Resources" }
                     input #edit-resources type="text" name="resources" placeholder="e.g. linux, docker" autocomplete="off";
                     (action_button("add_resources", "Add", "btn small", "#edit-resources"))
@@ -208,7 +208,7 @@ pub fn row(agent: &Agent) -> Markup {
                 }
                 @if agent.agent_config_state == ConfigState::Pending {
                     " "
-                    button.btn.small.approve type="button" hx-post="/agents/actions"
+                    button.btn.small.approve.admin-only type="button" hx-post="/agents/actions"
                         hx-vals=(format!(r#"{{"action": "enable", "uuid": "{}"}}"#, agent.uuid))
                         hx-target="#flash" hx-swap="innerHTML" { "Approve" }
                 }

@@ -5,11 +5,9 @@ mod fragments;
 pub mod live;
 
 use crate::web::pages::PageResult;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::Response;
-use axum::routing::{get, post};
 use maud::Markup;
 use uuid::Uuid;
 
@@ -18,21 +16,26 @@ use crate::AppState;
 use crate::agents::{AgentUpdate, BulkUpdate};
 use crate::domain::agent::{ConfigState, ListChange};
 use crate::error::{Error, Result};
+use crate::web::auth::{Credential, CurrentUser};
+use crate::web::routes::Routes;
 use crate::web::sse;
 
 pub use live::AgentsView;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/agents", get(agents_page))
-        .route("/agents/events", get(events))
-        .route("/agents/actions", post(action))
+pub fn router() -> Routes {
+    Routes::new()
+        .get("/agents", Credential::User, agents_page)
+        .get("/agents/events", Credential::User, events)
+        .post("/agents/actions", Credential::Admin, action)
 }
 
-async fn agents_page(State(state): State<AppState>) -> PageResult<Markup> {
+async fn agents_page(
+    State(state): State<AppState>,
+    CurrentUser(viewer): CurrentUser,
+) -> PageResult<Markup> {
     let agents = state.agents.list().await?;
     let body = fragments::agents_page(&agents, state.agents_view.queued());
-    Ok(page("Agents", Section::Agents, &["agents.js"], body))
+    Ok(page(Some(&viewer), "Agents", Section::Agents, &["agents.js"], body))
 }
 
 async fn events(State(state): State<AppState>) -> Response {

@@ -6,11 +6,9 @@ mod fragments;
 pub mod live;
 
 use crate::web::pages::PageResult;
-use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::{get, post};
 use maud::Markup;
 use serde::Deserialize;
 
@@ -18,6 +16,9 @@ use super::layout::{Section, page};
 use crate::AppState;
 use crate::error::{Error, Result};
 use crate::web::api::build_id;
+use crate::web::auth::{Credential, CurrentUser};
+use crate::domain::user::User;
+use crate::web::routes::Routes;
 use crate::web::sse;
 
 pub use live::ConsoleViews;
@@ -27,16 +28,13 @@ const TAIL_LINES: usize = 1000;
 /// …read from at most this much of its end.
 const TAIL_WINDOW: i64 = 2 * 1024 * 1024;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/builds/{build_id}", get(by_id))
-        .route("/agents/{uuid}/job_run_history/{build_id}", get(by_agent))
-        .route(
-            "/tab/build/detail/{pipeline}/{pc}/{stage}/{sc}/{job}",
-            get(by_names),
-        )
-        .route("/builds/{build_id}/console/events", get(events))
-        .route("/builds/{build_id}/cancel", post(cancel))
+pub fn router() -> Routes {
+    Routes::new()
+        .get("/builds/{build_id}", Credential::User, by_id)
+        .get("/agents/{uuid}/job_run_history/{build_id}", Credential::User, by_agent)
+        .get("/tab/build/detail/{pipeline}/{pc}/{stage}/{sc}/{job}", Credential::User, by_names)
+        .get("/builds/{build_id}/console/events", Credential::User, events)
+        .post("/builds/{build_id}/cancel", Credential::User, cancel)
 }
 
 #[derive(Deserialize, Default)]
@@ -46,23 +44,26 @@ struct PageQuery {
 
 async fn by_id(
     State(state): State<AppState>,
+    CurrentUser(viewer): CurrentUser,
     Path(id): Path<String>,
     Query(q): Query<PageQuery>,
 ) -> PageResult<Markup> {
-    run_page(&state, build_id(&id)?, q.all.is_some()).await
+    run_page(&state, &viewer, build_id(&id)?, q.all.is_some()).await
 }
 
 async fn by_agent(
     State(state): State<AppState>,
+    CurrentUser(viewer): CurrentUser,
     Path((_uuid, id)): Path<(String, String)>,
     Query(q): Query<PageQuery>,
 ) -> PageResult<Markup> {
-    run_page(&state, build_id(&id)?, q.all.is_some()).await
+    run_page(&state, &viewer, build_id(&id)?, q.all.is_some()).await
 }
 
 /// GoCD's address: the newest run of that job.
 async fn by_names(
     State(state): State<AppState>,
+    CurrentUser(viewer): CurrentUser,
     Path((pipeline, pc, stage, sc, job)): Path<(String, i64, String, i64, String)>,
     Query(q): Query<PageQuery>,
 ) -> PageResult<Markup> {
@@ -71,10 +72,10 @@ async fn by_names(
         .find(&pipeline, pc, &stage, sc, &job)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no run of {pipeline}/{pc}/{stage}/{sc}/{job}")))?;
-    run_page(&state, id, q.all.is_some()).await
+    run_page(&state, &viewer, id, q.all.is_some()).await
 }
 
-async fn run_page(state: &AppState, id: i64, all: bool) -> PageResult<Markup> {
+async fn run_page(state: &AppState, viewer: &User, id: i64, all: bool) -> PageResult<Markup> {
     let run = state.job_runs.get(id).await?;
     let hostname = live::hostname_for(&state.agents, &run).await;
     let from = if all {
@@ -113,6 +114,7 @@ async fn run_page(state: &AppState, id: i64, all: bool) -> PageResult<Markup> {
         run.pipeline_name, run.stage_name, run.job_name
     );
     Ok(page(
+        Some(viewer),
         &title,
         Section::Agents,
         &["console.js", "durations.js"],

@@ -1,5 +1,5 @@
-//! Agent tokens: 256 random bits shown once, stored only as a SHA-256 hash, compared in
-//! constant time.
+//! Secrets the server hands out (agent tokens, sessions, personal access tokens): 256 random
+//! bits shown once, stored only as a SHA-256 hash, compared in constant time.
 
 use sha2::{Digest, Sha256};
 
