@@ -19,9 +19,23 @@
 //
 // 3. The header's "live" badge tells the truth about the stream: live while it is open,
 //    "reconnecting" while the browser retries.
+//
+// 4. What the Content-Security-Policy stopped is kept in this tab's sessionStorage
+//    ("ferrocd.csp", one line each, across the pages of the tab) and warned about in the
+//    console: a page that needs something the policy forbids is a bug to see, not to guess.
 (function () {
   "use strict";
   htmx.config.defaultSettleDelay = 0;
+
+  document.addEventListener("securitypolicyviolation", (e) => {
+    const line = `${e.violatedDirective} blocked ${e.blockedURI || "inline"} on ${e.documentURI} ` +
+      `(${e.sourceFile || "?"}:${e.lineNumber || "?"})`;
+    console.warn("Content-Security-Policy: " + line);
+    try {
+      const kept = sessionStorage.getItem("ferrocd.csp") || "";
+      sessionStorage.setItem("ferrocd.csp", kept + line + "\n");
+    } catch (_) { /* storage may be off */ }
+  });
 
   // EventSource -> the event names we listen to on it (each once).
   const listening = new WeakMap();

@@ -11,10 +11,11 @@ pub mod same_origin;
 pub mod sse;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router};
 use serde_json::json;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::AppState;
@@ -33,6 +34,12 @@ pub fn format_time(millis: i64) -> String {
         })
         .unwrap_or_default()
 }
+
+/// What a page may load and do: only this server's scripts and styles (no inline ones, no
+/// eval), no plugins, no framing by anyone.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+    style-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+    frame-ancestors 'none'";
 
 /// The largest request body we read (a console chunk, later, is at most 1 MiB too).
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -58,6 +65,20 @@ pub fn router(state: AppState) -> Router {
         // Each route's guard (`auth::guard`) finds the state here.
         .layer(Extension(state.clone()))
         .layer(axum::middleware::from_fn(same_origin::refuse_cross_site))
+        // No page may be framed (a framed Delete button could be clicked for the viewer), no
+        // answer sniffed into something active, and a page runs only our own files.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -103,3 +103,33 @@ async fn a_page_post_from_another_site_is_refused_and_changes_nothing() {
         "Enabled"
     );
 }
+
+#[tokio::test]
+async fn pages_cannot_be_framed_sniffed_or_made_to_run_other_code() {
+    let app = spawn_app().await;
+    let build = app.schedule_job("p", "j").await;
+    for path in ["/agents", "/go/about", &format!("/builds/{build}")] {
+        let page = app.get(path).await;
+        assert_eq!(page.status, 200, "{path}");
+        assert_eq!(page.header("x-frame-options"), "DENY", "{path}");
+        assert_eq!(page.header("x-content-type-options"), "nosniff", "{path}");
+        let policy = page.header("content-security-policy");
+        for directive in [
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(policy.contains(directive), "{path}: {policy}");
+        }
+        assert!(
+            !page.text().contains(" style=\""),
+            "{path}: no inline style for the policy to stop"
+        );
+    }
+    let raw = app.get(&format!("/api/builds/{build}/console")).await;
+    assert_eq!(raw.header("x-content-type-options"), "nosniff", "the raw log");
+}

@@ -67,11 +67,18 @@ where
         profiles: Mutex::new(Vec::new()),
     }));
     let outcome = AssertUnwindSafe(body(rig.clone())).catch_unwind().await;
+    // Every browser test also checks that the pages needed nothing the policy forbids.
+    let violations = rig.csp_violations().await;
     rig.close_all().await;
     drop(driver);
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+    assert!(
+        violations.is_empty(),
+        "{test}: the Content-Security-Policy stopped something:\n{}",
+        violations.join("\n")
+    );
 }
 
 /// `chromium` and `chromedriver` from `PATH`, or `None` after a loud banner (a panic with
@@ -277,6 +284,34 @@ impl Rig {
             .await
             .unwrap_or_else(|e| panic!("[{name}] cannot open {url}: {e}"));
         page
+    }
+
+    /// What `live.js` kept of the policy's violations, in every window of every session.
+    async fn csp_violations(&self) -> Vec<String> {
+        let sessions: Vec<Client> = self.0.sessions.lock().unwrap().clone();
+        let mut found = Vec::new();
+        for session in sessions {
+            let Ok(Ok(windows)) = tokio::time::timeout(DEADLINE, session.windows()).await else {
+                continue;
+            };
+            for window in windows {
+                if session.switch_to_window(window).await.is_err() {
+                    continue;
+                }
+                let kept = session
+                    .execute(
+                        "try { return sessionStorage.getItem('ferrocd.csp') || ''; } \
+                         catch (_) { return ''; }",
+                        vec![],
+                    )
+                    .await
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                found.extend(kept.lines().map(str::to_string));
+            }
+        }
+        found
     }
 
     async fn close_all(&self) {

@@ -29,6 +29,9 @@ pub fn page(
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
+                // The Content-Security-Policy allows no eval and no inline style: htmx must
+                // use neither.
+                meta name="htmx-config" content=r#"{"allowEval":false,"includeIndicatorStyles":false}"#;
                 title { (title) " - ferrocd" }
                 link rel="icon" href=(assets::url("favicon.svg")) type="image/svg+xml";
                 link rel="stylesheet" href=(assets::url("app.css"));

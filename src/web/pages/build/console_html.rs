@@ -20,13 +20,11 @@ struct Style {
     underline: bool,
 }
 
+/// One of the 256 terminal colours, each styled by a class of `app.css` (`ansi-fg-N`,
+/// `ansi-bg-N`): the pages' Content-Security-Policy allows no inline style, so a true colour
+/// is shown as the nearest of the 256.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Colour {
-    /// 0–15: the terminal palette, styled by class.
-    Palette(u8),
-    /// 16–255 of the 256-colour cube, or true colour.
-    Rgb(u8, u8, u8),
-}
+struct Colour(u8);
 
 impl Style {
     fn is_plain(&self) -> bool {
@@ -35,20 +33,11 @@ impl Style {
 
     fn open_tag(&self) -> String {
         let mut classes = Vec::new();
-        let mut css = String::new();
-        match self.fg {
-            Some(Colour::Palette(n)) => classes.push(format!("ansi-fg-{n}")),
-            Some(Colour::Rgb(r, g, b)) => {
-                let _ = write!(css, "color:#{r:02x}{g:02x}{b:02x};");
-            }
-            None => {}
+        if let Some(Colour(n)) = self.fg {
+            classes.push(format!("ansi-fg-{n}"));
         }
-        match self.bg {
-            Some(Colour::Palette(n)) => classes.push(format!("ansi-bg-{n}")),
-            Some(Colour::Rgb(r, g, b)) => {
-                let _ = write!(css, "background-color:#{r:02x}{g:02x}{b:02x};");
-            }
-            None => {}
+        if let Some(Colour(n)) = self.bg {
+            classes.push(format!("ansi-bg-{n}"));
         }
         for (on, class) in [
             (self.bold, "ansi-bold"),
@@ -63,9 +52,6 @@ impl Style {
         let mut tag = String::from("<span");
         if !classes.is_empty() {
             let _ = write!(tag, " class=\"{}\"", classes.join(" "));
-        }
-        if !css.is_empty() {
-            let _ = write!(tag, " style=\"{css}\"");
         }
         tag.push('>');
         tag
@@ -95,23 +81,23 @@ impl Style {
                 }
                 23 => self.italic = false,
                 24 => self.underline = false,
-                c @ 30..=37 => self.fg = Some(Colour::Palette((c - 30) as u8)),
-                c @ 90..=97 => self.fg = Some(Colour::Palette((c - 90 + 8) as u8)),
+                c @ 30..=37 => self.fg = Some(Colour((c - 30) as u8)),
+                c @ 90..=97 => self.fg = Some(Colour((c - 90 + 8) as u8)),
                 39 => self.fg = None,
-                c @ 40..=47 => self.bg = Some(Colour::Palette((c - 40) as u8)),
-                c @ 100..=107 => self.bg = Some(Colour::Palette((c - 100 + 8) as u8)),
+                c @ 40..=47 => self.bg = Some(Colour((c - 40) as u8)),
+                c @ 100..=107 => self.bg = Some(Colour((c - 100 + 8) as u8)),
                 49 => self.bg = None,
                 c @ (38 | 48) => {
                     let colour = match codes.get(i + 1) {
                         Some(5) => {
                             let n = codes.get(i + 2).copied().unwrap_or(0).min(255) as u8;
                             i += 2;
-                            Some(palette_256(n))
+                            Some(Colour(n))
                         }
                         Some(2) => {
                             let channel =
                                 |k: usize| codes.get(i + k).copied().unwrap_or(0).min(255) as u8;
-                            let rgb = Colour::Rgb(channel(2), channel(3), channel(4));
+                            let rgb = Colour(nearest_256(channel(2), channel(3), channel(4)));
                             i += 4;
                             Some(rgb)
                         }
@@ -130,19 +116,31 @@ impl Style {
     }
 }
 
-fn palette_256(n: u8) -> Colour {
+/// The colour of 16–255 in xterm's palette: a 6×6×6 cube, then 24 greys.
+fn rgb_256(n: u8) -> (u8, u8, u8) {
     match n {
-        0..=15 => Colour::Palette(n),
         16..=231 => {
             let n = n - 16;
             let level = |v: u8| if v == 0 { 0 } else { 55 + v * 40 };
-            Colour::Rgb(level(n / 36), level((n / 6) % 6), level(n % 6))
+            (level(n / 36), level((n / 6) % 6), level(n % 6))
         }
-        _ => {
+        232..=255 => {
             let grey = 8 + (n - 232) * 10;
-            Colour::Rgb(grey, grey, grey)
+            (grey, grey, grey)
         }
+        _ => (0, 0, 0),
     }
+}
+
+/// The colour of 16–255 nearest to a true colour.
+fn nearest_256(r: u8, g: u8, b: u8) -> u8 {
+    let distance = |(x, y, z): (u8, u8, u8)| {
+        let d = |p: u8, q: u8| (i32::from(p) - i32::from(q)).pow(2);
+        d(x, r) + d(y, g) + d(z, b)
+    };
+    (16..=255u8)
+        .min_by_key(|n| distance(rgb_256(*n)))
+        .unwrap_or(16)
 }
 
 fn escape_into(out: &mut String, text: &str) {
@@ -396,10 +394,31 @@ mod tests {
     }
 
     #[test]
-    fn other_escape_sequences_are_dropped_and_256_colours_are_inline() {
+    fn other_escape_sequences_are_dropped_and_256_colours_are_classes() {
         let html = render(b"\x1b[2K\x1b]0;title\x07\x1b[38;5;208morange\x1b[39m\n", 0);
         assert_eq!(text_content(&html), "orange\n");
-        assert!(html.contains("style=\"color:#ff8700;\""), "{html}");
+        assert!(html.contains("class=\"ansi-fg-208\""), "{html}");
+        let html = render(b"\x1b[38;2;255;135;1;48;2;10;10;10mtrue\n", 0);
+        assert!(html.contains("class=\"ansi-fg-208 ansi-bg-232\""), "{html}");
+        assert!(!html.contains("style="), "no inline style: {html}");
+    }
+
+    /// Every class a colour can get is in the stylesheet, with xterm's colour.
+    #[test]
+    fn the_stylesheet_has_each_of_the_256_colours() {
+        let css = include_str!("../../../../assets/app.css");
+        for n in 16..=255u8 {
+            let (r, g, b) = rgb_256(n);
+            let hex = format!("#{r:02x}{g:02x}{b:02x}");
+            assert!(
+                css.contains(&format!(".ansi-fg-{n} {{ color: {hex}; }}")),
+                "ansi-fg-{n} {hex}"
+            );
+            assert!(
+                css.contains(&format!(".ansi-bg-{n} {{ background: {hex}; }}")),
+                "ansi-bg-{n} {hex}"
+            );
+        }
     }
 
     #[test]
