@@ -328,3 +328,43 @@ async fn a_user_added_to_the_password_file_can_log_in_without_a_restart() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_tokens_page_shows_a_new_token_once_and_revokes_it() {
+    let app = spawn_team_app().await;
+    let bob = app.as_basic(BOB.0, BOB.1).without_redirects();
+    let form = |path: &str, body: &'static str| {
+        bob.client
+            .post(bob.url(path))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(body)
+    };
+    let created = bob
+        .send(form("/access_tokens", "description=hallway+%3Cmonitor%3E"))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let html = created.text();
+    let start = html.find("id=\"new-token\">").expect("the secret is shown") + "id=\"new-token\">".len();
+    let token = html[start..].split('<').next().unwrap().to_string();
+    assert!(token.starts_with("fcd_"), "{token}");
+    assert!(html.contains("hallway &lt;monitor&gt;"), "the description is escaped");
+    app.as_bearer(&token).get("/api/agents").await.expect(200);
+
+    let page = bob.get("/access_tokens").await;
+    assert_eq!(page.status, 200);
+    assert!(!page.text().contains(&token), "never shown again");
+    let id = bob.get("/go/api/current_user/access_tokens").await.expect(200)["_embedded"]
+        ["access_tokens"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let revoked = bob
+        .send(form(&format!("/access_tokens/{id}/revoke"), "revoke_cause=lost"))
+        .await;
+    assert_eq!(revoked.status, 303, "{}", revoked.text());
+    assert_eq!(app.as_bearer(&token).get("/api/agents").await.status, 401);
+    assert!(bob.get("/access_tokens").await.text().contains("Revoked"));
+    let untyped = bob
+        .send(bob.client.post(bob.url("/access_tokens")).body("description=x"))
+        .await;
+    assert_eq!(untyped.status, 415, "a form must say it is one");
+}

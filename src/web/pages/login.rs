@@ -3,9 +3,8 @@
 //! trust) and returns to the page the person first asked for; only a path on this server is
 //! followed, so the login page cannot be used to send someone elsewhere.
 
-use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::header::{CONTENT_TYPE, LOCATION, SET_COOKIE};
+use axum::http::header::{LOCATION, SET_COOKIE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +16,7 @@ use crate::AppState;
 use crate::accounts::SESSION_LIFETIME;
 use crate::error::Error;
 use crate::web::auth::{Credential, SESSION_COOKIE, came_over_https, client_address, session_secret};
-use crate::web::pages::PageError;
+use crate::web::pages::{PageError, PageForm};
 use crate::web::routes::Routes;
 
 pub fn router() -> Routes {
@@ -85,26 +84,11 @@ struct LoginForm {
     next: Option<String>,
 }
 
-fn is_form(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
-}
-
 async fn login(
     State(state): State<AppState>,
     parts: Parts,
-    body: Bytes,
+    PageForm(form): PageForm<LoginForm>,
 ) -> Response {
-    if !is_form(&parts.headers) {
-        return PageError(Error::UnsupportedMediaType(
-            "Content-Type: the login form is sent as application/x-www-form-urlencoded".into(),
-        ))
-        .into_response();
-    }
-    let form: LoginForm = serde_urlencoded::from_bytes(&body).unwrap_or_default();
     let next = local_path(form.next.as_deref());
     let from = client_address(&state, &parts.extensions, &parts.headers);
     let user = match state

@@ -1,6 +1,7 @@
 //! Server-rendered pages: one file per page, holding the page, its fragments and its stream.
 
 pub mod about;
+pub mod access_tokens;
 pub mod agents;
 pub mod build;
 pub mod layout;
@@ -24,6 +25,7 @@ pub fn router() -> Routes {
         .get("/", Credential::User, home)
         .get("/go", Credential::User, home)
         .merge(login::router())
+        .merge(access_tokens::router())
         .merge(agents::router())
         .merge(about::router())
         .merge(runs::router())
@@ -61,6 +63,34 @@ impl IntoResponse for PageError {
             layout::page(None, title, layout::Section::None, &[], body),
         )
             .into_response()
+    }
+}
+
+/// A page form's fields (`application/x-www-form-urlencoded`, as a browser posts a form):
+/// another type is a 415 page, unreadable fields a 422 page.
+pub struct PageForm<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for PageForm<T> {
+    type Rejection = PageError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, PageError> {
+        let is_form = request
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+        if !is_form {
+            return Err(PageError(Error::UnsupportedMediaType(
+                "Content-Type: a page form is sent as application/x-www-form-urlencoded".into(),
+            )));
+        }
+        let body = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| PageError(Error::BadRequest(rejection.body_text())))?;
+        serde_urlencoded::from_bytes(&body)
+            .map(PageForm)
+            .map_err(|e| PageError(Error::Unprocessable(format!("the form: {e}"))))
     }
 }
 
