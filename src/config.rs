@@ -68,6 +68,14 @@ pub struct ServeArgs {
     /// Seconds after which a silent Enabled agent becomes LostContact.
     #[arg(long, env = "FERROCD_LOST_CONTACT_AFTER", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub lost_contact_after: u64,
+    /// New agents without the registration key are refused (429) while this many wait for
+    /// approval.
+    #[arg(long, env = "FERROCD_MAX_PENDING_AGENTS", default_value_t = 200)]
+    pub max_pending_agents: u32,
+    /// Registrations without the key allowed per second from one address (five times as
+    /// many at once); 0 turns the limit off (agent farms on one host, benchmarks).
+    #[arg(long, env = "FERROCD_REGISTRATIONS_PER_SECOND", default_value_t = 10)]
+    pub registrations_per_second: u32,
     /// Users and their bcrypt password hashes, in htpasswd format (`htpasswd -B -c FILE alice`);
     /// re-read when it changes. With it, every page, stream and API call needs a user.
     #[arg(long, env = "FERROCD_PASSWORD_FILE")]
@@ -100,6 +108,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub agent_registration_key: Option<String>,
     pub lost_contact_after: Duration,
+    pub max_pending_agents: u32,
+    pub registrations_per_second: u32,
     pub password_file: Option<PathBuf>,
     pub admins: Vec<String>,
     pub insecure_open: bool,
@@ -120,6 +130,8 @@ impl From<ServeArgs> for Config {
             data_dir: args.data_dir,
             agent_registration_key: args.agent_registration_key.filter(|k| !k.is_empty()),
             lost_contact_after: Duration::from_secs(args.lost_contact_after),
+            max_pending_agents: args.max_pending_agents,
+            registrations_per_second: args.registrations_per_second,
             password_file: args.password_file,
             admins: names(args.admins),
             insecure_open: args.insecure_open,
@@ -140,6 +152,8 @@ impl Config {
             data_dir,
             agent_registration_key: None,
             lost_contact_after: Duration::from_secs(30),
+            max_pending_agents: 200,
+            registrations_per_second: 10,
             password_file: None,
             admins: Vec::new(),
             insecure_open: false,

@@ -32,6 +32,7 @@ use crate::job_runs::JobRuns;
 use crate::scheduler::Scheduler;
 use crate::web::api::events::TopicViews;
 use crate::web::hosts::AllowedHosts;
+use crate::web::rate_limit::RateLimit;
 use crate::web::live::RenderCounts;
 use crate::web::pages::agents::AgentsView;
 use crate::web::pages::build::ConsoleViews;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub hosts: Arc<AllowedHosts>,
     /// A reverse proxy whose `X-Forwarded-*` headers are believed.
     pub trusted_proxy: Option<std::net::IpAddr>,
+    /// Registrations without the key, per address (`None`: no limit).
+    pub registrations: Option<Arc<RateLimit>>,
     pub hub: Arc<Hub>,
     pub agents: Agents,
     pub job_runs: JobRuns,
@@ -110,7 +113,11 @@ impl Application {
             config.password_file.as_deref(),
             config.admins.clone(),
         )?;
-        let agents = Agents::new(db.clone(), config.agent_registration_key.clone());
+        let agents = Agents::new(
+            db.clone(),
+            config.agent_registration_key.clone(),
+            config.max_pending_agents,
+        );
         // Nobody has been heard from in this process yet.
         agents.mark_all_missing().await?;
         let job_runs = JobRuns::new(db.clone(), agents.clone());
@@ -139,6 +146,10 @@ impl Application {
             accounts,
             hosts: Arc::new(hosts),
             trusted_proxy: config.trusted_proxy,
+            registrations: (config.registrations_per_second > 0).then(|| {
+                let rate = config.registrations_per_second;
+                Arc::new(RateLimit::new(f64::from(rate), rate.saturating_mul(5)))
+            }),
             hub,
             agents,
             job_runs,

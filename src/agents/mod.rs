@@ -71,13 +71,16 @@ pub struct BulkUpdate {
 pub struct Agents {
     db: Db,
     registration_key: Option<String>,
+    /// New agents without the key are refused once this many wait for approval.
+    max_pending: i64,
 }
 
 impl Agents {
-    pub fn new(db: Db, registration_key: Option<String>) -> Self {
+    pub fn new(db: Db, registration_key: Option<String>, max_pending: u32) -> Self {
         Agents {
             db,
             registration_key,
+            max_pending: i64::from(max_pending),
         }
     }
 
@@ -113,6 +116,11 @@ impl Agents {
             tx.commit().await?;
         }
         Ok(uuid)
+    }
+
+    /// Whether `key` is the server's registration key.
+    pub fn is_registration_key(&self, key: Option<&str>) -> bool {
+        matches!((&self.registration_key, key), (Some(expected), Some(given)) if constant_time_eq(expected, given))
     }
 
     /// Registers a new agent or re-registers a known one (which needs its current token).
@@ -179,7 +187,11 @@ impl Agents {
             agent.agent_version = registration.agent_version;
             agent.agent_state = AgentState::Idle;
             agent.build_state = BuildState::Idle;
-            if key_accepted && agent.agent_config_state == ConfigState::Pending {
+            // An agent that came back from deletion waits for an admin, key or not.
+            if key_accepted
+                && agent.agent_config_state == ConfigState::Pending
+                && !store::was_deleted(tx.conn(), agent.uuid).await?
+            {
                 agent.agent_config_state = ConfigState::Enabled;
             }
             store::save(tx.conn(), &agent).await?;
@@ -189,8 +201,22 @@ impl Agents {
             store::replace_token(tx.conn(), agent.uuid, &new_hash, &presented, now).await?;
             (Some(before), agent)
         } else {
+            let uuid = registration.uuid.unwrap_or_else(Uuid::new_v4);
+            // A deleted agent's uuid comes back for an admin to approve, key or not: having an
+            // agent deleted must not let anyone else take its place.
+            let key_accepted = key_accepted && !store::was_deleted(tx.conn(), uuid).await?;
+            if !key_accepted && store::count_pending(tx.conn()).await? >= self.max_pending {
+                return Err(Error::TooManyRequests {
+                    message: format!(
+                        "{} agents already wait for approval: an admin must approve or delete \
+                         some first (--max-pending-agents)",
+                        self.max_pending
+                    ),
+                    retry_after: 60,
+                });
+            }
             let agent = Agent {
-                uuid: registration.uuid.unwrap_or_else(Uuid::new_v4),
+                uuid,
                 hostname,
                 ip_address: registration.ip_address,
                 sandbox: registration.sandbox,
@@ -362,7 +388,7 @@ impl Agents {
         }
         for agent in &doomed {
             let uuid = agent.uuid;
-            store::delete(tx.conn(), uuid).await?;
+            store::delete(tx.conn(), uuid, now_millis()).await?;
             tx.publish(Topic::AgentsUpdates, DomainEvent::AgentDeleted { uuid });
         }
         tx.commit().await?;

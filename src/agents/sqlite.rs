@@ -170,12 +170,36 @@ pub async fn insert(
     Ok(())
 }
 
-pub async fn delete(conn: &mut SqliteConnection, uuid: Uuid) -> Result<()> {
+pub async fn delete(conn: &mut SqliteConnection, uuid: Uuid, now: i64) -> Result<()> {
     sqlx::query("DELETE FROM agents WHERE uuid = $1")
         .bind(uuid.to_string())
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
+    sqlx::query(
+        "INSERT INTO deleted_agents (uuid, deleted_at) VALUES ($1, $2) \
+         ON CONFLICT (uuid) DO UPDATE SET deleted_at = excluded.deleted_at",
+    )
+    .bind(uuid.to_string())
+    .bind(now)
+    .execute(conn)
+    .await?;
     Ok(())
+}
+
+pub async fn was_deleted(conn: &mut SqliteConnection, uuid: Uuid) -> Result<bool> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM deleted_agents WHERE uuid = $1")
+        .bind(uuid.to_string())
+        .fetch_optional(conn)
+        .await?;
+    Ok(found.is_some())
+}
+
+pub async fn count_pending(conn: &mut SqliteConnection) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT COUNT(*) FROM agents WHERE agent_config_state = 'Pending'")
+            .fetch_one(conn)
+            .await?,
+    )
 }
 
 pub async fn by_token(

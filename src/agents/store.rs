@@ -34,8 +34,19 @@ pub async fn insert(conn: Conn<'_>, agent: &Agent, token_hash: &str, now: i64) -
     backend!(conn, insert(agent, token_hash, now))
 }
 
-pub async fn delete(conn: Conn<'_>, uuid: Uuid) -> Result<()> {
-    backend!(conn, delete(uuid))
+/// Deletes the agent and remembers its uuid (a tombstone).
+pub async fn delete(conn: Conn<'_>, uuid: Uuid, now: i64) -> Result<()> {
+    backend!(conn, delete(uuid, now))
+}
+
+/// Whether an agent with this uuid was ever deleted.
+pub async fn was_deleted(conn: Conn<'_>, uuid: Uuid) -> Result<bool> {
+    backend!(conn, was_deleted(uuid))
+}
+
+/// How many agents wait for an admin's approval.
+pub async fn count_pending(conn: Conn<'_>) -> Result<i64> {
+    backend!(conn, count_pending())
 }
 
 /// The agent whose current token hashes to `token_hash`, and whether it still has a previous

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod hosts;
 pub mod live;
 pub mod pages;
+pub mod rate_limit;
 pub mod routes;
 pub mod same_origin;
 pub mod sse;

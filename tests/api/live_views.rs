@@ -108,7 +108,8 @@ fn lengths(streams: &[RawStream]) -> Vec<usize> {
 
 #[tokio::test]
 async fn with_500_agents_a_register_a_disable_and_a_delete_each_send_under_5_kb() {
-    let app = spawn_app().await;
+    // 500 Pending agents: more than the default cap on the Pending list.
+    let app = spawn_app_with(|c| c.max_pending_agents = 1000).await;
     let agents = register_many(&app, 500).await;
     let mut streams = Vec::new();
     for _ in 0..3 {

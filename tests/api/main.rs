@@ -1,6 +1,7 @@
 //! Integration tests: the real server on a free port, spoken to over HTTP.
 
 mod access;
+mod agent_identity;
 mod agent_runtime;
 mod agents_api;
 mod architecture;

@@ -5,6 +5,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -22,7 +23,7 @@ use crate::domain::job_run::{JobResult, JobRun, JobState, Task};
 use crate::error::{Error, Result};
 use crate::web::api::{agent_uuid, build_id};
 use crate::web::auth::Credential;
-use crate::web::auth::{AuthenticatedAgent, bearer_token};
+use crate::web::auth::{AuthenticatedAgent, bearer_token, client_address};
 use crate::web::routes::Routes;
 
 pub fn router() -> Routes {
@@ -74,13 +75,28 @@ struct RegisterBody {
 
 async fn register(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    parts: Parts,
     ApiJson(body): ApiJson<RegisterBody>,
 ) -> Result<(StatusCode, Json<Value>)> {
+    let headers = &parts.headers;
     let key = headers
         .get("x-agent-registration-key")
         .and_then(|v| v.to_str().ok());
-    let token = bearer_token(&headers);
+    // The right key is exempt; everyone else is held to a rate per address.
+    if let Some(limit) = &state.registrations
+        && !state.agents.is_registration_key(key)
+    {
+        let from = client_address(&state, &parts.extensions, headers);
+        if let Err(retry_after) = limit.take(from) {
+            return Err(Error::TooManyRequests {
+                message: format!(
+                    "too many registrations from {from}; try again in {retry_after} s"
+                ),
+                retry_after,
+            });
+        }
+    }
+    let token = bearer_token(headers);
     let registration = Registration {
         uuid: body
             .uuid
