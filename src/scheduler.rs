@@ -7,7 +7,7 @@ use uuid::Uuid;
 use crate::agents;
 use crate::db::{Db, WriteTx};
 use crate::domain::agent::{Agent, AgentState, ConfigState};
-use crate::domain::job_run::{Cancel, JobResult, JobRun, JobState, NewJob, Report, check_report};
+use crate::domain::job_run::{Cancel, JobResult, JobRun, JobState, NewJob, Report, Requirements, check_report};
 use crate::error::Result;
 use crate::events::{DomainEvent, Topic};
 use crate::job_runs::{self, store::NewRun};
@@ -63,6 +63,9 @@ impl Scheduler {
     /// has not started gets the same run (its first answer may have been lost); a run it had
     /// started is given up on (the agent restarted) and rescheduled.
     pub async fn try_assign_work(&self, agent_uuid: Uuid) -> Result<Option<JobRun>> {
+        // Matching reads the whole queue: it happens on a reader, outside the one writer, and
+        // the write below only claims, each claim a compare-and-set.
+        let candidates = self.candidates_for(agent_uuid).await?;
         let mut tx = self.db.begin().await?;
         let (before, mut agent) = agents::record_work_request(&mut tx, agent_uuid).await?;
         let mut queue_changed = false;
@@ -82,7 +85,7 @@ impl Scheduler {
                     agent = agents::fetch(&mut tx, agent_uuid).await?.unwrap_or(agent);
                 }
                 if agent.can_take_work()
-                    && let Some(assigned) = assign_oldest_match(&mut tx, &agent).await?
+                    && let Some(assigned) = claim_first(&mut tx, &agent, &candidates).await?
                 {
                     agents::set_agent_state(&mut tx, agent_uuid, AgentState::Building).await?;
                     job_runs::publish_assigned(&mut tx, &assigned);
@@ -98,6 +101,24 @@ impl Scheduler {
         }
         tx.commit().await?;
         Ok(work)
+    }
+
+    /// The oldest queued runs `agent_uuid` could take, read outside any write.
+    async fn candidates_for(&self, agent_uuid: Uuid) -> Result<Vec<(i64, Requirements)>> {
+        let mut read = self.db.reader().await?;
+        let Some(agent) = agents::read(&mut read, agent_uuid).await? else {
+            return Ok(Vec::new());
+        };
+        if agent.agent_config_state != ConfigState::Enabled {
+            return Ok(Vec::new());
+        }
+        let offer = agent.offer();
+        let queue = job_runs::store::queued_requirements(read.conn()).await?;
+        Ok(queue
+            .into_iter()
+            .filter(|(_, needs)| offer.matches(needs))
+            .take(CANDIDATES)
+            .collect())
     }
 
     /// An agent's report of its run's progress: forward only; repeating the current state is
@@ -276,9 +297,18 @@ async fn give_up(tx: &mut WriteTx, run: &JobRun) -> Result<()> {
 
 /// Assigns `agent` the oldest Scheduled run it matches, if any: a compare-and-set on the
 /// run's state, so a run another writer took meanwhile is skipped, not given twice.
-async fn assign_oldest_match(tx: &mut WriteTx, agent: &Agent) -> Result<Option<JobRun>> {
-    let queue = job_runs::store::queued_requirements(tx.conn()).await?;
-    for (build_id, _) in queue.iter().filter(|(_, needs)| agent.matches(needs)) {
+/// Claims the oldest candidate still Scheduled for `agent`. The agent is as the write sees it:
+/// a candidate it no longer matches (an admin just removed a resource) is passed over.
+async fn claim_first(
+    tx: &mut WriteTx,
+    agent: &Agent,
+    candidates: &[(i64, Requirements)],
+) -> Result<Option<JobRun>> {
+    if candidates.is_empty() {
+        return Ok(None);
+    }
+    let offer = agent.offer();
+    for (build_id, _) in candidates.iter().filter(|(_, needs)| offer.matches(needs)) {
         if job_runs::assign_run(tx, *build_id, agent.uuid).await? {
             return Ok(Some(
                 job_runs::fetch_run_or_404(tx.conn(), *build_id).await?,
@@ -287,3 +317,7 @@ async fn assign_oldest_match(tx: &mut WriteTx, agent: &Agent) -> Result<Option<J
     }
     Ok(None)
 }
+
+/// How many matching runs a poll tries to claim; if others took them all meanwhile, the agent
+/// gets work on its next poll.
+const CANDIDATES: usize = 16;

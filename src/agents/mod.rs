@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::secrets::{constant_time_eq, hash_token, random_token};
 
-use crate::db::{Db, WriteTx, now_millis};
+use crate::db::{Db, ReadConn, WriteTx, now_millis};
 use crate::domain::agent::{
     Agent, AgentState, BuildState, ConfigState, ListChange, NameKind, admin_config_state,
     bounded_text, names, required_text,
@@ -342,8 +342,8 @@ impl Agents {
         }
         for before in found {
             let mut agent = before.clone();
-            resources.apply(&mut agent.resources);
-            environments.apply(&mut agent.environments);
+            resources.apply("resources", &mut agent.resources)?;
+            environments.apply("environments", &mut agent.environments)?;
             if let Some(state) = config_state {
                 agent.agent_config_state = state;
             }
@@ -444,6 +444,11 @@ pub(crate) fn publish_change(tx: &mut WriteTx, before: Option<&Agent>, after: &A
 }
 
 /// The agent as `tx` sees it (for the other contexts, inside their writes).
+/// An agent as a reader sees it, for another context's read before its write.
+pub(crate) async fn read(read: &mut ReadConn, uuid: Uuid) -> Result<Option<Agent>> {
+    store::fetch(read.conn(), uuid).await
+}
+
 pub(crate) async fn fetch(tx: &mut WriteTx, uuid: Uuid) -> Result<Option<Agent>> {
     store::fetch(tx.conn(), uuid).await
 }

@@ -2,6 +2,7 @@
 //! on them: which names are allowed, what a ping or a work request does to the state, and which
 //! agent may take which job.
 
+use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -113,19 +114,16 @@ impl Agent {
     /// GoCD's matching rule: the agent has every resource the job needs (case-insensitive),
     /// and agent and job share an environment, or neither has one.
     pub fn matches(&self, job: &Requirements) -> bool {
-        let has = |needed: &String| {
-            self.resources
-                .iter()
-                .any(|r| r.eq_ignore_ascii_case(needed))
-        };
-        let environment_ok = match &job.environment {
-            None => self.environments.is_empty(),
-            Some(env) => self
-                .environments
-                .iter()
-                .any(|e| e.eq_ignore_ascii_case(env)),
-        };
-        job.resources.iter().all(has) && environment_ok
+        self.offer().matches(job)
+    }
+
+    /// What it offers, ready to match many jobs: each check is a set lookup.
+    pub fn offer(&self) -> Offer {
+        let lower = |names: &[String]| names.iter().map(|n| n.to_lowercase()).collect();
+        Offer {
+            resources: lower(&self.resources),
+            environments: lower(&self.environments),
+        }
     }
 
     /// The state a ping leaves: while it holds a run it is Building, even if the ping raced
@@ -220,18 +218,56 @@ impl NameKind {
 /// rejects names with characters GoCD does not allow.
 pub fn names(field: &str, raw: &[String], kind: NameKind) -> Checked<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
+    let mut seen = HashSet::new();
     for name in raw.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
-        if !name.chars().all(|c| kind.allows(c)) || name.chars().count() > 255 {
+        if name.chars().count() > MAX_NAME_CHARS || !name.chars().all(|c| kind.allows(c)) {
+            let shown: String = name.chars().take(64).collect();
             return Err(Rejection::Invalid(format!(
-                "{field}: {name:?} is not a valid name ({})",
+                "{field}: {shown:?} is not a valid name ({})",
                 kind.described()
             )));
         }
-        if !out.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        if seen.insert(name.to_lowercase()) {
             out.push(name.to_string());
+            if out.len() > MAX_NAMES {
+                return Err(too_many(field));
+            }
         }
     }
     Ok(out)
+}
+
+/// At most this many resources, or environments, per agent or job.
+pub const MAX_NAMES: usize = 256;
+/// A name is at most this long.
+pub const MAX_NAME_CHARS: usize = 255;
+
+fn too_many(field: &str) -> Rejection {
+    Rejection::Invalid(format!("{field}: at most {MAX_NAMES} names"))
+}
+
+/// An agent's resources and environments, lower-cased, for matching.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    resources: HashSet<String>,
+    environments: HashSet<String>,
+}
+
+impl Offer {
+    /// GoCD's rule: the agent has every resource the job needs (names compared
+    /// case-insensitively), and it is in the job's environment, or in none when the job has
+    /// none.
+    pub fn matches(&self, job: &Requirements) -> bool {
+        let environment_ok = match &job.environment {
+            None => self.environments.is_empty(),
+            Some(env) => self.environments.contains(&env.to_lowercase()),
+        };
+        environment_ok
+            && job
+                .resources
+                .iter()
+                .all(|needed| self.resources.contains(&needed.to_lowercase()))
+    }
 }
 
 /// Names to add to and remove from a list (GoCD's bulk `operations`).
@@ -251,13 +287,20 @@ impl ListChange {
     }
 
     /// Removes, then adds, both case-insensitively; a name already there is not added twice.
-    pub fn apply(&self, list: &mut Vec<String>) {
-        list.retain(|n| !self.remove.iter().any(|r| r.eq_ignore_ascii_case(n)));
+    /// The list may not grow past [`MAX_NAMES`].
+    pub fn apply(&self, field: &str, list: &mut Vec<String>) -> Checked<()> {
+        let removed: HashSet<String> = self.remove.iter().map(|r| r.to_lowercase()).collect();
+        list.retain(|n| !removed.contains(&n.to_lowercase()));
+        let mut present: HashSet<String> = list.iter().map(|n| n.to_lowercase()).collect();
         for name in &self.add {
-            if !list.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            if present.insert(name.to_lowercase()) {
                 list.push(name.clone());
             }
         }
+        if list.len() > MAX_NAMES {
+            return Err(too_many(field));
+        }
+        Ok(())
     }
 }
 
@@ -330,8 +373,44 @@ mod tests {
             add: vec!["LINUX".into(), "docker".into()],
             remove: vec!["Java".into()],
         };
-        change.apply(&mut list);
+        change.apply("resources", &mut list).unwrap();
         assert_eq!(list, vec!["linux", "docker"]);
+        let many = ListChange {
+            add: (0..MAX_NAMES).map(|n| format!("r{n}")).collect(),
+            remove: vec![],
+        };
+        let err = many.apply("resources", &mut list).unwrap_err();
+        assert_eq!(err.to_string(), "resources: at most 256 names");
+    }
+
+    #[test]
+    fn names_are_bounded_in_count_and_length_and_deduplicated_by_a_set() {
+        let copies = vec!["Linux".to_string(); 80_000];
+        assert_eq!(names("resources", &copies, NameKind::Resource).unwrap(), vec!["Linux"]);
+        let distinct: Vec<String> = (0..80_000).map(|n| format!("r{n}")).collect();
+        let err = names("resources", &distinct, NameKind::Resource).unwrap_err();
+        assert_eq!(err.to_string(), "resources: at most 256 names");
+        let exactly: Vec<String> = distinct[..MAX_NAMES].to_vec();
+        assert_eq!(names("resources", &exactly, NameKind::Resource).unwrap().len(), 256);
+        let long = vec!["x".repeat(256)];
+        assert!(names("resources", &long, NameKind::Resource).is_err());
+        assert!(names("resources", &["x".repeat(255)], NameKind::Resource).is_ok());
+    }
+
+    #[test]
+    fn an_offer_matches_as_gocd_does() {
+        let linux = agent(ConfigState::Enabled, AgentState::Idle, &["Linux", "Java"], &["prod"]);
+        let offer = linux.offer();
+        let needs = |resources: &[&str], environment: Option<&str>| Requirements {
+            resources: resources.iter().map(|r| r.to_string()).collect(),
+            environment: environment.map(str::to_string),
+        };
+        assert!(offer.matches(&needs(&["java"], Some("PROD"))));
+        assert!(!offer.matches(&needs(&["java"], None)), "an agent in an environment");
+        assert!(!offer.matches(&needs(&["docker"], Some("prod"))));
+        let plain = agent(ConfigState::Enabled, AgentState::Idle, &[], &[]).offer();
+        assert!(plain.matches(&needs(&[], None)));
+        assert!(!plain.matches(&needs(&[], Some("prod"))));
     }
 
     #[test]

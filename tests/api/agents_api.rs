@@ -615,3 +615,36 @@ async fn the_about_page_shows_the_server_and_schema_versions() {
         .unwrap_or_else(|_| panic!("the schema version is a number, got {:?}", &cell[..end]));
     let _ = schema;
 }
+
+#[tokio::test]
+async fn resources_and_environments_are_bounded_and_a_huge_list_is_refused_whole() {
+    let app = spawn_app().await;
+    let huge: Vec<String> = (0..80_000).map(|n| format!("r{n}")).collect();
+    let (status, body) = app
+        .register_with(json!({"hostname": "greedy", "resources": huge}), None)
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(message(&body), "resources: at most 256 names");
+    assert!(app.agent_uuids().await.is_empty(), "nothing was registered");
+
+    let agent = app.register("modest").await;
+    let many: Vec<String> = (0..300).map(|n| format!("e{n}")).collect();
+    let (status, body) = app
+        .patch_agent(&agent.uuid, json!({"environments": many}))
+        .await
+        .parts();
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(message(&body), "environments: at most 256 names");
+    let long = "x".repeat(256);
+    let (status, body) = app
+        .patch_agent(&agent.uuid, json!({"resources": [long]}))
+        .await
+        .parts();
+    assert_eq!(status, 422, "{body}");
+    let job = json!({"pipeline_name": "p", "stage_name": "s", "job_name": "j",
+                     "tasks": [{"command": "true"}],
+                     "resources": (0..257).map(|n| format!("r{n}")).collect::<Vec<_>>()});
+    let reply = app.schedule(job).await;
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    assert_eq!(reply.message(), "resources: at most 256 names");
+}
