@@ -68,6 +68,9 @@ pub struct ServeArgs {
     /// Seconds after which a silent Enabled agent becomes LostContact.
     #[arg(long, env = "FERROCD_LOST_CONTACT_AFTER", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub lost_contact_after: u64,
+    /// A build's console is cut here: one line says so and the agent stops uploading.
+    #[arg(long, env = "FERROCD_MAX_CONSOLE_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_console_bytes: u64,
     /// New agents without the registration key are refused (429) while this many wait for
     /// approval.
     #[arg(long, env = "FERROCD_MAX_PENDING_AGENTS", default_value_t = 200)]
@@ -108,6 +111,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub agent_registration_key: Option<String>,
     pub lost_contact_after: Duration,
+    pub max_console_bytes: u64,
     pub max_pending_agents: u32,
     pub registrations_per_second: u32,
     pub password_file: Option<PathBuf>,
@@ -130,6 +134,7 @@ impl From<ServeArgs> for Config {
             data_dir: args.data_dir,
             agent_registration_key: args.agent_registration_key.filter(|k| !k.is_empty()),
             lost_contact_after: Duration::from_secs(args.lost_contact_after),
+            max_console_bytes: args.max_console_bytes,
             max_pending_agents: args.max_pending_agents,
             registrations_per_second: args.registrations_per_second,
             password_file: args.password_file,
@@ -152,6 +157,7 @@ impl Config {
             data_dir,
             agent_registration_key: None,
             lost_contact_after: Duration::from_secs(30),
+            max_console_bytes: 256 * 1024 * 1024,
             max_pending_agents: 200,
             registrations_per_second: 10,
             password_file: None,

@@ -120,7 +120,7 @@ impl Application {
         );
         // Nobody has been heard from in this process yet.
         agents.mark_all_missing().await?;
-        let job_runs = JobRuns::new(db.clone(), agents.clone());
+        let job_runs = JobRuns::new(db.clone(), agents.clone(), config.max_console_bytes);
         let scheduler = Scheduler::new(db.clone());
         let shutdown = CancellationToken::new();
         let renders = Arc::new(RenderCounts::default());

@@ -338,10 +338,15 @@ impl Client {
         match outcome {
             Ok(response) => {
                 let ack: Value = decode(response).await?;
-                ack.get("offset")
+                let offset = ack
+                    .get("offset")
                     .and_then(Value::as_u64)
-                    .map(ConsoleAck::Stored)
-                    .ok_or_else(|| ApiError::Decode(format!("no \"offset\" in {ack}")))
+                    .ok_or_else(|| ApiError::Decode(format!("no \"offset\" in {ack}")))?;
+                Ok(if ack.get("truncated").and_then(Value::as_bool) == Some(true) {
+                    ConsoleAck::Truncated(offset)
+                } else {
+                    ConsoleAck::Stored(offset)
+                })
             }
             Err(ApiError::Status {
                 status: 409,

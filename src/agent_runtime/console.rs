@@ -226,7 +226,18 @@ async fn upload<A: ConsoleApi>(
         while !pending.is_empty() {
             let chunk = pending.split_to(pending.len().min(MAX_CHUNK)).freeze();
             match send_chunk(&api, offset, chunk, &patience).await {
-                Ok(stored) => offset = stored,
+                Ok(ConsoleAck::Truncated(at)) => {
+                    tracing::warn!(
+                        at,
+                        "the server cut this build's console at its size limit; the job runs on, its further output is not uploaded"
+                    );
+                    while rx.recv().await.is_some() {}
+                    return UploadReport {
+                        offset: at,
+                        error: None,
+                    };
+                }
+                Ok(ConsoleAck::Stored(stored) | ConsoleAck::Gap(stored)) => offset = stored,
                 Err(error) => {
                     tracing::error!(%error, "console upload failed; the rest of this build's output is dropped");
                     // Keep draining so the task is never blocked on a full queue.
@@ -245,13 +256,14 @@ async fn upload<A: ConsoleApi>(
     }
 }
 
-/// Sends one chunk until it is stored; returns the new stored length.
+/// Sends one chunk until it is stored; answers the new stored length (`Stored`), or where the
+/// server cut the console (`Truncated`).
 async fn send_chunk<A: ConsoleApi>(
     api: &A,
     mut offset: u64,
     chunk: Bytes,
     patience: &Patience,
-) -> Result<u64, String> {
+) -> Result<ConsoleAck, String> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut failures = 0u32;
     let mut failing_since = None;
@@ -262,7 +274,7 @@ async fn send_chunk<A: ConsoleApi>(
             _ = patience.give_up.cancelled() => return Err("the agent stopped before the console was stored".into()),
         };
         match outcome {
-            Ok(ConsoleAck::Stored(stored)) => return Ok(stored),
+            Ok(ack @ (ConsoleAck::Stored(_) | ConsoleAck::Truncated(_))) => return Ok(ack),
             Ok(ConsoleAck::Gap(stored)) => {
                 resyncs += 1;
                 if resyncs > 5 {
@@ -445,7 +457,7 @@ mod tests {
         let stored = send_chunk(&api, 10, Bytes::from_static(b"abc"), &patient())
             .await
             .unwrap();
-        assert_eq!(stored, 3);
+        assert_eq!(stored, ConsoleAck::Stored(3));
         assert_eq!(*server.log.lock().unwrap(), b"abc");
         assert_eq!(*server.requests.lock().unwrap(), vec![(10, 3), (0, 3)]);
     }

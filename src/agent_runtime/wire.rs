@@ -117,6 +117,8 @@ pub enum ConsoleAck {
     Stored(u64),
     /// `409`: the agent believed more was stored than is; the log is this long.
     Gap(u64),
+    /// The server cut the console at this many bytes (its cap): send no more.
+    Truncated(u64),
 }
 
 #[derive(Debug, Deserialize)]

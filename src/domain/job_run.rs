@@ -80,6 +80,8 @@ pub struct JobRun {
     pub state: JobState,
     pub result: JobResult,
     pub console_length: i64,
+    /// Where the console was cut, once it reached the server's cap.
+    pub console_truncated_at: Option<i64>,
     pub resources: Vec<String>,
     pub environment: Option<String>,
     pub tasks: Vec<Task>,
@@ -111,6 +113,23 @@ pub enum Append {
     From(usize),
     /// The chunk starts past the stored end: the agent must resend from `stored`.
     Gap { stored: i64 },
+    /// The console was cut at `at` bytes: nothing more is stored.
+    Truncated { at: i64 },
+}
+
+/// What a console that reaches `cap` keeps of a new chunk: the bytes up to the cap and the
+/// line saying where it was cut (on a line of its own), or the whole chunk when it fits.
+pub fn within_cap(stored: i64, chunk: &[u8], cap: i64) -> (Vec<u8>, bool) {
+    if stored + chunk.len() as i64 <= cap {
+        return (chunk.to_vec(), false);
+    }
+    let keep = (cap - stored).clamp(0, chunk.len() as i64) as usize;
+    let mut kept = chunk[..keep].to_vec();
+    if kept.last() != Some(&b'\n') {
+        kept.push(b'\n');
+    }
+    kept.extend_from_slice(format!("[ferrocd] console truncated at {cap} bytes\n").as_bytes());
+    (kept, true)
 }
 
 /// What a cancel does to a run.
@@ -215,6 +234,9 @@ impl JobRun {
     /// `len` console bytes from `agent` at `offset` (the length it believes stored).
     pub fn append(&self, agent: Uuid, offset: i64, len: usize) -> Checked<Append> {
         self.require_agent(agent)?;
+        if let Some(at) = self.console_truncated_at {
+            return Ok(Append::Truncated { at });
+        }
         let stored = self.console_length;
         if offset > stored {
             return Ok(Append::Gap { stored });
@@ -324,6 +346,7 @@ mod tests {
             state,
             result: JobResult::Unknown,
             console_length: 10,
+            console_truncated_at: None,
             resources: vec![],
             environment: None,
             tasks: vec![],

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use self::store::NewRun;
 use crate::agents::{self, Agents};
 use crate::db::{Conn, Db, WriteTx, now_millis};
-use crate::domain::job_run::{Append, JobResult, JobRun, JobState};
+use crate::domain::job_run::{Append, JobResult, JobRun, JobState, within_cap};
 use crate::error::{Error, Result};
 use crate::events::{DomainEvent, Topic};
 
@@ -68,11 +68,26 @@ pub struct RunPage {
 pub struct JobRuns {
     db: Db,
     agents: Agents,
+    /// A build's console stops growing here (`--max-console-bytes`).
+    max_console_bytes: i64,
+}
+
+/// What became of a console append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// The console is now this long.
+    Stored(i64),
+    /// The console was cut at this many bytes; the agent should stop sending.
+    Truncated(i64),
 }
 
 impl JobRuns {
-    pub fn new(db: Db, agents: Agents) -> Self {
-        JobRuns { db, agents }
+    pub fn new(db: Db, agents: Agents, max_console_bytes: u64) -> Self {
+        JobRuns {
+            db,
+            agents,
+            max_console_bytes: i64::try_from(max_console_bytes).unwrap_or(i64::MAX),
+        }
     }
 
     pub async fn get(&self, build_id: i64) -> Result<JobRun> {
@@ -133,17 +148,22 @@ impl JobRuns {
         agent: Uuid,
         offset: i64,
         bytes: Bytes,
-    ) -> Result<i64> {
+    ) -> Result<Appended> {
         let mut tx = self.db.begin().await?;
         let run = fetch_run_or_404(tx.conn(), build_id).await?;
         let end = offset + bytes.len() as i64;
         let new = match run.append(agent, offset, bytes.len())? {
-            Append::Stored => return Ok(run.console_length),
+            Append::Stored => return Ok(Appended::Stored(run.console_length)),
             Append::Gap { stored } => return Err(Error::ConsoleGap { stored }),
+            Append::Truncated { at } => return Ok(Appended::Truncated(at)),
             Append::From(skip) => bytes.slice(skip..),
         };
         let stored = run.console_length;
+        let (new, truncated) = within_cap(stored, &new, self.max_console_bytes);
         store::append_console(tx.conn(), build_id, stored, &new).await?;
+        if truncated {
+            store::mark_console_truncated(tx.conn(), build_id, self.max_console_bytes).await?;
+        }
         agents::touch(&mut tx, agent).await?;
         let event = DomainEvent::ConsoleAppend {
             build_id,
@@ -152,7 +172,11 @@ impl JobRuns {
         };
         tx.publish(Topic::AgentJobRunConsole(build_id), event);
         tx.commit().await?;
-        Ok(end)
+        Ok(if truncated {
+            Appended::Truncated(self.max_console_bytes)
+        } else {
+            Appended::Stored(end)
+        })
     }
 
     /// At most `max` bytes of the stored log from `from`, the run (for its state), and the

@@ -36,6 +36,7 @@ struct RunRow {
     agent_uuid: Option<String>,
     cancel_requested: bool,
     console_length: i64,
+    console_truncated_at: Option<i64>,
     rescheduled_from: Option<i64>,
     scheduled_at: i64,
     completed_at: Option<i64>,
@@ -43,7 +44,8 @@ struct RunRow {
 
 const RUN_COLUMNS: &str = "build_id, pipeline_name, pipeline_counter, stage_name, stage_counter, \
      job_name, tasks, resources, environment, environment_variables, state, result, agent_uuid, \
-     cancel_requested, console_length, rescheduled_from, scheduled_at, completed_at";
+     cancel_requested, console_length, console_truncated_at, rescheduled_from, scheduled_at, \
+     completed_at";
 
 fn corrupt(what: String) -> Error {
     Error::Database(sqlx::Error::Decode(what.into()))
@@ -66,6 +68,7 @@ impl RunRow {
             state: self.state.parse().map_err(corrupt)?,
             result: self.result.parse().map_err(corrupt)?,
             console_length: self.console_length,
+            console_truncated_at: self.console_truncated_at,
             resources: self.resources.0,
             environment: self.environment,
             tasks: self.tasks.0,
@@ -353,6 +356,19 @@ pub async fn append_console(
         .bind(start + bytes.len() as i64)
         .bind(build_id)
         .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn mark_console_truncated(
+    conn: &mut SqliteConnection,
+    build_id: i64,
+    at: i64,
+) -> Result<()> {
+    sqlx::query("UPDATE job_runs SET console_truncated_at = $1 WHERE build_id = $2")
+        .bind(at)
+        .bind(build_id)
+        .execute(conn)
         .await?;
     Ok(())
 }

@@ -117,6 +117,11 @@ pub async fn append_console(conn: Conn<'_>, build_id: i64, start: i64, bytes: &[
     backend!(conn, append_console(build_id, start, bytes))
 }
 
+/// Records that the console was cut at `at` bytes: later appends store nothing.
+pub async fn mark_console_truncated(conn: Conn<'_>, build_id: i64, at: i64) -> Result<()> {
+    backend!(conn, mark_console_truncated(build_id, at))
+}
+
 /// The console bytes from `from` up to `to` (a length the caller read).
 pub async fn read_console(conn: Conn<'_>, build_id: i64, from: i64, to: i64) -> Result<Bytes> {
     backend!(conn, read_console(build_id, from, to))

@@ -642,3 +642,33 @@ async fn background_processes_live_through_the_job_and_end_with_it() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_console_past_the_servers_cap_is_cut_with_a_line_and_the_job_runs_on() {
+    let app = spawn_app_with(|c| {
+        c.agent_registration_key = Some(KEY.into());
+        c.max_console_bytes = 4096;
+    })
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (_agent, _uuid) = start_agent(&app, work.path(), &logs).await;
+    // 60 KB of output, then a file written after it: the job goes on after the cut.
+    let done = work.path().join("ran-to-the-end");
+    let script = format!("seq 1 10000; touch {}", done.display());
+    let build_id = app
+        .schedule_ok(json!({"pipeline_name": "loud", "stage_name": "s", "job_name": "j",
+                            "tasks": [{"command": "sh", "args": ["-c", script]}]}))
+        .await;
+    let run = completed(&app, build_id).await;
+    assert_eq!(run["result"], "Passed", "{run}");
+    assert!(done.exists(), "the task ran to its end");
+    let stored = String::from_utf8(app.console(build_id, Some(0)).await.0).unwrap();
+    assert!(
+        stored.ends_with("\n[ferrocd] console truncated at 4096 bytes\n"),
+        "{:?}",
+        &stored[stored.len().saturating_sub(200)..]
+    );
+    assert_eq!(stored.matches("console truncated").count(), 1);
+    assert!(stored.len() < 4096 + 100, "{}", stored.len());
+}

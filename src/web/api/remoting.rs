@@ -18,6 +18,7 @@ use super::jobs::RunJson;
 use super::{ApiJson, name_list, parse_uuid};
 use crate::AppState;
 use crate::agents::{Ping, Registration};
+use crate::job_runs::Appended;
 use crate::domain::agent::AgentState;
 use crate::domain::job_run::{JobResult, JobRun, JobState, Task};
 use crate::error::{Error, Result};
@@ -263,11 +264,16 @@ async fn append_console(
             Error::BadRequest(rejection.body_text())
         }
     })?;
-    let offset = state
-        .job_runs
-        .append_console(build_id, caller.0, offset, bytes)
-        .await?;
-    Ok(Json(json!({ "offset": offset })))
+    Ok(Json(
+        match state
+            .job_runs
+            .append_console(build_id, caller.0, offset, bytes)
+            .await?
+        {
+            Appended::Stored(offset) => json!({ "offset": offset }),
+            Appended::Truncated(at) => json!({ "offset": at, "truncated": true }),
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -288,6 +294,7 @@ mod tests {
             state: JobState::Assigned,
             result: JobResult::Unknown,
             console_length: 0,
+            console_truncated_at: None,
             resources: vec![],
             environment: None,
             tasks: vec![Task {

@@ -135,3 +135,27 @@ async fn a_console_append_is_limited_checked_and_only_for_the_assigned_agent() {
         .expect(200);
     assert_eq!(body["offset"], 1024 * 1024);
 }
+
+#[tokio::test]
+async fn at_the_console_cap_one_line_says_so_and_later_appends_store_nothing() {
+    let app = spawn_app_with(|c| c.max_console_bytes = 100).await;
+    let (agent, build_id) = app.running_build("chatty").await;
+    let agent = app.as_agent(&agent);
+    assert_eq!(agent.append_ok(build_id, 0, &[b'a'; 80]).await, 80);
+    let cut = agent
+        .append(build_id, Some(80), &[b'b'; 50])
+        .await
+        .expect(200);
+    assert_eq!(cut, serde_json::json!({"offset": 100, "truncated": true}));
+    let later = agent
+        .append(build_id, Some(130), b"more\n")
+        .await
+        .expect(200);
+    assert_eq!(later, serde_json::json!({"offset": 100, "truncated": true}));
+    let mut expected = vec![b'a'; 80];
+    expected.extend_from_slice(&[b'b'; 20]);
+    expected.extend_from_slice(b"\n[ferrocd] console truncated at 100 bytes\n");
+    assert_eq!(app.console(build_id, Some(0)).await.0, expected);
+    agent.report_ok(build_id, "Completed", Some("Passed")).await;
+    assert_eq!(app.build(build_id).await["result"], "Passed");
+}
