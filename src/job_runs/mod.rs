@@ -195,6 +195,15 @@ impl JobRuns {
         Ok((bytes, run))
     }
 
+    /// At most the last `max` bytes of the stored log, and where they start.
+    pub async fn read_console_tail(&self, build_id: i64, max: i64) -> Result<(Bytes, i64)> {
+        let mut conn = self.db.reader().await?;
+        let run = fetch_run_or_404(conn.conn(), build_id).await?;
+        let from = (run.console_length - max.max(0)).max(0);
+        let bytes = store::read_console(conn.conn(), build_id, from, run.console_length).await?;
+        Ok((bytes, from))
+    }
+
     /// The stored log from `from` on, and the log's whole length.
     pub async fn read_console(&self, build_id: i64, from: i64) -> Result<(Bytes, i64)> {
         let (bytes, run) = self.read_console_window(build_id, from, i64::MAX).await?;

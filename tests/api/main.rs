@@ -13,4 +13,5 @@ mod lifecycle;
 mod live_views;
 mod registration;
 mod robustness;
+mod show_all;
 mod streams;

@@ -6,15 +6,17 @@ mod fragments;
 pub mod live;
 
 use crate::web::pages::PageResult;
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
-use maud::Markup;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde::Deserialize;
 
 use super::layout::{Section, page};
 use crate::AppState;
 use crate::error::{Error, Result};
+use crate::job_runs::JobRuns;
 use crate::web::api::build_id;
 use crate::web::auth::{Credential, CurrentUser};
 use crate::domain::user::User;
@@ -47,7 +49,7 @@ async fn by_id(
     CurrentUser(viewer): CurrentUser,
     Path(id): Path<String>,
     Query(q): Query<PageQuery>,
-) -> PageResult<Markup> {
+) -> PageResult<Response> {
     run_page(&state, &viewer, build_id(&id)?, q.all.is_some()).await
 }
 
@@ -56,7 +58,7 @@ async fn by_agent(
     CurrentUser(viewer): CurrentUser,
     Path((_uuid, id)): Path<(String, String)>,
     Query(q): Query<PageQuery>,
-) -> PageResult<Markup> {
+) -> PageResult<Response> {
     run_page(&state, &viewer, build_id(&id)?, q.all.is_some()).await
 }
 
@@ -66,7 +68,7 @@ async fn by_names(
     CurrentUser(viewer): CurrentUser,
     Path((pipeline, pc, stage, sc, job)): Path<(String, i64, String, i64, String)>,
     Query(q): Query<PageQuery>,
-) -> PageResult<Markup> {
+) -> PageResult<Response> {
     let id = state
         .job_runs
         .find(&pipeline, pc, &stage, sc, &job)
@@ -75,21 +77,45 @@ async fn by_names(
     run_page(&state, &viewer, id, q.all.is_some()).await
 }
 
-async fn run_page(state: &AppState, viewer: &User, id: i64, all: bool) -> PageResult<Markup> {
+async fn run_page(state: &AppState, viewer: &User, id: i64, all: bool) -> PageResult<Response> {
     let run = state.job_runs.get(id).await?;
     let hostname = live::hostname_for(&state.agents, &run).await;
-    let from = if all {
-        0
-    } else {
-        (run.console_length - TAIL_WINDOW).max(0)
+    let title = format!(
+        "{} / {} / {}",
+        run.pipeline_name, run.stage_name, run.job_name
+    );
+    let shell = |console: &fragments::ConsoleTail| {
+        page(
+            Some(viewer),
+            &title,
+            Section::Agents,
+            &["console.js", "durations.js"],
+            fragments::run_page(&run, hostname.as_deref(), console),
+        )
     };
-    let (bytes, length) = state.job_runs.read_console(id, from).await?;
     // A live run shows complete lines; the stream brings the rest.
-    let end = if run.is_completed() {
-        length
-    } else {
-        console_html::complete_lines_end(&bytes, from)
+    let end_of = |bytes: &[u8], from: i64, length: i64| {
+        if run.is_completed() {
+            length
+        } else {
+            console_html::complete_lines_end(bytes, from)
+        }
     };
+    if all {
+        // The whole log, however large, window by window: memory stays flat.
+        let (bytes, start) = state.job_runs.read_console_tail(id, 64 * 1024).await?;
+        let end = end_of(&bytes, start, start + bytes.len() as i64);
+        let placeholder = fragments::ConsoleTail {
+            end,
+            html: CONSOLE_PLACEHOLDER.to_string(),
+            truncated: false,
+        };
+        let shown = shell(&placeholder).into_string();
+        return Ok(stream_console(state.job_runs.clone(), id, end, shown));
+    }
+    let from = (run.console_length - TAIL_WINDOW).max(0);
+    let (bytes, length) = state.job_runs.read_console(id, from).await?;
+    let end = end_of(&bytes, from, length);
     let mut shown = &bytes[..(end - from) as usize];
     let mut from = from;
     // A window that starts inside a line starts at the next one (not inside a character).
@@ -99,27 +125,63 @@ async fn run_page(state: &AppState, viewer: &User, id: i64, all: bool) -> PageRe
         shown = &shown[i + 1..];
         from += i as i64 + 1;
     }
-    let (start, kept, truncated) = if all {
-        (from, shown, false)
-    } else {
-        fragments::tail_lines(shown, from, TAIL_LINES)
-    };
+    let (start, kept, truncated) = fragments::tail_lines(shown, from, TAIL_LINES);
     let console = fragments::ConsoleTail {
         end,
         html: fragments::render_console(kept, start),
         truncated,
     };
-    let title = format!(
-        "{} / {} / {}",
-        run.pipeline_name, run.stage_name, run.job_name
-    );
-    Ok(page(
-        Some(viewer),
-        &title,
-        Section::Agents,
-        &["console.js", "durations.js"],
-        fragments::run_page(&run, hostname.as_deref(), &console),
-    ))
+    Ok(shell(&console).into_response())
+}
+
+/// Where the streamed log goes in the page. Every text of an agent or a user is escaped, so
+/// none can contain it.
+const CONSOLE_PLACEHOLDER: &str = "<!--ferrocd:console-->";
+/// How much of the log one step of "Show all" reads.
+const SHOW_ALL_WINDOW: i64 = 256 * 1024;
+
+/// The page around the console, and the log up to `end` rendered one window at a time as the
+/// client reads it.
+fn stream_console(job_runs: JobRuns, id: i64, end: i64, page: String) -> Response {
+    let (head, tail) = page
+        .split_once(CONSOLE_PLACEHOLDER)
+        .map(|(h, t)| (h.to_string(), t.to_string()))
+        .unwrap_or((page, String::new()));
+    let body = async_stream::stream! {
+        yield Ok::<_, std::io::Error>(Bytes::from(head));
+        let mut from = 0;
+        while from < end {
+            let window = match job_runs.read_console_window(id, from, SHOW_ALL_WINDOW.min(end - from)).await {
+                Ok((bytes, _)) => bytes,
+                Err(error) => {
+                    tracing::warn!(%error, build_id = id, "could not read the console for Show all");
+                    yield Ok(Bytes::from("<span class=\"ln\">[ferrocd] the rest of the log could not be read</span>"));
+                    break;
+                }
+            };
+            if window.is_empty() {
+                break;
+            }
+            // Windows end at a line (or, in a line longer than a window, between characters
+            // and escape sequences), so each renders as the whole log would.
+            let cut = if from + (window.len() as i64) < end {
+                match window.iter().rposition(|b| *b == b'\n') {
+                    Some(i) => i + 1,
+                    None => console_html::safe_cut(&window, window.len()).max(1),
+                }
+            } else {
+                window.len()
+            };
+            yield Ok(Bytes::from(fragments::render_console(&window[..cut], from)));
+            from += cut as i64;
+        }
+        yield Ok(Bytes::from(tail));
+    };
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        Body::from_stream(body),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
