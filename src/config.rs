@@ -101,6 +101,13 @@ pub struct ServeArgs {
     /// that address only).
     #[arg(long, env = "FERROCD_TRUSTED_PROXY")]
     pub trusted_proxy: Option<IpAddr>,
+    /// Connections served at once; past it a new connection is answered 503 and closed.
+    #[arg(long, env = "FERROCD_MAX_CONNECTIONS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+    /// Seconds a client has to send a request's headers, and that a kept-alive connection
+    /// may wait for its next request, before it is closed.
+    #[arg(long, env = "FERROCD_HEADER_READ_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout: u64,
 }
 
 /// The settings the server runs with, resolved from flags (or built directly by tests).
@@ -121,7 +128,17 @@ pub struct Config {
     pub public_url: Option<String>,
     pub allowed_hosts: Vec<String>,
     pub trusted_proxy: Option<IpAddr>,
+    /// Connections served at once (at least 1).
+    pub max_connections: usize,
+    /// How long a request's headers, or a kept-alive connection's next request, may take.
+    pub header_read_timeout: Duration,
+    /// How long shutdown lets in-flight requests finish before it drops their connections.
+    pub shutdown_deadline: Duration,
 }
+
+/// How long a stopping server waits for in-flight requests (the issue: "SIGTERM finishes
+/// within 10 s").
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
 impl From<ServeArgs> for Config {
     fn from(args: ServeArgs) -> Self {
@@ -143,6 +160,9 @@ impl From<ServeArgs> for Config {
             public_url: args.public_url.filter(|u| !u.trim().is_empty()),
             allowed_hosts: names(args.allowed_hosts),
             trusted_proxy: args.trusted_proxy,
+            max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+            header_read_timeout: Duration::from_secs(args.header_read_timeout),
+            shutdown_deadline: SHUTDOWN_DEADLINE,
         }
     }
 }
@@ -166,6 +186,9 @@ impl Config {
             public_url: None,
             allowed_hosts: Vec::new(),
             trusted_proxy: None,
+            max_connections: 20_000,
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_deadline: SHUTDOWN_DEADLINE,
         }
     }
 }

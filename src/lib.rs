@@ -1,7 +1,8 @@
 //! ferrocd: a continuous-delivery server in the GoCD tradition.
 //!
 //! `Application::build` wires the database, the event hub, the contexts and their live views
-//! into one router; `run_until_stopped` serves it until the shutdown token fires.
+//! into one router; `run_until_stopped` serves it (`web::serve`, with its timeouts and caps)
+//! until the shutdown token fires.
 
 pub mod accounts;
 pub mod agent_runtime;
@@ -37,6 +38,7 @@ use crate::web::live::RenderCounts;
 use crate::web::pages::agents::AgentsView;
 use crate::web::pages::build::ConsoleViews;
 use crate::web::pages::runs::RunsViews;
+use crate::web::serve::Limits;
 
 /// Everything a handler may reach, cloned cheaply into each request.
 #[derive(Clone)]
@@ -73,6 +75,7 @@ pub fn build_app(state: AppState) -> axum::Router {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    limits: Limits,
 }
 
 impl Application {
@@ -104,6 +107,7 @@ impl Application {
             config.public_url.as_deref(),
             &config.allowed_hosts,
         )?;
+        log_file_limit(config.max_connections);
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
         let (hub, publisher) = events::hub();
@@ -161,7 +165,16 @@ impl Application {
             renders,
             shutdown,
         };
-        Ok(Application { listener, state })
+        let limits = Limits {
+            max_connections: config.max_connections,
+            header_read_timeout: config.header_read_timeout,
+            shutdown_deadline: config.shutdown_deadline,
+        };
+        Ok(Application {
+            listener,
+            state,
+            limits,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -180,21 +193,38 @@ impl Application {
     }
 
     /// Serves until the shutdown token fires, then lets in-flight requests finish (event
-    /// streams end at once) and closes the database.
+    /// streams end at once) for at most `Config::shutdown_deadline`, drops the connections
+    /// still open, and closes the database.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let Application { listener, state } = self;
+        let Application {
+            listener,
+            state,
+            limits,
+        } = self;
         let shutdown = state.shutdown.clone();
         let db = state.db.clone();
         let router = build_app(state);
-        let stopped = shutdown.clone();
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-            .with_graceful_shutdown(async move { stopped.cancelled().await })
-            .await?;
+        web::serve::serve(listener, router, limits, shutdown).await;
         db.close().await;
         Ok(())
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit and says what it got: each
+/// connection is a file, and at the limit accepts fail until some close.
+fn log_file_limit(max_connections: usize) {
+    match web::serve::raise_file_limit() {
+        Ok(Some(limit)) => {
+            tracing::info!("file limit: {limit}");
+            if limit < max_connections as u64 {
+                tracing::warn!(
+                    "the file limit ({limit}) is below --max-connections ({max_connections}): \
+                     past about {limit} connections, new ones wait until some close"
+                );
+            }
+        }
+        Ok(None) => tracing::info!("file limit: unlimited"),
+        Err(error) => tracing::warn!(%error, "cannot read the file limit"),
     }
 }
 

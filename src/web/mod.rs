@@ -1,4 +1,5 @@
-//! HTTP: the router, its middleware, and how errors become responses.
+//! HTTP: the accept loop (`serve`), the router, its middleware, and how errors become
+//! responses.
 
 pub mod api;
 pub mod assets;
@@ -9,6 +10,7 @@ pub mod pages;
 pub mod rate_limit;
 pub mod routes;
 pub mod same_origin;
+pub mod serve;
 pub mod sse;
 
 use axum::extract::DefaultBodyLimit;
