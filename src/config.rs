@@ -104,6 +104,10 @@ pub struct ServeArgs {
     /// Connections served at once; past it a new connection is answered 503 and closed.
     #[arg(long, env = "FERROCD_MAX_CONNECTIONS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
+    /// Event streams open at once from one client address, beyond which a stream is 503
+    /// (0: no cap, for benchmarks that open many from one machine).
+    #[arg(long, env = "FERROCD_MAX_STREAMS_PER_ADDRESS", default_value_t = 2000)]
+    pub max_streams_per_address: u64,
     /// Seconds a client has to send a request's headers, and that a kept-alive connection
     /// may wait for its next request, before it is closed.
     #[arg(long, env = "FERROCD_HEADER_READ_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
@@ -130,6 +134,8 @@ pub struct Config {
     pub trusted_proxy: Option<IpAddr>,
     /// Connections served at once (at least 1).
     pub max_connections: usize,
+    /// Open event streams per client IP address; 0 means no cap.
+    pub max_streams_per_address: usize,
     /// How long a request's headers, or a kept-alive connection's next request, may take.
     pub header_read_timeout: Duration,
     /// How long shutdown lets in-flight requests finish before it drops their connections.
@@ -161,6 +167,8 @@ impl From<ServeArgs> for Config {
             allowed_hosts: names(args.allowed_hosts),
             trusted_proxy: args.trusted_proxy,
             max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+            max_streams_per_address: usize::try_from(args.max_streams_per_address)
+                .unwrap_or(usize::MAX),
             header_read_timeout: Duration::from_secs(args.header_read_timeout),
             shutdown_deadline: SHUTDOWN_DEADLINE,
         }
@@ -187,6 +195,7 @@ impl Config {
             allowed_hosts: Vec::new(),
             trusted_proxy: None,
             max_connections: 20_000,
+            max_streams_per_address: 2000,
             header_read_timeout: Duration::from_secs(10),
             shutdown_deadline: SHUTDOWN_DEADLINE,
         }

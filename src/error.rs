@@ -34,6 +34,9 @@ pub enum Error {
     /// Well-formed, but a field is missing, of the wrong type or not allowed: 422.
     #[error("{0}")]
     Unprocessable(String),
+    /// A limit of the server's is reached (too many streams from one address): 503, try later.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration error: {0}")]

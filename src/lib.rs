@@ -39,6 +39,7 @@ use crate::web::pages::agents::AgentsView;
 use crate::web::pages::build::ConsoleViews;
 use crate::web::pages::runs::RunsViews;
 use crate::web::serve::Limits;
+use crate::web::sse::StreamSlots;
 
 /// Everything a handler may reach, cloned cheaply into each request.
 #[derive(Clone)]
@@ -65,6 +66,8 @@ pub struct AppState {
     pub renders: Arc<RenderCounts>,
     /// Fires on SIGTERM/Ctrl-C: streams end, background tasks stop.
     pub shutdown: CancellationToken,
+    /// The event streams open per client address, held to `--max-streams-per-address`.
+    pub stream_slots: Arc<StreamSlots>,
 }
 
 /// The router for a state (the whole site, `/api` and `/go/api` included).
@@ -164,6 +167,7 @@ impl Application {
             topic_views: Arc::default(),
             renders,
             shutdown,
+            stream_slots: StreamSlots::new(config.max_streams_per_address),
         };
         let limits = Limits {
             max_connections: config.max_connections,

@@ -99,6 +99,7 @@ impl Error {
             Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::MisdirectedRequest(_) => StatusCode::MISDIRECTED_REQUEST,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Database(_) | Error::Migrate(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -116,7 +117,9 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        // A refusal at a limit is the server working as meant, and a flood of them must not
+        // flood the log too; only internal failures are errors.
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self, "request failed");
         }
         let body = match &self {
@@ -136,6 +139,12 @@ impl IntoResponse for Error {
             response
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, (*retry_after).into());
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
         }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

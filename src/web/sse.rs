@@ -1,19 +1,28 @@
 //! Server-Sent Events: framing, and the one response helper every stream goes through
-//! (keepalive, shutdown, headers). The live views that produce the frames are in `live.rs`.
+//! (keepalive, shutdown, headers, and the slot that counts it against its client address's
+//! `--max-streams-per-address`). The live views that produce the frames are in `live.rs`.
 //!
 //! Frames are built once as `Bytes` and shared by every connection. We frame by hand rather
 //! than with axum's `Event` because `Event::data` panics on a carriage return, and a hostname
 //! or a console line may hold one.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
+
+use crate::AppState;
+use crate::error::Error;
 
 /// A comment line at least this often keeps proxies and browsers from timing the stream out.
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -61,13 +70,105 @@ fn data_lines(data: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// The event streams open per client IP address, and the cap on them. A stream costs a
+/// socket and a live-view subscriber for as long as the client keeps it, so without a cap
+/// one client could hold all the server's files by opening streams it never reads.
+pub struct StreamSlots {
+    /// 0: no cap (and no counting).
+    cap: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Where a request's peer is unknown (the router served without `web::serve`, which always
+/// sets `ConnectInfo`): such streams share one count rather than escaping the cap.
+const UNKNOWN_PEER: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+
+impl StreamSlots {
+    pub fn new(cap: usize) -> Arc<StreamSlots> {
+        Arc::new(StreamSlots {
+            cap,
+            open: Mutex::default(),
+        })
+    }
+
+    /// A slot for one more stream from `peer`, or 503 at the cap.
+    pub fn take(self: &Arc<Self>, peer: IpAddr) -> Result<StreamSlot, Error> {
+        if self.cap == 0 {
+            return Ok(StreamSlot { held: None });
+        }
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = open.entry(peer).or_default();
+        if *count >= self.cap {
+            return Err(Error::Unavailable(format!(
+                "{peer} has {} event streams open, the most one address may; close one and retry",
+                self.cap
+            )));
+        }
+        *count += 1;
+        Ok(StreamSlot {
+            held: Some((Arc::clone(self), peer)),
+        })
+    }
+
+    /// How many streams `peer` has open (0 when uncapped: nothing is counted).
+    pub fn open_from(&self, peer: IpAddr) -> usize {
+        let open = self
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        open.get(&peer).copied().unwrap_or(0)
+    }
+}
+
+/// One open stream's place in its address's count; given back when the stream's body is
+/// dropped (the stream ended, or its connection closed). Every handler of a stream takes one
+/// as an extractor, so a stream over the cap is refused before any work is done for it.
+pub struct StreamSlot {
+    held: Option<(Arc<StreamSlots>, IpAddr)>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Some((slots, peer)) = self.held.take() {
+            let mut open = slots
+                .open
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(count) = open.get_mut(&peer) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    open.remove(&peer);
+                }
+            }
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for StreamSlot {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(UNKNOWN_PEER, |ConnectInfo(address)| address.ip());
+        state.stream_slots.take(peer)
+    }
+}
+
 /// Turns a stream of frames into a `text/event-stream` response: uncompressed, uncached,
-/// unbuffered, with a keepalive comment every 15 s, ending when the server shuts down.
+/// unbuffered, with a keepalive comment every 15 s, ending when the server shuts down. The
+/// body holds `slot` for as long as it lives.
 pub fn response(
     frames: impl Stream<Item = Bytes> + Send + 'static,
+    slot: StreamSlot,
     shutdown: CancellationToken,
 ) -> Response {
     let body = async_stream::stream! {
+        let _slot = slot;
         let mut frames = std::pin::pin!(frames);
         // Reconnect quickly after a dropped connection (the browser's default is ~3 s).
         yield Ok::<_, Infallible>(Bytes::from_static(b"retry: 1000\n\n"));
@@ -98,6 +199,29 @@ pub fn response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slot_is_refused_at_the_cap_and_given_back_when_dropped() {
+        let slots = StreamSlots::new(2);
+        let peer: IpAddr = "192.0.2.7".parse().unwrap();
+        let other: IpAddr = "192.0.2.8".parse().unwrap();
+        let first = slots.take(peer).unwrap();
+        let _second = slots.take(peer).unwrap();
+        assert!(matches!(slots.take(peer), Err(Error::Unavailable(_))));
+        assert!(slots.take(other).is_ok(), "the cap is per address");
+        drop(first);
+        assert_eq!(slots.open_from(peer), 1);
+        assert!(slots.take(peer).is_ok());
+    }
+
+    #[test]
+    fn a_cap_of_zero_counts_nothing() {
+        let slots = StreamSlots::new(0);
+        let peer: IpAddr = "192.0.2.7".parse().unwrap();
+        let held: Vec<_> = (0..10).map(|_| slots.take(peer).unwrap()).collect();
+        assert_eq!(held.len(), 10);
+        assert_eq!(slots.open_from(peer), 0);
+    }
 
     #[test]
     fn frames_split_every_line_ending_into_data_lines() {

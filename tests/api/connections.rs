@@ -1,8 +1,9 @@
 //! Hostile clients cannot stall the server: slow or idle sockets are closed after the
-//! header-read timeout, connections are capped (503 with a message past the cap), the file
-//! limit is raised at start, and shutdown drops whatever does not finish within its deadline.
-//! Most of this happens below HTTP (when a socket closes, what a client that never reads does
-//! to the server), so these tests speak raw TCP where reqwest would hide it.
+//! header-read timeout, connections and event streams are capped (503 with a message past
+//! the cap), the file limit is raised at start, and shutdown drops whatever does not finish
+//! within its deadline. Most of this happens below HTTP (when a socket closes, what a client
+//! that never reads does to the server), so these tests speak raw TCP where reqwest would
+//! hide it.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -208,6 +209,72 @@ async fn a_connection_past_the_cap_is_answered_503_with_a_message_and_closed() {
         (read_reply(&mut stream).await.status == 200).then_some(())
     })
     .await;
+}
+
+/// Opens a stream and keeps its response (its body unread) so it stays open; or returns the
+/// refusal's status and body.
+async fn open_stream(api: &Api, path: &str) -> Result<reqwest::Response, (u16, Value)> {
+    let response = tokio::time::timeout(
+        DEADLINE,
+        reqwest::Client::new()
+            .get(api.url(path))
+            .header("Accept", "text/event-stream")
+            .send(),
+    )
+    .await
+    .expect("an answer within the deadline")
+    .expect("the stream request");
+    if response.status() == 200 {
+        return Ok(response);
+    }
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(Value::Null);
+    Err((status, body))
+}
+
+#[tokio::test]
+async fn a_stream_past_the_cap_for_one_address_is_answered_503_with_a_message() {
+    let app = spawn_app_with(|c| c.max_streams_per_address = 2).await;
+    let first = open_stream(&app, "/agents/events")
+        .await
+        .expect("the first stream");
+    let _second = open_stream(&app, "/agents/events")
+        .await
+        .expect("the second stream");
+
+    // Every kind of stream counts against the same cap.
+    for path in ["/agents/events", "/api/events?topics=agents:updates"] {
+        let (status, body) = open_stream(&app, path)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{path} past the cap was served"));
+        assert_eq!(status, 503, "{path}: {body}");
+        assert!(message(&body).contains("event streams"), "{body}");
+    }
+    // Counted by the client's own address (the accept loop hands handlers the peer).
+    let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    assert_eq!(app.state.stream_slots.open_from(loopback), 2);
+    // Other requests from that address are not affected.
+    app.get("/api/health").await.expect(200);
+
+    // Closing a stream gives its slot back.
+    drop(first);
+    eventually("a stream served after one closed", || async {
+        open_stream(&app, "/agents/events").await.ok()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stream_cap_of_zero_lets_one_address_open_any_number() {
+    let app = spawn_app_with(|c| c.max_streams_per_address = 0).await;
+    let mut open = Vec::new();
+    for i in 0..20 {
+        let stream = open_stream(&app, "/agents/events")
+            .await
+            .unwrap_or_else(|refused| panic!("stream {i} refused: {refused:?}"));
+        open.push(stream);
+    }
 }
 
 #[cfg(target_os = "linux")]

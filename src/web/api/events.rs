@@ -69,6 +69,7 @@ impl Watched for TopicView {
 async fn events(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<EventsQuery>,
+    slot: sse::StreamSlot,
 ) -> Result<Response> {
     let topics = parse_topics(query.topics.as_deref().unwrap_or_default())?;
     // Attach to every topic's view before saying `ready`, so nothing published after it is
@@ -109,7 +110,7 @@ async fn events(
                 ),
             }
         }));
-    Ok(sse::response(frames, state.shutdown.clone()))
+    Ok(sse::response(frames, slot, state.shutdown.clone()))
 }
 
 fn parse_topics(raw: &str) -> Result<Vec<Topic>> {

@@ -76,6 +76,7 @@ async fn events(
     State(state): State<AppState>,
     Path(uuid): Path<String>,
     Query(query): Query<PageQuery>,
+    slot: sse::StreamSlot,
 ) -> Result<Response> {
     let uuid = agent_uuid(&uuid)?;
     let page_size = query.page_size.unwrap_or(DEFAULT_PAGE_SIZE);
@@ -83,7 +84,7 @@ async fn events(
     state.job_runs.history(key.0, key.1, key.2).await?; // unknown agent or bad paging: 4xx now
     let views = Arc::clone(&state.runs_views);
     let stream = views.attach(key, || RunsLive::start(&state, key), |view| view.stream());
-    Ok(sse::response(stream, state.shutdown.clone()))
+    Ok(sse::response(stream, slot, state.shutdown.clone()))
 }
 
 /// What the connections to one run list share: its latest `runs` frame and its changes.

@@ -38,8 +38,8 @@ async fn agents_page(
     Ok(page(Some(&viewer), "Agents", Section::Agents, &["agents.js"], body))
 }
 
-async fn events(State(state): State<AppState>) -> Response {
-    sse::response(state.agents_view.stream(), state.shutdown.clone())
+async fn events(State(state): State<AppState>, slot: sse::StreamSlot) -> Response {
+    sse::response(state.agents_view.stream(), slot, state.shutdown.clone())
 }
 
 /// A page button's request: `action`, the selected `uuid`s, and the names typed for the

@@ -195,6 +195,7 @@ async fn events(
     Path(id): Path<String>,
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
+    slot: sse::StreamSlot,
 ) -> Result<Response> {
     let id = build_id(&id)?;
     let last_event_id = headers
@@ -204,7 +205,7 @@ async fn events(
     let from = last_event_id.or(q.from).unwrap_or(0);
     let (view, changes) = live::attach(&state, id).await?;
     let stream = live::connection_stream(state.clone(), id, view, changes, from);
-    Ok(sse::response(stream, state.shutdown.clone()))
+    Ok(sse::response(stream, slot, state.shutdown.clone()))
 }
 
 /// The page's Cancel button; the `status` event shows the outcome.
