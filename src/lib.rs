@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod agent_runtime;
+pub mod audit;
 pub mod agents;
 pub mod config;
 pub mod db;
@@ -25,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::accounts::Accounts;
+use crate::audit::Audit;
 use crate::agents::Agents;
 use crate::config::Config;
 use crate::db::Db;
@@ -46,6 +48,7 @@ use crate::web::sse::StreamSlots;
 pub struct AppState {
     pub db: Db,
     pub accounts: Accounts,
+    pub audit: Audit,
     /// The `Host` names pages, streams and the user API answer to.
     pub hosts: Arc<AllowedHosts>,
     /// A reverse proxy whose `X-Forwarded-*` headers are believed.
@@ -148,8 +151,10 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        let audit = Audit::new(db.clone());
         let state = AppState {
             db,
+            audit,
             accounts,
             hosts: Arc::new(hosts),
             trusted_proxy: config.trusted_proxy,

@@ -5,6 +5,7 @@
 use uuid::Uuid;
 
 use crate::agents;
+use crate::audit;
 use crate::db::{Db, WriteTx};
 use crate::domain::agent::{Agent, AgentState, ConfigState};
 use crate::domain::job_run::{Cancel, JobResult, JobRun, JobState, NewJob, Report, Requirements, check_report};
@@ -23,7 +24,7 @@ impl Scheduler {
     }
 
     /// Creates a Scheduled run; an ad-hoc job gets the next counter of its pipeline name.
-    pub async fn schedule(&self, job: NewJob) -> Result<JobRun> {
+    pub async fn schedule(&self, job: NewJob, actor: &str) -> Result<JobRun> {
         let NewJob {
             pipeline_name,
             stage_name,
@@ -48,10 +49,12 @@ impl Scheduler {
                 environment: environment.as_deref(),
                 environment_variables: &environment_variables,
                 rescheduled_from: None,
+                scheduled_by: Some(actor),
             },
         )
         .await?;
         let run = job_runs::fetch_run_or_404(tx.conn(), build_id).await?;
+        audit::record(&mut tx, actor, "schedule", &run_target(&run)).await?;
         job_runs::publish_run(&mut tx, &run);
         publish_pending(&mut tx).await?;
         tx.commit().await?;
@@ -196,9 +199,13 @@ impl Scheduler {
 
     /// A Scheduled run ends Completed/Cancelled at once; a running one when its agent has
     /// stopped it (the agent hears `CANCEL` on its next ping). A finished run is left as it is.
-    pub async fn cancel(&self, build_id: i64) -> Result<JobRun> {
+    pub async fn cancel(&self, build_id: i64, actor: &str) -> Result<JobRun> {
         let mut tx = self.db.begin().await?;
         let run = job_runs::fetch_run_or_404(tx.conn(), build_id).await?;
+        if run.cancel() != Cancel::Nothing {
+            job_runs::store::set_cancelled_by(tx.conn(), build_id, actor).await?;
+            audit::record(&mut tx, actor, "cancel", &run_target(&run)).await?;
+        }
         let updated = match run.cancel() {
             Cancel::Nothing => return Ok(run),
             Cancel::EndNow => {
@@ -286,6 +293,7 @@ async fn give_up(tx: &mut WriteTx, run: &JobRun) -> Result<()> {
                 environment: run.environment.as_deref(),
                 environment_variables: &run.environment_variables,
                 rescheduled_from: Some(run.build_id),
+                scheduled_by: run.scheduled_by.as_deref(),
             },
         )
         .await?;
@@ -316,6 +324,19 @@ async fn claim_first(
         }
     }
     Ok(None)
+}
+
+/// A run as the audit trail names it.
+fn run_target(run: &JobRun) -> String {
+    format!(
+        "build {} ({}/{}/{}/{}/{})",
+        run.build_id,
+        run.pipeline_name,
+        run.pipeline_counter,
+        run.stage_name,
+        run.stage_counter,
+        run.job_name
+    )
 }
 
 /// How many matching runs a poll tries to claim; if others took them all meanwhile, the agent

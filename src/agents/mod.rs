@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::secrets::{constant_time_eq, hash_token, random_token};
 
+use crate::audit;
 use crate::db::{Db, ReadConn, WriteTx, now_millis};
 use crate::domain::agent::{
     Agent, AgentState, BuildState, ConfigState, ListChange, NameKind, admin_config_state,
@@ -233,6 +234,7 @@ impl Agents {
                 resources,
                 environments,
                 build_details: None,
+                last_changed_by: None,
             };
             store::insert(tx.conn(), &agent, &hash_token(&new_token), now).await?;
             (None, agent)
@@ -271,7 +273,7 @@ impl Agents {
     }
 
     /// An admin's edit of one agent (API `PATCH`, the enable/disable shortcuts, page buttons).
-    pub async fn update(&self, uuid: Uuid, update: AgentUpdate) -> Result<Agent> {
+    pub async fn update(&self, uuid: Uuid, update: AgentUpdate, actor: &str) -> Result<Agent> {
         let hostname = update
             .hostname
             .as_deref()
@@ -306,14 +308,14 @@ impl Agents {
         if let Some(state) = config_state {
             agent.agent_config_state = state;
         }
-        if save_if_changed(&mut tx, &before, &agent).await? {
+        if save_if_changed(&mut tx, &before, &mut agent, actor).await? {
             tx.commit().await?;
         }
         Ok(agent)
     }
 
     /// GoCD's bulk update: all or nothing. An unknown uuid changes nothing and is named.
-    pub async fn bulk_update(&self, bulk: BulkUpdate) -> Result<Vec<Uuid>> {
+    pub async fn bulk_update(&self, bulk: BulkUpdate, actor: &str) -> Result<Vec<Uuid>> {
         if bulk.uuids.is_empty() {
             return Err(Error::Unprocessable(
                 "uuids: name at least one agent".into(),
@@ -347,14 +349,14 @@ impl Agents {
             if let Some(state) = config_state {
                 agent.agent_config_state = state;
             }
-            save_if_changed(&mut tx, &before, &agent).await?;
+            save_if_changed(&mut tx, &before, &mut agent, actor).await?;
         }
         tx.commit().await?;
         Ok(bulk.uuids)
     }
 
     /// Deletes Disabled, non-building agents, all or nothing.
-    pub async fn delete(&self, uuids: &[Uuid]) -> Result<usize> {
+    pub async fn delete(&self, uuids: &[Uuid], actor: &str) -> Result<usize> {
         if uuids.is_empty() {
             return Err(Error::Unprocessable(
                 "uuids: name at least one agent".into(),
@@ -389,6 +391,7 @@ impl Agents {
         for agent in &doomed {
             let uuid = agent.uuid;
             store::delete(tx.conn(), uuid, now_millis()).await?;
+            audit::record(&mut tx, actor, "delete", &agent_target(agent)).await?;
             tx.publish(Topic::AgentsUpdates, DomainEvent::AgentDeleted { uuid });
         }
         tx.commit().await?;
@@ -416,13 +419,32 @@ impl Agents {
 }
 
 /// An admin's edit: saved, with its event, only if it changes the agent; true if it did.
-async fn save_if_changed(tx: &mut WriteTx, before: &Agent, agent: &Agent) -> Result<bool> {
+/// Saves a person's change, if it changes anything: it records who made it (on the agent and
+/// in the audit trail) and publishes it.
+async fn save_if_changed(
+    tx: &mut WriteTx,
+    before: &Agent,
+    agent: &mut Agent,
+    actor: &str,
+) -> Result<bool> {
     if agent == before {
         return Ok(false);
     }
+    agent.last_changed_by = Some(actor.to_string());
     store::save(tx.conn(), agent).await?;
+    let action = match (before.agent_config_state, agent.agent_config_state) {
+        (from, ConfigState::Enabled) if from != ConfigState::Enabled => "enable",
+        (from, ConfigState::Disabled) if from != ConfigState::Disabled => "disable",
+        _ => "update",
+    };
+    audit::record(tx, actor, action, &agent_target(agent)).await?;
     publish_change(tx, Some(before), agent);
     Ok(true)
+}
+
+/// An agent as the audit trail names it.
+fn agent_target(agent: &Agent) -> String {
+    format!("agent {} ({})", agent.uuid, agent.hostname)
 }
 
 /// One event for one write of an agent, queued on `tx`: enabled/disabled when the config

@@ -27,6 +27,7 @@ struct AgentRow {
     build_pipeline: Option<String>,
     build_stage: Option<String>,
     build_job: Option<String>,
+    last_changed_by: Option<String>,
 }
 
 fn corrupt(what: String) -> Error {
@@ -69,6 +70,7 @@ impl TryFrom<AgentRow> for Agent {
                 }
                 _ => None,
             },
+            last_changed_by: row.last_changed_by,
         })
     }
 }
@@ -77,7 +79,7 @@ impl TryFrom<AgentRow> for Agent {
 const SELECT_AGENT: &str = "SELECT a.uuid, a.hostname, a.ip_address, a.sandbox, \
      a.operating_system, a.free_space, a.agent_version, a.agent_config_state, a.agent_state, \
      a.resources, a.environments, r.build_id AS build_id, r.pipeline_name AS build_pipeline, \
-     r.stage_name AS build_stage, r.job_name AS build_job \
+     r.stage_name AS build_stage, r.job_name AS build_job, a.last_changed_by \
      FROM agents a LEFT JOIN job_runs r ON r.build_id = (SELECT MAX(j.build_id) FROM job_runs j \
      WHERE j.agent_uuid = a.uuid AND j.state != 'Completed')";
 
@@ -122,7 +124,7 @@ pub async fn save(conn: &mut SqliteConnection, agent: &Agent) -> Result<()> {
     sqlx::query(
         "UPDATE agents SET hostname = $1, ip_address = $2, sandbox = $3, operating_system = $4, \
          free_space = $5, agent_version = $6, agent_config_state = $7, agent_state = $8, \
-         resources = $9, environments = $10 WHERE uuid = $11",
+         resources = $9, environments = $10, last_changed_by = $11 WHERE uuid = $12",
     )
     .bind(&agent.hostname)
     .bind(&agent.ip_address)
@@ -134,6 +136,7 @@ pub async fn save(conn: &mut SqliteConnection, agent: &Agent) -> Result<()> {
     .bind(agent.agent_state.as_str())
     .bind(Json(&agent.resources))
     .bind(Json(&agent.environments))
+    .bind(&agent.last_changed_by)
     .bind(agent.uuid.to_string())
     .execute(conn)
     .await?;

@@ -84,6 +84,8 @@ pub struct Agent {
     pub environments: Vec<String>,
     /// The run it holds, only while it has one.
     pub build_details: Option<BuildDetails>,
+    /// Who last changed its config (approval, resources, …); `None` until someone did.
+    pub last_changed_by: Option<String>,
 }
 
 /// The run an agent holds, as its row and the API name it.
@@ -328,6 +330,7 @@ mod tests {
             resources: resources.iter().map(|s| s.to_string()).collect(),
             environments: environments.iter().map(|s| s.to_string()).collect(),
             build_details: None,
+            last_changed_by: None,
         }
     }
 

@@ -88,6 +88,10 @@ pub struct JobRun {
     /// Set once a cancel was asked for a run its agent has not finished yet.
     pub cancel_requested: bool,
     pub rescheduled_from: Option<i64>,
+    /// Who scheduled it (`None`: the server itself, e.g. a trigger).
+    pub scheduled_by: Option<String>,
+    /// Who cancelled it, once someone did.
+    pub cancelled_by: Option<String>,
     pub scheduled_at: i64,
     pub completed_at: Option<i64>,
     pub job_state_transitions: Vec<Transition>,
@@ -347,6 +351,8 @@ mod tests {
             result: JobResult::Unknown,
             console_length: 10,
             console_truncated_at: None,
+            scheduled_by: None,
+            cancelled_by: None,
             resources: vec![],
             environment: None,
             tasks: vec![],

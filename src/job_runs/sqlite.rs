@@ -38,14 +38,16 @@ struct RunRow {
     console_length: i64,
     console_truncated_at: Option<i64>,
     rescheduled_from: Option<i64>,
+    scheduled_by: Option<String>,
+    cancelled_by: Option<String>,
     scheduled_at: i64,
     completed_at: Option<i64>,
 }
 
 const RUN_COLUMNS: &str = "build_id, pipeline_name, pipeline_counter, stage_name, stage_counter, \
      job_name, tasks, resources, environment, environment_variables, state, result, agent_uuid, \
-     cancel_requested, console_length, console_truncated_at, rescheduled_from, scheduled_at, \
-     completed_at";
+     cancel_requested, console_length, console_truncated_at, rescheduled_from, scheduled_by, \
+     cancelled_by, scheduled_at, completed_at";
 
 fn corrupt(what: String) -> Error {
     Error::Database(sqlx::Error::Decode(what.into()))
@@ -74,6 +76,8 @@ impl RunRow {
             tasks: self.tasks.0,
             cancel_requested: self.cancel_requested,
             rescheduled_from: self.rescheduled_from,
+            scheduled_by: self.scheduled_by,
+            cancelled_by: self.cancelled_by,
             scheduled_at: self.scheduled_at,
             completed_at: self.completed_at,
             job_state_transitions: transitions,
@@ -231,8 +235,9 @@ pub async fn next_counter(conn: &mut SqliteConnection, pipeline: &str) -> Result
 pub async fn insert(conn: &mut SqliteConnection, run: NewRun<'_>, now: i64) -> Result<i64> {
     let build_id: i64 = sqlx::query_scalar(
         "INSERT INTO job_runs (pipeline_name, pipeline_counter, stage_name, stage_counter, job_name, \
-         tasks, resources, environment, environment_variables, state, rescheduled_from, scheduled_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'Scheduled', $10, $11) RETURNING build_id",
+         tasks, resources, environment, environment_variables, state, rescheduled_from, scheduled_at, \
+         scheduled_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'Scheduled', $10, $11, $12) RETURNING build_id",
     )
     .bind(run.pipeline_name)
     .bind(run.pipeline_counter)
@@ -245,6 +250,7 @@ pub async fn insert(conn: &mut SqliteConnection, run: NewRun<'_>, now: i64) -> R
     .bind(Json(run.environment_variables))
     .bind(run.rescheduled_from)
     .bind(now)
+    .bind(run.scheduled_by)
     .fetch_one(&mut *conn)
     .await?;
     record_transition(conn, build_id, JobState::Scheduled, now).await?;
@@ -322,6 +328,15 @@ pub async fn assign(
 
 pub async fn request_cancel(conn: &mut SqliteConnection, build_id: i64) -> Result<()> {
     sqlx::query("UPDATE job_runs SET cancel_requested = TRUE WHERE build_id = $1")
+        .bind(build_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_cancelled_by(conn: &mut SqliteConnection, build_id: i64, actor: &str) -> Result<()> {
+    sqlx::query("UPDATE job_runs SET cancelled_by = $1 WHERE build_id = $2")
+        .bind(actor)
         .bind(build_id)
         .execute(conn)
         .await?;

@@ -24,6 +24,7 @@ pub struct NewRun<'a> {
     pub environment: Option<&'a str>,
     pub environment_variables: &'a BTreeMap<String, String>,
     pub rescheduled_from: Option<i64>,
+    pub scheduled_by: Option<&'a str>,
 }
 
 pub async fn fetch(conn: Conn<'_>, build_id: i64) -> Result<Option<JobRun>> {
@@ -104,6 +105,11 @@ pub async fn assign(conn: Conn<'_>, build_id: i64, agent: Uuid, now: i64) -> Res
 
 pub async fn request_cancel(conn: Conn<'_>, build_id: i64) -> Result<()> {
     backend!(conn, request_cancel(build_id))
+}
+
+/// Who cancelled the run.
+pub async fn set_cancelled_by(conn: Conn<'_>, build_id: i64, actor: &str) -> Result<()> {
+    backend!(conn, set_cancelled_by(build_id, actor))
 }
 
 /// The agents holding runs that are neither Scheduled nor Completed and have not been heard

@@ -71,13 +71,14 @@ fn named_rooms(code: &str) -> BTreeSet<String> {
     named
 }
 
-const CONTEXTS: [&str; 4] = ["accounts", "agents", "job_runs", "scheduler"];
+const CONTEXTS: [&str; 5] = ["accounts", "agents", "audit", "job_runs", "scheduler"];
 
 /// What `room` may not name; `None`: no rule.
 fn forbidden(room: &str) -> Option<Vec<&'static str>> {
     let everything_but_domain = vec![
         "accounts",
         "agents",
+        "audit",
         "secrets",
         "job_runs",
         "scheduler",
@@ -98,6 +99,7 @@ fn forbidden(room: &str) -> Option<Vec<&'static str>> {
         "db" => Some(vec![
             "accounts",
             "agents",
+            "audit",
             "job_runs",
             "scheduler",
             "web",

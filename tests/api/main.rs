@@ -5,6 +5,7 @@ mod agent_identity;
 mod agent_runtime;
 mod agents_api;
 mod architecture;
+mod audit;
 mod connections;
 mod console_stream;
 mod cross_site;

@@ -13,7 +13,8 @@ use crate::AppState;
 use crate::agents::{AgentUpdate, BulkUpdate};
 use crate::domain::agent::{Agent, AgentState, BuildDetails, BuildState, ConfigState, ListChange};
 use crate::error::{Error, Result};
-use crate::web::auth::Credential::{Admin, User};
+use crate::domain::user::User;
+use crate::web::auth::{Credential, CurrentUser};
 use crate::web::routes::Routes;
 
 /// An agent as GoCD's Agents API v7 shows it (and `/api/events` sends it).
@@ -36,6 +37,7 @@ impl Serialize for AgentJson {
             resources: &a.resources,
             environments: &a.environments,
             build_details: a.build_details.as_ref(),
+            last_changed_by: a.last_changed_by.as_deref(),
         }
         .serialize(s)
     }
@@ -60,6 +62,9 @@ struct Shape<'a> {
     /// Only while it holds a run.
     #[serde(skip_serializing_if = "Option::is_none")]
     build_details: Option<&'a BuildDetails>,
+    /// Who last changed its config (ferrocd's audit; GoCD clients ignore it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_changed_by: Option<&'a str>,
 }
 
 /// GoCD sends `free_space` as a number of bytes, or the string "unknown".
@@ -99,15 +104,15 @@ fn environments_json<S: Serializer>(
 
 pub fn router() -> Routes {
     Routes::new()
-        .get("/agents", User, list)
-        .patch("/agents", Admin, bulk_update)
-        .delete("/agents", Admin, bulk_delete)
-        .get("/agents/{uuid}", User, show)
-        .patch("/agents/{uuid}", Admin, update)
-        .delete("/agents/{uuid}", Admin, delete_one)
-        .put("/agents/{uuid}/enable", Admin, enable)
-        .put("/agents/{uuid}/disable", Admin, disable)
-        .get("/agents/{uuid}/job_run_history", User, job_run_history)
+        .get("/agents", Credential::User, list)
+        .patch("/agents", Credential::Admin, bulk_update)
+        .delete("/agents", Credential::Admin, bulk_delete)
+        .get("/agents/{uuid}", Credential::User, show)
+        .patch("/agents/{uuid}", Credential::Admin, update)
+        .delete("/agents/{uuid}", Credential::Admin, delete_one)
+        .put("/agents/{uuid}/enable", Credential::Admin, enable)
+        .put("/agents/{uuid}/disable", Credential::Admin, disable)
+        .get("/agents/{uuid}/job_run_history", Credential::User, job_run_history)
 }
 
 async fn list(State(state): State<AppState>) -> Result<Json<Value>> {
@@ -148,6 +153,7 @@ fn config_state(raw: Option<&str>) -> Result<Option<ConfigState>> {
 
 async fn update(
     State(state): State<AppState>,
+    CurrentUser(actor): CurrentUser,
     Path(uuid): Path<String>,
     ApiJson(body): ApiJson<PatchAgent>,
 ) -> Result<Json<AgentJson>> {
@@ -158,11 +164,12 @@ async fn update(
         environments: body.environments,
         config_state: config_state(body.agent_config_state.as_deref())?,
     };
-    Ok(Json(AgentJson(state.agents.update(uuid, update).await?)))
+    Ok(Json(AgentJson(state.agents.update(uuid, update, &actor.name).await?)))
 }
 
 async fn set_config_state(
     state: &AppState,
+    actor: &User,
     uuid: &str,
     to: ConfigState,
 ) -> Result<Json<AgentJson>> {
@@ -171,22 +178,24 @@ async fn set_config_state(
         ..Default::default()
     };
     Ok(Json(AgentJson(
-        state.agents.update(path_uuid(uuid)?, update).await?,
+        state.agents.update(path_uuid(uuid)?, update, &actor.name).await?,
     )))
 }
 
 async fn enable(
     State(state): State<AppState>,
+    CurrentUser(actor): CurrentUser,
     Path(uuid): Path<String>,
 ) -> Result<Json<AgentJson>> {
-    set_config_state(&state, &uuid, ConfigState::Enabled).await
+    set_config_state(&state, &actor, &uuid, ConfigState::Enabled).await
 }
 
 async fn disable(
     State(state): State<AppState>,
+    CurrentUser(actor): CurrentUser,
     Path(uuid): Path<String>,
 ) -> Result<Json<AgentJson>> {
-    set_config_state(&state, &uuid, ConfigState::Disabled).await
+    set_config_state(&state, &actor, &uuid, ConfigState::Disabled).await
 }
 
 #[derive(Deserialize, Default)]
@@ -228,6 +237,7 @@ fn uuids(raw: &[String]) -> Result<Vec<Uuid>> {
 
 async fn bulk_update(
     State(state): State<AppState>,
+    CurrentUser(actor): CurrentUser,
     ApiJson(body): ApiJson<BulkPatch>,
 ) -> Result<Json<Value>> {
     let bulk = BulkUpdate {
@@ -236,7 +246,7 @@ async fn bulk_update(
         environments: body.operations.environments.into(),
         config_state: config_state(body.agent_config_state.as_deref())?,
     };
-    let updated = state.agents.bulk_update(bulk).await?;
+    let updated = state.agents.bulk_update(bulk, &actor.name).await?;
     let list = updated
         .iter()
         .map(Uuid::to_string)
@@ -249,11 +259,12 @@ async fn bulk_update(
 
 async fn delete_one(
     State(state): State<AppState>,
+    CurrentUser(actor): CurrentUser,
     Path(uuid): Path<String>,
 ) -> Result<Json<Value>> {
     let uuid = path_uuid(&uuid)?;
     state.agents.get(uuid).await?; // unknown: 404 rather than the bulk call's 422
-    let deleted = state.agents.delete(&[uuid]).await?;
+    let deleted = state.agents.delete(&[uuid], &actor.name).await?;
     Ok(Json(
         json!({ "message": format!("Deleted {deleted} agent(s).") }),
     ))
@@ -266,9 +277,10 @@ struct BulkDelete {
 
 async fn bulk_delete(
     State(state): State<AppState>,
+    CurrentUser(actor): CurrentUser,
     ApiJson(body): ApiJson<BulkDelete>,
 ) -> Result<Json<Value>> {
-    let deleted = state.agents.delete(&uuids(&body.uuids)?).await?;
+    let deleted = state.agents.delete(&uuids(&body.uuids)?, &actor.name).await?;
     Ok(Json(
         json!({ "message": format!("Deleted {deleted} agent(s).") }),
     ))

@@ -17,6 +17,7 @@ use crate::AppState;
 use crate::domain::job_run::{JobResult, JobRun, JobState, NewJob, Task, Transition};
 use crate::error::{Error, Result};
 use crate::web::auth::Credential::{Admin, User};
+use crate::web::auth::CurrentUser;
 use crate::web::format_time;
 use crate::web::routes::Routes;
 
@@ -43,6 +44,8 @@ impl Serialize for RunJson {
             tasks: &r.tasks,
             cancel_requested: r.cancel_requested,
             rescheduled_from: r.rescheduled_from,
+            scheduled_by: r.scheduled_by.as_deref(),
+            cancelled_by: r.cancelled_by.as_deref(),
             scheduled_at: format_time(r.scheduled_at),
             completed_at: r.completed_at.map(format_time),
             job_state_transitions: TransitionsJson(&r.job_state_transitions),
@@ -69,6 +72,8 @@ struct RunShape<'a> {
     cancel_requested: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     rescheduled_from: Option<i64>,
+    scheduled_by: Option<&'a str>,
+    cancelled_by: Option<&'a str>,
     scheduled_at: String,
     completed_at: Option<String>,
     job_state_transitions: TransitionsJson<'a>,
@@ -126,6 +131,7 @@ struct ScheduleBody {
 
 async fn schedule(
     State(state): State<AppState>,
+    CurrentUser(actor): CurrentUser,
     ApiJson(body): ApiJson<ScheduleBody>,
 ) -> Result<(StatusCode, Json<RunJson>)> {
     let job = NewJob {
@@ -139,7 +145,7 @@ async fn schedule(
     };
     Ok((
         StatusCode::CREATED,
-        Json(RunJson(state.scheduler.schedule(job).await?)),
+        Json(RunJson(state.scheduler.schedule(job, &actor.name).await?)),
     ))
 }
 
@@ -156,11 +162,12 @@ async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<J
 
 async fn cancel(
     State(state): State<AppState>,
+    CurrentUser(actor): CurrentUser,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<RunJson>)> {
     Ok((
         StatusCode::ACCEPTED,
-        Json(RunJson(state.scheduler.cancel(build_id(&id)?).await?)),
+        Json(RunJson(state.scheduler.cancel(build_id(&id)?, &actor.name).await?)),
     ))
 }
 

@@ -2,6 +2,7 @@
 
 mod access_tokens;
 mod agents;
+mod audit;
 pub mod events;
 mod jobs;
 mod meta;
@@ -26,6 +27,7 @@ pub fn router() -> Routes {
     Routes::new()
         .merge(access_tokens::router())
         .merge(agents::router())
+        .merge(audit::router())
         .merge(remoting::router())
         .merge(events::router())
         .merge(jobs::router())

@@ -295,6 +295,8 @@ mod tests {
             result: JobResult::Unknown,
             console_length: 0,
             console_truncated_at: None,
+            scheduled_by: None,
+            cancelled_by: None,
             resources: vec![],
             environment: None,
             tasks: vec![Task {

@@ -206,6 +206,9 @@ pub fn row(agent: &Agent) -> Markup {
                         (build.pipeline_name) " / " (build.stage_name) " / " (build.job_name)
                     }
                 }
+                @if let Some(actor) = &agent.last_changed_by {
+                    " " span.changed-by title="who last changed this agent" { "by " (actor) }
+                }
                 @if agent.agent_config_state == ConfigState::Pending {
                     " "
                     button.btn.small.approve.admin-only type="button" hx-post="/agents/actions"
@@ -286,6 +289,7 @@ mod tests {
             resources: vec![],
             environments: vec![],
             build_details: None,
+            last_changed_by: None,
         };
         // A prefix, upper before lower case, characters beyond ASCII (whose UTF-16 order
         // differs from their UTF-8 order) and equal names told apart by uuid.

@@ -79,7 +79,11 @@ fn split_names(raw: &str) -> Vec<String> {
 
 /// Applies a page action to each selected agent on its own, through the same context
 /// functions as the API, and says which agents were refused and why.
-async fn action(State(state): State<AppState>, body: Bytes) -> Markup {
+async fn action(
+    State(state): State<AppState>,
+    CurrentUser(actor): CurrentUser,
+    body: Bytes,
+) -> Markup {
     let form = ActionForm::parse(&body);
     if form.uuids.is_empty() {
         return fragments::action_result(
@@ -124,7 +128,7 @@ async fn action(State(state): State<AppState>, body: Bytes) -> Markup {
             refused.push((raw.clone(), "not an agent uuid".to_string()));
             continue;
         };
-        let outcome = apply(&state, &form, uuid, &names(typed)).await;
+        let outcome = apply(&state, &actor.name, &form, uuid, &names(typed)).await;
         match outcome {
             Ok(()) => done += 1,
             Err(error) => {
@@ -144,7 +148,13 @@ async fn action(State(state): State<AppState>, body: Bytes) -> Markup {
     fragments::action_result(&message, &refused)
 }
 
-async fn apply(state: &AppState, form: &ActionForm, uuid: Uuid, names: &[String]) -> Result<()> {
+async fn apply(
+    state: &AppState,
+    actor: &str,
+    form: &ActionForm,
+    uuid: Uuid,
+    names: &[String],
+) -> Result<()> {
     let agents = &state.agents;
     let list_change = |add: bool| {
         let names = names.to_vec();
@@ -174,12 +184,13 @@ async fn apply(state: &AppState, form: &ActionForm, uuid: Uuid, names: &[String]
                         config_state: Some(to),
                         ..Default::default()
                     },
+                    actor,
                 )
                 .await?;
         }
         "delete" => {
             agents.get(uuid).await?;
-            agents.delete(&[uuid]).await?;
+            agents.delete(&[uuid], actor).await?;
         }
         "add_resources" | "remove_resources" => {
             let resources = list_change(form.action.starts_with("add"));
@@ -188,7 +199,7 @@ async fn apply(state: &AppState, form: &ActionForm, uuid: Uuid, names: &[String]
                     uuids: vec![uuid],
                     resources,
                     ..Default::default()
-                })
+                }, actor)
                 .await?;
         }
         "add_environments" | "remove_environments" => {
@@ -198,7 +209,7 @@ async fn apply(state: &AppState, form: &ActionForm, uuid: Uuid, names: &[String]
                     uuids: vec![uuid],
                     environments,
                     ..Default::default()
-                })
+                }, actor)
                 .await?;
         }
         other => return Err(Error::Unprocessable(format!("unknown action {other:?}"))),

@@ -68,7 +68,10 @@ pub fn summary(run: &JobRun, hostname: Option<&str>) -> Markup {
                     }
                 }
                 span.label { "Scheduled" }
-                span { (timestamp(run.scheduled_at)) }
+                span {
+                    (timestamp(run.scheduled_at))
+                    @if let Some(actor) = &run.scheduled_by { " " span.changed-by #scheduled-by { "by " (actor) } }
+                }
                 @if let Some(started) = run.entered(JobState::Building) {
                     span.label { "Started" }
                     span { (timestamp(started)) }
@@ -76,6 +79,10 @@ pub fn summary(run: &JobRun, hostname: Option<&str>) -> Markup {
                 @if let Some(completed) = run.completed_at {
                     span.label { "Completed" }
                     span { (timestamp(completed)) }
+                }
+                @if let Some(actor) = &run.cancelled_by {
+                    span.label { "Cancelled" }
+                    span #cancelled-by { "by " (actor) }
                 }
                 span.label { "Duration" }
                 span #run-duration { (duration(run)) }

@@ -209,7 +209,11 @@ async fn events(
 }
 
 /// The page's Cancel button; the `status` event shows the outcome.
-async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode> {
-    state.scheduler.cancel(build_id(&id)?).await?;
+async fn cancel(
+    State(state): State<AppState>,
+    CurrentUser(actor): CurrentUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    state.scheduler.cancel(build_id(&id)?, &actor.name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
