@@ -30,9 +30,14 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
-    /// The server's base URL, e.g. http://127.0.0.1:8153
+    /// The server's base URL: https://ci.example.com behind a TLS proxy, or
+    /// http://127.0.0.1:8153 on the same machine.
     #[arg(long, env = "FERROCD_SERVER")]
     pub server: String,
+    /// A PEM file of CA certificates trusted for an https:// server, besides the system's
+    /// (for a private CA).
+    #[arg(long, env = "FERROCD_AGENT_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     /// The server's auto-register key: the agent starts Enabled instead of Pending.
     #[arg(long, env = "FERROCD_AGENT_REGISTRATION_KEY")]
     pub registration_key: Option<String>,

@@ -1,6 +1,6 @@
 //! The agent's side of the agent protocol (docs/API.md, "The agent protocol"): one HTTP client
 //! holding the agent's identity, with a call per endpoint. The messages are in `wire.rs`, the
-//! retry policy the calls share in `retry.rs`.
+//! retry policy the calls share in `retry.rs`, the accepted URLs and the TLS in `tls.rs`.
 //!
 //! Every call after registration carries `Authorization: Bearer TOKEN`. A `401` means the server
 //! no longer knows the token (an admin deleted the agent): the client re-registers once with
@@ -8,6 +8,7 @@
 //! refused with `409` the identity is lost for good: the client fires its `fatal` token and the
 //! agent stops instead of quietly becoming someone else.
 
+use std::path::Path;
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::identity::{Identity, IdentityStore, MachineFacts};
 use super::retry::{ApiError, retry};
+use super::tls;
 use super::wire::{
     BuildId, ConsoleAck, JobResult, JobState, PingReply, RegisterReply, Work, WorkOffer,
 };
@@ -29,6 +31,42 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 struct Auth {
     identity: Option<Identity>,
     generation: u64,
+}
+
+/// The server's base URL and an HTTP client for it, checked before the agent touches its
+/// work dir: a URL or a CA file it cannot use ends the agent at once.
+pub struct Endpoint {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Endpoint {
+    pub fn new(
+        server: &str,
+        ca_cert: Option<&Path>,
+    ) -> Result<Endpoint, Box<dyn std::error::Error + Send + Sync>> {
+        let url = tls::server_url(server)?;
+        let tls = tls::client_config(&url, ca_cert)?;
+        let base = server.trim_end_matches('/').to_string();
+        if tls::is_cleartext_over_a_network(&url) {
+            tracing::warn!(
+                "--server {base} is plain HTTP: this agent's token, the commands it runs and the \
+                 jobs' secrets cross the network unencrypted; put the server behind a TLS proxy \
+                 and use https:// (README, \"TLS\")"
+            );
+        }
+        if ca_cert.is_some() && url.scheme() == "http" {
+            tracing::warn!("--ca-cert is not used: --server {base} is plain HTTP");
+        }
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("ferrocd-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("the agent's HTTP client cannot be built: {e}"))?;
+        Ok(Endpoint { base, http })
+    }
 }
 
 pub struct Client {
@@ -55,21 +93,14 @@ pub enum Registered {
 
 impl Client {
     pub fn new(
-        server: &str,
+        endpoint: Endpoint,
         registration_key: Option<String>,
         facts: MachineFacts,
         store: IdentityStore,
-    ) -> Result<Client, Box<dyn std::error::Error + Send + Sync>> {
-        let base = server.trim_end_matches('/').to_string();
-        reqwest::Url::parse(&base).map_err(|e| format!("--server {server}: {e}"))?;
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("ferrocd-agent/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Client {
-            http,
-            base,
+    ) -> Client {
+        Client {
+            http: endpoint.http,
+            base: endpoint.base,
             registration_key: registration_key.filter(|k| !k.is_empty()),
             facts,
             store,
@@ -80,7 +111,7 @@ impl Client {
             reauth: tokio::sync::Mutex::new(()),
             fatal: CancellationToken::new(),
             fatal_error: Mutex::new(None),
-        })
+        }
     }
 
     pub fn base(&self) -> &str {
@@ -119,7 +150,8 @@ impl Client {
     }
 
     /// Registers at start: with the identity saved in the work dir (re-registration, which
-    /// needs its token) or as a new agent. Retries while the server is unreachable.
+    /// needs its token) or as a new agent. Retries while the server is unreachable; a
+    /// certificate the agent does not trust ends it with the reason.
     pub async fn register_at_start(
         &self,
         shutdown: &CancellationToken,
@@ -161,6 +193,12 @@ impl Client {
                 tracing::error!("{message}");
                 Err(message.into())
             }
+            Err(ApiError::Tls(tls)) => Err(format!(
+                "cannot connect securely to {}: {tls}. If its certificate comes from a private \
+                 CA, name that CA with --ca-cert FILE (FERROCD_AGENT_CA_CERT)",
+                self.base
+            )
+            .into()),
             Err(error) => Err(format!("registration failed: {error}").into()),
         }
     }
@@ -394,7 +432,8 @@ fn parse_work(value: Value) -> Result<WorkOffer, ApiError> {
     }
 }
 
-/// A transport error with its causes ("error sending request" alone says little).
+/// A transport error with its causes ("error sending request" alone says little); a TLS
+/// failure is told apart, as retrying the same handshake meets the same certificate.
 fn transport(error: reqwest::Error) -> ApiError {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(&error);
@@ -405,6 +444,9 @@ fn transport(error: reqwest::Error) -> ApiError {
             text.push_str(&cause_text);
         }
         source = cause.source();
+    }
+    if tls::tls_failure(&error).is_some() {
+        return ApiError::Tls(text);
     }
     ApiError::Transport(text)
 }

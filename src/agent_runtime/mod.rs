@@ -3,6 +3,9 @@
 //! - `identity`: the uuid and token kept in `--work-dir/agent.json` (restarts keep the agent's
 //!   identity), a lock so two agents never share one work dir, and the facts registered.
 //! - `client`: the protocol calls, re-registration after a 401, retries with back-off.
+//! - `tls`: the `--server` URLs accepted (`http://`, `https://`) and the TLS of `https://`
+//!   ones (system roots plus `--ca-cert`); a URL, CA file or certificate the agent cannot use
+//!   ends it at start with the reason.
 //! - `runner` + `process`: one job at a time; each task a process group in
 //!   `WORK_DIR/pipelines/PIPELINE`, stdout and stderr merged into one ordered byte stream.
 //! - `console`: the one uploader per build, batching and resyncing by byte offset.
@@ -19,6 +22,7 @@ mod identity;
 mod process;
 mod retry;
 mod runner;
+mod tls;
 pub(crate) mod wire;
 
 use std::path::PathBuf;
@@ -28,7 +32,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentArgs;
-use client::{Client, Registered};
+use client::{Client, Endpoint, Registered};
 use identity::{IdentityStore, MachineFacts};
 use retry::Backoff;
 use runner::Stops;
@@ -57,6 +61,7 @@ type Shared = Arc<Mutex<Option<Current>>>;
 
 /// Runs the agent until `shutdown` fires (then `Ok`) or it cannot go on (then the error).
 pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> Result<(), BoxError> {
+    let endpoint = Endpoint::new(&args.server, args.ca_cert.as_deref())?;
     let work_dir = absolute(&args.work_dir)?;
     let store = IdentityStore::open(&work_dir)?;
     let facts = MachineFacts::gather(
@@ -68,11 +73,11 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> Result<(), Box
     )
     .await;
     let client = Arc::new(Client::new(
-        &args.server,
+        endpoint,
         args.registration_key.clone(),
         facts,
         store,
-    )?);
+    ));
     match client.register_at_start(&shutdown).await? {
         Registered::Ok {
             agent_config_state, ..

@@ -23,6 +23,9 @@ pub enum ApiError {
     },
     /// A success status with a body the agent cannot read.
     Decode(String),
+    /// The TLS handshake failed: a certificate the agent does not trust, or a server that
+    /// does not speak TLS on an `https://` URL. Retrying meets the same certificate.
+    Tls(String),
 }
 
 impl ApiError {
@@ -31,7 +34,7 @@ impl ApiError {
         match self {
             ApiError::Transport(_) => true,
             ApiError::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
-            ApiError::Decode(_) => false,
+            ApiError::Decode(_) | ApiError::Tls(_) => false,
         }
     }
 }
@@ -44,6 +47,7 @@ impl fmt::Display for ApiError {
                 status, message, ..
             } => write!(f, "the server answered {status}: {message}"),
             ApiError::Decode(e) => write!(f, "unreadable answer from the server: {e}"),
+            ApiError::Tls(e) => write!(f, "no secure connection to the server: {e}"),
         }
     }
 }
@@ -207,6 +211,7 @@ mod tests {
         assert!(!status(403).is_transient());
         assert!(!status(404).is_transient());
         assert!(!ApiError::Decode("x".into()).is_transient());
+        assert!(!ApiError::Tls("invalid peer certificate: UnknownIssuer".into()).is_transient());
     }
 
     #[tokio::test]

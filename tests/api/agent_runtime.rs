@@ -15,11 +15,11 @@ use tempfile::TempDir;
 
 use crate::helpers::{Registered, TestApp, eventually, spawn_app_with};
 
-const KEY: &str = "agent-runtime-key";
+pub(crate) const KEY: &str = "agent-runtime-key";
 
 /// A running `ferrocd agent`; stopped (SIGTERM, then SIGKILL) when dropped. Its log is
 /// printed if the test failed.
-struct AgentProcess {
+pub(crate) struct AgentProcess {
     child: Option<Child>,
     work_dir: PathBuf,
     log: PathBuf,
@@ -38,6 +38,29 @@ impl AgentProcess {
         log_dir: &TempDir,
         key_in_env: bool,
     ) -> AgentProcess {
+        let mut command = Self::command(&app.base, work_dir);
+        if key_in_env {
+            command.env("FERROCD_AGENT_REGISTRATION_KEY", KEY);
+        } else {
+            command.arg("--registration-key").arg(KEY);
+        }
+        Self::spawn(command, work_dir, log_dir)
+    }
+
+    /// `ferrocd agent --server SERVER --work-dir WORK_DIR`, for a test to add flags to.
+    pub(crate) fn command(server: &str, work_dir: &Path) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ferrocd"));
+        command
+            .arg("agent")
+            .arg("--server")
+            .arg(server)
+            .arg("--work-dir")
+            .arg(work_dir);
+        command
+    }
+
+    /// Runs `command`, its stdout and stderr going to a log in `log_dir`.
+    pub(crate) fn spawn(mut command: Command, work_dir: &Path, log_dir: &TempDir) -> AgentProcess {
         let log = log_dir
             .path()
             .join(format!("agent-{}.log", std::process::id()));
@@ -46,18 +69,6 @@ impl AgentProcess {
             .append(true)
             .open(&log)
             .expect("agent log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ferrocd"));
-        command
-            .arg("agent")
-            .arg("--server")
-            .arg(&app.base)
-            .arg("--work-dir")
-            .arg(work_dir);
-        if key_in_env {
-            command.env("FERROCD_AGENT_REGISTRATION_KEY", KEY);
-        } else {
-            command.arg("--registration-key").arg(KEY);
-        }
         let child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -72,8 +83,18 @@ impl AgentProcess {
         }
     }
 
+    /// What the agent has logged so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The agent's exit status once it has exited by itself; `None` while it runs.
+    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
     /// The identity the agent saved in its work dir.
-    fn identity(&self) -> Option<(String, String)> {
+    pub(crate) fn identity(&self) -> Option<(String, String)> {
         let text = std::fs::read_to_string(self.work_dir.join("agent.json")).ok()?;
         let value: Value = serde_json::from_str(&text).ok()?;
         Some((
@@ -87,7 +108,7 @@ impl AgentProcess {
     }
 
     /// SIGTERM, then waits for the exit (SIGKILL after `patience`).
-    fn stop(&mut self, patience: Duration) -> Option<std::process::ExitStatus> {
+    pub(crate) fn stop(&mut self, patience: Duration) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
         // SAFETY: signalling our own child process.
         unsafe {
@@ -112,7 +133,7 @@ impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(3));
         if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let log = self.log();
             eprintln!("---- agent log ----\n{log}---- end of agent log ----");
         }
     }
@@ -147,7 +168,7 @@ async fn start_agent_keyed(
 }
 
 /// Waits until the run is Completed and returns it.
-async fn completed(app: &TestApp, build_id: i64) -> Value {
+pub(crate) async fn completed(app: &TestApp, build_id: i64) -> Value {
     eventually(&format!("build {build_id} completes"), || async {
         let (status, run) = app.get_json(&format!("/api/builds/{build_id}")).await;
         (status == 200 && run["state"] == "Completed").then_some(run)

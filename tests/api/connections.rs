@@ -192,7 +192,7 @@ async fn a_connection_past_the_cap_is_answered_503_with_a_message_and_closed() {
     wait_closed(&mut third, "the refused connection").await;
 
     // An ordinary client reads the refusal as an answer, not as a broken connection.
-    let refused = reqwest::Client::new()
+    let refused = crate::helpers::http_client()
         .get(app.url("/api/health"))
         .send()
         .await
@@ -216,7 +216,7 @@ async fn a_connection_past_the_cap_is_answered_503_with_a_message_and_closed() {
 async fn open_stream(api: &Api, path: &str) -> Result<reqwest::Response, (u16, Value)> {
     let response = tokio::time::timeout(
         DEADLINE,
-        reqwest::Client::new()
+        crate::helpers::http_client()
             .get(api.url(path))
             .header("Accept", "text/event-stream")
             .send(),

@@ -19,6 +19,15 @@ use tokio_util::sync::CancellationToken;
 /// Long enough for a loaded CI machine; conditions are polled, never slept for.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// The tests' HTTP client. reqwest is built with rustls but no crypto provider of its own
+/// (the agent names ring in its client, src/agent_runtime/tls.rs), and a client built with
+/// neither panics; so the test process installs ring as its default first.
+pub fn http_client() -> reqwest::Client {
+    // An error only says another test installed it already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 pub struct TestApp {
     api: Api,
     pub state: AppState,
@@ -221,7 +230,7 @@ impl Api {
     pub fn new(base: String) -> Api {
         Api {
             base,
-            client: reqwest::Client::new(),
+            client: http_client(),
             headers: Vec::new(),
         }
     }
@@ -253,6 +262,7 @@ impl Api {
     /// A client that shows redirects instead of following them (the login flow).
     pub fn without_redirects(&self) -> Api {
         let mut api = self.clone();
+        let _ = rustls::crypto::ring::default_provider().install_default();
         api.client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -617,9 +627,7 @@ pub struct SseClient {
 
 impl SseClient {
     pub async fn connect(url: &str, last_event_id: Option<&str>) -> SseClient {
-        let mut request = reqwest::Client::new()
-            .get(url)
-            .header("Accept", "text/event-stream");
+        let mut request = http_client().get(url).header("Accept", "text/event-stream");
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }

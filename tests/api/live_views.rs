@@ -17,7 +17,7 @@ struct RawStream {
 
 impl RawStream {
     async fn open(app: &TestApp, path: &str) -> RawStream {
-        let response = reqwest::Client::new()
+        let response = http_client()
             .get(app.url(path))
             .header("Accept", "text/event-stream")
             .send()

@@ -171,7 +171,7 @@ impl Driver {
     /// Polls `GET /status` until chromedriver says it is ready (`true`), or it exited
     /// (`false`); panics at the deadline with its log.
     async fn wait_ready(&mut self, log_path: &Path) -> bool {
-        let client = reqwest::Client::new();
+        let client = crate::helpers::http_client();
         let deadline = Instant::now() + DRIVER_STARTUP;
         loop {
             if let Ok(Some(_)) = self.child.try_wait() {
