@@ -4,9 +4,14 @@
 //!
 //! Every call after registration carries `Authorization: Bearer TOKEN`. A `401` means the server
 //! no longer knows the token (an admin deleted the agent): the client re-registers once with
-//! its uuid and token, as a GoCD agent does, and repeats the call. If that re-registration is
-//! refused with `409` the identity is lost for good: the client fires its `fatal` token and the
-//! agent stops instead of quietly becoming someone else.
+//! its uuid and token, as a GoCD agent does, and repeats the call.
+//!
+//! A `409` to a re-registration (at start or after a 401) means the server knows the uuid but
+//! not the token: the uuid was taken over, or the agent was deleted and the server keeps it
+//! refused until an administrator approves it. The agent neither stops nor quietly registers
+//! as someone else: it keeps its identity, says so loudly, and asks again, backing off from
+//! [`REFUSED_RETRY_MIN`] to [`REFUSED_RETRY_MAX`], until the server takes it back or the agent
+//! is stopped. Meanwhile the calls that need the identity fail with that `409` at once.
 
 use std::path::Path;
 use std::sync::{Mutex, RwLock};
@@ -18,7 +23,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::identity::{Identity, IdentityStore, MachineFacts};
-use super::retry::{ApiError, retry};
+use super::retry::{ApiError, Backoff, retry};
 use super::tls;
 use super::wire::{
     BuildId, ConsoleAck, JobResult, JobState, PingReply, RegisterReply, Work, WorkOffer,
@@ -27,10 +32,22 @@ use super::wire::{
 /// Longest wait for any one request (a hung server must not hang the agent).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A registration the server refused (`409`) is asked again after these delays, doubling.
+pub const REFUSED_RETRY_MIN: Duration = Duration::from_secs(1);
+pub const REFUSED_RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// The identity in use; `generation` grows with every new token.
 struct Auth {
     identity: Option<Identity>,
     generation: u64,
+}
+
+/// While the server refuses this agent's identity: when to ask again, and the refusal that
+/// calls get until then (so a refused agent does not re-register on every ping).
+struct Refusal {
+    backoff: Backoff,
+    next_try: tokio::time::Instant,
+    answer: ApiError,
 }
 
 /// The server's base URL and an HTTP client for it, checked before the agent touches its
@@ -78,6 +95,7 @@ pub struct Client {
     auth: RwLock<Auth>,
     /// Serializes re-registrations (pinger and work loop may both see a 401).
     reauth: tokio::sync::Mutex<()>,
+    refusal: Mutex<Option<Refusal>>,
     fatal: CancellationToken,
     fatal_error: Mutex<Option<String>>,
 }
@@ -109,6 +127,7 @@ impl Client {
                 generation: 0,
             }),
             reauth: tokio::sync::Mutex::new(()),
+            refusal: Mutex::new(None),
             fatal: CancellationToken::new(),
             fatal_error: Mutex::new(None),
         }
@@ -127,7 +146,8 @@ impl Client {
         auth.identity.as_ref().map(|i| i.uuid.clone())
     }
 
-    /// Fires when the agent cannot go on (its identity was refused).
+    /// Fires when the agent cannot go on (its registration key was refused, or its identity
+    /// cannot be saved).
     pub fn fatal(&self) -> &CancellationToken {
         &self.fatal
     }
@@ -150,8 +170,9 @@ impl Client {
     }
 
     /// Registers at start: with the identity saved in the work dir (re-registration, which
-    /// needs its token) or as a new agent. Retries while the server is unreachable; a
-    /// certificate the agent does not trust ends it with the reason.
+    /// needs its token) or as a new agent. Retries while the server is unreachable, and while
+    /// it refuses the saved identity (`409`); a refused key, a certificate the agent does not
+    /// trust or any other answer it cannot act on ends the agent with the reason.
     pub async fn register_at_start(
         &self,
         shutdown: &CancellationToken,
@@ -165,42 +186,102 @@ impl Client {
             ),
             None => tracing::info!("registering as a new agent with {}", self.base),
         }
-        let outcome = retry("registering", shutdown, || self.register(saved.as_ref())).await;
-        match outcome {
-            Ok(reply) => {
-                let state = reply.agent_config_state.clone().unwrap_or_default();
-                let uuid = reply.uuid.clone();
-                self.adopt(reply)?;
-                tracing::info!(%uuid, agent_config_state = %state, "registered with {}", self.base);
-                Ok(Registered::Ok {
-                    agent_config_state: state,
-                })
-            }
-            Err(_) if shutdown.is_cancelled() => Ok(Registered::Stopped),
-            Err(ApiError::Status { status: 403, .. }) => Err(format!(
-                "the server {} refused the agent registration key (403): check --registration-key",
-                self.base
-            )
-            .into()),
-            Err(error @ ApiError::Status { status: 409, .. }) if saved.is_some() => {
-                let uuid = saved.map(|s| s.uuid).unwrap_or_default();
-                let message = format!(
-                    "AGENT IDENTITY REFUSED: the server knows agent {uuid} but did not accept the \
-                     token saved in {} ({error}). Not registering as a new agent. Delete the agent \
-                     on the server and remove that file to register afresh.",
-                    self.store.path().display()
-                );
-                tracing::error!("{message}");
-                Err(message.into())
-            }
-            Err(ApiError::Tls(tls)) => Err(format!(
-                "cannot connect securely to {}: {tls}. If its certificate comes from a private \
-                 CA, name that CA with --ca-cert FILE (FERROCD_AGENT_CA_CERT)",
-                self.base
-            )
-            .into()),
-            Err(error) => Err(format!("registration failed: {error}").into()),
+        loop {
+            let outcome = retry("registering", shutdown, || self.register(saved.as_ref())).await;
+            let error = match outcome {
+                Ok(reply) => {
+                    let state = reply.agent_config_state.clone().unwrap_or_default();
+                    let uuid = reply.uuid.clone();
+                    self.adopt(reply)?;
+                    self.accepted();
+                    tracing::info!(%uuid, agent_config_state = %state, "registered with {}", self.base);
+                    return Ok(Registered::Ok {
+                        agent_config_state: state,
+                    });
+                }
+                Err(_) if shutdown.is_cancelled() => return Ok(Registered::Stopped),
+                Err(error) => error,
+            };
+            let uuid = saved.as_ref().map(|s| s.uuid.as_str());
+            let message = match (&error, uuid) {
+                (ApiError::Status { status: 409, .. }, Some(uuid)) => {
+                    let delay = self.refused(uuid, &error);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => return Ok(Registered::Stopped),
+                    }
+                    continue;
+                }
+                (ApiError::Status { status: 403, .. }, _) => format!(
+                    "the server {} refused the agent registration key (403): check \
+                     --registration-key",
+                    self.base
+                ),
+                (ApiError::Tls(tls), _) => format!(
+                    "cannot connect securely to {}: {tls}. If its certificate comes from a \
+                     private CA, name that CA with --ca-cert FILE (FERROCD_AGENT_CA_CERT)",
+                    self.base
+                ),
+                _ => format!("registration failed: {error}"),
+            };
+            return Err(message.into());
         }
+    }
+
+    /// Notes that the server refused to register agent `uuid` (`409`), says what that means
+    /// and what to do, and returns how long to wait before asking again.
+    fn refused(&self, uuid: &str, error: &ApiError) -> Duration {
+        let mut refusal = self.refusal.lock().expect("refusal lock");
+        let first = refusal.is_none();
+        let refusal = refusal.get_or_insert_with(|| Refusal {
+            backoff: Backoff::new(REFUSED_RETRY_MIN, REFUSED_RETRY_MAX),
+            next_try: tokio::time::Instant::now(),
+            answer: error.clone(),
+        });
+        let delay = refusal.backoff.next_delay();
+        refusal.next_try = tokio::time::Instant::now() + delay;
+        refusal.answer = error.clone();
+        if first {
+            tracing::warn!(
+                %uuid,
+                "AGENT IDENTITY REFUSED: registering agent {uuid} was answered {error}. Its uuid \
+                 was taken over, or its token no longer matches (the agent was deleted on the \
+                 server). An administrator must approve or enable agent {uuid} on the server. \
+                 The agent keeps the identity saved in {} and asks again in {}s, then at most \
+                 every {}s.",
+                self.store.path().display(),
+                delay.as_secs(),
+                REFUSED_RETRY_MAX.as_secs()
+            );
+        } else {
+            tracing::warn!(
+                %uuid,
+                "the server still refuses agent {uuid} ({error}); an administrator must approve \
+                 or enable it. Asking again in {}s.",
+                delay.as_secs()
+            );
+        }
+        delay
+    }
+
+    /// The server took the identity: no more refusal.
+    fn accepted(&self) {
+        if self.refusal.lock().expect("refusal lock").take().is_some() {
+            tracing::info!("the server accepts this agent's identity again");
+        }
+    }
+
+    /// While refused and not yet time to ask again: the refusal to answer with.
+    fn still_refused(&self) -> Option<ApiError> {
+        let refusal = self.refusal.lock().expect("refusal lock");
+        refusal
+            .as_ref()
+            .filter(|r| tokio::time::Instant::now() < r.next_try)
+            .map(|r| r.answer.clone())
+    }
+
+    fn is_refused(&self) -> bool {
+        self.refusal.lock().expect("refusal lock").is_some()
     }
 
     /// Takes a registration answer as the identity in use, saving it first.
@@ -241,7 +322,9 @@ impl Client {
         decode(response).await
     }
 
-    /// After a 401: re-register with the current identity, unless another caller already did.
+    /// After a 401: re-register with the current identity, unless another caller already did
+    /// or the server refused it a moment ago (then that refusal is the answer, until it is
+    /// time to ask again).
     async fn reauthenticate(&self, failed_generation: u64) -> Result<(), ApiError> {
         let _one_at_a_time = self.reauth.lock().await;
         let current = {
@@ -251,20 +334,24 @@ impl Client {
             }
             auth.identity.clone()
         };
-        tracing::warn!("the server no longer accepts this agent's token; re-registering");
+        if let Some(refusal) = self.still_refused() {
+            return Err(refusal);
+        }
+        if !self.is_refused() {
+            tracing::warn!("the server no longer accepts this agent's token; re-registering");
+        }
         match self.register(current.as_ref()).await {
             Ok(reply) => {
                 self.adopt(reply).map_err(|e| {
                     self.die(format!("cannot save the agent identity: {e}"));
                     ApiError::Transport(e.to_string())
                 })?;
+                self.accepted();
                 Ok(())
             }
             Err(error @ ApiError::Status { status: 409, .. }) => {
-                self.die(format!(
-                    "AGENT IDENTITY REFUSED: re-registering after a 401 was answered {error}; \
-                     the agent stops rather than register as someone else"
-                ));
+                let uuid = current.map(|i| i.uuid).unwrap_or_default();
+                self.refused(&uuid, &error);
                 Err(error)
             }
             Err(ApiError::Status { status: 403, .. }) => {

@@ -2,7 +2,9 @@
 //!
 //! - `identity`: the uuid and token kept in `--work-dir/agent.json` (restarts keep the agent's
 //!   identity), a lock so two agents never share one work dir, and the facts registered.
-//! - `client`: the protocol calls, re-registration after a 401, retries with back-off.
+//! - `client`: the protocol calls, re-registration after a 401, retries with back-off; a
+//!   re-registration the server refuses (`409`) is asked again until an administrator lets
+//!   the agent back, the agent keeping its identity meanwhile.
 //! - `tls`: the `--server` URLs accepted (`http://`, `https://`) and the TLS of `https://`
 //!   ones (system roots plus `--ca-cert`); a URL, CA file or certificate the agent cannot use
 //!   ends it at start with the reason.

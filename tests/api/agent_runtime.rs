@@ -693,3 +693,138 @@ async fn a_console_past_the_servers_cap_is_cut_with_a_line_and_the_job_runs_on()
     assert_eq!(stored.matches("console truncated").count(), 1);
     assert!(stored.len() < 4096 + 100, "{}", stored.len());
 }
+
+/// What registering agent `uuid` sends, as someone other than the agent would.
+fn registration_of(uuid: &str) -> Value {
+    json!({"uuid": uuid, "hostname": "impostor", "ip_address": "10.0.0.9",
+           "operating_system": "Linux", "sandbox": "/elsewhere", "free_space": 1,
+           "resources": [], "environments": [], "agent_version": "test"})
+}
+
+/// Re-registers agent `uuid` with `token` and uses the new token once, which retires `token`
+/// for good; the new token, or `None` if `token` was no longer the agent's.
+async fn take_over(app: &TestApp, uuid: &str, token: &str) -> Option<String> {
+    let stolen = Registered {
+        uuid: uuid.to_string(),
+        token: token.to_string(),
+    };
+    let reply = app.as_agent(&stolen).register(registration_of(uuid)).await;
+    if reply.status != 200 {
+        return None;
+    }
+    let new_token = reply.body["token"].as_str()?.to_string();
+    (ping_status(app, uuid, &new_token).await == 200).then_some(new_token)
+}
+
+/// Frees the uuid on the server, as an administrator would: disable, then delete.
+async fn delete_on_the_server(app: &TestApp, uuid: &str) {
+    app.patch_agent(uuid, json!({"agent_config_state": "Disabled"}))
+        .await
+        .expect(200);
+    app.delete_agent(uuid).await.expect(200);
+}
+
+/// Once the agent is back under `uuid` with a token other than `refused_token`, it takes work.
+async fn back_and_working(app: &TestApp, agent: &AgentProcess, uuid: &str, refused_token: &str) {
+    eventually("the agent registers again under its uuid", || async {
+        agent
+            .identity()
+            .filter(|(same, token)| same == uuid && token != refused_token)
+    })
+    .await;
+    // A deleted agent's uuid comes back Pending, key or not: an admin lets it back in.
+    let shown = app.agent(uuid).await;
+    assert_eq!(shown["agent_config_state"], "Pending", "{shown}");
+    app.patch_agent(uuid, json!({"agent_config_state": "Enabled"}))
+        .await
+        .expect(200);
+    eventually("the agent is listed Enabled again", || async {
+        let (status, body) = app.get_json(&format!("/api/agents/{uuid}")).await;
+        (status == 200 && body["agent_config_state"] == "Enabled").then_some(())
+    })
+    .await;
+    let build_id = app
+        .schedule_ok(
+            json!({"pipeline_name": "welcome-back", "stage_name": "s", "job_name": "j",
+               "tasks": [{"command": "true", "args": []}], "resources": []}),
+        )
+        .await;
+    let run = completed(app, build_id).await;
+    assert_eq!(run["result"], "Passed", "{run}");
+    assert_eq!(run["agent_uuid"], uuid, "{run}");
+}
+
+/// Waits until the agent has been refused at least twice (it asked again after the first
+/// 409), checking it is still running and still holds its identity.
+async fn refused_and_still_asking(agent: &mut AgentProcess, uuid: &str) {
+    eventually("the agent says its identity was refused", || async {
+        agent.log().contains("AGENT IDENTITY REFUSED").then_some(())
+    })
+    .await;
+    let log = agent.log();
+    assert!(
+        log.contains("An administrator must approve or enable agent"),
+        "{log}"
+    );
+    eventually("the agent asks again after the refusal", || async {
+        agent.log().contains("still refuses").then_some(())
+    })
+    .await;
+    assert_eq!(agent.exited(), None, "the agent exited after a 409");
+    let (kept, _) = agent.identity().expect("the identity file");
+    assert_eq!(kept, uuid, "the agent kept its uuid");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_refused_at_start_keeps_its_identity_and_asks_until_let_back() {
+    let app = app_with_key().await;
+    let work = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    // An identity the server no longer accepts: its token was retired by someone else.
+    let first = app.register("refused-at-start").await;
+    take_over(&app, &first.uuid, &first.token)
+        .await
+        .expect("the take-over");
+    std::fs::write(
+        work.path().join("agent.json"),
+        json!({"uuid": first.uuid, "token": first.token}).to_string(),
+    )
+    .unwrap();
+
+    let mut agent = AgentProcess::start(&app, work.path(), &logs);
+    refused_and_still_asking(&mut agent, &first.uuid).await;
+    assert_eq!(
+        agent.identity(),
+        Some((first.uuid.clone(), first.token.clone())),
+        "the refused identity is kept as it was"
+    );
+
+    delete_on_the_server(&app, &first.uuid).await;
+    back_and_working(&app, &agent, &first.uuid, &first.token).await;
+    assert!(
+        agent.log().contains("accepts this agent's identity again"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_refused_after_a_401_keeps_running_and_asks_until_let_back() {
+    let app = app_with_key().await;
+    let work = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let (mut agent, uuid) = start_agent(&app, work.path(), &logs).await;
+
+    // Someone takes the identity over while the agent runs. The agent may win a round (its
+    // next ping's 401 re-registers it with the token just replaced, which still counts once):
+    // then the take-over goes again with the token it got.
+    let agent_token = eventually("the identity is taken over", || async {
+        let (_, token) = agent.identity()?;
+        take_over(&app, &uuid, &token).await.map(|_| token)
+    })
+    .await;
+    refused_and_still_asking(&mut agent, &uuid).await;
+
+    delete_on_the_server(&app, &uuid).await;
+    back_and_working(&app, &agent, &uuid, &agent_token).await;
+}
