@@ -472,3 +472,29 @@ async fn a_quiet_stream_sends_a_keepalive_comment_within_fifteen_seconds() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn api_events_follows_only_agents_and_builds_that_exist() {
+    let app = spawn_app().await;
+    let nobody = "6f1d3c1e-0000-4000-8000-000000000000";
+    let (status, body) = app
+        .get_json(&format!("/api/events?topics=agents:updates,agent_job_runs:{nobody}"))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(message(&body).contains(nobody), "{body}");
+    let (status, body) = app
+        .get_json("/api/events?topics=agent_job_run_console:424242")
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(message(&body).contains("agent_job_run_console:424242"), "{body}");
+
+    let agent = app.register("real").await;
+    let build = app.schedule_job("p", "j").await;
+    let mut stream = app
+        .subscribe(&format!(
+            "/api/events?topics=agent_job_runs:{},agent_job_run_console:{build}",
+            agent.uuid
+        ))
+        .await;
+    assert_eq!(stream.next().await.unwrap().event, "ready");
+}

@@ -72,6 +72,9 @@ async fn events(
     slot: sse::StreamSlot,
 ) -> Result<Response> {
     let topics = parse_topics(query.topics.as_deref().unwrap_or_default())?;
+    for topic in &topics {
+        require_subject(&state, topic).await?;
+    }
     // Attach to every topic's view before saying `ready`, so nothing published after it is
     // missed.
     let mut followed = Vec::with_capacity(topics.len());
@@ -111,6 +114,20 @@ async fn events(
             }
         }));
     Ok(sse::response(frames, slot, state.shutdown.clone()))
+}
+
+/// A topic about one agent or build is followed only while that thing exists: a view (and a
+/// channel) per made-up id would let anyone fill the server's memory.
+async fn require_subject(state: &AppState, topic: &Topic) -> Result<()> {
+    let found = match topic {
+        Topic::AgentsUpdates | Topic::SchedulerUpdates => return Ok(()),
+        Topic::AgentJobRuns(uuid) => state.agents.get(*uuid).await.map(|_| ()),
+        Topic::AgentJobRunConsole(build_id) => state.job_runs.get(*build_id).await.map(|_| ()),
+    };
+    found.map_err(|error| match error {
+        Error::NotFound(what) => Error::Unprocessable(format!("topics: {topic}: {what}")),
+        other => other,
+    })
 }
 
 fn parse_topics(raw: &str) -> Result<Vec<Topic>> {
