@@ -116,6 +116,12 @@ impl Application {
         log_file_limit(config.max_connections);
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+        // The database in it holds job secrets: nobody but the server's user may look in.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| format!("cannot restrict data dir {}: {e}", config.data_dir.display()))?;
+        }
         let (hub, publisher) = events::hub();
         let db = Db::connect(&config.database_url, publisher).await?;
         let accounts = Accounts::new(

@@ -101,3 +101,18 @@ async fn an_agent_not_heard_from_since_a_restart_is_missing() {
     assert_eq!(api.agent(&agent.uuid).await["agent_state"], "Idle");
     second.stop().await;
 }
+
+#[tokio::test]
+async fn the_data_dir_and_the_database_are_the_owners_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = spawn_app().await;
+    app.register("secretive").await;
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(app.data_dir()), 0o700, "the data dir");
+    let db = app.data_dir().join("ferrocd.db");
+    assert_eq!(mode(&db), 0o600, "the database");
+    let wal = app.data_dir().join("ferrocd.db-wal");
+    if wal.exists() {
+        assert_eq!(mode(&wal), 0o600, "its write-ahead log");
+    }
+}
