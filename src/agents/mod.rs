@@ -142,14 +142,13 @@ impl Agents {
             _ => false,
         };
         let hostname = required_text("hostname", &registration.hostname)?;
-        for (field, value, max) in [
-            ("ip_address", &registration.ip_address, 255),
-            ("operating_system", &registration.operating_system, 255),
-            ("agent_version", &registration.agent_version, 255),
-            ("sandbox", &registration.sandbox, 1024),
-        ] {
-            bounded_text(field, value, max)?;
-        }
+        let registration = Registration {
+            ip_address: bounded_text("ip_address", &registration.ip_address, 255)?,
+            operating_system: bounded_text("operating_system", &registration.operating_system, 255)?,
+            agent_version: bounded_text("agent_version", &registration.agent_version, 255)?,
+            sandbox: bounded_text("sandbox", &registration.sandbox, 1024)?,
+            ..registration
+        };
         let resources = names("resources", &registration.resources, NameKind::Resource)?;
         let environments = names(
             "environments",

@@ -170,7 +170,7 @@ pub fn admin_config_state(state: ConfigState) -> Checked<ConfigState> {
 
 /// A required one-line text (a hostname): trimmed, not empty, at most 255 characters.
 pub fn required_text(field: &str, value: &str) -> Checked<String> {
-    let value = value.trim();
+    let value = visible(value.trim());
     if value.is_empty() {
         return Err(Rejection::Invalid(format!("{field}: must not be empty")));
     }
@@ -182,14 +182,23 @@ pub fn required_text(field: &str, value: &str) -> Checked<String> {
     Ok(value.to_string())
 }
 
-/// At most `max` characters.
-pub fn bounded_text(field: &str, value: &str, max: usize) -> Checked<()> {
+/// At most `max` characters, control characters shown as U+FFFD.
+pub fn bounded_text(field: &str, value: &str, max: usize) -> Checked<String> {
     if value.chars().count() > max {
         return Err(Rejection::Invalid(format!(
             "{field}: at most {max} characters"
         )));
     }
-    Ok(())
+    Ok(visible(value))
+}
+
+/// An agent's text as it is stored: control characters (a NUL, an escape, a carriage return;
+/// a tab excepted) become U+FFFD, so the API, the pages and the streams all show the same,
+/// valid, text.
+pub fn visible(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() && c != '\t' { '\u{FFFD}' } else { c })
+        .collect()
 }
 
 /// What a list of names holds: GoCD's resources or environments.

@@ -420,7 +420,11 @@ async fn a_hostile_hostname_registers_and_is_escaped_on_the_agents_page() {
     let (status, body) = app.register_with(agent_body(hostname), None).await;
     assert_eq!(status, 201, "{body}");
     let agent = Registered::from_body(&body);
-    assert_eq!(app.agent(&agent.uuid).await["hostname"], hostname);
+    // A control character is stored as U+FFFD: the API, the pages and the streams agree.
+    assert_eq!(
+        app.agent(&agent.uuid).await["hostname"],
+        "evil<script>alert(1)</script>\u{FFFD}host"
+    );
 
     let page = app.get("/agents").await;
     assert_eq!(page.status, 200);
@@ -431,4 +435,19 @@ async fn a_hostile_hostname_registers_and_is_escaped_on_the_agents_page() {
     );
     assert!(html.contains("&lt;script&gt;"), "escaped: {html}");
     assert!(!html.contains("<script>alert"), "never raw: {html}");
+}
+
+#[tokio::test]
+async fn control_characters_in_agent_fields_become_replacement_characters_but_tabs_stay() {
+    let app = spawn_app().await;
+    let mut body = agent_body("nul\u{0}esc\u{1b}[31mtab\there");
+    body["operating_system"] = json!("Linux\u{7}");
+    let (status, body) = app.register_with(body, None).await;
+    assert_eq!(status, 201, "{body}");
+    let shown = app.agent(body["uuid"].as_str().unwrap()).await;
+    assert_eq!(shown["hostname"], "nul\u{FFFD}esc\u{FFFD}[31mtab\there");
+    assert_eq!(shown["operating_system"], "Linux\u{FFFD}");
+    let page = app.get("/agents").await.text();
+    assert!(!page.contains('\u{0}'), "no NUL reaches the page");
+    assert!(page.contains("nul\u{FFFD}esc"), "the page says what the API says");
 }

@@ -257,7 +257,7 @@ async fn a_hostname_with_markup_and_a_carriage_return_is_escaped_and_the_stream_
     assert!(
         table
             .data
-            .contains("evil&lt;script&gt;alert(1)&lt;/script&gt;&#13;line"),
+            .contains("evil&lt;script&gt;alert(1)&lt;/script&gt;\u{FFFD}line"),
         "{}",
         table.data
     );
