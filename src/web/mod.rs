@@ -68,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         // Each route's guard (`auth::guard`) finds the state here.
         .layer(Extension(state.clone()))
         .layer(axum::middleware::from_fn(same_origin::refuse_cross_site))
+        .layer(axum::middleware::from_fn(error_shapes))
         // No page may be framed (a framed Delete button could be clicked for the viewer), no
         // answer sniffed into something active, and a page runs only our own files.
         .layer(SetResponseHeaderLayer::if_not_present(
@@ -84,6 +85,53 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Every error comes in the shape its caller reads: JSON `{"message"}` from the API, a page
+/// from the site. Ours already do; axum's own rejections (a path that is not UTF-8, a query
+/// that does not parse, a method a route does not answer, a page that does not exist) come
+/// as plain text or nothing, and are reshaped here, keeping their status and headers.
+async fn error_shapes(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let path = request.uri().path();
+    let api = path.starts_with("/api/") || path.starts_with("/go/api/") || path == "/api";
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let shaped = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.starts_with("application/json")
+                || t.starts_with("text/html")
+                || t.starts_with("text/event-stream")
+        });
+    if shaped {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let reshaped = if api {
+        (status, Json(json!({ "message": message }))).into_response()
+    } else {
+        pages::error_page(status, &message)
+    };
+    let (new_parts, body) = reshaped.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for (name, value) in new_parts.headers.iter() {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    Response::from_parts(parts, body)
 }
 
 impl Error {

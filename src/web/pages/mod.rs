@@ -50,20 +50,31 @@ impl IntoResponse for PageError {
         if status.is_server_error() {
             tracing::error!(error = %self.0, "page failed");
         }
-        let title = status.canonical_reason().unwrap_or("Error");
-        let body = html! {
-            div.page-title { h1 { (title) } }
-            section.card.error-page {
-                p { (self.0.public_message()) }
-                p { a href="/agents" { "Back to the agents" } }
-            }
-        };
-        (
-            status,
-            layout::page(None, title, layout::Section::None, &[], body),
-        )
-            .into_response()
+        let mut response = error_page(status, &self.0.public_message());
+        if let Error::TooManyRequests { retry_after, .. } = &self.0 {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, (*retry_after).into());
+        }
+        response
     }
+}
+
+/// A page saying what went wrong, with `status`.
+pub fn error_page(status: axum::http::StatusCode, message: &str) -> Response {
+    let title = status.canonical_reason().unwrap_or("Error");
+    let body = html! {
+        div.page-title { h1 { (title) } }
+        section.card.error-page {
+            p { (message) }
+            p { a href="/agents" { "Back to the agents" } }
+        }
+    };
+    (
+        status,
+        layout::page(None, title, layout::Section::None, &[], body),
+    )
+        .into_response()
 }
 
 /// A page form's fields (`application/x-www-form-urlencoded`, as a browser posts a form):

@@ -17,7 +17,7 @@ use super::layout::{Section, page};
 use crate::AppState;
 use crate::error::{Error, Result};
 use crate::job_runs::JobRuns;
-use crate::web::api::build_id;
+use crate::web::api::{ApiQuery, build_id};
 use crate::web::auth::{Credential, CurrentUser};
 use crate::domain::user::User;
 use crate::web::routes::Routes;
@@ -193,15 +193,27 @@ struct EventsQuery {
 async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<EventsQuery>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
     headers: HeaderMap,
     slot: sse::StreamSlot,
 ) -> Result<Response> {
     let id = build_id(&id)?;
+    // A resume point that cannot be read would silently restart the log from 0.
     let last_event_id = headers
         .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<i64>().ok());
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .filter(|offset| *offset >= 0)
+                .ok_or_else(|| {
+                    Error::Unprocessable(format!(
+                        "Last-Event-ID: expected a byte offset (0 or more), got {:?}",
+                        String::from_utf8_lossy(v.as_bytes())
+                    ))
+                })
+        })
+        .transpose()?;
     let from = last_event_id.or(q.from).unwrap_or(0);
     let (view, changes) = live::attach(&state, id).await?;
     let stream = live::connection_stream(state.clone(), id, view, changes, from);
