@@ -210,7 +210,8 @@ pub fn session_secret(headers: &HeaderMap) -> Option<&str> {
         .filter(|value| !value.is_empty())
 }
 
-/// Where the request came from: the peer, or what the trusted proxy says the client was.
+/// Where the request came from: the peer, or what the trusted proxy says the client was
+/// (0.0.0.0 when the router runs without a peer address: such callers share one count).
 pub fn client_address(state: &AppState, extensions: &Extensions, headers: &HeaderMap) -> IpAddr {
     let peer = extensions
         .get::<ConnectInfo<SocketAddr>>()

@@ -8,12 +8,12 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -78,10 +78,6 @@ pub struct StreamSlots {
     cap: usize,
     open: Mutex<HashMap<IpAddr, usize>>,
 }
-
-/// Where a request's peer is unknown (the router served without `web::serve`, which always
-/// sets `ConnectInfo`): such streams share one count rather than escaping the cap.
-const UNKNOWN_PEER: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
 
 impl StreamSlots {
     pub fn new(cap: usize) -> Arc<StreamSlots> {
@@ -151,10 +147,8 @@ impl FromRequestParts<AppState> for StreamSlot {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(UNKNOWN_PEER, |ConnectInfo(address)| address.ip());
+        // Behind the trusted proxy, each browser is the address the proxy vouches for.
+        let peer = crate::web::auth::client_address(state, &parts.extensions, &parts.headers);
         state.stream_slots.take(peer)
     }
 }

@@ -368,3 +368,41 @@ async fn the_tokens_page_shows_a_new_token_once_and_revokes_it() {
         .await;
     assert_eq!(untyped.status, 415, "a form must say it is one");
 }
+
+#[tokio::test]
+async fn behind_the_trusted_proxy_the_cookie_is_secure_and_each_client_is_its_own_address() {
+    let app = spawn_team_app_with(|c| c.trusted_proxy = Some("127.0.0.1".parse().unwrap())).await;
+    let proxied = |client: &str| {
+        app.without_redirects()
+            .with_header("X-Forwarded-Proto", "https")
+            .with_header("X-Forwarded-For", client)
+    };
+    let login = |api: Api, password: &'static str| async move {
+        api.send(
+            api.client
+                .post(api.url("/auth/login"))
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(format!("username=bob&password={password}")),
+        )
+        .await
+    };
+    let ok = login(proxied("10.0.0.1"), "bob-secret").await;
+    assert_eq!(ok.status, 303);
+    assert!(ok.header("set-cookie").contains("; Secure"), "{}", ok.header("set-cookie"));
+    for _ in 0..3 {
+        assert_eq!(login(proxied("10.0.0.2"), "guess").await.status, 401);
+    }
+    assert_eq!(login(proxied("10.0.0.2"), "bob-secret").await.status, 429, "that client waits");
+    assert_eq!(login(proxied("10.0.0.3"), "bob-secret").await.status, 303, "another does not");
+
+    // Without the proxy in front, the headers mean nothing.
+    let direct = spawn_team_app().await;
+    let reply = login(
+        direct
+            .without_redirects()
+            .with_header("X-Forwarded-Proto", "https"),
+        "bob-secret",
+    )
+    .await;
+    assert!(!reply.header("set-cookie").contains("Secure"));
+}
