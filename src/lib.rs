@@ -6,8 +6,8 @@
 
 pub mod accounts;
 pub mod agent_runtime;
-pub mod audit;
 pub mod agents;
+pub mod audit;
 pub mod config;
 pub mod db;
 pub mod domain;
@@ -26,8 +26,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::accounts::Accounts;
-use crate::audit::Audit;
 use crate::agents::Agents;
+use crate::audit::Audit;
 use crate::config::Config;
 use crate::db::Db;
 use crate::events::Hub;
@@ -35,11 +35,11 @@ use crate::job_runs::JobRuns;
 use crate::scheduler::Scheduler;
 use crate::web::api::events::TopicViews;
 use crate::web::hosts::AllowedHosts;
-use crate::web::rate_limit::RateLimit;
 use crate::web::live::RenderCounts;
 use crate::web::pages::agents::AgentsView;
 use crate::web::pages::build::ConsoleViews;
 use crate::web::pages::runs::RunsViews;
+use crate::web::rate_limit::RateLimit;
 use crate::web::serve::Limits;
 use crate::web::sse::StreamSlots;
 
@@ -120,7 +120,12 @@ impl Application {
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| format!("cannot restrict data dir {}: {e}", config.data_dir.display()))?;
+                .map_err(|e| {
+                    format!(
+                        "cannot restrict data dir {}: {e}",
+                        config.data_dir.display()
+                    )
+                })?;
         }
         let (hub, publisher) = events::hub();
         let db = Db::connect(&config.database_url, publisher).await?;

@@ -8,7 +8,9 @@ use crate::agents;
 use crate::audit;
 use crate::db::{Db, WriteTx};
 use crate::domain::agent::{Agent, AgentState, ConfigState};
-use crate::domain::job_run::{Cancel, JobResult, JobRun, JobState, NewJob, Report, Requirements, check_report};
+use crate::domain::job_run::{
+    Cancel, JobResult, JobRun, JobState, NewJob, Report, Requirements, check_report,
+};
 use crate::error::Result;
 use crate::events::{DomainEvent, Topic};
 use crate::job_runs::{self, store::NewRun};

@@ -163,7 +163,11 @@ impl Accounts {
     }
 
     /// A new token for `user`; the secret is in the answer this once.
-    pub async fn create_token(&self, user: &User, description: &str) -> Result<(AccessToken, String)> {
+    pub async fn create_token(
+        &self,
+        user: &User,
+        description: &str,
+    ) -> Result<(AccessToken, String)> {
         let description = token_description(description)?;
         let secret = format!("{TOKEN_PREFIX}{}", random_token());
         let mut tx = self.inner.db.begin().await?;

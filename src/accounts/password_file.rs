@@ -164,11 +164,10 @@ impl PasswordFile {
             return false;
         };
         let password = password.to_string();
-        let good = tokio::task::spawn_blocking(move || {
-            bcrypt::verify(password, &hash).unwrap_or(false)
-        })
-        .await
-        .unwrap_or(false);
+        let good =
+            tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+                .await
+                .unwrap_or(false);
         if good {
             let mut verified = self.verified.lock().expect("verified lock");
             if verified.len() >= REMEMBER_AT_MOST {
@@ -192,7 +191,10 @@ mod tests {
         assert_eq!(users.len(), 1);
         assert!(users["alice"].starts_with("$2y$05$"));
         assert_eq!(warnings.len(), 3, "{warnings:?}");
-        assert!(warnings[0].starts_with("line 4: user \"bob\""), "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("line 4: user \"bob\""),
+            "{warnings:?}"
+        );
         assert!(warnings[1].starts_with("line 5"), "{warnings:?}");
         assert!(warnings[2].starts_with("line 6"), "{warnings:?}");
     }
@@ -213,10 +215,16 @@ mod tests {
         std::fs::write(&path, format!("alice:{other}\nbob:{hash}\n")).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !file.has_user("bob") {
-            assert!(Instant::now() < deadline, "the changed file was never re-read");
+            assert!(
+                Instant::now() < deadline,
+                "the changed file was never re-read"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(!file.verify("alice", "secret").await, "the old password is gone");
+        assert!(
+            !file.verify("alice", "secret").await,
+            "the old password is gone"
+        );
         assert!(file.verify("alice", "new").await);
         assert!(file.verify("bob", "secret").await);
     }

@@ -57,12 +57,6 @@ pub async fn touch_token(conn: Conn<'_>, id: i64, now: i64) -> Result<()> {
     backend!(conn, touch_token(id, now))
 }
 
-pub async fn revoke_token(
-    conn: Conn<'_>,
-    id: i64,
-    by: &str,
-    cause: &str,
-    now: i64,
-) -> Result<()> {
+pub async fn revoke_token(conn: Conn<'_>, id: i64, by: &str, cause: &str, now: i64) -> Result<()> {
     backend!(conn, revoke_token(id, by, cause, now))
 }

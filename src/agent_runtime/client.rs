@@ -467,11 +467,13 @@ impl Client {
                     .get("offset")
                     .and_then(Value::as_u64)
                     .ok_or_else(|| ApiError::Decode(format!("no \"offset\" in {ack}")))?;
-                Ok(if ack.get("truncated").and_then(Value::as_bool) == Some(true) {
-                    ConsoleAck::Truncated(offset)
-                } else {
-                    ConsoleAck::Stored(offset)
-                })
+                Ok(
+                    if ack.get("truncated").and_then(Value::as_bool) == Some(true) {
+                        ConsoleAck::Truncated(offset)
+                    } else {
+                        ConsoleAck::Stored(offset)
+                    },
+                )
             }
             Err(ApiError::Status {
                 status: 409,

@@ -144,7 +144,11 @@ impl Agents {
         let hostname = required_text("hostname", &registration.hostname)?;
         let registration = Registration {
             ip_address: bounded_text("ip_address", &registration.ip_address, 255)?,
-            operating_system: bounded_text("operating_system", &registration.operating_system, 255)?,
+            operating_system: bounded_text(
+                "operating_system",
+                &registration.operating_system,
+                255,
+            )?,
             agent_version: bounded_text("agent_version", &registration.agent_version, 255)?,
             sandbox: bounded_text("sandbox", &registration.sandbox, 1024)?,
             ..registration

@@ -38,7 +38,12 @@ impl Audit {
 }
 
 /// Records an entry in the write that makes the change.
-pub(crate) async fn record(tx: &mut WriteTx, actor: &str, action: &str, target: &str) -> Result<()> {
+pub(crate) async fn record(
+    tx: &mut WriteTx,
+    actor: &str,
+    action: &str,
+    target: &str,
+) -> Result<()> {
     let entry = AuditEntry {
         at: now_millis(),
         actor: actor.to_string(),

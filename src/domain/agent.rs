@@ -2,8 +2,8 @@
 //! on them: which names are allowed, what a ping or a work request does to the state, and which
 //! agent may take which job.
 
-use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use uuid::Uuid;
 
 use super::job_run::Requirements;
@@ -197,7 +197,13 @@ pub fn bounded_text(field: &str, value: &str, max: usize) -> Checked<String> {
 /// valid, text.
 pub fn visible(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_control() && c != '\t' { '\u{FFFD}' } else { c })
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                '\u{FFFD}'
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
@@ -398,12 +404,20 @@ mod tests {
     #[test]
     fn names_are_bounded_in_count_and_length_and_deduplicated_by_a_set() {
         let copies = vec!["Linux".to_string(); 80_000];
-        assert_eq!(names("resources", &copies, NameKind::Resource).unwrap(), vec!["Linux"]);
+        assert_eq!(
+            names("resources", &copies, NameKind::Resource).unwrap(),
+            vec!["Linux"]
+        );
         let distinct: Vec<String> = (0..80_000).map(|n| format!("r{n}")).collect();
         let err = names("resources", &distinct, NameKind::Resource).unwrap_err();
         assert_eq!(err.to_string(), "resources: at most 256 names");
         let exactly: Vec<String> = distinct[..MAX_NAMES].to_vec();
-        assert_eq!(names("resources", &exactly, NameKind::Resource).unwrap().len(), 256);
+        assert_eq!(
+            names("resources", &exactly, NameKind::Resource)
+                .unwrap()
+                .len(),
+            256
+        );
         let long = vec!["x".repeat(256)];
         assert!(names("resources", &long, NameKind::Resource).is_err());
         assert!(names("resources", &["x".repeat(255)], NameKind::Resource).is_ok());
@@ -411,14 +425,22 @@ mod tests {
 
     #[test]
     fn an_offer_matches_as_gocd_does() {
-        let linux = agent(ConfigState::Enabled, AgentState::Idle, &["Linux", "Java"], &["prod"]);
+        let linux = agent(
+            ConfigState::Enabled,
+            AgentState::Idle,
+            &["Linux", "Java"],
+            &["prod"],
+        );
         let offer = linux.offer();
         let needs = |resources: &[&str], environment: Option<&str>| Requirements {
             resources: resources.iter().map(|r| r.to_string()).collect(),
             environment: environment.map(str::to_string),
         };
         assert!(offer.matches(&needs(&["java"], Some("PROD"))));
-        assert!(!offer.matches(&needs(&["java"], None)), "an agent in an environment");
+        assert!(
+            !offer.matches(&needs(&["java"], None)),
+            "an agent in an environment"
+        );
         assert!(!offer.matches(&needs(&["docker"], Some("prod"))));
         let plain = agent(ConfigState::Enabled, AgentState::Idle, &[], &[]).offer();
         assert!(plain.matches(&needs(&[], None)));

@@ -334,7 +334,11 @@ pub async fn request_cancel(conn: &mut SqliteConnection, build_id: i64) -> Resul
     Ok(())
 }
 
-pub async fn set_cancelled_by(conn: &mut SqliteConnection, build_id: i64, actor: &str) -> Result<()> {
+pub async fn set_cancelled_by(
+    conn: &mut SqliteConnection,
+    build_id: i64,
+    actor: &str,
+) -> Result<()> {
     sqlx::query("UPDATE job_runs SET cancelled_by = $1 WHERE build_id = $2")
         .bind(actor)
         .bind(build_id)

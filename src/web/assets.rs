@@ -8,9 +8,9 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
+use crate::error::Error;
 use crate::web::auth::Credential;
 use crate::web::routes::Routes;
-use crate::error::Error;
 
 struct Asset {
     name: &'static str,

@@ -48,7 +48,10 @@ pub enum Credential {
 impl Credential {
     /// The agent protocol, registration and the health check answer any `Host`.
     pub fn checks_host(self) -> bool {
-        matches!(self, Credential::None | Credential::User | Credential::Admin)
+        matches!(
+            self,
+            Credential::None | Credential::User | Credential::Admin
+        )
     }
 }
 
@@ -188,7 +191,8 @@ async fn identify(
 }
 
 fn basic_credentials(value: &str) -> Result<(String, String), Error> {
-    let bad = || Error::Unauthorized("HTTP Basic credentials are not base64 of user:password".into());
+    let bad =
+        || Error::Unauthorized("HTTP Basic credentials are not base64 of user:password".into());
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(value)
         .map_err(|_| bad())?;
@@ -225,7 +229,7 @@ pub fn client_address(state: &AppState, extensions: &Extensions, headers: &Heade
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|a| a.trim().parse::<IpAddr>().ok())
-            .last();
+            .next_back();
         if let Some(client) = forwarded {
             return client;
         }
@@ -309,7 +313,10 @@ mod tests {
     #[test]
     fn the_session_cookie_is_found_among_others() {
         let mut headers = HeaderMap::new();
-        headers.insert(COOKIE, "theme=dark; ferrocd_session=abc123 ; x=y".parse().unwrap());
+        headers.insert(
+            COOKIE,
+            "theme=dark; ferrocd_session=abc123 ; x=y".parse().unwrap(),
+        );
         assert_eq!(session_secret(&headers), Some("abc123"));
         headers.insert(COOKIE, "ferrocd_session=".parse().unwrap());
         assert_eq!(session_secret(&headers), None);

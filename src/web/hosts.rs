@@ -104,7 +104,11 @@ mod tests {
         ] {
             assert!(hosts.check(&with_host(ok)).is_ok(), "{ok}");
         }
-        for bad in ["evil.example:8153", "10.1.2.4:8153", "ci.example.com.evil.example"] {
+        for bad in [
+            "evil.example:8153",
+            "10.1.2.4:8153",
+            "ci.example.com.evil.example",
+        ] {
             let error = hosts.check(&with_host(bad)).unwrap_err();
             assert!(matches!(error, Error::MisdirectedRequest(_)), "{bad}");
         }

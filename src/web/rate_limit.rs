@@ -64,6 +64,9 @@ mod tests {
             assert!(limit.take(here).is_ok());
         }
         assert_eq!(limit.take(here), Err(1));
-        assert!(limit.take("10.0.0.2".parse().unwrap()).is_ok(), "another address");
+        assert!(
+            limit.take("10.0.0.2".parse().unwrap()).is_ok(),
+            "another address"
+        );
     }
 }

@@ -5,10 +5,10 @@
 
 use axum::Router;
 use axum::extract::Request;
-use axum::middleware::Next;
 use axum::handler::Handler;
 use axum::http::Method;
-use axum::routing::{MethodRouter, on, MethodFilter};
+use axum::middleware::Next;
+use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::auth::{Credential, guard};
 use crate::AppState;
@@ -43,16 +43,22 @@ impl Routes {
     }
 
     /// `method path` answered by `handler`, for callers holding `credential`.
-    pub fn add<H, T>(mut self, method: Method, path: &str, credential: Credential, handler: H) -> Routes
+    pub fn add<H, T>(
+        mut self,
+        method: Method,
+        path: &str,
+        credential: Credential,
+        handler: H,
+    ) -> Routes
     where
         H: Handler<T, AppState>,
         T: 'static,
     {
         let filter = MethodFilter::try_from(method.clone()).expect("a routable method");
-        let endpoint: MethodRouter<AppState> = on(filter, handler)
-            .route_layer(axum::middleware::from_fn(move |request: Request, next: Next| {
-                guard(credential, request, next)
-            }));
+        let endpoint: MethodRouter<AppState> =
+            on(filter, handler).route_layer(axum::middleware::from_fn(
+                move |request: Request, next: Next| guard(credential, request, next),
+            ));
         self.router = self.router.route(path, endpoint);
         self.table.push(Route {
             method,
@@ -62,23 +68,48 @@ impl Routes {
         self
     }
 
-    pub fn get<H: Handler<T, AppState>, T: 'static>(self, path: &str, credential: Credential, handler: H) -> Routes {
+    pub fn get<H: Handler<T, AppState>, T: 'static>(
+        self,
+        path: &str,
+        credential: Credential,
+        handler: H,
+    ) -> Routes {
         self.add(Method::GET, path, credential, handler)
     }
 
-    pub fn post<H: Handler<T, AppState>, T: 'static>(self, path: &str, credential: Credential, handler: H) -> Routes {
+    pub fn post<H: Handler<T, AppState>, T: 'static>(
+        self,
+        path: &str,
+        credential: Credential,
+        handler: H,
+    ) -> Routes {
         self.add(Method::POST, path, credential, handler)
     }
 
-    pub fn put<H: Handler<T, AppState>, T: 'static>(self, path: &str, credential: Credential, handler: H) -> Routes {
+    pub fn put<H: Handler<T, AppState>, T: 'static>(
+        self,
+        path: &str,
+        credential: Credential,
+        handler: H,
+    ) -> Routes {
         self.add(Method::PUT, path, credential, handler)
     }
 
-    pub fn patch<H: Handler<T, AppState>, T: 'static>(self, path: &str, credential: Credential, handler: H) -> Routes {
+    pub fn patch<H: Handler<T, AppState>, T: 'static>(
+        self,
+        path: &str,
+        credential: Credential,
+        handler: H,
+    ) -> Routes {
         self.add(Method::PATCH, path, credential, handler)
     }
 
-    pub fn delete<H: Handler<T, AppState>, T: 'static>(self, path: &str, credential: Credential, handler: H) -> Routes {
+    pub fn delete<H: Handler<T, AppState>, T: 'static>(
+        self,
+        path: &str,
+        credential: Credential,
+        handler: H,
+    ) -> Routes {
         self.add(Method::DELETE, path, credential, handler)
     }
 
@@ -91,10 +122,11 @@ impl Routes {
     /// `other`'s routes under `prefix` (e.g. the API under `/api` and `/go/api`).
     pub fn nest(mut self, prefix: &str, other: Routes) -> Routes {
         self.router = self.router.nest(prefix, other.router);
-        self.table.extend(other.table.into_iter().map(|route| Route {
-            path: format!("{prefix}{}", route.path),
-            ..route
-        }));
+        self.table
+            .extend(other.table.into_iter().map(|route| Route {
+                path: format!("{prefix}{}", route.path),
+                ..route
+            }));
         self
     }
 

@@ -29,7 +29,9 @@ async fn status_of(api: &Api, method: &Method, path: &str) -> u16 {
         request = request.header(name, value);
     }
     if *method != Method::GET {
-        request = request.header("Content-Type", "application/json").body("{}");
+        request = request
+            .header("Content-Type", "application/json")
+            .body("{}");
     }
     let response = tokio::time::timeout(DEADLINE, request.send())
         .await
@@ -38,13 +40,19 @@ async fn status_of(api: &Api, method: &Method, path: &str) -> u16 {
     response.status().as_u16()
 }
 
+/// Who calls, as whom, and which statuses are right.
+type Expectation<'a> = (&'static str, &'a Api, fn(u16) -> bool);
+
 #[tokio::test]
 async fn every_declared_route_lets_in_exactly_the_callers_it_names() {
     let app = spawn_team_app().await;
     let admin = app.as_basic(ALICE.0, ALICE.1);
     let user = app.as_basic(BOB.0, BOB.1);
     let table = route_table();
-    assert!(table.len() > 30, "the table holds the whole site: {table:#?}");
+    assert!(
+        table.len() > 30,
+        "the table holds the whole site: {table:#?}"
+    );
     let mut wrong = Vec::new();
     for (n, route) in table.iter().enumerate() {
         // Fresh things to act on for each route: an admin's DELETE must not starve the next.
@@ -52,7 +60,7 @@ async fn every_declared_route_lets_in_exactly_the_callers_it_names() {
         let build = admin.schedule_job("walk", "job").await;
         let agent_api = app.with_header("Authorization", &format!("Bearer {}", agent.token));
         let path = concrete(&route.path, &agent.uuid, build);
-        let expectations: [(&str, &Api, fn(u16) -> bool); 4] = match route.credential {
+        let expectations: [Expectation; 4] = match route.credential {
             Credential::Probe | Credential::None | Credential::Registration => [
                 ("nobody", &app, |s| s != 401 && s != 403 && s != 421),
                 ("a user", &user, |s| s != 401 && s != 403 && s != 421),
@@ -98,31 +106,29 @@ async fn a_page_without_a_login_goes_to_the_login_page_and_back() {
     let browser = app.without_redirects().with_header("Accept", "text/html");
     let reply = browser.get("/agents?x=1").await;
     assert_eq!(reply.status, 303, "{}", reply.text());
-    assert_eq!(reply.header("location"), "/auth/login?next=%2Fagents%3Fx%3D1");
+    assert_eq!(
+        reply.header("location"),
+        "/auth/login?next=%2Fagents%3Fx%3D1"
+    );
     let login = browser.get("/auth/login?next=%2Fagents").await;
     assert_eq!(login.status, 200);
-    assert!(login.text().contains("id=\"login-form\""), "{}", login.text());
+    assert!(
+        login.text().contains("id=\"login-form\""),
+        "{}",
+        login.text()
+    );
 
     let wrong = browser
-        .send(
-            browser
-                .client
-                .post(browser.url("/auth/login"))
-                .header("Content-Type", "application/x-www-form-urlencoded")
-                .body("username=bob&password=nope&next=%2Fagents"),
-        )
+        .post_form("/auth/login", "username=bob&password=nope&next=%2Fagents")
         .await;
     assert_eq!(wrong.status, 401);
     assert!(wrong.text().contains("wrong user name or password"));
     assert_eq!(wrong.header("set-cookie"), "");
 
     let right = browser
-        .send(
-            browser
-                .client
-                .post(browser.url("/auth/login"))
-                .header("Content-Type", "application/x-www-form-urlencoded")
-                .body("username=bob&password=bob-secret&next=%2Fagents"),
+        .post_form(
+            "/auth/login",
+            "username=bob&password=bob-secret&next=%2Fagents",
         )
         .await;
     assert_eq!(right.status, 303, "{}", right.text());
@@ -132,14 +138,23 @@ async fn a_page_without_a_login_goes_to_the_login_page_and_back() {
     for attribute in ["HttpOnly", "SameSite=Lax", "Path=/"] {
         assert!(cookie.contains(attribute), "{cookie} lacks {attribute}");
     }
-    assert!(!cookie.contains("Secure"), "plain HTTP, no trusted proxy: {cookie}");
+    assert!(
+        !cookie.contains("Secure"),
+        "plain HTTP, no trusted proxy: {cookie}"
+    );
     let session = cookie.split(';').next().unwrap().to_string();
 
     let signed_in = browser.with_header("Cookie", &session);
     let page = signed_in.get("/agents").await;
     assert_eq!(page.status, 200);
-    assert!(page.text().contains("Sign out"), "the header offers to sign out");
-    assert!(page.text().contains("data-admin=\"false\""), "bob is no admin");
+    assert!(
+        page.text().contains("Sign out"),
+        "the header offers to sign out"
+    );
+    assert!(
+        page.text().contains("data-admin=\"false\""),
+        "bob is no admin"
+    );
     signed_in.get("/api/agents").await.expect(200);
 
     let out = signed_in
@@ -147,7 +162,11 @@ async fn a_page_without_a_login_goes_to_the_login_page_and_back() {
         .await;
     assert_eq!(out.status, 303);
     assert!(out.header("set-cookie").contains("Max-Age=0"));
-    assert_eq!(signed_in.get("/api/agents").await.status, 401, "the session ended");
+    assert_eq!(
+        signed_in.get("/api/agents").await.status,
+        401,
+        "the session ended"
+    );
 }
 
 #[tokio::test]
@@ -155,12 +174,9 @@ async fn the_login_page_sends_nobody_elsewhere() {
     let app = spawn_team_app().await;
     let browser = app.without_redirects();
     let reply = browser
-        .send(
-            browser
-                .client
-                .post(browser.url("/auth/login"))
-                .header("Content-Type", "application/x-www-form-urlencoded")
-                .body("username=alice&password=alice-secret&next=%2F%2Fevil.example%2F"),
+        .post_form(
+            "/auth/login",
+            "username=alice&password=alice-secret&next=%2F%2Fevil.example%2F",
         )
         .await;
     assert_eq!(reply.status, 303);
@@ -197,7 +213,10 @@ async fn an_access_token_is_shown_once_works_as_bearer_and_stops_when_revoked() 
         )
         .await
         .expect(201);
-    let token = created["token"].as_str().expect("the token, this once").to_string();
+    let token = created["token"]
+        .as_str()
+        .expect("the token, this once")
+        .to_string();
     assert!(token.starts_with("fcd_"), "{created}");
     assert_eq!(created["description"], "build monitor");
     assert_eq!(created["username"], "bob");
@@ -207,15 +226,24 @@ async fn an_access_token_is_shown_once_works_as_bearer_and_stops_when_revoked() 
     let script = app.as_bearer(&token);
     script.get("/api/agents").await.expect(200);
     assert_eq!(
-        script.call(Method::POST, "/api/jobs/schedule", job_body("p", "j")).await.status,
+        script
+            .call(Method::POST, "/api/jobs/schedule", job_body("p", "j"))
+            .await
+            .status,
         403,
         "bob's token can do what bob can, no more"
     );
 
-    let listed = bob.get("/go/api/current_user/access_tokens").await.expect(200);
+    let listed = bob
+        .get("/go/api/current_user/access_tokens")
+        .await
+        .expect(200);
     let tokens = listed["_embedded"]["access_tokens"].as_array().unwrap();
     assert_eq!(tokens.len(), 1);
-    assert!(tokens[0].get("token").is_none(), "never shown again: {listed}");
+    assert!(
+        tokens[0].get("token").is_none(),
+        "never shown again: {listed}"
+    );
     assert!(tokens[0]["last_used_at"].is_string(), "{listed}");
     // alice sees only her own.
     let alices = app
@@ -250,20 +278,32 @@ async fn only_admins_schedule_ad_hoc_jobs_and_change_agents_but_users_cancel() {
         .call(Method::POST, "/api/jobs/schedule", job_body("p", "j"))
         .await;
     assert_eq!(reply.status, 403, "{}", reply.body);
-    assert!(reply.message().contains("bob is not an admin"), "{}", reply.body);
+    assert!(
+        reply.message().contains("bob is not an admin"),
+        "{}",
+        reply.body
+    );
     let agent = app.register("pending").await;
     assert_eq!(
-        user.put(&format!("/api/agents/{}/enable", agent.uuid)).await.0,
+        user.put(&format!("/api/agents/{}/enable", agent.uuid))
+            .await
+            .0,
         403
     );
     assert_eq!(
-        admin.get_json(&format!("/api/agents/{}", agent.uuid)).await.1["agent_config_state"],
+        admin
+            .get_json(&format!("/api/agents/{}", agent.uuid))
+            .await
+            .1["agent_config_state"],
         "Pending",
         "the refused enable changed nothing"
     );
     let build = admin.schedule_job("p", "j").await;
     let cancelled = user
-        .send(user.client.post(user.url(&format!("/api/builds/{build}/cancel"))))
+        .send(
+            user.client
+                .post(user.url(&format!("/api/builds/{build}/cancel"))),
+        )
         .await
         .expect(202);
     assert_eq!(cancelled["result"], "Cancelled");
@@ -295,7 +335,11 @@ async fn an_unknown_host_is_421_for_people_but_agents_and_health_checks_pass() {
         assert_eq!(reply.status, 421, "{path}: {}", reply.text());
     }
     let reply = rebound.get("/api/agents").await;
-    assert!(reply.message().contains("--allowed-hosts evil.example"), "{}", reply.body);
+    assert!(
+        reply.message().contains("--allowed-hosts evil.example"),
+        "{}",
+        reply.body
+    );
     app.with_header("Host", "10.9.9.9:8153")
         .get("/api/health")
         .await
@@ -333,38 +377,42 @@ async fn a_user_added_to_the_password_file_can_log_in_without_a_restart() {
 async fn the_tokens_page_shows_a_new_token_once_and_revokes_it() {
     let app = spawn_team_app().await;
     let bob = app.as_basic(BOB.0, BOB.1).without_redirects();
-    let form = |path: &str, body: &'static str| {
-        bob.client
-            .post(bob.url(path))
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(body)
-    };
     let created = bob
-        .send(form("/access_tokens", "description=hallway+%3Cmonitor%3E"))
+        .post_form("/access_tokens", "description=hallway+%3Cmonitor%3E")
         .await;
     assert_eq!(created.status, 201, "{}", created.text());
     let html = created.text();
-    let start = html.find("id=\"new-token\">").expect("the secret is shown") + "id=\"new-token\">".len();
+    let start =
+        html.find("id=\"new-token\">").expect("the secret is shown") + "id=\"new-token\">".len();
     let token = html[start..].split('<').next().unwrap().to_string();
     assert!(token.starts_with("fcd_"), "{token}");
-    assert!(html.contains("hallway &lt;monitor&gt;"), "the description is escaped");
+    assert!(
+        html.contains("hallway &lt;monitor&gt;"),
+        "the description is escaped"
+    );
     app.as_bearer(&token).get("/api/agents").await.expect(200);
 
     let page = bob.get("/access_tokens").await;
     assert_eq!(page.status, 200);
     assert!(!page.text().contains(&token), "never shown again");
-    let id = bob.get("/go/api/current_user/access_tokens").await.expect(200)["_embedded"]
-        ["access_tokens"][0]["id"]
+    let id = bob
+        .get("/go/api/current_user/access_tokens")
+        .await
+        .expect(200)["_embedded"]["access_tokens"][0]["id"]
         .as_i64()
         .unwrap();
     let revoked = bob
-        .send(form(&format!("/access_tokens/{id}/revoke"), "revoke_cause=lost"))
+        .post_form(&format!("/access_tokens/{id}/revoke"), "revoke_cause=lost")
         .await;
     assert_eq!(revoked.status, 303, "{}", revoked.text());
     assert_eq!(app.as_bearer(&token).get("/api/agents").await.status, 401);
     assert!(bob.get("/access_tokens").await.text().contains("Revoked"));
     let untyped = bob
-        .send(bob.client.post(bob.url("/access_tokens")).body("description=x"))
+        .send(
+            bob.client
+                .post(bob.url("/access_tokens"))
+                .body("description=x"),
+        )
         .await;
     assert_eq!(untyped.status, 415, "a form must say it is one");
 }
@@ -378,22 +426,29 @@ async fn behind_the_trusted_proxy_the_cookie_is_secure_and_each_client_is_its_ow
             .with_header("X-Forwarded-For", client)
     };
     let login = |api: Api, password: &'static str| async move {
-        api.send(
-            api.client
-                .post(api.url("/auth/login"))
-                .header("Content-Type", "application/x-www-form-urlencoded")
-                .body(format!("username=bob&password={password}")),
-        )
-        .await
+        api.post_form("/auth/login", format!("username=bob&password={password}"))
+            .await
     };
     let ok = login(proxied("10.0.0.1"), "bob-secret").await;
     assert_eq!(ok.status, 303);
-    assert!(ok.header("set-cookie").contains("; Secure"), "{}", ok.header("set-cookie"));
+    assert!(
+        ok.header("set-cookie").contains("; Secure"),
+        "{}",
+        ok.header("set-cookie")
+    );
     for _ in 0..3 {
         assert_eq!(login(proxied("10.0.0.2"), "guess").await.status, 401);
     }
-    assert_eq!(login(proxied("10.0.0.2"), "bob-secret").await.status, 429, "that client waits");
-    assert_eq!(login(proxied("10.0.0.3"), "bob-secret").await.status, 303, "another does not");
+    assert_eq!(
+        login(proxied("10.0.0.2"), "bob-secret").await.status,
+        429,
+        "that client waits"
+    );
+    assert_eq!(
+        login(proxied("10.0.0.3"), "bob-secret").await.status,
+        303,
+        "another does not"
+    );
 
     // Without the proxy in front, the headers mean nothing.
     let direct = spawn_team_app().await;

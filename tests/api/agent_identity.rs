@@ -16,7 +16,9 @@ fn facts(hostname: &str, uuid: Option<&str>) -> Value {
 #[tokio::test]
 async fn a_deleted_agents_uuid_comes_back_pending_whatever_key_it_presents() {
     let app = spawn_app_with(|c| c.agent_registration_key = Some("the-key".into())).await;
-    let (status, body) = app.register_with(facts("real", None), Some("the-key")).await;
+    let (status, body) = app
+        .register_with(facts("real", None), Some("the-key"))
+        .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["agent_config_state"], "Enabled");
     let uuid = body["uuid"].as_str().unwrap().to_string();
@@ -42,7 +44,11 @@ async fn a_deleted_agents_uuid_comes_back_pending_whatever_key_it_presents() {
         )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(reply.body["agent_config_state"], "Pending", "{}", reply.body);
+    assert_eq!(
+        reply.body["agent_config_state"], "Pending",
+        "{}",
+        reply.body
+    );
     assert_eq!(app.agent(&uuid).await["agent_config_state"], "Pending");
     // Only an admin brings it back.
     assert_eq!(app.put(&format!("/api/agents/{uuid}/enable")).await.0, 200);
@@ -70,8 +76,14 @@ async fn registrations_without_the_key_are_limited_per_address() {
         .await;
     assert_eq!(reply.status, 429, "{}", reply.body);
     assert!(reply.header("retry-after").parse::<u64>().unwrap() >= 1);
-    assert!(reply.message().contains("too many registrations"), "{}", reply.body);
-    let (status, body) = app.register_with(facts("keyed", None), Some("the-key")).await;
+    assert!(
+        reply.message().contains("too many registrations"),
+        "{}",
+        reply.body
+    );
+    let (status, body) = app
+        .register_with(facts("keyed", None), Some("the-key"))
+        .await;
     assert_eq!(status, 201, "the key is exempt: {body}");
 }
 
@@ -88,7 +100,9 @@ async fn the_pending_list_has_a_cap_but_the_key_still_registers() {
     let (status, body) = app.register_with(facts("fourth", None), None).await;
     assert_eq!(status, 429, "{body}");
     assert!(message(&body).contains("wait for approval"), "{body}");
-    let (status, body) = app.register_with(facts("keyed", None), Some("the-key")).await;
+    let (status, body) = app
+        .register_with(facts("keyed", None), Some("the-key"))
+        .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["agent_config_state"], "Enabled");
     let listed = app.get("/api/agents").await.expect(200);

@@ -155,6 +155,12 @@ async fn start_agent_keyed(
     key_in_env: bool,
 ) -> (AgentProcess, String) {
     let agent = AgentProcess::start_keyed(app, work_dir, logs, key_in_env);
+    let uuid = registered_enabled(app, &agent).await;
+    (agent, uuid)
+}
+
+/// Waits until `agent` has registered and the server lists it Enabled; its uuid.
+pub async fn registered_enabled(app: &TestApp, agent: &AgentProcess) -> String {
     let uuid = eventually("the agent registers and saves its identity", || async {
         agent.identity().map(|(uuid, _)| uuid)
     })
@@ -164,7 +170,7 @@ async fn start_agent_keyed(
         (status == 200 && body["agent_config_state"] == "Enabled").then_some(())
     })
     .await;
-    (agent, uuid)
+    uuid
 }
 
 /// Waits until the run is Completed and returns it.
@@ -678,8 +684,10 @@ async fn a_console_past_the_servers_cap_is_cut_with_a_line_and_the_job_runs_on()
     let done = work.path().join("ran-to-the-end");
     let script = format!("seq 1 10000; touch {}", done.display());
     let build_id = app
-        .schedule_ok(json!({"pipeline_name": "loud", "stage_name": "s", "job_name": "j",
-                            "tasks": [{"command": "sh", "args": ["-c", script]}]}))
+        .schedule_ok(
+            json!({"pipeline_name": "loud", "stage_name": "s", "job_name": "j",
+                            "tasks": [{"command": "sh", "args": ["-c", script]}]}),
+        )
         .await;
     let run = completed(&app, build_id).await;
     assert_eq!(run["result"], "Passed", "{run}");

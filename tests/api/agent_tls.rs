@@ -21,7 +21,7 @@ use tempfile::TempDir;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::agent_runtime::{AgentProcess, KEY, completed};
+use crate::agent_runtime::{AgentProcess, KEY, completed, registered_enabled};
 use crate::helpers::{TestApp, eventually, spawn_app_with};
 
 /// A private CA and a certificate it signed for `localhost` and 127.0.0.1.
@@ -135,15 +135,7 @@ async fn an_agent_trusting_the_private_ca_runs_a_job_over_https() {
         .arg(KEY);
     let agent = AgentProcess::spawn(command, work.path(), &logs);
 
-    let uuid = eventually("the agent registers over https", || async {
-        agent.identity().map(|(uuid, _)| uuid)
-    })
-    .await;
-    eventually("the agent is listed Enabled", || async {
-        let (status, body) = app.get_json(&format!("/api/agents/{uuid}")).await;
-        (status == 200 && body["agent_config_state"] == "Enabled").then_some(())
-    })
-    .await;
+    let uuid = registered_enabled(&app, &agent).await;
 
     let script = r#"echo "over TLS"; echo "$GO_SERVER_URL""#;
     let build_id = app

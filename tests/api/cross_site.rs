@@ -131,5 +131,9 @@ async fn pages_cannot_be_framed_sniffed_or_made_to_run_other_code() {
         );
     }
     let raw = app.get(&format!("/api/builds/{build}/console")).await;
-    assert_eq!(raw.header("x-content-type-options"), "nosniff", "the raw log");
+    assert_eq!(
+        raw.header("x-content-type-options"),
+        "nosniff",
+        "the raw log"
+    );
 }

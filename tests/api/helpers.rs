@@ -250,7 +250,8 @@ impl Api {
     /// Speaks as a user of the password file, with HTTP Basic.
     pub fn as_basic(&self, user: &str, password: &str) -> Api {
         use base64::Engine;
-        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         self.with_header("Authorization", &format!("Basic {encoded}"))
     }
 
@@ -280,7 +281,8 @@ impl Api {
         for (name, value) in &self.headers {
             if !request.headers().contains_key(name.as_str()) {
                 request.headers_mut().insert(
-                    reqwest::header::HeaderName::from_bytes(name.as_bytes()).expect("a header name"),
+                    reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                        .expect("a header name"),
                     value.parse().expect("a header value"),
                 );
             }
@@ -330,6 +332,17 @@ impl Api {
                 .request(method, self.url(path))
                 .header("Content-Type", "application/json")
                 .body(body),
+        )
+        .await
+    }
+
+    /// A page form posted as a browser posts it.
+    pub async fn post_form(&self, path: &str, body: impl Into<String>) -> Reply {
+        self.send(
+            self.client
+                .post(self.url(path))
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(body.into()),
         )
         .await
     }
@@ -1007,7 +1020,10 @@ pub fn htpasswd(users: &[(&str, &str)]) -> String {
     users
         .iter()
         .map(|(user, password)| {
-            format!("{user}:{}\n", bcrypt::hash(password, 4).expect("a bcrypt hash"))
+            format!(
+                "{user}:{}\n",
+                bcrypt::hash(password, 4).expect("a bcrypt hash")
+            )
         })
         .collect()
 }

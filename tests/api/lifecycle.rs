@@ -107,7 +107,8 @@ async fn the_data_dir_and_the_database_are_the_owners_alone() {
     use std::os::unix::fs::PermissionsExt;
     let app = spawn_app().await;
     app.register("secretive").await;
-    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(app.data_dir()), 0o700, "the data dir");
     let db = app.data_dir().join("ferrocd.db");
     assert_eq!(mode(&db), 0o600, "the database");

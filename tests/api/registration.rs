@@ -449,5 +449,8 @@ async fn control_characters_in_agent_fields_become_replacement_characters_but_ta
     assert_eq!(shown["operating_system"], "Linux\u{FFFD}");
     let page = app.get("/agents").await.text();
     assert!(!page.contains('\u{0}'), "no NUL reaches the page");
-    assert!(page.contains("nul\u{FFFD}esc"), "the page says what the API says");
+    assert!(
+        page.contains("nul\u{FFFD}esc"),
+        "the page says what the API says"
+    );
 }

@@ -261,23 +261,41 @@ async fn every_error_comes_as_json_from_the_api_and_as_a_page_from_the_site() {
         assert!(!reply.message().is_empty());
     };
     let bad_utf8 = app.get("/api/agents/%FF%FE").await;
-    assert!(bad_utf8.status >= 400 && bad_utf8.status < 500, "{}", bad_utf8.status);
+    assert!(
+        bad_utf8.status >= 400 && bad_utf8.status < 500,
+        "{}",
+        bad_utf8.status
+    );
     json_error(&bad_utf8);
     let wrong_method = app.send(app.client.delete(app.url("/api/version"))).await;
     assert_eq!(wrong_method.status, 405);
     json_error(&wrong_method);
-    assert!(wrong_method.header("allow").contains("GET"), "the Allow header stays");
+    assert!(
+        wrong_method.header("allow").contains("GET"),
+        "the Allow header stays"
+    );
 
     let agent = app.register("paged").await;
     let bad_query = app
-        .get(&format!("/agents/{}/job_run_history?offset=abc", agent.uuid))
+        .get(&format!(
+            "/agents/{}/job_run_history?offset=abc",
+            agent.uuid
+        ))
         .await;
     assert_eq!(bad_query.status, 400, "{}", bad_query.text());
     assert!(bad_query.header("content-type").starts_with("text/html"));
-    assert!(bad_query.text().contains("class=\"card error-page\""), "{}", bad_query.text());
+    assert!(
+        bad_query.text().contains("class=\"card error-page\""),
+        "{}",
+        bad_query.text()
+    );
     let missing = app.get("/no/such/page").await;
     assert_eq!(missing.status, 404);
-    assert!(missing.text().contains("Not Found"), "a page: {}", missing.text());
+    assert!(
+        missing.text().contains("Not Found"),
+        "a page: {}",
+        missing.text()
+    );
 
     let build = app.schedule_job("p", "j").await;
     let resume = app
@@ -288,5 +306,9 @@ async fn every_error_comes_as_json_from_the_api_and_as_a_page_from_the_site() {
         )
         .await;
     assert_eq!(resume.status, 422, "{}", resume.text());
-    assert!(resume.message().contains("Last-Event-ID"), "{}", resume.body);
+    assert!(
+        resume.message().contains("Last-Event-ID"),
+        "{}",
+        resume.body
+    );
 }

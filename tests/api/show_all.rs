@@ -46,7 +46,12 @@ async fn show_all_of_a_60_mb_log_streams_it_whole_with_flat_memory() {
         .port();
     let server = ServeProcess(
         Command::new(env!("CARGO_BIN_EXE_ferrocd"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
             .arg(data.path())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -94,7 +99,9 @@ async fn show_all_of_a_60_mb_log_streams_it_whole_with_flat_memory() {
         seam.extend_from_slice(&piece);
         lines += seam.windows(pattern.len()).filter(|w| w == pattern).count();
         if first.is_none() {
-            first = String::from_utf8_lossy(&seam).find("line 00000000").map(|_| ());
+            first = String::from_utf8_lossy(&seam)
+                .find("line 00000000")
+                .map(|_| ());
         }
         let keep = seam.len().saturating_sub(pattern.len() - 1);
         seam.drain(..keep);
@@ -106,11 +113,20 @@ async fn show_all_of_a_60_mb_log_streams_it_whole_with_flat_memory() {
     let tail = String::from_utf8_lossy(&tail);
     assert!(first.is_some(), "the first line is shown");
     assert_eq!(lines, chunks * per_chunk, "every line, once");
-    assert!(tail.contains(&format!("line {:08}", chunks * per_chunk - 1)), "the last line");
-    assert!(tail.trim_end().ends_with("</html>"), "the page ends: {tail}");
+    assert!(
+        tail.contains(&format!("line {:08}", chunks * per_chunk - 1)),
+        "the last line"
+    );
+    assert!(
+        tail.trim_end().ends_with("</html>"),
+        "the page ends: {tail}"
+    );
     assert!(size > 60_000_000, "{size}");
     let grew = after.saturating_sub(before);
-    eprintln!("show all: a {size}-byte page; the server's peak grew {} KiB", grew / 1024);
+    eprintln!(
+        "show all: a {size}-byte page; the server's peak grew {} KiB",
+        grew / 1024
+    );
     assert!(
         grew < 48 * 1024 * 1024,
         "a {size}-byte page grew the server's peak memory by {} MiB",

@@ -478,7 +478,9 @@ async fn api_events_follows_only_agents_and_builds_that_exist() {
     let app = spawn_app().await;
     let nobody = "6f1d3c1e-0000-4000-8000-000000000000";
     let (status, body) = app
-        .get_json(&format!("/api/events?topics=agents:updates,agent_job_runs:{nobody}"))
+        .get_json(&format!(
+            "/api/events?topics=agents:updates,agent_job_runs:{nobody}"
+        ))
         .await;
     assert_eq!(status, 422, "{body}");
     assert!(message(&body).contains(nobody), "{body}");
@@ -486,7 +488,10 @@ async fn api_events_follows_only_agents_and_builds_that_exist() {
         .get_json("/api/events?topics=agent_job_run_console:424242")
         .await;
     assert_eq!(status, 422, "{body}");
-    assert!(message(&body).contains("agent_job_run_console:424242"), "{body}");
+    assert!(
+        message(&body).contains("agent_job_run_console:424242"),
+        "{body}"
+    );
 
     let agent = app.register("real").await;
     let build = app.schedule_job("p", "j").await;

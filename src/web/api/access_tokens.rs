@@ -20,7 +20,11 @@ pub fn router() -> Routes {
         .get("/current_user/access_tokens", Credential::User, list)
         .post("/current_user/access_tokens", Credential::User, create)
         .get("/current_user/access_tokens/{id}", Credential::User, show)
-        .post("/current_user/access_tokens/{id}/revoke", Credential::User, revoke)
+        .post(
+            "/current_user/access_tokens/{id}/revoke",
+            Credential::User,
+            revoke,
+        )
 }
 
 pub fn token_json(token: &AccessToken) -> Value {
@@ -43,7 +47,10 @@ fn token_id(raw: &str) -> Result<i64> {
         .map_err(|_| Error::NotFound(format!("no access token {raw:?}")))
 }
 
-async fn list(State(state): State<AppState>, CurrentUser(user): CurrentUser) -> Result<Json<Value>> {
+async fn list(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+) -> Result<Json<Value>> {
     let tokens = state.accounts.tokens(&user).await?;
     let tokens: Vec<Value> = tokens.iter().map(token_json).collect();
     Ok(Json(json!({ "_embedded": { "access_tokens": tokens } })))
@@ -59,7 +66,10 @@ async fn create(
     CurrentUser(user): CurrentUser,
     ApiJson(body): ApiJson<NewToken>,
 ) -> Result<(StatusCode, Json<Value>)> {
-    let (token, secret) = state.accounts.create_token(&user, &body.description).await?;
+    let (token, secret) = state
+        .accounts
+        .create_token(&user, &body.description)
+        .await?;
     let mut shown = token_json(&token);
     shown["token"] = Value::String(secret);
     Ok((StatusCode::CREATED, Json(shown)))

@@ -1,7 +1,7 @@
 //! The Agents API (GoCD v7 shapes): list, show, edit, enable/disable, bulk edit, delete.
 
-use axum::extract::{Path, State};
 use axum::Json;
+use axum::extract::{Path, State};
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Value, json};
@@ -12,8 +12,8 @@ use super::{ApiJson, ApiQuery, name_list, parse_uuid};
 use crate::AppState;
 use crate::agents::{AgentUpdate, BulkUpdate};
 use crate::domain::agent::{Agent, AgentState, BuildDetails, BuildState, ConfigState, ListChange};
-use crate::error::{Error, Result};
 use crate::domain::user::User;
+use crate::error::{Error, Result};
 use crate::web::auth::{Credential, CurrentUser};
 use crate::web::routes::Routes;
 
@@ -112,7 +112,11 @@ pub fn router() -> Routes {
         .delete("/agents/{uuid}", Credential::Admin, delete_one)
         .put("/agents/{uuid}/enable", Credential::Admin, enable)
         .put("/agents/{uuid}/disable", Credential::Admin, disable)
-        .get("/agents/{uuid}/job_run_history", Credential::User, job_run_history)
+        .get(
+            "/agents/{uuid}/job_run_history",
+            Credential::User,
+            job_run_history,
+        )
 }
 
 async fn list(State(state): State<AppState>) -> Result<Json<Value>> {
@@ -164,7 +168,9 @@ async fn update(
         environments: body.environments,
         config_state: config_state(body.agent_config_state.as_deref())?,
     };
-    Ok(Json(AgentJson(state.agents.update(uuid, update, &actor.name).await?)))
+    Ok(Json(AgentJson(
+        state.agents.update(uuid, update, &actor.name).await?,
+    )))
 }
 
 async fn set_config_state(
@@ -178,7 +184,10 @@ async fn set_config_state(
         ..Default::default()
     };
     Ok(Json(AgentJson(
-        state.agents.update(path_uuid(uuid)?, update, &actor.name).await?,
+        state
+            .agents
+            .update(path_uuid(uuid)?, update, &actor.name)
+            .await?,
     )))
 }
 
@@ -280,7 +289,10 @@ async fn bulk_delete(
     CurrentUser(actor): CurrentUser,
     ApiJson(body): ApiJson<BulkDelete>,
 ) -> Result<Json<Value>> {
-    let deleted = state.agents.delete(&uuids(&body.uuids)?, &actor.name).await?;
+    let deleted = state
+        .agents
+        .delete(&uuids(&body.uuids)?, &actor.name)
+        .await?;
     Ok(Json(
         json!({ "message": format!("Deleted {deleted} agent(s).") }),
     ))

@@ -28,7 +28,10 @@ fn default_page_size() -> i64 {
     50
 }
 
-async fn audit(State(state): State<AppState>, ApiQuery(page): ApiQuery<Page>) -> Result<Json<Value>> {
+async fn audit(
+    State(state): State<AppState>,
+    ApiQuery(page): ApiQuery<Page>,
+) -> Result<Json<Value>> {
     let entries = state.audit.page(page.offset, page.page_size).await?;
     let entries: Vec<Value> = entries
         .into_iter()

@@ -26,8 +26,8 @@ use crate::error::{Error, Result};
 use crate::events::{DomainEvent, Topic};
 use crate::web::api::agents::AgentJson;
 use crate::web::api::jobs::RunJson;
-use crate::web::live::{KeyedViews, Output, Subscription, View, Watched};
 use crate::web::auth::Credential;
+use crate::web::live::{KeyedViews, Output, Subscription, View, Watched};
 use crate::web::routes::Routes;
 use crate::web::sse;
 

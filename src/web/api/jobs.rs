@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Value, json};
@@ -167,7 +167,9 @@ async fn cancel(
 ) -> Result<(StatusCode, Json<RunJson>)> {
     Ok((
         StatusCode::ACCEPTED,
-        Json(RunJson(state.scheduler.cancel(build_id(&id)?, &actor.name).await?)),
+        Json(RunJson(
+            state.scheduler.cancel(build_id(&id)?, &actor.name).await?,
+        )),
     ))
 }
 

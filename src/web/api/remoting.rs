@@ -2,13 +2,13 @@
 //! console uploads. The server writes its messages strictly (`WorkJson`); the agent's reading
 //! of them is `agent_runtime/wire.rs`.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -18,10 +18,10 @@ use super::jobs::RunJson;
 use super::{ApiJson, name_list, parse_uuid};
 use crate::AppState;
 use crate::agents::{Ping, Registration};
-use crate::job_runs::Appended;
 use crate::domain::agent::AgentState;
 use crate::domain::job_run::{JobResult, JobRun, JobState, Task};
 use crate::error::{Error, Result};
+use crate::job_runs::Appended;
 use crate::web::api::{agent_uuid, build_id};
 use crate::web::auth::Credential;
 use crate::web::auth::{AuthenticatedAgent, bearer_token, client_address};
@@ -33,7 +33,11 @@ pub fn router() -> Routes {
         .post("/agents/{uuid}/ping", Credential::Agent, ping)
         .post("/agents/{uuid}/work", Credential::Agent, work)
         .post("/builds/{build_id}/status", Credential::Agent, status)
-        .post("/builds/{build_id}/console", Credential::Agent, append_console)
+        .post(
+            "/builds/{build_id}/console",
+            Credential::Agent,
+            append_console,
+        )
 }
 
 /// Bytes free in the sandbox: a number, a numeric string, or "unknown".

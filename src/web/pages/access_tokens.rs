@@ -42,17 +42,29 @@ async fn create(
     CurrentUser(viewer): CurrentUser,
     PageForm(form): PageForm<NewToken>,
 ) -> PageResult<Response> {
-    let (_, secret) = match state.accounts.create_token(&viewer, &form.description).await {
+    let (_, secret) = match state
+        .accounts
+        .create_token(&viewer, &form.description)
+        .await
+    {
         Ok(created) => created,
         Err(error @ Error::Unprocessable(_)) => {
             let tokens = state.accounts.tokens(&viewer).await?;
-            let shown = tokens_view(&viewer, &tokens, Some(Shown::Problem(error.public_message())));
+            let shown = tokens_view(
+                &viewer,
+                &tokens,
+                Some(Shown::Problem(error.public_message())),
+            );
             return Ok((StatusCode::UNPROCESSABLE_ENTITY, shown).into_response());
         }
         Err(error) => return Err(error.into()),
     };
     let tokens = state.accounts.tokens(&viewer).await?;
-    Ok((StatusCode::CREATED, tokens_view(&viewer, &tokens, Some(Shown::Secret(secret)))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        tokens_view(&viewer, &tokens, Some(Shown::Secret(secret))),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]

@@ -15,7 +15,9 @@ use super::layout::{Section, page};
 use crate::AppState;
 use crate::accounts::SESSION_LIFETIME;
 use crate::error::Error;
-use crate::web::auth::{Credential, SESSION_COOKIE, came_over_https, client_address, session_secret};
+use crate::web::auth::{
+    Credential, SESSION_COOKIE, came_over_https, client_address, session_secret,
+};
 use crate::web::pages::{PageError, PageForm};
 use crate::web::routes::Routes;
 
@@ -103,8 +105,11 @@ async fn login(
                 Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
                 _ => return PageError(error).into_response(),
             };
-            let mut response =
-                (status, login_form(&state, &next, Some(&error.public_message()))).into_response();
+            let mut response = (
+                status,
+                login_form(&state, &next, Some(&error.public_message())),
+            )
+                .into_response();
             if let Error::TooManyRequests { retry_after, .. } = error {
                 response
                     .headers_mut()
@@ -120,7 +125,11 @@ async fn login(
         Ok(secret) => secret,
         Err(error) => return PageError(error).into_response(),
     };
-    let secure = if came_over_https(&state, &parts) { "; Secure" } else { "" };
+    let secure = if came_over_https(&state, &parts) {
+        "; Secure"
+    } else {
+        ""
+    };
     let cookie = format!(
         "{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
         SESSION_LIFETIME.as_secs()
@@ -157,7 +166,13 @@ mod tests {
     #[test]
     fn only_a_path_on_this_server_is_followed_after_login() {
         assert_eq!(local_path(Some("/agents?x=1")), "/agents?x=1");
-        for elsewhere in ["https://evil.example", "//evil.example", "/\\evil.example", "agents", "/auth/logout"] {
+        for elsewhere in [
+            "https://evil.example",
+            "//evil.example",
+            "/\\evil.example",
+            "agents",
+            "/auth/logout",
+        ] {
             assert_eq!(local_path(Some(elsewhere)), "/", "{elsewhere}");
         }
         assert_eq!(local_path(None), "/");

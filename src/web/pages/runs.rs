@@ -20,9 +20,9 @@ use crate::error::Result;
 use crate::events::{DomainEvent, Topic};
 use crate::job_runs::{JobRuns, RunPage};
 use crate::web::api::agent_uuid;
+use crate::web::auth::{Credential, CurrentUser};
 use crate::web::format_time;
 use crate::web::live::{KeyedViews, Output, Subscription, View, Watched};
-use crate::web::auth::{Credential, CurrentUser};
 use crate::web::routes::Routes;
 use crate::web::sse;
 
@@ -36,8 +36,16 @@ const DEFAULT_PAGE_SIZE: i64 = 50;
 
 pub fn router() -> Routes {
     Routes::new()
-        .get("/agents/{uuid}/job_run_history", Credential::User, runs_page)
-        .get("/agents/{uuid}/job_run_history/events", Credential::User, events)
+        .get(
+            "/agents/{uuid}/job_run_history",
+            Credential::User,
+            runs_page,
+        )
+        .get(
+            "/agents/{uuid}/job_run_history/events",
+            Credential::User,
+            events,
+        )
 }
 
 #[derive(Deserialize)]

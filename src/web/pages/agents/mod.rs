@@ -35,7 +35,13 @@ async fn agents_page(
 ) -> PageResult<Markup> {
     let agents = state.agents.list().await?;
     let body = fragments::agents_page(&agents, state.agents_view.queued());
-    Ok(page(Some(&viewer), "Agents", Section::Agents, &["agents.js"], body))
+    Ok(page(
+        Some(&viewer),
+        "Agents",
+        Section::Agents,
+        &["agents.js"],
+        body,
+    ))
 }
 
 async fn events(State(state): State<AppState>, slot: sse::StreamSlot) -> Response {
@@ -195,21 +201,27 @@ async fn apply(
         "add_resources" | "remove_resources" => {
             let resources = list_change(form.action.starts_with("add"));
             agents
-                .bulk_update(BulkUpdate {
-                    uuids: vec![uuid],
-                    resources,
-                    ..Default::default()
-                }, actor)
+                .bulk_update(
+                    BulkUpdate {
+                        uuids: vec![uuid],
+                        resources,
+                        ..Default::default()
+                    },
+                    actor,
+                )
                 .await?;
         }
         "add_environments" | "remove_environments" => {
             let environments = list_change(form.action.starts_with("add"));
             agents
-                .bulk_update(BulkUpdate {
-                    uuids: vec![uuid],
-                    environments,
-                    ..Default::default()
-                }, actor)
+                .bulk_update(
+                    BulkUpdate {
+                        uuids: vec![uuid],
+                        environments,
+                        ..Default::default()
+                    },
+                    actor,
+                )
                 .await?;
         }
         other => return Err(Error::Unprocessable(format!("unknown action {other:?}"))),

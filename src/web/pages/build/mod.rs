@@ -15,11 +15,11 @@ use serde::Deserialize;
 
 use super::layout::{Section, page};
 use crate::AppState;
+use crate::domain::user::User;
 use crate::error::{Error, Result};
 use crate::job_runs::JobRuns;
 use crate::web::api::{ApiQuery, build_id};
 use crate::web::auth::{Credential, CurrentUser};
-use crate::domain::user::User;
 use crate::web::routes::Routes;
 use crate::web::sse;
 
@@ -33,9 +33,21 @@ const TAIL_WINDOW: i64 = 2 * 1024 * 1024;
 pub fn router() -> Routes {
     Routes::new()
         .get("/builds/{build_id}", Credential::User, by_id)
-        .get("/agents/{uuid}/job_run_history/{build_id}", Credential::User, by_agent)
-        .get("/tab/build/detail/{pipeline}/{pc}/{stage}/{sc}/{job}", Credential::User, by_names)
-        .get("/builds/{build_id}/console/events", Credential::User, events)
+        .get(
+            "/agents/{uuid}/job_run_history/{build_id}",
+            Credential::User,
+            by_agent,
+        )
+        .get(
+            "/tab/build/detail/{pipeline}/{pc}/{stage}/{sc}/{job}",
+            Credential::User,
+            by_names,
+        )
+        .get(
+            "/builds/{build_id}/console/events",
+            Credential::User,
+            events,
+        )
         .post("/builds/{build_id}/cancel", Credential::User, cancel)
 }
 
