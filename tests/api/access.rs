@@ -110,6 +110,9 @@ async fn a_page_without_a_login_goes_to_the_login_page_and_back() {
         reply.header("location"),
         "/auth/login?next=%2Fagents%3Fx%3D1"
     );
+    let gocd = browser.get("/go/auth/login?next=%2Fagents").await;
+    assert_eq!(gocd.status, 303, "GoCD's address for the login page");
+    assert_eq!(gocd.header("location"), "/auth/login?next=%2Fagents");
     let login = browser.get("/auth/login?next=%2Fagents").await;
     assert_eq!(login.status, 200);
     assert!(

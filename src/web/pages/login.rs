@@ -24,6 +24,8 @@ use crate::web::routes::Routes;
 pub fn router() -> Routes {
     Routes::new()
         .get("/auth/login", Credential::None, login_page)
+        // GoCD's address for it, which bookmarks and build monitors' links use.
+        .get("/go/auth/login", Credential::None, gocd_login)
         .post("/auth/login", Credential::None, login)
         .post("/auth/logout", Credential::None, logout)
 }
@@ -46,6 +48,11 @@ fn local_path(next: Option<&str>) -> String {
         }
         _ => "/".to_string(),
     }
+}
+
+async fn gocd_login(uri: axum::http::Uri) -> Response {
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    redirect(&format!("/auth/login{query}"), None)
 }
 
 async fn login_page(State(state): State<AppState>, Query(query): Query<LoginQuery>) -> Markup {
