@@ -11,6 +11,7 @@ mod helpers;
 
 mod agents_page;
 mod convergence;
+mod cross_origin;
 mod listener_gap;
 mod run_page;
 mod support;
