@@ -248,6 +248,22 @@ async fn append_console(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>> {
     let build_id = build_id(&id)?;
+    // Console bytes are text or raw bytes; any other declared type is a mistake (or a page
+    // elsewhere posting a form), and a chunk must say what it is.
+    let typed = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase());
+    if !matches!(
+        typed.as_deref(),
+        Some("text/plain" | "application/octet-stream")
+    ) {
+        return Err(Error::UnsupportedMediaType(
+            "Content-Type: a console chunk is sent as text/plain or application/octet-stream"
+                .into(),
+        ));
+    }
     let offset = headers
         .get("x-console-offset")
         .ok_or_else(|| Error::Unprocessable("X-Console-Offset: the header is required".into()))?

@@ -159,3 +159,28 @@ async fn at_the_console_cap_one_line_says_so_and_later_appends_store_nothing() {
     agent.report_ok(build_id, "Completed", Some("Passed")).await;
     assert_eq!(app.build(build_id).await["result"], "Passed");
 }
+
+#[tokio::test]
+async fn a_console_chunk_must_say_it_is_text_or_bytes() {
+    let app = spawn_app().await;
+    let (agent, build_id) = app.running_build("typed").await;
+    let url = app.url(&format!("/api/builds/{build_id}/console"));
+    for (content_type, expected) in [
+        (Some("text/plain; charset=utf-8"), 200),
+        (Some("application/octet-stream"), 200),
+        (Some("application/x-www-form-urlencoded"), 415),
+        (None, 415),
+    ] {
+        let mut request = app
+            .client
+            .post(&url)
+            .bearer_auth(&agent.token)
+            .header("X-Console-Offset", "0")
+            .body("line\n");
+        if let Some(content_type) = content_type {
+            request = request.header("Content-Type", content_type);
+        }
+        let reply = app.send(request).await;
+        assert_eq!(reply.status, expected, "{content_type:?}: {}", reply.text());
+    }
+}
