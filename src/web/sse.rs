@@ -235,3 +235,131 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::frame;
+
+    /// One event as an EventSource dispatches it.
+    #[derive(Debug, PartialEq)]
+    struct Dispatched {
+        event: String,
+        id: String,
+        data: String,
+    }
+
+    /// The WHATWG "interpreting an event stream" algorithm, on a whole stream: one leading
+    /// BOM dropped; lines end at CRLF, LF or CR; a blank line dispatches; `:` starts a
+    /// comment; the field name is up to the first `:`, and one space after it is dropped;
+    /// `data` lines join with LF, less the last LF; an `id` with a NUL is ignored; an
+    /// event with no data is not dispatched; an unfinished last line is discarded.
+    fn parse(stream: &str) -> Vec<Dispatched> {
+        let mut events = Vec::new();
+        let (mut event, mut data, mut last_id) = (String::new(), String::new(), String::new());
+        let mut rest = stream.strip_prefix('\u{feff}').unwrap_or(stream);
+        while let Some(i) = rest.find(['\r', '\n']) {
+            let line = &rest[..i];
+            rest = &rest[i + if rest[i..].starts_with("\r\n") { 2 } else { 1 }..];
+            if line.is_empty() {
+                if data.is_empty() {
+                    event.clear();
+                    continue;
+                }
+                if data.ends_with('\n') {
+                    data.pop();
+                }
+                events.push(Dispatched {
+                    event: if event.is_empty() {
+                        "message".to_string()
+                    } else {
+                        std::mem::take(&mut event)
+                    },
+                    id: last_id.clone(),
+                    data: std::mem::take(&mut data),
+                });
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+                None => (line, ""),
+            };
+            match field {
+                "event" => event = value.to_string(),
+                "data" => {
+                    data.push_str(value);
+                    data.push('\n');
+                }
+                "id" if !value.contains('\0') => last_id = value.to_string(),
+                _ => {}
+            }
+        }
+        events
+    }
+
+    /// Text rich in what could break a frame: line breaks of every kind, NUL, colons,
+    /// spaces, a BOM, and any other character.
+    fn text() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                3 => any::<char>().prop_map(String::from),
+                2 => prop::sample::select(vec!["\r", "\n", "\r\n", "\0", ":", " ", "\u{feff}", "é"])
+                    .prop_map(String::from),
+            ],
+            0..24,
+        )
+        .prop_map(|pieces| pieces.concat())
+    }
+
+    fn single_line(s: &str) -> String {
+        s.chars()
+            .filter(|c| !matches!(c, '\r' | '\n' | '\0'))
+            .collect()
+    }
+
+    fn expected(event: &str, id: &str, data: &str) -> Dispatched {
+        let event = single_line(event);
+        Dispatched {
+            // The spec's name for an event whose type is empty.
+            event: if event.is_empty() {
+                "message".into()
+            } else {
+                event
+            },
+            id: single_line(id),
+            data: data.replace("\r\n", "\n").replace('\r', "\n"),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn a_frame_is_one_event_with_its_data_lines_normalised(
+            event in text(), id in text(), data in text(),
+        ) {
+            let framed = frame(&event, &id, &data);
+            let stream = std::str::from_utf8(&framed).unwrap();
+            prop_assert_eq!(parse(stream), vec![expected(&event, &id, &data)]);
+        }
+
+        /// Frames back to back, as a stream sends them after its `retry:` line: each is its
+        /// own event, whatever the one before it held.
+        #[test]
+        fn frames_in_a_row_are_the_same_events_in_order(
+            frames in prop::collection::vec((text(), text(), text()), 1..5),
+        ) {
+            let mut stream = String::from("retry: 1000\n\n");
+            for (event, id, data) in &frames {
+                stream.push_str(std::str::from_utf8(&frame(event, id, data)).unwrap());
+                stream.push_str(": keepalive\n\n");
+            }
+            let want: Vec<_> = frames.iter().map(|(e, i, d)| expected(e, i, d)).collect();
+            prop_assert_eq!(parse(&stream), want);
+        }
+    }
+}
