@@ -284,9 +284,22 @@ pub fn complete_lines_end(bytes: &[u8], start: i64) -> i64 {
 pub fn safe_cut(bytes: &[u8], cut: usize) -> usize {
     let cut = cut.min(bytes.len());
     let mut at = cut;
-    // A continuation byte (10xxxxxx) after the cut means a character is split.
-    while at > 0 && at < bytes.len() && cut - at < 4 && bytes[at] & 0xC0 == 0x80 {
-        at -= 1;
+    // A character is split when its first byte (the last before the cut that is no
+    // continuation, 10xxxxxx) starts more bytes than come before the cut. Callers cut at
+    // the end of what they have read, so what follows the cut is not looked at.
+    if let Some(lead) = (cut.saturating_sub(3)..cut)
+        .rev()
+        .find(|&i| bytes[i] & 0xC0 != 0x80)
+    {
+        let len = match bytes[lead] {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => 1,
+        };
+        if lead + len > cut {
+            at = lead;
+        }
     }
     // An escape sequence started in the last few bytes and not finished before the cut.
     let window = at.saturating_sub(32);
@@ -436,5 +449,24 @@ mod tests {
     fn colour_state_carries_across_lines() {
         let html = render(b"\x1b[34mone\ntwo\x1b[0m\n", 0);
         assert_eq!(html.matches("ansi-fg-4").count(), 2, "{html}");
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::safe_cut;
+
+    /// Found with the properties below. Callers cut at the end of the bytes they have read,
+    /// where the old check (a continuation byte just after the cut) never looked: a window
+    /// ending inside a character split it. And a run of stray continuation bytes after a
+    /// character moved the cut into the character.
+    #[test]
+    fn a_cut_at_the_end_of_a_window_or_after_stray_bytes_splits_no_character() {
+        assert_eq!(safe_cut(&"abé".as_bytes()[..3], 3), 2);
+        assert_eq!(safe_cut(&"ab😀".as_bytes()[..5], 5), 2);
+        assert_eq!(safe_cut("abé".as_bytes(), 4), 4);
+        let stray = b"a\xf0\x9f\x98\x80\x80\x80\x80x";
+        assert_eq!(safe_cut(stray, 7), 7, "between stray bytes, after the character");
+        assert_eq!(safe_cut(stray, 3), 1, "inside the character");
     }
 }
