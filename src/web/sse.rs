@@ -307,8 +307,10 @@ mod properties {
         prop::collection::vec(
             prop_oneof![
                 3 => any::<char>().prop_map(String::from),
-                2 => prop::sample::select(vec!["\r", "\n", "\r\n", "\0", ":", " ", "\u{feff}", "é"])
-                    .prop_map(String::from),
+                2 => prop::sample::select(vec![
+                    "\r", "\n", "\r\n", "\0", ":", " ", "\u{feff}", "é",
+                ])
+                .prop_map(String::from),
             ],
             0..24,
         )
