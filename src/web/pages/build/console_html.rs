@@ -454,7 +454,9 @@ mod tests {
 
 #[cfg(test)]
 mod properties {
-    use super::safe_cut;
+    use proptest::prelude::*;
+
+    use super::{render, safe_cut};
 
     /// Found with the properties below. Callers cut at the end of the bytes they have read,
     /// where the old check (a continuation byte just after the cut) never looked: a window
@@ -466,7 +468,296 @@ mod properties {
         assert_eq!(safe_cut(&"ab😀".as_bytes()[..5], 5), 2);
         assert_eq!(safe_cut("abé".as_bytes(), 4), 4);
         let stray = b"a\xf0\x9f\x98\x80\x80\x80\x80x";
-        assert_eq!(safe_cut(stray, 7), 7, "between stray bytes, after the character");
+        assert_eq!(
+            safe_cut(stray, 7),
+            7,
+            "between stray bytes, after the character"
+        );
         assert_eq!(safe_cut(stray, 3), 1, "inside the character");
+    }
+
+    /// What an HTML parser sees in our output.
+    #[derive(Debug, PartialEq)]
+    enum Piece {
+        Open {
+            class: Option<String>,
+            end: Option<i64>,
+        },
+        Close,
+        /// Text, entities decoded.
+        Text(String),
+    }
+
+    /// Reads `html` strictly: the only tags are `<span( class="[a-z0-9 -]*")?( data-end="N")?>`
+    /// and `</span>`; outside them no `<`, `>` or `"`, no raw CR or NUL (an HTML parser would
+    /// change both), and `&` only in the entities `escape_into` writes.
+    fn pieces(html: &str) -> Result<Vec<Piece>, String> {
+        let mut out = Vec::new();
+        let mut text = String::new();
+        let mut rest = html;
+        while let Some(c) = rest.chars().next() {
+            if c == '<' {
+                if !text.is_empty() {
+                    out.push(Piece::Text(std::mem::take(&mut text)));
+                }
+                let (piece, after) = tag(rest).ok_or_else(|| format!("a raw < at {rest:?}"))?;
+                out.push(piece);
+                rest = after;
+                continue;
+            }
+            rest = &rest[c.len_utf8()..];
+            match c {
+                '>' | '"' | '\r' | '\0' => return Err(format!("a raw {c:?} before {rest:?}")),
+                '&' => {
+                    let (entity, after) = rest
+                        .split_once(';')
+                        .ok_or_else(|| format!("a raw & before {rest:?}"))?;
+                    text.push(match entity {
+                        "amp" => '&',
+                        "lt" => '<',
+                        "gt" => '>',
+                        "quot" => '"',
+                        "#39" => '\'',
+                        "#13" => '\r',
+                        _ => return Err(format!("a raw & before {rest:?}")),
+                    });
+                    rest = after;
+                }
+                c => text.push(c),
+            }
+        }
+        if !text.is_empty() {
+            out.push(Piece::Text(text));
+        }
+        Ok(out)
+    }
+
+    /// One of our tags at the start of `s`, and what follows it.
+    fn tag(s: &str) -> Option<(Piece, &str)> {
+        if let Some(after) = s.strip_prefix("</span>") {
+            return Some((Piece::Close, after));
+        }
+        let mut rest = s.strip_prefix("<span")?;
+        let mut class = None;
+        if let Some(after) = rest.strip_prefix(" class=\"") {
+            let (value, after) = after.split_once('"')?;
+            if !value
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, ' ' | '-'))
+            {
+                return None;
+            }
+            class = Some(value.to_string());
+            rest = after;
+        }
+        let mut end = None;
+        if let Some(after) = rest.strip_prefix(" data-end=\"") {
+            let (value, after) = after.split_once('"')?;
+            if value.is_empty() || !value.chars().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            end = Some(value.parse().ok()?);
+            rest = after;
+        }
+        let after = rest.strip_prefix('>')?;
+        Some((Piece::Open { class, end }, after))
+    }
+
+    /// Checks the output's shape and gives its text content (what `textContent` gives).
+    fn checked_text(html: &str, bytes: &[u8], start: i64) -> Result<String, TestCaseError> {
+        let pieces = pieces(html).map_err(TestCaseError::fail)?;
+        let mut depth = 0usize;
+        let mut ends = Vec::new();
+        let mut text = String::new();
+        for piece in &pieces {
+            match piece {
+                Piece::Open { class, end } => {
+                    let line = class.as_deref() == Some("ln") && end.is_some();
+                    // Lines are the top level, and only lines are.
+                    prop_assert_eq!(line, depth == 0, "{}", html);
+                    if let Some(end) = end {
+                        prop_assert!(line, "data-end on a span that is no line: {}", html);
+                        ends.push(*end);
+                    }
+                    depth += 1;
+                }
+                Piece::Close => {
+                    prop_assert!(depth > 0, "an unopened </span>: {}", html);
+                    depth -= 1;
+                }
+                Piece::Text(t) => {
+                    prop_assert!(depth > 0, "text outside a line: {}", html);
+                    text.push_str(t);
+                }
+            }
+        }
+        prop_assert_eq!(depth, 0, "unclosed spans: {}", html);
+        prop_assert!(ends.windows(2).all(|w| w[0] < w[1]), "data-end {:?}", ends);
+        prop_assert_eq!(ends.len(), bytes.split_inclusive(|b| *b == b'\n').count());
+        if !bytes.is_empty() {
+            prop_assert_eq!(ends.last().copied(), Some(start + bytes.len() as i64));
+        }
+        Ok(text)
+    }
+
+    /// The text the console keeps of plain bytes: all of it, read as UTF-8 with each invalid
+    /// sequence as U+FFFD, and NUL (not allowed in HTML) as U+FFFD too.
+    fn kept(bytes: &[u8]) -> String {
+        String::from_utf8_lossy(bytes).replace('\0', "\u{fffd}")
+    }
+
+    /// A piece of console output: text (never ESC) or a whole escape sequence, as
+    /// `(bytes, is text)`.
+    fn token() -> impl Strategy<Value = (Vec<u8>, bool)> {
+        let text = |s: &str| (s.as_bytes().to_vec(), true);
+        let params = "[0-9;:]{0,12}";
+        prop_oneof![
+            4 => prop::collection::vec(any::<u8>().prop_filter("ESC", |b| *b != 0x1b), 1..8)
+                .prop_map(|b| (b, true)),
+            3 => prop::sample::select(vec![
+                text("\r"), text("\n"), text("\r\n"), text("<"), text(">"), text("&"),
+                text("\""), text("'"), text("\0"), text("é"), text("€"), text("😀"),
+                (b"\xe2\x82".to_vec(), true), (b"\x80".to_vec(), true),
+                (b"\x80\x80\x80".to_vec(), true),
+                (b"\xff".to_vec(), true),
+                text("style=\"x\""), text("<span>"), text("&amp;"),
+            ]),
+            // SGR and other CSI sequences.
+            2 => (params, prop::sample::select(vec!['m', 'm', 'K', 'H', 'J', 'A', '@', '~']))
+                .prop_map(|(p, f)| (format!("\x1b[{p}{f}").into_bytes(), false)),
+            // OSC (a title, a hyperlink), ended by BEL or ST.
+            1 => ("[ -~]{0,20}", prop::bool::ANY).prop_map(|(p, bel)| {
+                let end = if bel { "\x07" } else { "\x1b\\" };
+                (format!("\x1b]{p}{end}").into_bytes(), false)
+            }),
+            // Two-character escapes.
+            1 => prop::sample::select(vec!['7', '8', 'M', 'c', '=', '>'])
+                .prop_map(|c| (format!("\x1b{c}").into_bytes(), false)),
+        ]
+    }
+
+    /// Console output of well-formed pieces, and the text it holds. Each run of text between
+    /// two sequences is read on its own: an invalid byte before a sequence does not join a
+    /// byte after it.
+    fn console() -> impl Strategy<Value = (Vec<u8>, String)> {
+        prop::collection::vec(token(), 0..60).prop_map(|tokens| {
+            let mut bytes = Vec::new();
+            let mut text = String::new();
+            let mut run = Vec::new();
+            for (b, is_text) in tokens {
+                if is_text {
+                    run.extend_from_slice(&b);
+                } else {
+                    text.push_str(&kept(&std::mem::take(&mut run)));
+                }
+                bytes.extend_from_slice(&b);
+            }
+            text.push_str(&kept(&run));
+            (bytes, text)
+        })
+    }
+
+    /// Output no program should write but any may: stray ESC, unfinished sequences.
+    fn garbage() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(
+            prop_oneof![
+                3 => token().prop_map(|(b, _)| b),
+                1 => prop::sample::select(vec![
+                    &b"\x1b"[..], b"\x1b[", b"\x1b]", b"\x1b[38;5", b"\x1b[38;2;1",
+                ])
+                .prop_map(<[u8]>::to_vec),
+            ],
+            0..40,
+        )
+        .prop_map(|pieces| pieces.concat())
+    }
+
+    /// A point of `bytes` far enough in that `safe_cut` has room to move back (the callers'
+    /// windows are kilobytes long), if there is one.
+    fn cut_of(bytes: &[u8], at: prop::sample::Index) -> Option<usize> {
+        const ROOM: usize = 40;
+        (bytes.len() >= ROOM).then(|| ROOM + at.index(bytes.len() - ROOM + 1))
+    }
+
+    fn text_of(bytes: &[u8], start: i64) -> Result<String, TestCaseError> {
+        checked_text(&render(bytes, start), bytes, start)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_bytes_render_as_balanced_escaped_lines(
+            bytes in prop::collection::vec(any::<u8>(), 0..300), start in 0i64..1 << 40,
+        ) {
+            text_of(&bytes, start)?;
+        }
+
+        #[test]
+        fn stray_escapes_render_as_balanced_escaped_lines(bytes in garbage(), start in 0i64..1000) {
+            text_of(&bytes, start)?;
+        }
+
+        /// Without escape sequences, every byte is text.
+        #[test]
+        fn the_text_of_plain_bytes_is_all_of_them(
+            bytes in prop::collection::vec(any::<u8>().prop_filter("ESC", |b| *b != 0x1b), 0..300),
+        ) {
+            prop_assert_eq!(text_of(&bytes, 0)?, kept(&bytes));
+        }
+
+        #[test]
+        fn the_text_is_the_log_less_its_escape_sequences(
+            (bytes, text) in console(), start in 0i64..1000,
+        ) {
+            prop_assert_eq!(text_of(&bytes, start)?, text);
+        }
+
+        /// Dense UTF-8, whole and broken: cut anywhere, inside the bytes or at their end, the two
+        /// pieces read as the whole does. (Four ASCII bytes first: a cut with no better place
+        /// than 0 stays where it was, on purpose.)
+        #[test]
+        fn a_cut_splits_no_character(
+            tail in prop::collection::vec(
+                prop::sample::select(vec![
+                    0xf0u8, 0x9f, 0x98, 0x80, 0xc3, 0xa9, 0xe2, 0x82, 0xac, b'a',
+                ]),
+                0..16,
+            ),
+            at in any::<prop::sample::Index>(),
+            at_the_end in prop::bool::ANY,
+        ) {
+            let bytes = [&b"abcd"[..], &tail].concat();
+            let cut = 4 + at.index(tail.len() + 1);
+            let at = if at_the_end { safe_cut(&bytes[..cut], cut) } else { safe_cut(&bytes, cut) };
+            prop_assert!(at <= cut && cut - at <= 3, "{} for {}", at, cut);
+            prop_assert_eq!(kept(&bytes[..at]) + &kept(&bytes[at..]), kept(&bytes));
+        }
+
+        /// A long line goes out in pieces cut by `safe_cut` inside the log (a window read
+        /// from the middle of it).
+        #[test]
+        fn pieces_cut_inside_the_log_show_the_same_text(
+            (bytes, _) in console(), at in any::<prop::sample::Index>(),
+        ) {
+            let Some(cut) = cut_of(&bytes, at) else { return Ok(()) };
+            let at = safe_cut(&bytes, cut);
+            prop_assert!(at <= cut && at > 0);
+            let two = text_of(&bytes[..at], 0)? + &text_of(&bytes[at..], at as i64)?;
+            prop_assert_eq!(two, text_of(&bytes, 0)?);
+        }
+
+        /// ... and at the end of what is stored so far (the live view's pending line, a
+        /// catch-up or "Show all" window), where the next bytes are not known yet.
+        #[test]
+        fn pieces_cut_at_the_end_of_a_window_show_the_same_text(
+            (bytes, _) in console(), at in any::<prop::sample::Index>(),
+        ) {
+            let Some(cut) = cut_of(&bytes, at) else { return Ok(()) };
+            let at = safe_cut(&bytes[..cut], cut);
+            prop_assert!(at <= cut && at > 0);
+            let two = text_of(&bytes[..at], 0)? + &text_of(&bytes[at..], at as i64)?;
+            prop_assert_eq!(two, text_of(&bytes, 0)?);
+        }
     }
 }
