@@ -490,3 +490,269 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+    use uuid::Uuid;
+
+    use super::*;
+
+    const AGENT: Uuid = Uuid::from_u128(1);
+    const STRANGER: Uuid = Uuid::from_u128(2);
+
+    fn run(state: JobState, agent: Option<Uuid>) -> JobRun {
+        JobRun {
+            build_id: 7,
+            pipeline_name: "p".into(),
+            pipeline_counter: 1,
+            stage_name: "s".into(),
+            stage_counter: 1,
+            job_name: "j".into(),
+            agent_uuid: agent,
+            state,
+            result: JobResult::Unknown,
+            console_length: 0,
+            console_truncated_at: None,
+            resources: vec![],
+            environment: None,
+            tasks: vec![],
+            cancel_requested: false,
+            rescheduled_from: None,
+            scheduled_at: 0,
+            completed_at: None,
+            job_state_transitions: vec![],
+            environment_variables: BTreeMap::new(),
+        }
+    }
+
+    fn truncation_line(cap: i64) -> Vec<u8> {
+        format!("[ferrocd] console truncated at {cap} bytes\n").into_bytes()
+    }
+
+    /// What the server answers an append, as `JobRuns::append_console` does.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Ack {
+        Stored(i64),
+        Gap(i64),
+        Truncated(i64),
+    }
+
+    /// A run's console on the server, deciding each append with `JobRun::append` and
+    /// `within_cap`, storing as `JobRuns::append_console` does.
+    struct Server {
+        run: JobRun,
+        log: Vec<u8>,
+        cap: i64,
+    }
+
+    impl Server {
+        fn append(&mut self, agent: Uuid, offset: i64, chunk: &[u8]) -> Checked<Ack> {
+            let new = match self.run.append(agent, offset, chunk.len())? {
+                Append::Stored => return Ok(Ack::Stored(self.run.console_length)),
+                Append::Gap { stored } => return Ok(Ack::Gap(stored)),
+                Append::Truncated { at } => return Ok(Ack::Truncated(at)),
+                Append::From(skip) => &chunk[skip..],
+            };
+            let (new, truncated) = within_cap(self.run.console_length, new, self.cap);
+            self.log.extend_from_slice(&new);
+            self.run.console_length += new.len() as i64;
+            Ok(if truncated {
+                self.run.console_truncated_at = Some(self.cap);
+                Ack::Truncated(self.cap)
+            } else {
+                Ack::Stored(offset + chunk.len() as i64)
+            })
+        }
+
+        /// The log holds the intended bytes in order, none twice and none skipped; once cut,
+        /// the first `cap` of them and the line saying so.
+        fn check(&self, intended: &[u8]) -> Result<(), TestCaseError> {
+            prop_assert_eq!(self.run.console_length, self.log.len() as i64);
+            match self.run.console_truncated_at {
+                None => prop_assert_eq!(&self.log[..], &intended[..self.log.len()]),
+                Some(at) => {
+                    let line = truncation_line(self.cap);
+                    let at = at as usize;
+                    prop_assert_eq!(at as i64, self.cap);
+                    prop_assert!(
+                        self.log.len() <= at + line.len() + 1,
+                        "{} bytes",
+                        self.log.len()
+                    );
+                    prop_assert_eq!(&self.log[..at], &intended[..at]);
+                    let rest = &self.log[at..];
+                    prop_assert!(rest == &line[..] || rest == &[b"\n", &line[..]].concat()[..]);
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// One thing that happens to the agent's upload.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// The agent sends `len` bytes from where it believes the log ends; with `lost` the
+        /// answer never reaches it (a timeout after the server stored them), so it sends
+        /// from the same place again.
+        Send { len: usize, lost: bool },
+        /// A request sent earlier reaches the server again (a retry the network delivered
+        /// late); its answer goes nowhere.
+        Replay(prop::sample::Index),
+        /// The agent believes `ahead` bytes more are stored than are, sends from there, and
+        /// goes on from where the server answers.
+        Ahead { ahead: usize, len: usize },
+        /// Another agent sends to this run.
+        Stranger { len: usize },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            6 => (1usize..=64, prop::bool::weighted(0.3))
+                .prop_map(|(len, lost)| Step::Send { len, lost }),
+            2 => any::<prop::sample::Index>().prop_map(Step::Replay),
+            1 => (1usize..=64, 1usize..=64).prop_map(|(ahead, len)| Step::Ahead { ahead, len }),
+            1 => (1usize..=64).prop_map(|len| Step::Stranger { len }),
+        ]
+    }
+
+    /// Mostly no cap in reach, sometimes one inside or just past the log.
+    fn cap() -> impl Strategy<Value = i64> {
+        prop_oneof![2 => Just(1i64 << 40), 1 => 0i64..700]
+    }
+
+    /// An answer the agent's own requests must get.
+    fn answered<T>(answer: Checked<T>) -> Result<T, TestCaseError> {
+        answer.map_err(|r| TestCaseError::fail(r.to_string()))
+    }
+
+    /// The agent's side: what it believes stored, and whether it stopped (the console was cut).
+    struct Agent {
+        offset: i64,
+        stopped: bool,
+    }
+
+    impl Agent {
+        fn hear(&mut self, ack: Ack, server: &Server) -> Result<(), TestCaseError> {
+            match ack {
+                // The server answers the length it holds.
+                Ack::Stored(n) | Ack::Gap(n) => {
+                    prop_assert_eq!(n, server.run.console_length);
+                    self.offset = n;
+                }
+                Ack::Truncated(at) => {
+                    prop_assert_eq!(Some(at), server.run.console_truncated_at);
+                    self.stopped = true;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn retried_duplicated_and_early_chunks_store_each_byte_once_in_order(
+            len in 0usize..600,
+            steps in prop::collection::vec(step(), 0..60),
+            cap in cap(),
+        ) {
+            // No byte value repeats within 251 bytes, and no chunk is as long: a byte stored
+            // twice or skipped shows.
+            let intended: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut server = Server { run: run(JobState::Building, Some(AGENT)), log: vec![], cap };
+            let mut agent = Agent { offset: 0, stopped: false };
+            let mut sent: Vec<(i64, Vec<u8>)> = vec![];
+            let chunk = |from: i64, n: usize| {
+                let from = (from as usize).min(len);
+                intended[from..(from + n).min(len)].to_vec()
+            };
+            for step in steps {
+                match step {
+                    Step::Send { len: n, lost } if !agent.stopped => {
+                        let bytes = chunk(agent.offset, n);
+                        if bytes.is_empty() {
+                            continue;
+                        }
+                        let ack = server.append(AGENT, agent.offset, &bytes);
+                        sent.push((agent.offset, bytes));
+                        let ack = answered(ack)?;
+                        if !lost {
+                            agent.hear(ack, &server)?;
+                        }
+                    }
+                    Step::Ahead { ahead, len: n } if !agent.stopped => {
+                        let from = agent.offset + ahead as i64;
+                        let bytes = chunk(from, n);
+                        if bytes.is_empty() {
+                            continue;
+                        }
+                        let ack = server.append(AGENT, from, &bytes);
+                        sent.push((from, bytes));
+                        agent.hear(answered(ack)?, &server)?;
+                    }
+                    Step::Replay(which) if !sent.is_empty() => {
+                        let (from, bytes) = sent[which.index(sent.len())].clone();
+                        answered(server.append(AGENT, from, &bytes))?;
+                    }
+                    Step::Stranger { len: n } => {
+                        let before = server.log.clone();
+                        let answer = server.append(STRANGER, agent.offset, &chunk(agent.offset, n));
+                        let refused = matches!(answer, Err(Rejection::Forbidden(_)));
+                        prop_assert!(refused, "{:?}", answer);
+                        prop_assert_eq!(&server.log, &before);
+                    }
+                    _ => {}
+                }
+                server.check(&intended)?;
+            }
+            // Then every answer arrives: the agent sends the rest.
+            let mut tries = 0;
+            while !agent.stopped && (agent.offset as usize) < len {
+                tries += 1;
+                prop_assert!(tries <= len, "no progress at {}", agent.offset);
+                let bytes = chunk(agent.offset, 64);
+                let ack = server.append(AGENT, agent.offset, &bytes);
+                agent.hear(answered(ack)?, &server)?;
+                server.check(&intended)?;
+            }
+            if cap >= len as i64 {
+                prop_assert_eq!(server.log, intended);
+            } else {
+                prop_assert!(agent.stopped, "the agent stops at the cap");
+                prop_assert_eq!(server.run.console_truncated_at, Some(cap));
+            }
+        }
+
+        /// Whatever a chunk and however full the log: what is kept is a prefix of the chunk,
+        /// and, at the cap, a line of its own saying so; the log ends at most a newline and
+        /// that line past the cap.
+        #[test]
+        fn at_the_cap_a_prefix_and_the_line_are_kept(
+            chunk in prop::collection::vec(any::<u8>(), 0..100),
+            cap in 0i64..200,
+            stored in any::<prop::sample::Index>(),
+        ) {
+            let stored = stored.index(cap as usize + 1) as i64;
+            let (kept, truncated) = within_cap(stored, &chunk, cap);
+            if stored + chunk.len() as i64 <= cap {
+                prop_assert!(!truncated);
+                prop_assert_eq!(kept, chunk);
+                return Ok(());
+            }
+            prop_assert!(truncated);
+            let line = truncation_line(cap);
+            prop_assert!(stored + kept.len() as i64 <= cap + line.len() as i64 + 1);
+            let body = kept.strip_suffix(&line[..]).expect("the line is last");
+            let prefix = (cap - stored) as usize;
+            prop_assert_eq!(&body[..prefix], &chunk[..prefix]);
+            prop_assert_eq!(body.last(), Some(&b'\n'), "the line starts a line");
+            // A newline is added only where the kept bytes do not end a line.
+            let ends_a_line = chunk[..prefix].last() == Some(&b'\n');
+            prop_assert!(body.len() == prefix || (body.len() == prefix + 1 && !ends_a_line));
+        }
+    }
+}
