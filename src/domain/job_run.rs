@@ -516,6 +516,8 @@ mod properties {
             result: JobResult::Unknown,
             console_length: 0,
             console_truncated_at: None,
+            scheduled_by: None,
+            cancelled_by: None,
             resources: vec![],
             environment: None,
             tasks: vec![],
@@ -754,5 +756,144 @@ mod properties {
             let ends_a_line = chunk[..prefix].last() == Some(&b'\n');
             prop_assert!(body.len() == prefix || (body.len() == prefix + 1 && !ends_a_line));
         }
+
+        /// Whatever agents report, and whatever cancels and lost contacts come between: a
+        /// run only moves forward, a Completed run never changes, only its agent moves it,
+        /// and it ends with a result (Cancelled once a cancel was asked).
+        #[test]
+        fn a_run_moves_forward_only_by_its_agent_and_ends_with_a_result(
+            start in start(),
+            events in prop::collection::vec(event(), 0..40),
+        ) {
+            let mut run = start;
+            for event in events {
+                let before = run.clone();
+                match event {
+                    Event::Assign => {
+                        // The scheduler takes a run only while it is Scheduled.
+                        if run.state == JobState::Scheduled {
+                            run.agent_uuid = Some(AGENT);
+                            run.state = JobState::Assigned;
+                        }
+                    }
+                    Event::Report { by_agent, state, result } => {
+                        let reporter = if by_agent { AGENT } else { STRANGER };
+                        // As `Scheduler::report_status` does: the report itself, then the run.
+                        let checked = check_report(state, result);
+                        let answer = checked
+                            .clone()
+                            .and_then(|()| run.report(reporter, state, result));
+                        if run.agent_uuid != Some(reporter) {
+                            let refused = match checked {
+                                Ok(()) => matches!(answer, Err(Rejection::Forbidden(_))),
+                                Err(_) => answer.is_err(),
+                            };
+                            prop_assert!(refused, "{:?} from {}", answer, reporter);
+                        }
+                        match answer {
+                            Ok(Report::Move { state: to, result }) => {
+                                prop_assert_eq!(to, state);
+                                prop_assert!(to > run.state, "{} to {}", run.state, to);
+                                if before.cancel_requested && to == JobState::Completed {
+                                    prop_assert_eq!(result, JobResult::Cancelled);
+                                }
+                                run.state = to;
+                                run.result = result;
+                            }
+                            Ok(Report::Retry) => prop_assert_eq!(state, run.state),
+                            Err(_) => {}
+                        }
+                    }
+                    Event::Cancel => match run.cancel() {
+                        Cancel::Nothing => {
+                            prop_assert!(run.is_completed() || run.cancel_requested);
+                        }
+                        Cancel::EndNow => {
+                            prop_assert_eq!(run.state, JobState::Scheduled);
+                            run.state = JobState::Completed;
+                            run.result = JobResult::Cancelled;
+                        }
+                        Cancel::AskTheAgent => {
+                            prop_assert!(!run.is_completed() && run.state != JobState::Scheduled);
+                            prop_assert!(!run.cancel_requested, "asked twice");
+                            run.cancel_requested = true;
+                        }
+                    },
+                    Event::LoseContact => {
+                        // The scheduler gives up on a run its agent holds and has not ended.
+                        if run.agent_uuid.is_some() && !run.is_completed() {
+                            run.state = JobState::Completed;
+                            run.result = JobResult::Cancelled;
+                        }
+                    }
+                }
+                prop_assert!(run.state >= before.state, "{} to {}", before.state, run.state);
+                if before.is_completed() {
+                    prop_assert_eq!(&run, &before);
+                }
+                if run.is_completed() {
+                    prop_assert_ne!(run.result, JobResult::Unknown);
+                } else {
+                    prop_assert_eq!(run.result, JobResult::Unknown);
+                }
+            }
+        }
+    }
+
+    /// What happens to a run.
+    #[derive(Debug, Clone)]
+    enum Event {
+        Assign,
+        Report {
+            by_agent: bool,
+            state: JobState,
+            result: Option<JobResult>,
+        },
+        Cancel,
+        LoseContact,
+    }
+
+    fn any_state() -> impl Strategy<Value = JobState> {
+        use JobState::*;
+        prop::sample::select(vec![
+            Scheduled, Assigned, Preparing, Building, Completing, Completed,
+        ])
+    }
+
+    fn any_result() -> impl Strategy<Value = JobResult> {
+        use JobResult::*;
+        prop::sample::select(vec![Unknown, Passed, Failed, Cancelled])
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            1 => Just(Event::Assign),
+            8 => (prop::bool::weighted(0.8), any_state(), prop::option::of(any_result()))
+                .prop_map(|(by_agent, state, result)| Event::Report { by_agent, state, result }),
+            1 => Just(Event::Cancel),
+            1 => Just(Event::LoseContact),
+        ]
+    }
+
+    /// A run in any state it can be in: Scheduled and nobody's, held by the agent (a cancel
+    /// asked or not), or Completed with a result.
+    fn start() -> impl Strategy<Value = JobRun> {
+        use JobResult::*;
+        (
+            any_state(),
+            prop::bool::ANY,
+            prop::sample::select(vec![Passed, Failed, Cancelled]),
+        )
+            .prop_map(|(state, cancel_requested, result)| match state {
+                JobState::Scheduled => run(state, None),
+                JobState::Completed => JobRun {
+                    result,
+                    ..run(state, Some(AGENT))
+                },
+                _ => JobRun {
+                    cancel_requested,
+                    ..run(state, Some(AGENT))
+                },
+            })
     }
 }
