@@ -338,7 +338,7 @@ impl NewJob {
 mod tests {
     use super::*;
 
-    fn run(state: JobState, agent: Option<Uuid>) -> JobRun {
+    pub(super) fn run(state: JobState, agent: Option<Uuid>) -> JobRun {
         JobRun {
             build_id: 7,
             pipeline_name: "p".into(),
@@ -493,7 +493,6 @@ mod tests {
 
 #[cfg(test)]
 mod properties {
-    use std::collections::BTreeMap;
 
     use proptest::prelude::*;
     use uuid::Uuid;
@@ -503,30 +502,11 @@ mod properties {
     const AGENT: Uuid = Uuid::from_u128(1);
     const STRANGER: Uuid = Uuid::from_u128(2);
 
+    /// The unit tests' run, with an empty console.
     fn run(state: JobState, agent: Option<Uuid>) -> JobRun {
         JobRun {
-            build_id: 7,
-            pipeline_name: "p".into(),
-            pipeline_counter: 1,
-            stage_name: "s".into(),
-            stage_counter: 1,
-            job_name: "j".into(),
-            agent_uuid: agent,
-            state,
-            result: JobResult::Unknown,
             console_length: 0,
-            console_truncated_at: None,
-            scheduled_by: None,
-            cancelled_by: None,
-            resources: vec![],
-            environment: None,
-            tasks: vec![],
-            cancel_requested: false,
-            rescheduled_from: None,
-            scheduled_at: 0,
-            completed_at: None,
-            job_state_transitions: vec![],
-            environment_variables: BTreeMap::new(),
+            ..super::tests::run(state, agent)
         }
     }
 
