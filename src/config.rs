@@ -73,6 +73,10 @@ pub struct ServeArgs {
     /// Seconds after which a silent Enabled agent becomes LostContact.
     #[arg(long, env = "FERROCD_LOST_CONTACT_AFTER", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub lost_contact_after: u64,
+    /// Minutes of console silence after which a running job is cancelled, for jobs that set
+    /// no `timeout` of their own (GoCD's default job timeout); 0: never.
+    #[arg(long, env = "FERROCD_DEFAULT_JOB_TIMEOUT", default_value_t = 0)]
+    pub default_job_timeout: u64,
     /// A build's console is cut here: one line says so and the agent stops uploading.
     #[arg(long, env = "FERROCD_MAX_CONSOLE_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_console_bytes: u64,
@@ -127,6 +131,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub agent_registration_key: Option<String>,
     pub lost_contact_after: Duration,
+    /// Console silence after which a job without a timeout of its own is cancelled; zero:
+    /// never (`--default-job-timeout`, in minutes).
+    pub default_job_timeout: Duration,
     pub max_console_bytes: u64,
     pub max_pending_agents: u32,
     pub registrations_per_second: u32,
@@ -162,6 +169,7 @@ impl From<ServeArgs> for Config {
             data_dir: args.data_dir,
             agent_registration_key: args.agent_registration_key.filter(|k| !k.is_empty()),
             lost_contact_after: Duration::from_secs(args.lost_contact_after),
+            default_job_timeout: Duration::from_secs(args.default_job_timeout.saturating_mul(60)),
             max_console_bytes: args.max_console_bytes,
             max_pending_agents: args.max_pending_agents,
             registrations_per_second: args.registrations_per_second,
@@ -190,6 +198,7 @@ impl Config {
             data_dir,
             agent_registration_key: None,
             lost_contact_after: Duration::from_secs(30),
+            default_job_timeout: Duration::ZERO,
             max_console_bytes: 256 * 1024 * 1024,
             max_pending_agents: 200,
             registrations_per_second: 10,

@@ -157,6 +157,7 @@ impl Application {
             agents.clone(),
             scheduler.clone(),
             config.lost_contact_after,
+            config.default_job_timeout,
             shutdown.clone(),
         );
         let listener = TcpListener::bind(config.listen)
@@ -249,15 +250,18 @@ fn log_file_limit(max_connections: usize) {
 }
 
 /// Marks silent Enabled agents LostContact, without waiting for any request to notice, and
-/// reschedules the runs they held.
+/// reschedules the runs they held; cancels the jobs whose console was silent for their
+/// timeout (`default_job_timeout` for those without one).
 fn spawn_liveness(
     agents: Agents,
     scheduler: Scheduler,
     after: Duration,
+    default_job_timeout: Duration,
     shutdown: CancellationToken,
 ) {
     let every = (after / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let started = tokio::time::Instant::now();
+    let started_at = crate::db::now_millis();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -277,6 +281,11 @@ fn spawn_liveness(
                         && let Err(error) = scheduler.reschedule_abandoned(silent_since).await {
                             tracing::warn!(%error, "could not reschedule the runs of silent agents");
                         }
+                    if let Err(error) =
+                        scheduler.time_out_silent_runs(default_job_timeout, started_at).await
+                    {
+                        tracing::warn!(%error, "could not time out silent jobs");
+                    }
                 }
             }
         }

@@ -2,11 +2,13 @@
 //! one writer connection serialises every assignment), cancelling, and rescheduling the runs
 //! of agents that lost contact.
 
+use std::time::Duration;
+
 use uuid::Uuid;
 
 use crate::agents;
 use crate::audit;
-use crate::db::{Db, WriteTx};
+use crate::db::{Db, WriteTx, now_millis};
 use crate::domain::agent::{Agent, AgentState, ConfigState};
 use crate::domain::job_run::{
     Cancel, JobResult, JobRun, JobState, NewJob, Report, Requirements, check_report,
@@ -35,6 +37,9 @@ impl Scheduler {
             resources,
             environment,
             environment_variables,
+            clean_workspace,
+            pipeline_label,
+            timeout_seconds,
         } = job.checked()?;
         let mut tx = self.db.begin().await?;
         let counter = job_runs::store::next_counter(tx.conn(), &pipeline_name).await?;
@@ -52,6 +57,9 @@ impl Scheduler {
                 environment_variables: &environment_variables,
                 rescheduled_from: None,
                 scheduled_by: Some(actor),
+                clean_workspace,
+                pipeline_label: pipeline_label.as_deref(),
+                timeout_seconds,
             },
         )
         .await?;
@@ -204,26 +212,38 @@ impl Scheduler {
     pub async fn cancel(&self, build_id: i64, actor: &str) -> Result<JobRun> {
         let mut tx = self.db.begin().await?;
         let run = job_runs::fetch_run_or_404(tx.conn(), build_id).await?;
-        if run.cancel() != Cancel::Nothing {
-            job_runs::store::set_cancelled_by(tx.conn(), build_id, actor).await?;
-            audit::record(&mut tx, actor, "cancel", &run_target(&run)).await?;
-        }
-        let updated = match run.cancel() {
-            Cancel::Nothing => return Ok(run),
-            Cancel::EndNow => {
-                let ended = end_run(&mut tx, &run, JobResult::Cancelled).await?;
-                publish_pending(&mut tx).await?;
-                ended
-            }
-            Cancel::AskTheAgent => {
-                job_runs::store::request_cancel(tx.conn(), build_id).await?;
-                let updated = job_runs::fetch_run_or_404(tx.conn(), build_id).await?;
-                job_runs::publish_run(&mut tx, &updated);
-                updated
-            }
-        };
+        let updated = cancel_in(&mut tx, &run, actor).await?;
         tx.commit().await?;
         Ok(updated)
+    }
+
+    /// Cancels, as the server ([`TIMEOUT_ACTOR`]), every Building run whose console has not
+    /// grown for its timeout (its own, else `default`; zero never), silence counted from
+    /// `not_before` at the earliest (the server's own downtime is not the job's silence). Its
+    /// agent hears `CANCEL`; its console gets a line saying why when it ends. Runs on every
+    /// liveness tick.
+    pub async fn time_out_silent_runs(&self, default: Duration, not_before: i64) -> Result<()> {
+        let default = i64::try_from(default.as_secs()).unwrap_or(i64::MAX);
+        let any = {
+            let mut conn = self.db.reader().await?;
+            !job_runs::store::silent_runs(conn.conn(), default, not_before, now_millis())
+                .await?
+                .is_empty()
+        };
+        if !any {
+            return Ok(());
+        }
+        // Read again inside the write: a console that grew meanwhile is not silent.
+        let mut tx = self.db.begin().await?;
+        let silent =
+            job_runs::store::silent_runs(tx.conn(), default, not_before, now_millis()).await?;
+        for (build_id, seconds) in silent {
+            let run = job_runs::fetch_run_or_404(tx.conn(), build_id).await?;
+            job_runs::set_cancel_reason(&mut tx, build_id, &timeout_reason(seconds)).await?;
+            cancel_in(&mut tx, &run, TIMEOUT_ACTOR).await?;
+            tracing::info!(build_id, seconds, "job timed out: its console was silent");
+        }
+        tx.commit().await
     }
 
     /// What a ping answers: `CANCEL` while the agent holds a run whose cancel was asked
@@ -257,6 +277,43 @@ impl Scheduler {
         let mut conn = self.db.reader().await?;
         job_runs::store::queue(conn.conn()).await
     }
+}
+
+/// Who a run timed out by the server is recorded as cancelled by.
+pub const TIMEOUT_ACTOR: &str = "timeout";
+
+/// The console line of a run cancelled after `seconds` of console silence.
+fn timeout_reason(seconds: i64) -> String {
+    let amount = match seconds {
+        60 => "1 minute".to_string(),
+        s if s % 60 == 0 => format!("{} minutes", s / 60),
+        1 => "1 second".to_string(),
+        s => format!("{s} seconds"),
+    };
+    format!("job timed out: no console output for {amount}")
+}
+
+/// Cancels `run` in `tx` (see [`Scheduler::cancel`]); answers the run as the write leaves it.
+async fn cancel_in(tx: &mut WriteTx, run: &JobRun, actor: &str) -> Result<JobRun> {
+    let build_id = run.build_id;
+    if run.cancel() != Cancel::Nothing {
+        job_runs::store::set_cancelled_by(tx.conn(), build_id, actor).await?;
+        audit::record(tx, actor, "cancel", &run_target(run)).await?;
+    }
+    Ok(match run.cancel() {
+        Cancel::Nothing => run.clone(),
+        Cancel::EndNow => {
+            let ended = end_run(tx, run, JobResult::Cancelled).await?;
+            publish_pending(tx).await?;
+            ended
+        }
+        Cancel::AskTheAgent => {
+            job_runs::store::request_cancel(tx.conn(), build_id).await?;
+            let updated = job_runs::fetch_run_or_404(tx.conn(), build_id).await?;
+            job_runs::publish_run(tx, &updated);
+            updated
+        }
+    })
 }
 
 /// The queue's length as `tx` leaves it, on `scheduler:updates`.
@@ -296,6 +353,9 @@ async fn give_up(tx: &mut WriteTx, run: &JobRun) -> Result<()> {
                 environment_variables: &run.environment_variables,
                 rescheduled_from: Some(run.build_id),
                 scheduled_by: run.scheduled_by.as_deref(),
+                clean_workspace: run.clean_workspace,
+                pipeline_label: run.pipeline_label.as_deref(),
+                timeout_seconds: run.timeout_seconds,
             },
         )
         .await?;

@@ -586,8 +586,14 @@ mod tests {
         };
         assert_eq!(work.build_id, BuildId::Number(17));
         assert_eq!(work.tasks.len(), 2);
-        assert_eq!(work.tasks[1].args, Vec::<String>::new());
-        assert_eq!(work.tasks[1].working_dir.as_deref(), Some("src"));
+        assert_eq!(
+            work.tasks[1].kind,
+            super::super::wire::TaskKind::Exec {
+                command: "make".into(),
+                args: vec![],
+                working_dir: Some("src".into()),
+            }
+        );
         assert_eq!(work.environment_variables["A"], json!("1"));
     }
 

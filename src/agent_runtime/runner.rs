@@ -1,6 +1,13 @@
 //! Running one job: report `Preparing`, `Building`, run the tasks in order in the pipeline's
-//! sandbox (the first failure ends the job), report `Completing`, wait until the console holds
-//! every byte, report `Completed` with the result.
+//! sandbox, report `Completing`, wait until the console holds every byte, report `Completed`
+//! with the result.
+//!
+//! Tasks follow GoCD's rules: a task runs by its `run_if`: `passed` (the default) while every
+//! task before it passed, `failed` once one failed, `any` always; the job fails if any task
+//! failed. An exec task runs its command directly; a script task's text is written to a file
+//! in the sandbox and run with `bash`; a task type the agent cannot run fails at once, saying
+//! so. On a cancel, the running task is stopped, then its `on_cancel` task (if any) runs, and
+//! no further task does. With `clean_workspace` the sandbox is emptied before the first task.
 //!
 //! A report or console upload that keeps failing is retried for [`FAIL_AFTER`] of continuous
 //! failure, and only for [`RETRY_AFTER_STOP`] more once the job is cancelled or the agent
@@ -10,10 +17,13 @@
 //! Every process the tasks started in their process groups, background ones included, is
 //! stopped when the job ends (see `process`).
 //!
-//! Each task gets the agent's environment (without its `FERROCD_*` variables) plus the job's `environment_variables` and GoCD's
-//! `GO_SERVER_URL`, `GO_PIPELINE_NAME`, `GO_PIPELINE_COUNTER`, `GO_PIPELINE_LABEL` (the
-//! counter), `GO_STAGE_NAME`, `GO_STAGE_COUNTER` and `GO_JOB_NAME` (these win over a job
-//! variable of the same name).
+//! Each task gets the agent's environment (without its `FERROCD_*` variables) plus the job's
+//! `environment_variables` and GoCD's `GO_SERVER_URL`, `GO_PIPELINE_NAME`,
+//! `GO_PIPELINE_COUNTER`, `GO_PIPELINE_LABEL` (the work's `pipeline_label`, else the
+//! counter), `GO_STAGE_NAME`, `GO_STAGE_COUNTER` and `GO_JOB_NAME`. A `GO_*` variable the
+//! server sent wins over the agent's own value (the server knows the job), except
+//! `GO_SERVER_URL`, which is always the agent's `--server` + `/go` (the address the agent
+//! reaches the server at).
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -26,7 +36,7 @@ use super::client::Client;
 use super::console::{self, BuildConsole, ConsoleWriter, command_line};
 use super::process::{JobProcesses, TaskEnd, TaskSpec, run_task};
 use super::retry::{ApiError, FAIL_AFTER, Patience, retry_within};
-use super::wire::{BuildId, JobResult, JobState, Task, Work};
+use super::wire::{BuildId, JobResult, JobState, RunIf, Task, TaskKind, Work};
 
 /// Once a job is cancelled or the agent stops, failing reports and uploads are retried for
 /// this much longer at most.
@@ -128,19 +138,17 @@ async fn run_job_within(
     };
 
     let mut processes = JobProcesses::new();
-    let mut result = match prepare(&work, work_dir, client.base()) {
+    let mut result = match prepare(&work, work_dir, client.base(), &mut console).await {
         Ok((sandbox, env)) => {
             match report(&client, &build, JobState::Building, None, patience).await {
                 Ok(()) => {
-                    run_tasks(
-                        &work.tasks,
-                        &sandbox,
-                        &env,
-                        &mut console,
-                        &stop,
-                        &mut processes,
-                    )
-                    .await
+                    let mut job = JobTasks {
+                        sandbox: &sandbox,
+                        env: &env,
+                        console: &mut console,
+                        processes: &mut processes,
+                    };
+                    job.run(&work.tasks, &stop, &stops.give_up).await
                 }
                 Err(error) => {
                     tracing::error!(%build, %error, "the server refused the job's Building report");
@@ -235,73 +243,209 @@ async fn report(
     retry_within(&what, patience, || client.status(build, state, result)).await
 }
 
-/// Runs the tasks in order; the first that does not pass ends the job. `Cancelled` only when
-/// `stop` actually stopped a task or kept one from starting: a stop landing after the last
-/// task ended does not change the job's result.
-async fn run_tasks(
-    tasks: &[Task],
-    sandbox: &Path,
-    env: &[(String, String)],
-    console: &mut ConsoleWriter,
-    stop: &CancellationToken,
-    processes: &mut JobProcesses,
-) -> JobResult {
-    for task in tasks {
-        if stop.is_cancelled() {
-            return JobResult::Cancelled;
+/// How one task went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Passed,
+    Failed,
+    /// The stop fired while it ran; it was stopped.
+    Cancelled,
+}
+
+/// What the tasks of one job share: where they run, their environment, the console, and
+/// their processes.
+struct JobTasks<'a> {
+    sandbox: &'a Path,
+    env: &'a [(String, String)],
+    console: &'a mut ConsoleWriter,
+    processes: &'a mut JobProcesses,
+}
+
+impl JobTasks<'_> {
+    /// Runs the tasks in order, each by its `run_if`; the job fails if any task failed.
+    /// `Cancelled` only when `stop` actually stopped a task or kept one from starting: a stop
+    /// landing after the last task ended does not change the job's result. A stopped task's
+    /// `on_cancel` runs next, stopped only by `stop_on_cancel`.
+    async fn run(
+        &mut self,
+        tasks: &[Task],
+        stop: &CancellationToken,
+        stop_on_cancel: &CancellationToken,
+    ) -> JobResult {
+        let mut failed = false;
+        for task in tasks {
+            let runs = match task.run_if {
+                RunIf::Passed => !failed,
+                RunIf::Failed => failed,
+                RunIf::Any => true,
+            };
+            if !runs {
+                continue;
+            }
+            if stop.is_cancelled() {
+                return JobResult::Cancelled;
+            }
+            match self.run_one(task, "Task", stop).await {
+                Outcome::Passed => {}
+                Outcome::Failed => failed = true,
+                Outcome::Cancelled => {
+                    if let Some(on_cancel) = &task.on_cancel {
+                        // Its own result does not change the job's: it was cancelled.
+                        self.run_one(on_cancel, "On cancel", stop_on_cancel).await;
+                    }
+                    return JobResult::Cancelled;
+                }
+            }
         }
-        let mut header = format!("Task: {}", command_line(&task.command, &task.args));
-        if let Some(dir) = &task.working_dir {
-            header.push_str(&format!(" (in {dir})"));
+        if failed {
+            JobResult::Failed
+        } else {
+            JobResult::Passed
         }
-        console.marker(&header).await;
-        let cwd = match working_dir(sandbox, task.working_dir.as_deref()) {
-            Ok(cwd) => cwd,
-            Err(problem) => {
-                console.marker(&format!("Task failed: {problem}")).await;
-                return JobResult::Failed;
+    }
+
+    /// Runs one task, its header line (`WHAT: …`) first and a line saying why if it failed.
+    async fn run_one(&mut self, task: &Task, what: &str, stop: &CancellationToken) -> Outcome {
+        self.console
+            .marker(&format!("{what}: {}", describe(task)))
+            .await;
+        let (command, args, cwd, script) = match &task.kind {
+            TaskKind::Exec {
+                command,
+                args,
+                working_dir: dir,
+            } => match working_dir(self.sandbox, dir.as_deref()) {
+                Ok(cwd) => (command.clone(), args.clone(), cwd, None),
+                Err(problem) => return self.failed(&problem).await,
+            },
+            TaskKind::Script { script } => match ScriptFile::write(self.sandbox, script) {
+                Ok(file) => {
+                    let args = vec![file.path.display().to_string()];
+                    ("bash".to_string(), args, self.sandbox.to_path_buf(), Some(file))
+                }
+                Err(problem) => return self.failed(&problem).await,
+            },
+            TaskKind::Unsupported(task_type) => {
+                return self
+                    .failed(&format!("ferrocd cannot run {task_type:?} tasks yet"))
+                    .await;
             }
         };
         let spec = TaskSpec {
-            command: &task.command,
-            args: &task.args,
+            command: &command,
+            args: &args,
             cwd: &cwd,
-            env,
+            env: self.env,
         };
-        match run_task(&spec, console.sender(), stop, processes).await {
-            TaskEnd::Exited(0) => {}
-            TaskEnd::Cancelled => return JobResult::Cancelled,
-            TaskEnd::Exited(code) => {
-                console
-                    .marker(&format!("Task failed: exited with code {code}"))
-                    .await;
-                return JobResult::Failed;
-            }
+        let end = run_task(&spec, self.console.sender(), stop, self.processes).await;
+        drop(script);
+        match end {
+            TaskEnd::Exited(0) => Outcome::Passed,
+            TaskEnd::Cancelled => Outcome::Cancelled,
+            TaskEnd::Exited(code) => self.failed(&format!("exited with code {code}")).await,
             TaskEnd::Signalled(signal) => {
-                console
-                    .marker(&format!("Task failed: killed by signal {signal}"))
-                    .await;
-                return JobResult::Failed;
+                self.failed(&format!("killed by signal {signal}")).await
             }
-            TaskEnd::FailedToStart(message) => {
-                console.marker(&format!("Task failed: {message}")).await;
-                return JobResult::Failed;
-            }
+            TaskEnd::FailedToStart(message) => self.failed(&message).await,
         }
     }
-    JobResult::Passed
+
+    async fn failed(&mut self, why: &str) -> Outcome {
+        self.console.marker(&format!("Task failed: {why}")).await;
+        Outcome::Failed
+    }
 }
 
-/// The job's sandbox (created) and its tasks' extra environment.
-fn prepare(
+/// A task as its header line shows it: the command line (` (in DIR)` with a working dir),
+/// `script: TEXT` (cut at [`SCRIPT_SHOWN`] characters), or the type's name.
+fn describe(task: &Task) -> String {
+    match &task.kind {
+        TaskKind::Exec {
+            command,
+            args,
+            working_dir,
+        } => {
+            let mut line = command_line(command, args);
+            if let Some(dir) = working_dir {
+                line.push_str(&format!(" (in {dir})"));
+            }
+            line
+        }
+        TaskKind::Script { script } => {
+            let script = script.trim_end();
+            let mut shown: String = script.chars().take(SCRIPT_SHOWN).collect();
+            if shown.len() < script.len() {
+                shown.push_str("...");
+            }
+            format!("script: {shown}")
+        }
+        TaskKind::Unsupported(task_type) => task_type.clone(),
+    }
+}
+
+/// How much of a script its header line shows.
+const SCRIPT_SHOWN: usize = 200;
+
+/// A script task's text in a file of the sandbox, for `bash` to run; removed when dropped.
+struct ScriptFile {
+    path: PathBuf,
+}
+
+impl ScriptFile {
+    fn write(sandbox: &Path, script: &str) -> Result<ScriptFile, String> {
+        use std::io::Write;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = sandbox.join(format!(".ferrocd-script-{}-{n}.sh", std::process::id()));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| format!("cannot write the script to {}: {e}", path.display()))?;
+        let written = file.write_all(script.as_bytes());
+        let script = ScriptFile { path };
+        written.map_err(|e| format!("cannot write the script to {}: {e}", script.path.display()))?;
+        Ok(script)
+    }
+}
+
+impl Drop for ScriptFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The job's sandbox (created, and emptied first with `clean_workspace`) and its tasks' extra
+/// environment.
+async fn prepare(
     work: &Work,
     work_dir: &Path,
     server: &str,
+    console: &mut ConsoleWriter,
 ) -> Result<(PathBuf, Vec<(String, String)>), String> {
     let sandbox = sandbox_dir(work_dir, &work.pipeline_name)?;
     std::fs::create_dir_all(&sandbox)
         .map_err(|e| format!("cannot create the sandbox {}: {e}", sandbox.display()))?;
+    if work.clean_workspace {
+        console.marker("Cleaning the sandbox (clean_workspace)").await;
+        empty_dir(&sandbox)
+            .map_err(|e| format!("cannot clean the sandbox {}: {e}", sandbox.display()))?;
+    }
     Ok((sandbox, job_environment(work, server)))
+}
+
+/// Removes everything inside `dir`, never following a symbolic link out of it.
+pub fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        // `symlink_metadata`: a link is removed itself, whatever it points at.
+        if std::fs::symlink_metadata(&path)?.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// `WORK_DIR/pipelines/NAME`; a name that is not one plain path component is refused.
@@ -341,7 +485,8 @@ pub fn working_dir(sandbox: &Path, working_dir: Option<&str>) -> Result<PathBuf,
     Ok(full)
 }
 
-/// The job's variables, then GoCD's `GO_*` ones.
+/// The job's variables, then GoCD's `GO_*` ones that the server did not send (but always the
+/// agent's `GO_SERVER_URL`).
 pub fn job_environment(work: &Work, server: &str) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = work
         .environment_variables
@@ -363,21 +508,31 @@ pub fn job_environment(work: &Work, server: &str) -> Vec<(String, String)> {
         other => other.to_string(),
     };
     let pipeline_counter = counter(&work.pipeline_counter);
+    let label = work
+        .pipeline_label
+        .as_ref()
+        .map(counter)
+        .filter(|l| !l.is_empty() && !l.contains('\0'))
+        .unwrap_or_else(|| pipeline_counter.clone());
+    let server_url = "GO_SERVER_URL";
+    env.retain(|(n, _)| n != server_url);
+    env.push((
+        server_url.to_string(),
+        format!("{}/go", server.trim_end_matches('/')),
+    ));
     let go = [
-        (
-            "GO_SERVER_URL",
-            format!("{}/go", server.trim_end_matches('/')),
-        ),
         ("GO_PIPELINE_NAME", work.pipeline_name.clone()),
-        ("GO_PIPELINE_COUNTER", pipeline_counter.clone()),
-        ("GO_PIPELINE_LABEL", pipeline_counter),
+        ("GO_PIPELINE_COUNTER", pipeline_counter),
+        ("GO_PIPELINE_LABEL", label),
         ("GO_STAGE_NAME", work.stage_name.clone()),
         ("GO_STAGE_COUNTER", counter(&work.stage_counter)),
         ("GO_JOB_NAME", work.job_name.clone()),
     ];
     for (name, value) in go {
-        env.retain(|(n, _)| n != name);
-        env.push((name.to_string(), value));
+        // What the server sent for the job wins.
+        if !env.iter().any(|(n, _)| n == name) {
+            env.push((name.to_string(), value));
+        }
     }
     env
 }
@@ -392,7 +547,8 @@ mod tests {
         serde_json::from_value(json!({
             "build_id": 7, "pipeline_name": "web", "pipeline_counter": 12, "stage_name": "test",
             "stage_counter": 2, "job_name": "unit", "tasks": [],
-            "environment_variables": {"A": "1", "N": 5, "GO_JOB_NAME": "spoofed", "SKIP": null}
+            "environment_variables": {"A": "1", "N": 5, "GO_TRIGGER_USER": "alice",
+                "GO_SERVER_URL": "http://elsewhere/go", "SKIP": null}
         }))
         .unwrap()
     }
@@ -410,8 +566,27 @@ mod tests {
         assert_eq!(get("GO_STAGE_NAME"), Some("test"));
         assert_eq!(get("GO_STAGE_COUNTER"), Some("2"));
         assert_eq!(get("GO_JOB_NAME"), Some("unit"));
+        assert_eq!(get("GO_TRIGGER_USER"), Some("alice"));
+        // The agent's own address for the server, whatever the job says.
         assert_eq!(get("GO_SERVER_URL"), Some("http://ci:8153/go"));
+        assert_eq!(env.iter().filter(|(n, _)| n == "GO_SERVER_URL").count(), 1);
+    }
+
+    #[test]
+    fn the_servers_go_variables_and_label_win_over_the_agents() {
+        let mut work = work();
+        work.pipeline_label = Some(json!("12-abc123"));
+        work.environment_variables
+            .insert("GO_JOB_NAME".into(), json!("unit-runInstance-2"));
+        let env = job_environment(&work, "http://ci:8153");
+        let get = |name: &str| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        assert_eq!(get("GO_PIPELINE_LABEL"), Some("12-abc123"));
+        assert_eq!(get("GO_JOB_NAME"), Some("unit-runInstance-2"));
         assert_eq!(env.iter().filter(|(n, _)| n == "GO_JOB_NAME").count(), 1);
+        // An empty label is the counter.
+        work.pipeline_label = Some(json!(""));
+        let env = job_environment(&work, "http://ci:8153");
+        assert!(env.contains(&("GO_PIPELINE_LABEL".into(), "12".into())));
     }
 
     /// A console that stores everything.
@@ -435,7 +610,13 @@ mod tests {
         let (mut console, uploader) =
             console::start(Sink, Patience::until(&CancellationToken::new()));
         let mut processes = JobProcesses::new();
-        let result = run_tasks(&tasks, &sandbox, &[], &mut console, stop, &mut processes).await;
+        let mut job = JobTasks {
+            sandbox: &sandbox,
+            env: &[],
+            console: &mut console,
+            processes: &mut processes,
+        };
+        let result = job.run(&tasks, stop, &CancellationToken::new()).await;
         processes.finish().await;
         drop(console);
         uploader.await.unwrap();

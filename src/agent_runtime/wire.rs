@@ -45,14 +45,97 @@ impl BuildId {
     }
 }
 
-/// One task of a job: a command run directly (no shell), in `working_dir` below the sandbox.
-#[derive(Debug, Clone, Deserialize)]
+/// One task of a job, read liberally: no `type` is an exec task (the first shape,
+/// `{command, args, working_dir?}`), a type this agent does not know is kept by name (the job
+/// fails at it, saying so), `run_if` in any case, absent or null is `passed`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "TaskShape")]
 pub struct Task {
-    pub command: String,
+    pub kind: TaskKind,
+    pub run_if: RunIf,
+    /// Runs once this task was stopped, when the job is cancelled while it runs.
+    pub on_cancel: Option<Box<Task>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskKind {
+    /// A command run directly (no shell), in `working_dir` below the sandbox.
+    Exec {
+        command: String,
+        args: Vec<String>,
+        working_dir: Option<String>,
+    },
+    /// A script run with `bash` from a file in the sandbox.
+    Script { script: String },
+    /// A task type this agent cannot run, by the name the server gave it.
+    Unsupported(String),
+}
+
+/// When a task runs, given how the tasks before it went (GoCD's `run_if`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RunIf {
+    /// While every task before it passed.
+    #[default]
+    Passed,
+    /// Once a task before it failed.
+    Failed,
+    /// Always.
+    Any,
+}
+
+#[derive(Deserialize)]
+struct TaskShape {
+    #[serde(rename = "type", default)]
+    task_type: Option<String>,
     #[serde(default)]
-    pub args: Vec<String>,
+    command: Option<String>,
     #[serde(default)]
-    pub working_dir: Option<String>,
+    args: Option<Vec<String>>,
+    #[serde(default)]
+    working_dir: Option<String>,
+    #[serde(default)]
+    script: Option<String>,
+    #[serde(default)]
+    run_if: Option<String>,
+    #[serde(default)]
+    on_cancel: Option<Box<Task>>,
+}
+
+impl TryFrom<TaskShape> for Task {
+    type Error = String;
+
+    fn try_from(shape: TaskShape) -> Result<Task, String> {
+        let run_if = match shape.run_if.as_deref().map(str::trim) {
+            None => RunIf::Passed,
+            Some(r) if r.eq_ignore_ascii_case("passed") => RunIf::Passed,
+            Some(r) if r.eq_ignore_ascii_case("failed") => RunIf::Failed,
+            Some(r) if r.eq_ignore_ascii_case("any") => RunIf::Any,
+            Some(other) => return Err(format!("run_if: {other:?} is not passed, failed or any")),
+        };
+        let task_type = match shape.task_type.as_deref().map(str::trim) {
+            Some(t) => t.to_string(),
+            None if shape.command.is_none() && shape.script.is_some() => "script".into(),
+            None => "exec".into(),
+        };
+        let kind = if task_type.eq_ignore_ascii_case("exec") {
+            TaskKind::Exec {
+                command: shape.command.ok_or("an exec task needs a command")?,
+                args: shape.args.unwrap_or_default(),
+                working_dir: shape.working_dir,
+            }
+        } else if task_type.eq_ignore_ascii_case("script") {
+            TaskKind::Script {
+                script: shape.script.ok_or("a script task needs a script")?,
+            }
+        } else {
+            TaskKind::Unsupported(task_type)
+        };
+        Ok(Task {
+            kind,
+            run_if,
+            on_cancel: shape.on_cancel,
+        })
+    }
 }
 
 /// `WORK`: the job the server assigned to this agent.
@@ -62,10 +145,16 @@ pub struct Work {
     pub pipeline_name: String,
     #[serde(default)]
     pub pipeline_counter: Value,
+    /// GoCD's label; absent, null or empty: the counter.
+    #[serde(default)]
+    pub pipeline_label: Option<Value>,
     pub stage_name: String,
     #[serde(default)]
     pub stage_counter: Value,
     pub job_name: String,
+    /// Empty the sandbox before the tasks.
+    #[serde(default)]
+    pub clean_workspace: bool,
     #[serde(default)]
     pub tasks: Vec<Task>,
     #[serde(default)]
@@ -148,5 +237,38 @@ mod tests {
         assert_eq!(json!(BuildId::Text("a b".into())), json!("a b"));
         assert_eq!(BuildId::Text("a/b c".into()).path_segment(), "a%2Fb%20c");
         assert_eq!(BuildId::Number(42).path_segment(), "42");
+    }
+
+    #[test]
+    fn tasks_are_read_liberally() {
+        let tasks: Vec<Task> = serde_json::from_value(json!([
+            {"command": "make", "args": ["a"]},
+            {"command": "true", "args": null, "run_if": "ANY"},
+            {"script": "echo hi"},
+            {"type": "Script", "script": "echo hi", "run_if": null},
+            {"type": "gradle", "run_if": "Failed"}
+        ]))
+        .unwrap();
+        assert_eq!(
+            tasks[0].kind,
+            TaskKind::Exec {
+                command: "make".into(),
+                args: vec!["a".into()],
+                working_dir: None
+            }
+        );
+        assert_eq!(tasks[1].run_if, RunIf::Any);
+        assert_eq!(
+            tasks[2].kind,
+            TaskKind::Script {
+                script: "echo hi".into()
+            }
+        );
+        assert_eq!(tasks[3].kind, tasks[2].kind);
+        assert_eq!(tasks[3].run_if, RunIf::Passed);
+        assert_eq!(tasks[4].kind, TaskKind::Unsupported("gradle".into()));
+        assert_eq!(tasks[4].run_if, RunIf::Failed);
+        assert!(serde_json::from_value::<Task>(json!({"args": []})).is_err());
+        assert!(serde_json::from_value::<Task>(json!({"command": "x", "run_if": "later"})).is_err());
     }
 }

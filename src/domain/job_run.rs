@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::agent::{NameKind, names};
+pub use super::pipeline_config::RunIf;
+use super::pipeline_config::{TaskConfig, TaskKind as ConfiguredKind};
 use super::{Checked, Rejection};
 
 /// GoCD's job states, in the only order a run may move through them.
@@ -43,14 +45,208 @@ text_enum!(JobResult {
     Cancelled
 });
 
-/// One command of a job.
+/// One task of a job, as GoCD has them: what it runs, when it runs given how the tasks before
+/// it went (`run_if`), and what runs if the job is cancelled while it runs (`on_cancel`).
+///
+/// Its JSON (stored with the run, listed by the API, accepted by `POST /api/jobs/schedule`) is
+/// flat: `{"type", "run_if", …the type's fields, "on_cancel"?}`. A task without `type` is an
+/// exec task, so the first shape, `{command, args, working_dir?}`, keeps its meaning.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "TaskShape", into = "TaskShape")]
 pub struct Task {
-    pub command: String,
-    #[serde(default)]
-    pub args: Vec<String>,
+    pub kind: TaskKind,
+    pub run_if: RunIf,
+    /// Runs once the task was stopped, when the job is cancelled while this task runs.
+    pub on_cancel: Option<Box<Task>>,
+}
+
+/// What a task runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskKind {
+    /// `command` run directly (no shell) with `args`, in `working_dir` below the sandbox.
+    Exec {
+        command: String,
+        args: Vec<String>,
+        working_dir: Option<String>,
+    },
+    /// GoCD's script-executor: the text, written to a file in the sandbox, run with `bash`.
+    Script { script: String },
+    /// A GoCD task type ferrocd accepts but cannot run yet (`fetch`, `plugin`, `ant`, `nant`,
+    /// `rake`): the job fails at it.
+    Unsupported { task_type: String },
+}
+
+/// The GoCD task types ferrocd knows of but cannot run.
+pub const UNSUPPORTED_TASK_TYPES: [&str; 5] = ["fetch", "plugin", "ant", "nant", "rake"];
+
+impl Task {
+    /// An exec task that runs while every task before it passed.
+    pub fn exec(command: &str, args: &[&str]) -> Task {
+        Task {
+            kind: TaskKind::Exec {
+                command: command.into(),
+                args: args.iter().map(|a| a.to_string()).collect(),
+                working_dir: None,
+            },
+            run_if: RunIf::Passed,
+            on_cancel: None,
+        }
+    }
+
+    /// `exec`, `script` or the unsupported type's name.
+    pub fn type_name(&self) -> &str {
+        match &self.kind {
+            TaskKind::Exec { .. } => "exec",
+            TaskKind::Script { .. } => "script",
+            TaskKind::Unsupported { task_type } => task_type,
+        }
+    }
+
+    /// What a task must hold to be scheduled: a command, or a script.
+    fn check(&self, field: &str) -> Checked<()> {
+        match &self.kind {
+            TaskKind::Exec { command, .. } if command.trim().is_empty() => Err(
+                Rejection::Invalid(format!("{field}.command: must not be empty")),
+            ),
+            TaskKind::Script { script } if script.trim().is_empty() => Err(Rejection::Invalid(
+                format!("{field}.script: must not be empty"),
+            )),
+            _ => match &self.on_cancel {
+                Some(task) => task.check(&format!("{field}.on_cancel")),
+                None => Ok(()),
+            },
+        }
+    }
+}
+
+/// A configured task as a run carries it: exec and script as they are, any other type by its
+/// name (the agent fails the job at it).
+impl From<&TaskConfig> for Task {
+    fn from(task: &TaskConfig) -> Task {
+        let kind = match &task.kind {
+            ConfiguredKind::Exec {
+                command,
+                arguments,
+                working_directory,
+            } => TaskKind::Exec {
+                command: command.clone(),
+                args: arguments.clone(),
+                working_dir: working_directory.clone(),
+            },
+            ConfiguredKind::Script { script } => TaskKind::Script {
+                script: script.clone(),
+            },
+            other => TaskKind::Unsupported {
+                task_type: other.type_name().to_string(),
+            },
+        };
+        Task {
+            kind,
+            run_if: task.run_if,
+            on_cancel: task.on_cancel.as_deref().map(|t| Box::new(Task::from(t))),
+        }
+    }
+}
+
+/// [`Task`]'s JSON: one flat object whatever the type.
+#[derive(Serialize, Deserialize)]
+struct TaskShape {
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    task_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub working_dir: Option<String>,
+    command: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    args: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    working_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    script: Option<String>,
+    #[serde(default)]
+    run_if: RunIf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    on_cancel: Option<Box<Task>>,
+}
+
+impl TryFrom<TaskShape> for Task {
+    type Error = String;
+
+    fn try_from(shape: TaskShape) -> Result<Task, String> {
+        let task_type = shape
+            .task_type
+            .as_deref()
+            .unwrap_or("exec")
+            .trim()
+            .to_ascii_lowercase();
+        let refuse = |field: &str, present: bool| {
+            if present {
+                Err(format!("a {task_type} task takes no {field}"))
+            } else {
+                Ok(())
+            }
+        };
+        let kind = match task_type.as_str() {
+            "exec" => {
+                refuse("script", shape.script.is_some())?;
+                TaskKind::Exec {
+                    command: shape
+                        .command
+                        .ok_or("an exec task needs a command (missing field `command`)")?,
+                    args: shape.args.unwrap_or_default(),
+                    working_dir: shape.working_dir,
+                }
+            }
+            "script" => {
+                refuse("command", shape.command.is_some())?;
+                refuse("args", shape.args.is_some())?;
+                refuse("working_dir", shape.working_dir.is_some())?;
+                TaskKind::Script {
+                    script: shape.script.ok_or("a script task needs a script")?,
+                }
+            }
+            other if UNSUPPORTED_TASK_TYPES.contains(&other) => {
+                TaskKind::Unsupported { task_type }
+            }
+            other => {
+                return Err(format!(
+                    "type: {other:?} is not a task type (exec, script, {})",
+                    UNSUPPORTED_TASK_TYPES.join(", ")
+                ));
+            }
+        };
+        Ok(Task {
+            kind,
+            run_if: shape.run_if,
+            on_cancel: shape.on_cancel,
+        })
+    }
+}
+
+impl From<Task> for TaskShape {
+    fn from(task: Task) -> TaskShape {
+        let mut shape = TaskShape {
+            task_type: Some(task.type_name().to_string()),
+            command: None,
+            args: None,
+            working_dir: None,
+            script: None,
+            run_if: task.run_if,
+            on_cancel: task.on_cancel,
+        };
+        match task.kind {
+            TaskKind::Exec {
+                command,
+                args,
+                working_dir,
+            } => {
+                shape.command = Some(command);
+                shape.args = Some(args);
+                shape.working_dir = working_dir;
+            }
+            TaskKind::Script { script } => shape.script = Some(script),
+            TaskKind::Unsupported { .. } => {}
+        }
+        shape
+    }
 }
 
 /// When a run entered a state (milliseconds since the epoch).
@@ -97,6 +293,16 @@ pub struct JobRun {
     pub job_state_transitions: Vec<Transition>,
     /// Variables for the agent only; the API does not show them.
     pub environment_variables: BTreeMap<String, String>,
+    /// The agent empties the job's sandbox before the tasks (GoCD's stage `clean_workspace`).
+    pub clean_workspace: bool,
+    /// GoCD's pipeline label (`GO_PIPELINE_LABEL`); `None`: the counter.
+    pub pipeline_label: Option<String>,
+    /// Seconds of console silence after which the server cancels the run; `Some(0)` never;
+    /// `None`: the server's `--default-job-timeout`.
+    pub timeout_seconds: Option<i64>,
+    /// Why the server itself cancelled the run (it timed out): written into its console when
+    /// the run ends.
+    pub cancel_reason: Option<String>,
 }
 
 /// What an agent's progress report does to its run.
@@ -295,6 +501,11 @@ pub struct NewJob {
     pub resources: Vec<String>,
     pub environment: Option<String>,
     pub environment_variables: BTreeMap<String, String>,
+    pub clean_workspace: bool,
+    pub pipeline_label: Option<String>,
+    /// Seconds of console silence before the run is cancelled; `Some(0)` never; `None`: the
+    /// server's default.
+    pub timeout_seconds: Option<i64>,
 }
 
 impl NewJob {
@@ -309,10 +520,22 @@ impl NewJob {
                 "tasks: a job needs at least one task".into(),
             ));
         }
-        if let Some(i) = self.tasks.iter().position(|t| t.command.trim().is_empty()) {
-            return Err(Rejection::Invalid(format!(
-                "tasks[{i}].command: must not be empty"
-            )));
+        for (i, task) in self.tasks.iter().enumerate() {
+            task.check(&format!("tasks[{i}]"))?;
+        }
+        if self.timeout_seconds.is_some_and(|t| t < 0) {
+            return Err(Rejection::Invalid(
+                "timeout: must not be negative (0: never)".into(),
+            ));
+        }
+        let pipeline_label = self
+            .pipeline_label
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty());
+        if pipeline_label.as_ref().is_some_and(|l| l.len() > 255) {
+            return Err(Rejection::Invalid(
+                "pipeline_label: at most 255 characters".into(),
+            ));
         }
         let resources = names("resources", &self.resources, NameKind::Resource)?;
         let environment = self
@@ -330,6 +553,9 @@ impl NewJob {
             resources,
             environment,
             environment_variables: self.environment_variables,
+            clean_workspace: self.clean_workspace,
+            pipeline_label,
+            timeout_seconds: self.timeout_seconds,
         })
     }
 }
@@ -362,6 +588,10 @@ mod tests {
             completed_at: None,
             job_state_transitions: vec![],
             environment_variables: BTreeMap::new(),
+            clean_workspace: false,
+            pipeline_label: None,
+            timeout_seconds: None,
+            cancel_reason: None,
         }
     }
 
@@ -454,11 +684,7 @@ mod tests {
             pipeline_name: " web ".into(),
             stage_name: "s".into(),
             job_name: "j".into(),
-            tasks: vec![Task {
-                command: "true".into(),
-                args: vec![],
-                working_dir: None,
-            }],
+            tasks: vec![Task::exec("true", &[])],
             resources: vec!["linux".into(), "LINUX".into()],
             environment: Some("  ".into()),
             ..Default::default()
@@ -487,6 +713,161 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .starts_with("stage_name:")
+        );
+    }
+
+    #[test]
+    fn the_first_task_shape_is_still_an_exec_task() {
+        let old: Vec<Task> = serde_json::from_value(serde_json::json!([
+            {"command": "make", "args": ["test"], "working_dir": "src"},
+            {"command": "true"}
+        ]))
+        .unwrap();
+        assert_eq!(
+            old[0],
+            Task {
+                kind: TaskKind::Exec {
+                    command: "make".into(),
+                    args: vec!["test".into()],
+                    working_dir: Some("src".into()),
+                },
+                run_if: RunIf::Passed,
+                on_cancel: None,
+            }
+        );
+        assert_eq!(old[1], Task::exec("true", &[]));
+        // What is stored and listed reads back the same.
+        let again: Vec<Task> =
+            serde_json::from_value(serde_json::to_value(&old).unwrap()).unwrap();
+        assert_eq!(again, old);
+        assert_eq!(serde_json::to_value(&old[1]).unwrap()["type"], "exec");
+    }
+
+    #[test]
+    fn the_new_task_shape_reads_types_run_ifs_and_on_cancel() {
+        let tasks: Vec<Task> = serde_json::from_value(serde_json::json!([
+            {"type": "script", "script": "echo a | wc -c", "run_if": "any",
+             "on_cancel": {"command": "echo", "args": ["stopped"]}},
+            {"type": "RAKE", "run_if": "failed"}
+        ]))
+        .unwrap();
+        assert_eq!(
+            tasks[0].kind,
+            TaskKind::Script {
+                script: "echo a | wc -c".into()
+            }
+        );
+        assert_eq!(tasks[0].run_if, RunIf::Any);
+        assert_eq!(
+            tasks[0].on_cancel.as_deref(),
+            Some(&Task::exec("echo", &["stopped"]))
+        );
+        assert_eq!(tasks[1].type_name(), "rake");
+        assert_eq!(tasks[1].run_if, RunIf::Failed);
+        let again: Vec<Task> =
+            serde_json::from_value(serde_json::to_value(&tasks).unwrap()).unwrap();
+        assert_eq!(again, tasks);
+        for bad in [
+            serde_json::json!({"type": "make"}),
+            serde_json::json!({"type": "script"}),
+            serde_json::json!({"type": "script", "script": "x", "command": "y"}),
+            serde_json::json!({"args": ["no command"]}),
+            serde_json::json!({"command": "x", "run_if": "sometimes"}),
+        ] {
+            assert!(serde_json::from_value::<Task>(bad.clone()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn configured_tasks_become_run_tasks() {
+        use crate::domain::pipeline_config::BuilderTool;
+        let configured = TaskConfig {
+            kind: ConfiguredKind::Exec {
+                command: "make".into(),
+                arguments: vec!["-j".into(), "2".into()],
+                working_directory: Some("app".into()),
+            },
+            run_if: RunIf::Failed,
+            on_cancel: Some(Box::new(TaskConfig {
+                kind: ConfiguredKind::Script {
+                    script: "cleanup\nmore".into(),
+                },
+                run_if: RunIf::Passed,
+                on_cancel: None,
+            })),
+        };
+        let task = Task::from(&configured);
+        assert_eq!(
+            task.kind,
+            TaskKind::Exec {
+                command: "make".into(),
+                args: vec!["-j".into(), "2".into()],
+                working_dir: Some("app".into()),
+            }
+        );
+        assert_eq!(task.run_if, RunIf::Failed);
+        assert_eq!(
+            task.on_cancel.map(|t| t.kind),
+            Some(TaskKind::Script {
+                script: "cleanup\nmore".into()
+            })
+        );
+        let rake = TaskConfig {
+            kind: ConfiguredKind::Builder {
+                tool: BuilderTool::Rake,
+                build_file: None,
+                target: None,
+                working_directory: None,
+            },
+            run_if: RunIf::Any,
+            on_cancel: None,
+        };
+        assert_eq!(Task::from(&rake).type_name(), "rake");
+        let fetch = TaskConfig {
+            kind: ConfiguredKind::Fetch {
+                pipeline: None,
+                stage: "s".into(),
+                job: "j".into(),
+                source: "a".into(),
+                is_file: true,
+                destination: None,
+            },
+            run_if: RunIf::Passed,
+            on_cancel: None,
+        };
+        assert_eq!(
+            Task::from(&fetch).kind,
+            TaskKind::Unsupported {
+                task_type: "fetch".into()
+            }
+        );
+    }
+
+    #[test]
+    fn scheduled_tasks_need_their_command_or_script() {
+        let job = |tasks: Vec<Task>| NewJob {
+            pipeline_name: "p".into(),
+            stage_name: "s".into(),
+            job_name: "j".into(),
+            tasks,
+            ..Default::default()
+        };
+        let blank_script = Task {
+            kind: TaskKind::Script { script: " ".into() },
+            ..Task::exec("x", &[])
+        };
+        let error = job(vec![Task::exec("true", &[]), blank_script])
+            .checked()
+            .unwrap_err();
+        assert_eq!(error.to_string(), "tasks[1].script: must not be empty");
+        let blank_on_cancel = Task {
+            on_cancel: Some(Box::new(Task::exec("", &[]))),
+            ..Task::exec("x", &[])
+        };
+        let error = job(vec![blank_on_cancel]).checked().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "tasks[0].on_cancel.command: must not be empty"
         );
     }
 }

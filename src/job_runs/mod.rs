@@ -42,7 +42,46 @@ pub(crate) async fn move_run(
             run.build_id, run.state
         )));
     }
+    if state == JobState::Completed
+        && let Some(reason) = &run.cancel_reason
+    {
+        // Only now: while the agent uploads, bytes of the server's own would shift its
+        // offsets, and a chunk overlapping them would lose its first bytes.
+        append_server_line(tx, run, reason).await?;
+    }
     Ok(())
+}
+
+/// `[ferrocd] LINE` at the end of the console (on a line of its own), unless it was cut.
+async fn append_server_line(tx: &mut WriteTx, run: &JobRun, line: &str) -> Result<()> {
+    let build_id = run.build_id;
+    let Some(stored) = store::fetch(tx.conn(), build_id).await? else {
+        return Ok(());
+    };
+    if stored.console_truncated_at.is_some() {
+        return Ok(());
+    }
+    let start = stored.console_length;
+    let mut text = String::new();
+    if start > 0 {
+        let last = store::read_console(tx.conn(), build_id, start - 1, start).await?;
+        if last.as_ref() != b"\n" {
+            text.push('\n');
+        }
+    }
+    text.push_str(&format!("[ferrocd] {line}\n"));
+    store::append_console(tx.conn(), build_id, start, text.as_bytes(), now_millis()).await?;
+    let end = start + text.len() as i64;
+    tx.publish(
+        Topic::AgentJobRunConsole(build_id),
+        DomainEvent::ConsoleAppend { build_id, start, end },
+    );
+    Ok(())
+}
+
+/// Records that the server cancels `build_id` itself, and why (its console says so at its end).
+pub(crate) async fn set_cancel_reason(tx: &mut WriteTx, build_id: i64, reason: &str) -> Result<()> {
+    store::set_cancel_reason(tx.conn(), build_id, reason).await
 }
 
 /// Hands the Scheduled run `build_id` to `agent`: a compare-and-set, false if it is no longer
@@ -160,7 +199,7 @@ impl JobRuns {
         };
         let stored = run.console_length;
         let (new, truncated) = within_cap(stored, &new, self.max_console_bytes);
-        store::append_console(tx.conn(), build_id, stored, &new).await?;
+        store::append_console(tx.conn(), build_id, stored, &new, now_millis()).await?;
         if truncated {
             store::mark_console_truncated(tx.conn(), build_id, self.max_console_bytes).await?;
         }

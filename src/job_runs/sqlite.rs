@@ -42,12 +42,17 @@ struct RunRow {
     cancelled_by: Option<String>,
     scheduled_at: i64,
     completed_at: Option<i64>,
+    clean_workspace: bool,
+    pipeline_label: Option<String>,
+    timeout_seconds: Option<i64>,
+    cancel_reason: Option<String>,
 }
 
 const RUN_COLUMNS: &str = "build_id, pipeline_name, pipeline_counter, stage_name, stage_counter, \
      job_name, tasks, resources, environment, environment_variables, state, result, agent_uuid, \
      cancel_requested, console_length, console_truncated_at, rescheduled_from, scheduled_by, \
-     cancelled_by, scheduled_at, completed_at";
+     cancelled_by, scheduled_at, completed_at, clean_workspace, pipeline_label, timeout_seconds, \
+     cancel_reason";
 
 fn corrupt(what: String) -> Error {
     Error::Database(sqlx::Error::Decode(what.into()))
@@ -82,6 +87,10 @@ impl RunRow {
             completed_at: self.completed_at,
             job_state_transitions: transitions,
             environment_variables: self.environment_variables.0,
+            clean_workspace: self.clean_workspace,
+            pipeline_label: self.pipeline_label,
+            timeout_seconds: self.timeout_seconds,
+            cancel_reason: self.cancel_reason,
         })
     }
 }
@@ -236,8 +245,9 @@ pub async fn insert(conn: &mut SqliteConnection, run: NewRun<'_>, now: i64) -> R
     let build_id: i64 = sqlx::query_scalar(
         "INSERT INTO job_runs (pipeline_name, pipeline_counter, stage_name, stage_counter, job_name, \
          tasks, resources, environment, environment_variables, state, rescheduled_from, scheduled_at, \
-         scheduled_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'Scheduled', $10, $11, $12) RETURNING build_id",
+         scheduled_by, clean_workspace, pipeline_label, timeout_seconds) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'Scheduled', $10, $11, $12, $13, $14, $15) \
+         RETURNING build_id",
     )
     .bind(run.pipeline_name)
     .bind(run.pipeline_counter)
@@ -251,6 +261,9 @@ pub async fn insert(conn: &mut SqliteConnection, run: NewRun<'_>, now: i64) -> R
     .bind(run.rescheduled_from)
     .bind(now)
     .bind(run.scheduled_by)
+    .bind(run.clean_workspace)
+    .bind(run.pipeline_label)
+    .bind(run.timeout_seconds)
     .fetch_one(&mut *conn)
     .await?;
     record_transition(conn, build_id, JobState::Scheduled, now).await?;
@@ -364,6 +377,7 @@ pub async fn append_console(
     build_id: i64,
     start: i64,
     bytes: &[u8],
+    now: i64,
 ) -> Result<()> {
     sqlx::query("INSERT INTO console_chunks (build_id, start_offset, bytes) VALUES ($1, $2, $3)")
         .bind(build_id)
@@ -371,10 +385,48 @@ pub async fn append_console(
         .bind(bytes)
         .execute(&mut *conn)
         .await?;
-    sqlx::query("UPDATE job_runs SET console_length = $1 WHERE build_id = $2")
-        .bind(start + bytes.len() as i64)
+    sqlx::query(
+        "UPDATE job_runs SET console_length = $1, console_updated_at = $2 WHERE build_id = $3",
+    )
+    .bind(start + bytes.len() as i64)
+    .bind(now)
+    .bind(build_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn silent_runs(
+    conn: &mut SqliteConnection,
+    default_seconds: i64,
+    not_before: i64,
+    now: i64,
+) -> Result<Vec<(i64, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT build_id, timeout FROM ( \
+           SELECT r.build_id, COALESCE(r.timeout_seconds, $1) AS timeout, \
+             MAX(COALESCE(r.console_updated_at, 0), COALESCE(t.at, 0), $2) AS quiet_since \
+           FROM job_runs r LEFT JOIN job_state_transitions t \
+             ON t.build_id = r.build_id AND t.state = 'Building' \
+           WHERE r.state = 'Building' AND NOT r.cancel_requested) \
+         WHERE timeout > 0 AND quiet_since <= $3 - timeout * 1000 ORDER BY build_id",
+    )
+    .bind(default_seconds)
+    .bind(not_before)
+    .bind(now)
+    .fetch_all(conn)
+    .await?)
+}
+
+pub async fn set_cancel_reason(
+    conn: &mut SqliteConnection,
+    build_id: i64,
+    reason: &str,
+) -> Result<()> {
+    sqlx::query("UPDATE job_runs SET cancel_reason = $1 WHERE build_id = $2")
+        .bind(reason)
         .bind(build_id)
-        .execute(&mut *conn)
+        .execute(conn)
         .await?;
     Ok(())
 }

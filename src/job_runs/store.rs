@@ -25,6 +25,13 @@ pub struct NewRun<'a> {
     pub environment_variables: &'a BTreeMap<String, String>,
     pub rescheduled_from: Option<i64>,
     pub scheduled_by: Option<&'a str>,
+    /// The agent empties the sandbox first (GoCD's stage `clean_workspace`).
+    pub clean_workspace: bool,
+    /// `GO_PIPELINE_LABEL`; `None`: the counter.
+    pub pipeline_label: Option<&'a str>,
+    /// Seconds of console silence before the run is cancelled; `Some(0)` never; `None`: the
+    /// server's default.
+    pub timeout_seconds: Option<i64>,
 }
 
 pub async fn fetch(conn: Conn<'_>, build_id: i64) -> Result<Option<JobRun>> {
@@ -118,9 +125,34 @@ pub async fn silent_holders(conn: Conn<'_>, silent_since: i64) -> Result<Vec<Uui
     backend!(conn, silent_holders(silent_since))
 }
 
-/// Stores console `bytes` at `start` (the stored length) and moves the run's length past them.
-pub async fn append_console(conn: Conn<'_>, build_id: i64, start: i64, bytes: &[u8]) -> Result<()> {
-    backend!(conn, append_console(build_id, start, bytes))
+/// Stores console `bytes` at `start` (the stored length) and moves the run's length past them;
+/// `now` is when the console last grew.
+pub async fn append_console(
+    conn: Conn<'_>,
+    build_id: i64,
+    start: i64,
+    bytes: &[u8],
+    now: i64,
+) -> Result<()> {
+    backend!(conn, append_console(build_id, start, bytes, now))
+}
+
+/// The Building runs whose cancel was not asked for and whose console has been silent longer
+/// than their timeout (their own, else `default_seconds`; 0 never), silence counted from
+/// the last console growth, the start of Building, or `not_before`, whichever is latest:
+/// `(build_id, timeout_seconds)`.
+pub async fn silent_runs(
+    conn: Conn<'_>,
+    default_seconds: i64,
+    not_before: i64,
+    now: i64,
+) -> Result<Vec<(i64, i64)>> {
+    backend!(conn, silent_runs(default_seconds, not_before, now))
+}
+
+/// Why the server cancels the run itself, for its console.
+pub async fn set_cancel_reason(conn: Conn<'_>, build_id: i64, reason: &str) -> Result<()> {
+    backend!(conn, set_cancel_reason(build_id, reason))
 }
 
 /// Records that the console was cut at `at` bytes: later appends store nothing.

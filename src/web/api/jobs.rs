@@ -46,6 +46,9 @@ impl Serialize for RunJson {
             rescheduled_from: r.rescheduled_from,
             scheduled_by: r.scheduled_by.as_deref(),
             cancelled_by: r.cancelled_by.as_deref(),
+            clean_workspace: r.clean_workspace,
+            pipeline_label: r.pipeline_label.as_deref(),
+            timeout_seconds: r.timeout_seconds,
             scheduled_at: format_time(r.scheduled_at),
             completed_at: r.completed_at.map(format_time),
             job_state_transitions: TransitionsJson(&r.job_state_transitions),
@@ -74,6 +77,9 @@ struct RunShape<'a> {
     rescheduled_from: Option<i64>,
     scheduled_by: Option<&'a str>,
     cancelled_by: Option<&'a str>,
+    clean_workspace: bool,
+    pipeline_label: Option<&'a str>,
+    timeout_seconds: Option<i64>,
     scheduled_at: String,
     completed_at: Option<String>,
     job_state_transitions: TransitionsJson<'a>,
@@ -127,6 +133,15 @@ struct ScheduleBody {
     environment: Option<String>,
     #[serde(default)]
     environment_variables: BTreeMap<String, String>,
+    /// The agent empties the sandbox first.
+    #[serde(default)]
+    clean_workspace: bool,
+    /// `GO_PIPELINE_LABEL` (the counter when absent).
+    pipeline_label: Option<String>,
+    /// Minutes of console silence before the job is cancelled (GoCD's unit); 0: never.
+    timeout: Option<u64>,
+    /// The same in seconds, for tests and scripts; give one or the other.
+    timeout_seconds: Option<u64>,
 }
 
 async fn schedule(
@@ -134,6 +149,16 @@ async fn schedule(
     CurrentUser(actor): CurrentUser,
     ApiJson(body): ApiJson<ScheduleBody>,
 ) -> Result<(StatusCode, Json<RunJson>)> {
+    let timeout_seconds = match (body.timeout, body.timeout_seconds) {
+        (Some(_), Some(_)) => {
+            return Err(Error::Unprocessable(
+                "timeout: give timeout (minutes) or timeout_seconds, not both".into(),
+            ));
+        }
+        (Some(minutes), None) => Some(minutes.saturating_mul(60)),
+        (None, seconds) => seconds,
+    }
+    .map(|s| i64::try_from(s).unwrap_or(i64::MAX));
     let job = NewJob {
         pipeline_name: body.pipeline_name,
         stage_name: body.stage_name,
@@ -142,6 +167,9 @@ async fn schedule(
         resources: body.resources.unwrap_or_default(),
         environment: body.environment,
         environment_variables: body.environment_variables,
+        clean_workspace: body.clean_workspace,
+        pipeline_label: body.pipeline_label,
+        timeout_seconds,
     };
     Ok((
         StatusCode::CREATED,

@@ -19,7 +19,7 @@ use super::{ApiJson, name_list, parse_uuid};
 use crate::AppState;
 use crate::agents::{Ping, Registration};
 use crate::domain::agent::AgentState;
-use crate::domain::job_run::{JobResult, JobRun, JobState, Task};
+use crate::domain::job_run::{JobResult, JobRun, JobState, RunIf, Task, TaskKind};
 use crate::error::{Error, Result};
 use crate::job_runs::Appended;
 use crate::web::api::{agent_uuid, build_id};
@@ -186,11 +186,64 @@ struct WorkJson {
     build_id: i64,
     pipeline_name: String,
     pipeline_counter: i64,
+    /// GoCD's label: the run's, else the counter.
+    pipeline_label: String,
     stage_name: String,
     stage_counter: i64,
     job_name: String,
-    tasks: Vec<Task>,
+    /// Empty the job's sandbox before the tasks.
+    clean_workspace: bool,
+    tasks: Vec<WorkTaskJson>,
     environment_variables: BTreeMap<String, String>,
+}
+
+/// One task of `WORK`: every field its type has, `type` and `run_if` always.
+#[derive(Debug, Clone, Serialize)]
+struct WorkTaskJson {
+    #[serde(rename = "type")]
+    task_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    args: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    working_dir: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    script: Option<String>,
+    run_if: RunIf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    on_cancel: Option<Box<WorkTaskJson>>,
+}
+
+impl From<&Task> for WorkTaskJson {
+    fn from(task: &Task) -> Self {
+        let mut json = WorkTaskJson {
+            task_type: task.type_name().to_string(),
+            command: None,
+            args: None,
+            working_dir: None,
+            script: None,
+            run_if: task.run_if,
+            on_cancel: task
+                .on_cancel
+                .as_deref()
+                .map(|t| Box::new(WorkTaskJson::from(t))),
+        };
+        match &task.kind {
+            TaskKind::Exec {
+                command,
+                args,
+                working_dir,
+            } => {
+                json.command = Some(command.clone());
+                json.args = Some(args.clone());
+                json.working_dir = working_dir.clone();
+            }
+            TaskKind::Script { script } => json.script = Some(script.clone()),
+            TaskKind::Unsupported { .. } => {}
+        }
+        json
+    }
 }
 
 impl From<&JobRun> for WorkJson {
@@ -199,10 +252,15 @@ impl From<&JobRun> for WorkJson {
             build_id: run.build_id,
             pipeline_name: run.pipeline_name.clone(),
             pipeline_counter: run.pipeline_counter,
+            pipeline_label: run
+                .pipeline_label
+                .clone()
+                .unwrap_or_else(|| run.pipeline_counter.to_string()),
             stage_name: run.stage_name.clone(),
             stage_counter: run.stage_counter,
             job_name: run.job_name.clone(),
-            tasks: run.tasks.clone(),
+            clean_workspace: run.clean_workspace,
+            tasks: run.tasks.iter().map(WorkTaskJson::from).collect(),
             environment_variables: run.environment_variables.clone(),
         }
     }
@@ -303,7 +361,29 @@ mod tests {
 
     #[test]
     fn the_agent_reads_the_work_the_server_writes() {
-        let run = JobRun {
+        let make = Task {
+            kind: TaskKind::Exec {
+                command: "make".into(),
+                args: vec!["test".into()],
+                working_dir: Some("src".into()),
+            },
+            run_if: RunIf::Passed,
+            on_cancel: Some(Box::new(Task {
+                kind: TaskKind::Script {
+                    script: "echo stopped | tee log".into(),
+                },
+                run_if: RunIf::Passed,
+                on_cancel: None,
+            })),
+        };
+        let report = Task {
+            kind: TaskKind::Unsupported {
+                task_type: "rake".into(),
+            },
+            run_if: RunIf::Any,
+            on_cancel: None,
+        };
+        let mut run = JobRun {
             build_id: 12,
             pipeline_name: "web".into(),
             pipeline_counter: 3,
@@ -319,17 +399,17 @@ mod tests {
             cancelled_by: None,
             resources: vec![],
             environment: None,
-            tasks: vec![Task {
-                command: "make".into(),
-                args: vec!["test".into()],
-                working_dir: Some("src".into()),
-            }],
+            tasks: vec![make, report],
             cancel_requested: false,
             rescheduled_from: None,
             scheduled_at: 0,
             completed_at: None,
             job_state_transitions: vec![],
             environment_variables: BTreeMap::from([("A".into(), "1".into())]),
+            clean_workspace: true,
+            pipeline_label: Some("3-abc".into()),
+            timeout_seconds: Some(60),
+            cancel_reason: None,
         };
         let sent = serde_json::to_value(WorkJson::from(&run)).unwrap();
         let read: wire::Work = serde_json::from_value(sent).unwrap();
@@ -338,9 +418,33 @@ mod tests {
             (read.pipeline_name.as_str(), read.job_name.as_str()),
             ("web", "unit")
         );
-        assert_eq!(read.tasks[0].command, "make");
-        assert_eq!(read.tasks[0].args, vec!["test"]);
-        assert_eq!(read.tasks[0].working_dir.as_deref(), Some("src"));
+        assert_eq!(
+            read.tasks[0].kind,
+            wire::TaskKind::Exec {
+                command: "make".into(),
+                args: vec!["test".into()],
+                working_dir: Some("src".into()),
+            }
+        );
+        assert_eq!(read.tasks[0].run_if, wire::RunIf::Passed);
+        assert_eq!(
+            read.tasks[0].on_cancel.as_ref().map(|t| &t.kind),
+            Some(&wire::TaskKind::Script {
+                script: "echo stopped | tee log".into()
+            })
+        );
+        assert_eq!(
+            read.tasks[1].kind,
+            wire::TaskKind::Unsupported("rake".into())
+        );
+        assert_eq!(read.tasks[1].run_if, wire::RunIf::Any);
+        assert!(read.clean_workspace);
+        assert_eq!(read.pipeline_label, Some(json!("3-abc")));
         assert_eq!(read.environment_variables["A"], "1");
+
+        // Without a label of its own, the label is the counter.
+        run.pipeline_label = None;
+        let sent = serde_json::to_value(WorkJson::from(&run)).unwrap();
+        assert_eq!(sent["pipeline_label"], "3");
     }
 }
