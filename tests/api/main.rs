@@ -10,6 +10,7 @@ mod audit;
 mod connections;
 mod console_stream;
 mod cross_site;
+mod gocd_shape;
 mod helpers;
 mod jobs;
 mod lifecycle;
