@@ -13,6 +13,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod events;
+pub mod gocd_yaml;
 pub mod job_runs;
 pub mod scheduler;
 pub mod secrets;
