@@ -321,7 +321,12 @@ impl JobTasks<'_> {
             TaskKind::Script { script } => match ScriptFile::write(self.sandbox, script) {
                 Ok(file) => {
                     let args = vec![file.path.display().to_string()];
-                    ("bash".to_string(), args, self.sandbox.to_path_buf(), Some(file))
+                    (
+                        "bash".to_string(),
+                        args,
+                        self.sandbox.to_path_buf(),
+                        Some(file),
+                    )
                 }
                 Err(problem) => return self.failed(&problem).await,
             },
@@ -343,9 +348,7 @@ impl JobTasks<'_> {
             TaskEnd::Exited(0) => Outcome::Passed,
             TaskEnd::Cancelled => Outcome::Cancelled,
             TaskEnd::Exited(code) => self.failed(&format!("exited with code {code}")).await,
-            TaskEnd::Signalled(signal) => {
-                self.failed(&format!("killed by signal {signal}")).await
-            }
+            TaskEnd::Signalled(signal) => self.failed(&format!("killed by signal {signal}")).await,
             TaskEnd::FailedToStart(message) => self.failed(&message).await,
         }
     }
@@ -404,7 +407,8 @@ impl ScriptFile {
             .map_err(|e| format!("cannot write the script to {}: {e}", path.display()))?;
         let written = file.write_all(script.as_bytes());
         let script = ScriptFile { path };
-        written.map_err(|e| format!("cannot write the script to {}: {e}", script.path.display()))?;
+        written
+            .map_err(|e| format!("cannot write the script to {}: {e}", script.path.display()))?;
         Ok(script)
     }
 }
@@ -427,7 +431,9 @@ async fn prepare(
     std::fs::create_dir_all(&sandbox)
         .map_err(|e| format!("cannot create the sandbox {}: {e}", sandbox.display()))?;
     if work.clean_workspace {
-        console.marker("Cleaning the sandbox (clean_workspace)").await;
+        console
+            .marker("Cleaning the sandbox (clean_workspace)")
+            .await;
         empty_dir(&sandbox)
             .map_err(|e| format!("cannot clean the sandbox {}: {e}", sandbox.display()))?;
     }

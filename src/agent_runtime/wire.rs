@@ -269,6 +269,8 @@ mod tests {
         assert_eq!(tasks[4].kind, TaskKind::Unsupported("gradle".into()));
         assert_eq!(tasks[4].run_if, RunIf::Failed);
         assert!(serde_json::from_value::<Task>(json!({"args": []})).is_err());
-        assert!(serde_json::from_value::<Task>(json!({"command": "x", "run_if": "later"})).is_err());
+        assert!(
+            serde_json::from_value::<Task>(json!({"command": "x", "run_if": "later"})).is_err()
+        );
     }
 }

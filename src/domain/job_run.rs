@@ -105,9 +105,9 @@ impl Task {
     /// What a task must hold to be scheduled: a command, or a script.
     fn check(&self, field: &str) -> Checked<()> {
         match &self.kind {
-            TaskKind::Exec { command, .. } if command.trim().is_empty() => Err(
-                Rejection::Invalid(format!("{field}.command: must not be empty")),
-            ),
+            TaskKind::Exec { command, .. } if command.trim().is_empty() => Err(Rejection::Invalid(
+                format!("{field}.command: must not be empty"),
+            )),
             TaskKind::Script { script } if script.trim().is_empty() => Err(Rejection::Invalid(
                 format!("{field}.script: must not be empty"),
             )),
@@ -203,9 +203,7 @@ impl TryFrom<TaskShape> for Task {
                     script: shape.script.ok_or("a script task needs a script")?,
                 }
             }
-            other if UNSUPPORTED_TASK_TYPES.contains(&other) => {
-                TaskKind::Unsupported { task_type }
-            }
+            other if UNSUPPORTED_TASK_TYPES.contains(&other) => TaskKind::Unsupported { task_type },
             other => {
                 return Err(format!(
                     "type: {other:?} is not a task type (exec, script, {})",
@@ -737,8 +735,7 @@ mod tests {
         );
         assert_eq!(old[1], Task::exec("true", &[]));
         // What is stored and listed reads back the same.
-        let again: Vec<Task> =
-            serde_json::from_value(serde_json::to_value(&old).unwrap()).unwrap();
+        let again: Vec<Task> = serde_json::from_value(serde_json::to_value(&old).unwrap()).unwrap();
         assert_eq!(again, old);
         assert_eq!(serde_json::to_value(&old[1]).unwrap()["type"], "exec");
     }
@@ -774,7 +771,10 @@ mod tests {
             serde_json::json!({"args": ["no command"]}),
             serde_json::json!({"command": "x", "run_if": "sometimes"}),
         ] {
-            assert!(serde_json::from_value::<Task>(bad.clone()).is_err(), "{bad}");
+            assert!(
+                serde_json::from_value::<Task>(bad.clone()).is_err(),
+                "{bad}"
+            );
         }
     }
 

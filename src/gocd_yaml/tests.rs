@@ -2030,10 +2030,7 @@ fn alias_bombs_are_refused_quickly() {
         String::from("common:\n  a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
     for i in 1..12 {
         let p = format!("*a{}", i - 1);
-        text.push_str(&format!(
-            "  a{i}: &a{i} [{}]\n",
-            [p.as_str(); 9].join(", ")
-        ));
+        text.push_str(&format!("  a{i}: &a{i} [{}]\n", [p.as_str(); 9].join(", ")));
     }
     text.push_str("pipelines: {}\n");
     let started = std::time::Instant::now();

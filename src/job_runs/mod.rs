@@ -74,7 +74,11 @@ async fn append_server_line(tx: &mut WriteTx, run: &JobRun, line: &str) -> Resul
     let end = start + text.len() as i64;
     tx.publish(
         Topic::AgentJobRunConsole(build_id),
-        DomainEvent::ConsoleAppend { build_id, start, end },
+        DomainEvent::ConsoleAppend {
+            build_id,
+            start,
+            end,
+        },
     );
     Ok(())
 }
