@@ -67,6 +67,11 @@ pub struct ServeArgs {
     /// Where the embedded database and any files live.
     #[arg(long, env = "FERROCD_DATA_DIR", default_value = "ferrocd-data")]
     pub data_dir: PathBuf,
+    /// Pipeline config: a GoCD YAML file, or a directory searched for `**/*.gocd.yaml` and
+    /// `**/*.gocd.yml`. Repeatable (comma-separated in the environment). Re-read on SIGHUP and
+    /// on `POST /api/admin/config/reload`.
+    #[arg(long = "config", env = "FERROCD_CONFIG", value_delimiter = ',')]
+    pub config: Vec<PathBuf>,
     /// GoCD's auto-register key: agents presenting it start Enabled.
     #[arg(long, env = "FERROCD_AGENT_REGISTRATION_KEY")]
     pub agent_registration_key: Option<String>,
@@ -129,6 +134,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub database_url: String,
     pub data_dir: PathBuf,
+    /// `--config` files and directories.
+    pub config_paths: Vec<PathBuf>,
     pub agent_registration_key: Option<String>,
     pub lost_contact_after: Duration,
     /// Console silence after which a job without a timeout of its own is cancelled; zero:
@@ -167,6 +174,7 @@ impl From<ServeArgs> for Config {
             listen: args.listen,
             database_url,
             data_dir: args.data_dir,
+            config_paths: args.config,
             agent_registration_key: args.agent_registration_key.filter(|k| !k.is_empty()),
             lost_contact_after: Duration::from_secs(args.lost_contact_after),
             default_job_timeout: Duration::from_secs(args.default_job_timeout.saturating_mul(60)),
@@ -196,6 +204,7 @@ impl Config {
             listen: "127.0.0.1:0".parse().expect("valid address"),
             database_url: format!("sqlite://{}/ferrocd.db", data_dir.display()),
             data_dir,
+            config_paths: Vec::new(),
             agent_registration_key: None,
             lost_contact_after: Duration::from_secs(30),
             default_job_timeout: Duration::ZERO,

@@ -78,6 +78,15 @@ pub enum Conn<'c> {
     Sqlite(&'c mut SqliteConnection),
 }
 
+impl Conn<'_> {
+    /// The same connection for one more call, keeping this one for later calls.
+    pub fn reborrow(&mut self) -> Conn<'_> {
+        match self {
+            Conn::Sqlite(c) => Conn::Sqlite(c),
+        }
+    }
+}
+
 /// A reader connection (a consistent snapshot per statement; several reads through one
 /// connection are not one snapshot).
 pub struct ReadConn {

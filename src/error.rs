@@ -34,6 +34,9 @@ pub enum Error {
     /// Well-formed, but a field is missing, of the wrong type or not allowed: 422.
     #[error("{0}")]
     Unprocessable(String),
+    /// A config document that does not read or validate: 422 with every error.
+    #[error("{}", invalid_config_message(.0))]
+    InvalidConfig(Vec<crate::domain::pipeline_config::SourcedIssue>),
     /// A limit of the server's is reached (too many streams from one address): 503, try later.
     #[error("{0}")]
     Unavailable(String),
@@ -41,6 +44,15 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+fn invalid_config_message(issues: &[crate::domain::pipeline_config::SourcedIssue]) -> String {
+    let mut message = String::from("the config is not valid");
+    for (i, sourced) in issues.iter().enumerate() {
+        message.push_str(if i == 0 { ": " } else { "; " });
+        message.push_str(&format!("{}: {}", sourced.file, sourced.issue));
+    }
+    message
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
+use crate::domain::pipeline::StageStatus;
+
 /// How many events a slow subscriber may fall behind before it is told it lagged
 /// (and then gets fresh state instead of the missed events).
 const CHANNEL_CAPACITY: usize = 1024;
@@ -34,6 +36,9 @@ pub enum Topic {
     AgentJobRuns(Uuid),
     /// `agent_job_run_console:{build_id}`: one run's console and state.
     AgentJobRunConsole(i64),
+    /// `pipelines:updates`: every change to a pipeline (its instances, stages, pause, lock)
+    /// and to the pipeline config.
+    PipelinesUpdates,
 }
 
 impl fmt::Display for Topic {
@@ -43,6 +48,7 @@ impl fmt::Display for Topic {
             Topic::SchedulerUpdates => f.write_str("scheduler:updates"),
             Topic::AgentJobRuns(agent) => write!(f, "agent_job_runs:{agent}"),
             Topic::AgentJobRunConsole(build_id) => write!(f, "agent_job_run_console:{build_id}"),
+            Topic::PipelinesUpdates => f.write_str("pipelines:updates"),
         }
     }
 }
@@ -66,6 +72,7 @@ impl FromStr for Topic {
         match s {
             "agents:updates" => Ok(Topic::AgentsUpdates),
             "scheduler:updates" => Ok(Topic::SchedulerUpdates),
+            "pipelines:updates" => Ok(Topic::PipelinesUpdates),
             other => {
                 let unknown = || format!("unknown topic {other:?}");
                 if let Some(agent) = other.strip_prefix("agent_job_runs:") {
@@ -122,6 +129,17 @@ pub enum DomainEvent {
         start: i64,
         end: i64,
     },
+    /// A pipeline changed: an instance (`counter`) or its stages moved, or it was paused,
+    /// unpaused, locked or unlocked (`counter`: its latest instance, if it has one). The
+    /// stage statuses are those of that instance, in order.
+    PipelineUpdated {
+        pipeline: String,
+        counter: Option<i64>,
+        stages: Vec<(String, StageStatus)>,
+    },
+    /// The pipeline config was read again: pipelines may have come, gone or changed, and
+    /// config errors with them.
+    ConfigReloaded,
 }
 
 impl DomainEvent {
@@ -137,6 +155,8 @@ impl DomainEvent {
             DomainEvent::RunCreated { .. } => "run_created",
             DomainEvent::RunUpdated { .. } => "run_updated",
             DomainEvent::ConsoleAppend { .. } => "console_append",
+            DomainEvent::PipelineUpdated { .. } => "pipeline_updated",
+            DomainEvent::ConfigReloaded => "config_reloaded",
         }
     }
 }
@@ -186,7 +206,9 @@ impl Topic {
     /// Per-agent and per-build topics carry far fewer events than the global ones.
     fn capacity(&self) -> usize {
         match self {
-            Topic::AgentsUpdates | Topic::SchedulerUpdates => CHANNEL_CAPACITY,
+            Topic::AgentsUpdates | Topic::SchedulerUpdates | Topic::PipelinesUpdates => {
+                CHANNEL_CAPACITY
+            }
             Topic::AgentJobRuns(_) | Topic::AgentJobRunConsole(_) => CHANNEL_CAPACITY / 4,
         }
     }

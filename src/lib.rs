@@ -9,12 +9,14 @@ pub mod agent_runtime;
 pub mod agents;
 pub mod audit;
 pub mod config;
+pub mod config_sources;
 pub mod db;
 pub mod domain;
 pub mod error;
 pub mod events;
 pub mod gocd_yaml;
 pub mod job_runs;
+pub mod pipelines;
 pub mod scheduler;
 pub mod secrets;
 pub mod web;
@@ -30,15 +32,18 @@ use crate::accounts::Accounts;
 use crate::agents::Agents;
 use crate::audit::Audit;
 use crate::config::Config;
+use crate::config_sources::ConfigSources;
 use crate::db::Db;
 use crate::events::Hub;
 use crate::job_runs::JobRuns;
+use crate::pipelines::Pipelines;
 use crate::scheduler::Scheduler;
 use crate::web::api::events::TopicViews;
 use crate::web::hosts::AllowedHosts;
 use crate::web::live::RenderCounts;
 use crate::web::pages::agents::AgentsView;
 use crate::web::pages::build::ConsoleViews;
+use crate::web::pages::dashboard::DashboardView;
 use crate::web::pages::runs::RunsViews;
 use crate::web::rate_limit::RateLimit;
 use crate::web::serve::Limits;
@@ -52,6 +57,8 @@ pub struct AppState {
     pub audit: Audit,
     /// The `Host` names pages, streams and the user API answer to.
     pub hosts: Arc<AllowedHosts>,
+    /// How people reach the server (`--public-url`): absolute links in feeds.
+    pub public_url: Option<String>,
     /// A reverse proxy whose `X-Forwarded-*` headers are believed.
     pub trusted_proxy: Option<std::net::IpAddr>,
     /// Registrations without the key, per address (`None`: no limit).
@@ -60,7 +67,9 @@ pub struct AppState {
     pub agents: Agents,
     pub job_runs: JobRuns,
     pub scheduler: Scheduler,
+    pub pipelines: Pipelines,
     pub agents_view: Arc<AgentsView>,
+    pub dashboard_view: Arc<DashboardView>,
     /// Live run lists and consoles, one per watched agent page or build.
     pub runs_views: Arc<RunsViews>,
     pub console_views: Arc<ConsoleViews>,
@@ -143,7 +152,10 @@ impl Application {
         // Nobody has been heard from in this process yet.
         agents.mark_all_missing().await?;
         let job_runs = JobRuns::new(db.clone(), agents.clone(), config.max_console_bytes);
-        let scheduler = Scheduler::new(db.clone());
+        let configs = ConfigSources::new(db.clone(), config.config_paths.clone(), &config.data_dir);
+        configs.reload().await?;
+        let scheduler = Scheduler::new(db.clone(), configs.clone());
+        let pipelines = Pipelines::new(db.clone(), configs.clone());
         let shutdown = CancellationToken::new();
         let renders = Arc::new(RenderCounts::default());
         let agents_view = AgentsView::start(
@@ -154,6 +166,14 @@ impl Application {
             shutdown.clone(),
         )
         .await?;
+        let dashboard_view = DashboardView::start(
+            pipelines.clone(),
+            &hub,
+            Arc::clone(&renders),
+            shutdown.clone(),
+        )
+        .await?;
+        spawn_config_reload_on_hangup(configs, shutdown.clone());
         spawn_liveness(
             agents.clone(),
             scheduler.clone(),
@@ -170,6 +190,7 @@ impl Application {
             audit,
             accounts,
             hosts: Arc::new(hosts),
+            public_url: config.public_url.clone(),
             trusted_proxy: config.trusted_proxy,
             registrations: (config.registrations_per_second > 0).then(|| {
                 let rate = config.registrations_per_second;
@@ -179,7 +200,9 @@ impl Application {
             agents,
             job_runs,
             scheduler,
+            pipelines,
             agents_view,
+            dashboard_view,
             runs_views: Arc::default(),
             console_views: Arc::default(),
             topic_views: Arc::default(),
@@ -248,6 +271,33 @@ fn log_file_limit(max_connections: usize) {
         Ok(None) => tracing::info!("file limit: unlimited"),
         Err(error) => tracing::warn!(%error, "cannot read the file limit"),
     }
+}
+
+/// Reads the pipeline config again on every SIGHUP, as servers do.
+fn spawn_config_reload_on_hangup(configs: ConfigSources, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!(
+            "cannot listen for SIGHUP: reload the config with POST /api/admin/config/reload"
+        );
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                got = hangups.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    tracing::info!("SIGHUP: reading the pipeline config again");
+                    if let Err(error) = configs.reload().await {
+                        tracing::error!(%error, "config reload failed");
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Marks silent Enabled agents LostContact, without waiting for any request to notice, and

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::agents;
 use crate::audit;
+use crate::config_sources::ConfigSources;
 use crate::db::{Db, WriteTx, now_millis};
 use crate::domain::agent::{Agent, AgentState, ConfigState};
 use crate::domain::job_run::{
@@ -16,15 +17,18 @@ use crate::domain::job_run::{
 use crate::error::Result;
 use crate::events::{DomainEvent, Topic};
 use crate::job_runs::{self, store::NewRun};
+use crate::pipelines;
 
 #[derive(Clone)]
 pub struct Scheduler {
     db: Db,
+    /// Where a passed stage looks for the pipelines it triggers.
+    configs: ConfigSources,
 }
 
 impl Scheduler {
-    pub fn new(db: Db) -> Self {
-        Scheduler { db }
+    pub fn new(db: Db, configs: ConfigSources) -> Self {
+        Scheduler { db, configs }
     }
 
     /// Creates a Scheduled run; an ad-hoc job gets the next counter of its pipeline name.
@@ -41,6 +45,13 @@ impl Scheduler {
             pipeline_label,
             timeout_seconds,
         } = job.checked()?;
+        if let Some(configured) = self.configs.snapshot().pipeline(&pipeline_name) {
+            // Its runs would mix with the pipeline's instances under the same counters.
+            return Err(crate::error::Error::Conflict(format!(
+                "{} is a configured pipeline; trigger it",
+                configured.name
+            )));
+        }
         let mut tx = self.db.begin().await?;
         let counter = job_runs::store::next_counter(tx.conn(), &pipeline_name).await?;
         let build_id = job_runs::insert_run(
@@ -88,7 +99,7 @@ impl Scheduler {
                 if run.state == JobState::Assigned && !run.cancel_requested && work.is_none() {
                     work = Some(run);
                 } else {
-                    give_up(&mut tx, &run).await?;
+                    give_up(&mut tx, &run, &self.configs).await?;
                     queue_changed = true;
                 }
             }
@@ -152,7 +163,7 @@ impl Scheduler {
         };
         agents::touch(&mut tx, agent).await?;
         let (updated, agent_change) = if state == JobState::Completed {
-            let ended = end_run(&mut tx, &run, result).await?;
+            let ended = end_run(&mut tx, &run, result, &self.configs).await?;
             let change = agents::set_agent_state(&mut tx, agent, AgentState::Idle).await?;
             (ended, change)
         } else {
@@ -183,7 +194,7 @@ impl Scheduler {
             return Ok(());
         }
         for run in &runs {
-            give_up(&mut tx, run).await?;
+            give_up(&mut tx, run, &self.configs).await?;
         }
         let after = agents::fetch(&mut tx, agent_uuid).await?;
         if let (Some(before), Some(after)) = (before, after) {
@@ -212,7 +223,7 @@ impl Scheduler {
     pub async fn cancel(&self, build_id: i64, actor: &str) -> Result<JobRun> {
         let mut tx = self.db.begin().await?;
         let run = job_runs::fetch_run_or_404(tx.conn(), build_id).await?;
-        let updated = cancel_in(&mut tx, &run, actor).await?;
+        let updated = cancel_in(&mut tx, &run, actor, &self.configs).await?;
         tx.commit().await?;
         Ok(updated)
     }
@@ -240,7 +251,7 @@ impl Scheduler {
         for (build_id, seconds) in silent {
             let run = job_runs::fetch_run_or_404(tx.conn(), build_id).await?;
             job_runs::set_cancel_reason(&mut tx, build_id, &timeout_reason(seconds)).await?;
-            cancel_in(&mut tx, &run, TIMEOUT_ACTOR).await?;
+            cancel_in(&mut tx, &run, TIMEOUT_ACTOR, &self.configs).await?;
             tracing::info!(build_id, seconds, "job timed out: its console was silent");
         }
         tx.commit().await
@@ -294,7 +305,12 @@ fn timeout_reason(seconds: i64) -> String {
 }
 
 /// Cancels `run` in `tx` (see [`Scheduler::cancel`]); answers the run as the write leaves it.
-async fn cancel_in(tx: &mut WriteTx, run: &JobRun, actor: &str) -> Result<JobRun> {
+pub(crate) async fn cancel_in(
+    tx: &mut WriteTx,
+    run: &JobRun,
+    actor: &str,
+    configs: &ConfigSources,
+) -> Result<JobRun> {
     let build_id = run.build_id;
     if run.cancel() != Cancel::Nothing {
         job_runs::store::set_cancelled_by(tx.conn(), build_id, actor).await?;
@@ -303,7 +319,7 @@ async fn cancel_in(tx: &mut WriteTx, run: &JobRun, actor: &str) -> Result<JobRun
     Ok(match run.cancel() {
         Cancel::Nothing => run.clone(),
         Cancel::EndNow => {
-            let ended = end_run(tx, run, JobResult::Cancelled).await?;
+            let ended = end_run(tx, run, JobResult::Cancelled, configs).await?;
             publish_pending(tx).await?;
             ended
         }
@@ -317,7 +333,7 @@ async fn cancel_in(tx: &mut WriteTx, run: &JobRun, actor: &str) -> Result<JobRun
 }
 
 /// The queue's length as `tx` leaves it, on `scheduler:updates`.
-async fn publish_pending(tx: &mut WriteTx) -> Result<()> {
+pub(crate) async fn publish_pending(tx: &mut WriteTx) -> Result<()> {
     let count = job_runs::store::pending_count(tx.conn()).await?;
     tx.publish(Topic::SchedulerUpdates, DomainEvent::PendingCount { count });
     Ok(())
@@ -325,9 +341,21 @@ async fn publish_pending(tx: &mut WriteTx) -> Result<()> {
 
 /// Every run ends here, in the transaction of whatever ended it: its agent's report, a cancel
 /// before it started, or the scheduler giving up on it. It moves to Completed with `result`
-/// and its watchers hear of it. (What follows a run's end, such as a pipeline's next stage,
-/// belongs here, so that it happens once, in the same transaction, whatever ended the run.)
-async fn end_run(tx: &mut WriteTx, run: &JobRun, result: JobResult) -> Result<JobRun> {
+/// and its watchers hear of it; then its pipeline moves on (`pipelines::after_run`: the next
+/// stage, the end of the instance), once, in the same transaction, whatever ended the run.
+async fn end_run(
+    tx: &mut WriteTx,
+    run: &JobRun,
+    result: JobResult,
+    configs: &ConfigSources,
+) -> Result<JobRun> {
+    let ended = complete(tx, run, result).await?;
+    pipelines::after_run(tx, &ended, configs).await?;
+    Ok(ended)
+}
+
+/// Moves `run` to Completed with `result` and tells its watchers.
+async fn complete(tx: &mut WriteTx, run: &JobRun, result: JobResult) -> Result<JobRun> {
     job_runs::move_run(tx, run, JobState::Completed, result, None).await?;
     let ended = job_runs::fetch_run_or_404(tx.conn(), run.build_id).await?;
     job_runs::publish_run(tx, &ended);
@@ -335,10 +363,14 @@ async fn end_run(tx: &mut WriteTx, run: &JobRun, result: JobResult) -> Result<Jo
 }
 
 /// Ends a run its agent will not finish (Completed/Cancelled) and, unless a cancel was asked
-/// for, schedules the same job again.
-async fn give_up(tx: &mut WriteTx, run: &JobRun) -> Result<()> {
-    end_run(tx, run, JobResult::Cancelled).await?;
-    if !run.cancel_requested {
+/// for, schedules the same job again; its stage sees the new run, not the end of the old.
+async fn give_up(tx: &mut WriteTx, run: &JobRun, configs: &ConfigSources) -> Result<()> {
+    if run.cancel_requested {
+        end_run(tx, run, JobResult::Cancelled, configs).await?;
+        return Ok(());
+    }
+    let ended = complete(tx, run, JobResult::Cancelled).await?;
+    {
         let build_id = job_runs::insert_run(
             tx,
             NewRun {
@@ -362,7 +394,7 @@ async fn give_up(tx: &mut WriteTx, run: &JobRun) -> Result<()> {
         let again = job_runs::fetch_run_or_404(tx.conn(), build_id).await?;
         job_runs::publish_run(tx, &again);
     }
-    Ok(())
+    pipelines::after_run(tx, &ended, configs).await
 }
 
 /// Assigns `agent` the oldest Scheduled run it matches, if any: a compare-and-set on the

@@ -43,6 +43,14 @@ impl std::fmt::Display for ConfigIssue {
     }
 }
 
+/// A config problem with the source it belongs to (a file's path, or `api:NAME`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourcedIssue {
+    pub file: String,
+    #[serde(flatten)]
+    pub issue: ConfigIssue,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PipelineConfig {
     pub name: String,
@@ -324,7 +332,9 @@ pub struct EnvironmentConfig {
 
 impl PipelineConfig {
     pub fn stage(&self, name: &str) -> Option<&StageConfig> {
-        self.stages.iter().find(|s| s.name.eq_ignore_ascii_case(name))
+        self.stages
+            .iter()
+            .find(|s| s.name.eq_ignore_ascii_case(name))
     }
 
     /// The upstream pipelines and stages this one's dependency materials name.

@@ -476,3 +476,25 @@ pub async fn read_console(
     }
     Ok(out.freeze())
 }
+
+pub async fn latest_of_stage(
+    conn: &mut SqliteConnection,
+    pipeline: &str,
+    pipeline_counter: i64,
+    stage: &str,
+    stage_counter: i64,
+) -> Result<Vec<JobRun>> {
+    load_runs(
+        conn,
+        "WHERE build_id IN (SELECT MAX(build_id) FROM job_runs WHERE pipeline_name = $1 \
+         AND pipeline_counter = $2 AND stage_name = $3 AND stage_counter = $4 GROUP BY job_name) \
+         ORDER BY build_id",
+        &[
+            Bind::Text(pipeline),
+            Bind::Int(pipeline_counter),
+            Bind::Text(stage),
+            Bind::Int(stage_counter),
+        ],
+    )
+    .await
+}

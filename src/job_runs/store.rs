@@ -164,3 +164,17 @@ pub async fn mark_console_truncated(conn: Conn<'_>, build_id: i64, at: i64) -> R
 pub async fn read_console(conn: Conn<'_>, build_id: i64, from: i64, to: i64) -> Result<Bytes> {
     backend!(conn, read_console(build_id, from, to))
 }
+
+/// The latest run of each job of a stage run (a rescheduled job's newest), oldest first.
+pub async fn latest_of_stage(
+    conn: Conn<'_>,
+    pipeline: &str,
+    pipeline_counter: i64,
+    stage: &str,
+    stage_counter: i64,
+) -> Result<Vec<JobRun>> {
+    backend!(
+        conn,
+        latest_of_stage(pipeline, pipeline_counter, stage, stage_counter)
+    )
+}

@@ -40,6 +40,11 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../../assets/agents.js"),
     },
     Asset {
+        name: "dashboard.js",
+        content_type: "text/javascript",
+        body: include_bytes!("../../assets/dashboard.js"),
+    },
+    Asset {
         name: "console.js",
         content_type: "text/javascript",
         body: include_bytes!("../../assets/console.js"),

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod assets;
 pub mod auth;
+pub mod cctray;
 pub mod hosts;
 pub mod live;
 pub mod pages;
@@ -54,6 +55,7 @@ fn routes() -> Routes {
         .nest("/go/api", api::router())
         .merge(pages::router())
         .merge(assets::router())
+        .merge(cctray::router())
 }
 
 /// What every route answers and the credential it needs (the router is built from it).
@@ -144,7 +146,7 @@ impl Error {
             Error::Conflict(_) | Error::ConsoleGap { .. } => StatusCode::CONFLICT,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Unprocessable(_) | Error::InvalidConfig(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::MisdirectedRequest(_) => StatusCode::MISDIRECTED_REQUEST,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -174,6 +176,10 @@ impl IntoResponse for Error {
             // The agent resends from the stored length, so it is a field, not just prose.
             Error::ConsoleGap { stored } => {
                 json!({ "message": self.public_message(), "offset": stored })
+            }
+            // Scripts fix configs from the list: file, line, key path and message each.
+            Error::InvalidConfig(issues) => {
+                json!({ "message": self.public_message(), "errors": issues })
             }
             _ => json!({ "message": self.public_message() }),
         };

@@ -185,6 +185,18 @@ impl Reply {
         self.body
     }
 
+    /// Checks for a 2xx, whichever; returns the JSON body.
+    pub fn expect_success(self) -> Value {
+        assert!(
+            (200..300).contains(&self.status),
+            "{} answered {}: {}",
+            self.what,
+            self.status,
+            self.shown()
+        );
+        self.body
+    }
+
     /// The `message` of an error body.
     pub fn message(&self) -> &str {
         message(&self.body)
@@ -332,6 +344,24 @@ impl Api {
                 .request(method, self.url(path))
                 .header("Content-Type", "application/json")
                 .body(body),
+        )
+        .await
+    }
+
+    /// `POST`s `{}` to `path` and expects a 2xx; returns the body.
+    pub async fn post_json_ok(&self, path: &str) -> Value {
+        self.call(Method::POST, path, json!({}))
+            .await
+            .expect_success()
+    }
+
+    /// Stores a GoCD YAML document through `PUT /api/config/{name}`.
+    pub async fn put_config(&self, name: &str, yaml: &str) -> Reply {
+        self.send(
+            self.client
+                .put(self.url(&format!("/api/config/{name}")))
+                .header("Content-Type", "application/x-yaml")
+                .body(yaml.to_string()),
         )
         .await
     }

@@ -15,6 +15,7 @@ mod helpers;
 mod jobs;
 mod lifecycle;
 mod live_views;
+mod pipelines;
 mod registration;
 mod robustness;
 mod show_all;

@@ -25,10 +25,10 @@ const RAW_READERS: usize = 2;
 const CONVERGE_WITHIN: Duration = Duration::from_secs(60);
 
 /// splitmix64: small, seedable and the same everywhere.
-struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -36,16 +36,16 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    pub fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
         (!items.is_empty()).then(|| &items[self.below(items.len())])
     }
 }
 
-fn seed() -> u64 {
+pub fn seed() -> u64 {
     std::env::var("FERROCD_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -57,7 +57,7 @@ fn seed() -> u64 {
         })
 }
 
-fn env_number(name: &str, default: usize) -> usize {
+pub fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|s| s.parse().ok())

@@ -12,6 +12,8 @@ mod helpers;
 mod agents_page;
 mod convergence;
 mod cross_origin;
+mod dashboard;
+mod dashboard_convergence;
 mod listener_gap;
 mod run_page;
 mod support;

@@ -120,7 +120,7 @@ async fn events(
 /// channel) per made-up id would let anyone fill the server's memory.
 async fn require_subject(state: &AppState, topic: &Topic) -> Result<()> {
     let found = match topic {
-        Topic::AgentsUpdates | Topic::SchedulerUpdates => return Ok(()),
+        Topic::AgentsUpdates | Topic::SchedulerUpdates | Topic::PipelinesUpdates => return Ok(()),
         Topic::AgentJobRuns(uuid) => state.agents.get(*uuid).await.map(|_| ()),
         Topic::AgentJobRunConsole(build_id) => state.job_runs.get(*build_id).await.map(|_| ()),
     };
@@ -274,7 +274,10 @@ impl View for TopicRenderer {
                         console.map_or((start, end), |(_, f, t)| (f.min(start), t.max(end)));
                     console = Some((build_id, from, to));
                 }
-                DomainEvent::AgentDeleted { .. } | DomainEvent::PendingCount { .. } => {}
+                DomainEvent::AgentDeleted { .. }
+                | DomainEvent::PendingCount { .. }
+                | DomainEvent::PipelineUpdated { .. }
+                | DomainEvent::ConfigReloaded => {}
             }
         }
         // Reads first: if one fails, nothing was sent and the runner tries it all again.
@@ -325,6 +328,20 @@ impl View for TopicRenderer {
                         to_json(&json!({ "offset": end, "chunk": chunk }))
                     })
                 }
+                // The event is the fact: nothing to re-read.
+                DomainEvent::PipelineUpdated {
+                    ref pipeline,
+                    counter,
+                    ref stages,
+                } => Some(to_json(&json!({
+                    "pipeline": pipeline,
+                    "counter": counter,
+                    "stages": stages
+                        .iter()
+                        .map(|(name, status)| json!({ "name": name, "status": status.as_str() }))
+                        .collect::<Vec<_>>(),
+                }))),
+                DomainEvent::ConfigReloaded => Some(to_json(&json!({}))),
             };
             // An agent gone before this view could read it: its uuid is all there is.
             let data = data.unwrap_or_else(|| match event {

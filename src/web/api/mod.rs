@@ -3,13 +3,17 @@
 mod access_tokens;
 mod agents;
 mod audit;
+mod config;
 pub mod events;
+mod gocd_pipelines;
 mod jobs;
 mod meta;
+mod pipelines;
 
 pub use agents::path_uuid as agent_uuid;
 pub use jobs::build_id;
 pub use meta::GOCD_VERSION;
+pub use pipelines::pipeline_counter;
 mod remoting;
 
 use axum::body::Bytes;
@@ -28,6 +32,9 @@ pub fn router() -> Routes {
         .merge(access_tokens::router())
         .merge(agents::router())
         .merge(audit::router())
+        .merge(config::router())
+        .merge(pipelines::router())
+        .merge(gocd_pipelines::router())
         .merge(remoting::router())
         .merge(events::router())
         .merge(jobs::router())

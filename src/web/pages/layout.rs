@@ -7,6 +7,7 @@ use crate::web::assets;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Section {
+    Pipelines,
     Agents,
     None,
 }
@@ -46,6 +47,7 @@ pub fn page(
                 header.site-header {
                     a.brand href="/" { span.logo { "▶" } "ferrocd" }
                     nav {
+                        a href="/pipelines" class=[(section == Section::Pipelines).then_some("active")] { "Pipelines" }
                         a href="/agents" class=[(section == Section::Agents).then_some("active")] { "Agents" }
                     }
                     span.live-badge #live-badge data-state="connecting"

@@ -4,8 +4,10 @@ pub mod about;
 pub mod access_tokens;
 pub mod agents;
 pub mod build;
+pub mod dashboard;
 pub mod layout;
 pub mod login;
+pub mod pipeline_runs;
 pub mod runs;
 
 use axum::response::{IntoResponse, Redirect, Response};
@@ -16,17 +18,18 @@ use crate::web::auth::Credential;
 use crate::web::routes::Routes;
 
 async fn home() -> Redirect {
-    Redirect::to("/agents")
+    Redirect::to("/pipelines")
 }
 
 pub fn router() -> Routes {
     Routes::new()
-        // The dashboard comes with pipelines; until then the agents page is home.
         .get("/", Credential::User, home)
         .get("/go", Credential::User, home)
         .merge(login::router())
         .merge(access_tokens::router())
         .merge(agents::router())
+        .merge(dashboard::router())
+        .merge(pipeline_runs::router())
         .merge(about::router())
         .merge(runs::router())
         .merge(build::router())
@@ -67,7 +70,7 @@ pub fn error_page(status: axum::http::StatusCode, message: &str) -> Response {
         div.page-title { h1 { (title) } }
         section.card.error-page {
             p { (message) }
-            p { a href="/agents" { "Back to the agents" } }
+            p { a href="/pipelines" { "Back to the pipelines" } }
         }
     };
     (

@@ -207,7 +207,9 @@ impl View for Renderer {
             DomainEvent::PendingCount { count } => self.dirty.queued = Some(*count),
             DomainEvent::RunCreated { .. }
             | DomainEvent::RunUpdated { .. }
-            | DomainEvent::ConsoleAppend { .. } => {}
+            | DomainEvent::ConsoleAppend { .. }
+            | DomainEvent::PipelineUpdated { .. }
+            | DomainEvent::ConfigReloaded => {}
         }
     }
 

@@ -1,0 +1,924 @@
+//! The pipelines context: instances of configured pipelines, their stages, and what a
+//! pipeline is apart from them (paused, locked). A trigger snapshots the pipeline's config as
+//! the instance's plan and schedules its first stage's jobs through the job runs context;
+//! each run's end (`after_run`, called by the scheduler inside the write that ends it) moves
+//! its stage, and the instance, on: the next stage, a wait for approval, the end, and the
+//! downstream pipelines a passed stage triggers. Every change publishes `pipeline_updated`.
+
+mod sqlite;
+pub(crate) mod store;
+
+use std::collections::{BTreeMap, HashMap};
+
+use self::store::{NewInstance, PipelineState, StageKey};
+use crate::audit;
+use crate::config_sources::{ConfigSources, Snapshot};
+use crate::db::{Conn, Db, WriteTx, now_millis};
+use crate::domain::job_run::{JobRun, Task};
+use crate::domain::pipeline::{
+    AfterStage, InstanceFacts, PipelineInstance, StageRun, StageSummary, after_stage, is_running,
+    may_run_stage, plan_jobs, render_label, stage_status, summarize_stages,
+};
+use crate::domain::pipeline_config::{LockBehavior, MaterialSource, PipelineConfig};
+use crate::domain::user::User;
+use crate::error::{Error, Result};
+use crate::events::{DomainEvent, Topic};
+use crate::job_runs::{self, store::NewRun};
+
+/// Who triggered an automatic instance, as GoCD says it (`GO_TRIGGER_USER`).
+pub const CHANGES: &str = "changes";
+
+/// An instance with its stages as they stand.
+#[derive(Debug, Clone)]
+pub struct InstanceView {
+    pub instance: PipelineInstance,
+    pub stages: Vec<StageSummary>,
+}
+
+impl InstanceView {
+    pub fn is_running(&self) -> bool {
+        is_running(&self.stages)
+    }
+}
+
+/// A configured pipeline as the dashboard shows it.
+#[derive(Debug, Clone)]
+pub struct PipelineView {
+    pub config: PipelineConfig,
+    pub state: PipelineState,
+    pub latest: Option<InstanceView>,
+}
+
+/// One stage run with its jobs' latest runs.
+#[derive(Debug, Clone)]
+pub struct StageView {
+    pub instance: PipelineInstance,
+    pub run: StageRun,
+    pub summary: StageSummary,
+    pub jobs: Vec<JobRun>,
+}
+
+#[derive(Clone)]
+pub struct Pipelines {
+    db: Db,
+    configs: ConfigSources,
+}
+
+impl Pipelines {
+    pub fn new(db: Db, configs: ConfigSources) -> Pipelines {
+        Pipelines { db, configs }
+    }
+
+    pub fn configs(&self) -> &ConfigSources {
+        &self.configs
+    }
+
+    /// Creates instance N+1 of `name` and schedules its first stage; answers N+1. A paused
+    /// or locked pipeline refuses (409).
+    pub async fn trigger(
+        &self,
+        name: &str,
+        actor: &str,
+        variables: BTreeMap<String, String>,
+    ) -> Result<i64> {
+        let snapshot = self.configs.snapshot();
+        let config = configured(&snapshot, name)?;
+        if let Some(bad) = variables.keys().find(|k| !plain_variable_name(k)) {
+            return Err(Error::Unprocessable(format!(
+                "environment_variables: {bad:?} is not a variable name"
+            )));
+        }
+        let mut tx = self.db.begin().await?;
+        let counter = trigger_in(&mut tx, &snapshot, config, actor, variables, None).await?;
+        audit::record(
+            &mut tx,
+            actor,
+            "trigger",
+            &format!("pipeline {}/{counter}", config.name),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(counter)
+    }
+
+    /// Starts `stage` of instance `counter` by hand: approves a manual stage whose turn came,
+    /// or runs a finished stage again (the next stage counter). Answers the stage counter.
+    pub async fn run_stage(
+        &self,
+        name: &str,
+        counter: i64,
+        stage: &str,
+        actor: &User,
+    ) -> Result<i64> {
+        let mut tx = self.db.begin().await?;
+        let view = instance_view(tx.conn(), name, counter).await?;
+        let plan = &view.instance.plan;
+        let Some(position) = plan
+            .stages
+            .iter()
+            .position(|s| s.name.eq_ignore_ascii_case(stage))
+        else {
+            return Err(Error::NotFound(format!(
+                "pipeline {}/{counter} has no stage {stage}",
+                plan.name
+            )));
+        };
+        let config = &plan.stages[position];
+        if actor.signed_in
+            && !actor.admin
+            && !config.approval.users.is_empty()
+            && !config
+                .approval
+                .users
+                .iter()
+                .any(|u| u.eq_ignore_ascii_case(&actor.name))
+        {
+            return Err(Error::Forbidden(format!(
+                "{} may not run stage {}: its approval names {}",
+                actor.name,
+                config.name,
+                config.approval.users.join(", ")
+            )));
+        }
+        let summary = &view.stages[position];
+        let previous = position.checked_sub(1).map(|i| view.stages[i].status);
+        let current = summary.counter.map(|_| summary.status);
+        may_run_stage(config, previous, current).map_err(Error::Conflict)?;
+        if view.is_running() && current.is_none() {
+            // Approving ahead of a stage still running would run two stages at once.
+            return Err(Error::Conflict(format!(
+                "pipeline {}/{counter} is still running",
+                plan.name
+            )));
+        }
+        let stage_counter = summary.counter.unwrap_or(0) + 1;
+        let stage_name = config.name.clone();
+        start_stage(
+            &mut tx,
+            &view.instance,
+            &stage_name,
+            stage_counter,
+            &actor.name,
+        )
+        .await?;
+        audit::record(
+            &mut tx,
+            &actor.name,
+            "run stage",
+            &format!("stage {}/{counter}/{stage_name}/{stage_counter}", plan.name),
+        )
+        .await?;
+        publish_instance(&mut tx, &view.instance.pipeline_name, counter).await?;
+        tx.commit().await?;
+        Ok(stage_counter)
+    }
+
+    /// Cancels every job of a stage run that has not finished; the stage ends Cancelled once
+    /// the jobs its agents run have stopped.
+    pub async fn cancel_stage(
+        &self,
+        name: &str,
+        counter: i64,
+        stage: &str,
+        stage_counter: i64,
+        actor: &str,
+    ) -> Result<()> {
+        let mut tx = self.db.begin().await?;
+        let instance = instance_or_404(tx.conn(), name, counter).await?;
+        let Some(config) = instance.plan.stage(stage) else {
+            return Err(Error::NotFound(format!(
+                "pipeline {}/{counter} has no stage {stage}",
+                instance.plan.name
+            )));
+        };
+        let stage_name = config.name.clone();
+        let key = StageKey {
+            pipeline: &instance.pipeline_name,
+            pipeline_counter: counter,
+            stage: &stage_name,
+            stage_counter,
+        };
+        if store::stage_run(tx.conn(), &key).await?.is_none() {
+            return Err(Error::NotFound(format!(
+                "stage {}/{counter}/{stage_name}/{stage_counter} has not run",
+                instance.plan.name
+            )));
+        }
+        store::set_stage_cancelled_by(tx.conn(), &key, actor).await?;
+        let runs = job_runs::store::latest_of_stage(
+            tx.conn(),
+            &instance.pipeline_name,
+            counter,
+            &stage_name,
+            stage_counter,
+        )
+        .await?;
+        for run in runs.iter().filter(|r| !r.is_completed()) {
+            crate::scheduler::cancel_in(&mut tx, run, actor, &self.configs).await?;
+        }
+        audit::record(
+            &mut tx,
+            actor,
+            "cancel stage",
+            &format!(
+                "stage {}/{counter}/{stage_name}/{stage_counter}",
+                instance.plan.name
+            ),
+        )
+        .await?;
+        publish_instance(&mut tx, &instance.pipeline_name, counter).await?;
+        tx.commit().await
+    }
+
+    pub async fn pause(&self, name: &str, cause: &str, actor: &str) -> Result<()> {
+        let snapshot = self.configs.snapshot();
+        let config = configured(&snapshot, name)?;
+        let mut tx = self.db.begin().await?;
+        store::set_paused(tx.conn(), &config.name, Some((cause, actor, now_millis()))).await?;
+        audit::record(
+            &mut tx,
+            actor,
+            "pause",
+            &format!("pipeline {}", config.name),
+        )
+        .await?;
+        publish_latest(&mut tx, &config.name).await?;
+        tx.commit().await
+    }
+
+    pub async fn unpause(&self, name: &str, actor: &str) -> Result<()> {
+        let snapshot = self.configs.snapshot();
+        let config = configured(&snapshot, name)?;
+        let mut tx = self.db.begin().await?;
+        store::set_paused(tx.conn(), &config.name, None).await?;
+        audit::record(
+            &mut tx,
+            actor,
+            "unpause",
+            &format!("pipeline {}", config.name),
+        )
+        .await?;
+        publish_latest(&mut tx, &config.name).await?;
+        tx.commit().await
+    }
+
+    /// Releases a pipeline's lock (GoCD's unlock): only once the locking instance stopped.
+    pub async fn unlock(&self, name: &str, actor: &str) -> Result<()> {
+        let snapshot = self.configs.snapshot();
+        let config = configured(&snapshot, name)?;
+        let mut tx = self.db.begin().await?;
+        let state = store::state(tx.conn(), &config.name).await?;
+        let Some(locked_by) = state.locked_by else {
+            return Err(Error::Conflict(format!(
+                "pipeline {} is not locked",
+                config.name
+            )));
+        };
+        if let Ok(view) = instance_view(tx.conn(), &config.name, locked_by).await
+            && view.is_running()
+        {
+            return Err(Error::Conflict(format!(
+                "pipeline {} is locked by instance {}/{locked_by}, which is still running",
+                config.name, config.name
+            )));
+        }
+        store::set_locked_by(tx.conn(), &config.name, None).await?;
+        audit::record(
+            &mut tx,
+            actor,
+            "unlock",
+            &format!("pipeline {}", config.name),
+        )
+        .await?;
+        publish_latest(&mut tx, &config.name).await?;
+        tx.commit().await
+    }
+
+    /// Every configured pipeline with its state and latest instance, from a fixed number of
+    /// queries whatever the number of pipelines.
+    pub async fn dashboard(&self) -> Result<Vec<PipelineView>> {
+        let snapshot = self.configs.snapshot();
+        let mut read = self.db.reader().await?;
+        let mut states: HashMap<String, PipelineState> = store::states(read.conn())
+            .await?
+            .into_iter()
+            .map(|(name, state)| (name.to_ascii_lowercase(), state))
+            .collect();
+        let latest = store::latest_instances(read.conn()).await?;
+        let mut views = instance_views(read.conn(), latest).await?;
+        Ok(snapshot
+            .pipelines()
+            .map(|config| {
+                let key = config.name.to_ascii_lowercase();
+                PipelineView {
+                    config: config.clone(),
+                    state: states.remove(&key).unwrap_or_default(),
+                    latest: views.remove(&key),
+                }
+            })
+            .collect())
+    }
+
+    /// One configured pipeline as the dashboard shows it.
+    pub async fn view(&self, name: &str) -> Result<PipelineView> {
+        let snapshot = self.configs.snapshot();
+        let config = configured(&snapshot, name)?.clone();
+        let mut read = self.db.reader().await?;
+        let state = store::state(read.conn(), &config.name).await?;
+        let (page, _) = store::history(read.conn(), &config.name, 0, 1).await?;
+        let latest = instance_views(read.conn(), page)
+            .await?
+            .into_values()
+            .next();
+        Ok(PipelineView {
+            config,
+            state,
+            latest,
+        })
+    }
+
+    /// A page of a pipeline's instances, newest first, and how many it has.
+    pub async fn history(
+        &self,
+        name: &str,
+        offset: i64,
+        page_size: i64,
+    ) -> Result<(Vec<InstanceView>, i64)> {
+        if !(1..=100).contains(&page_size) || offset < 0 {
+            return Err(Error::Unprocessable(
+                "page_size: from 1 to 100, offset: 0 or more".into(),
+            ));
+        }
+        let snapshot = self.configs.snapshot();
+        let canonical = snapshot
+            .pipeline(name)
+            .map(|p| p.name.clone())
+            .unwrap_or_else(|| name.to_string());
+        let mut read = self.db.reader().await?;
+        let (page, total) = store::history(read.conn(), &canonical, offset, page_size).await?;
+        if total == 0 && snapshot.pipeline(name).is_none() {
+            return Err(not_configured(name));
+        }
+        let order: Vec<i64> = page.iter().map(|i| i.counter).collect();
+        let mut views = instance_views_by_counter(read.conn(), page).await?;
+        Ok((
+            order.iter().filter_map(|c| views.remove(c)).collect(),
+            total,
+        ))
+    }
+
+    pub async fn instance(&self, name: &str, counter: i64) -> Result<InstanceView> {
+        let mut read = self.db.reader().await?;
+        instance_view(read.conn(), name, counter).await
+    }
+
+    /// A stage run with its jobs.
+    pub async fn stage(
+        &self,
+        name: &str,
+        counter: i64,
+        stage: &str,
+        stage_counter: i64,
+    ) -> Result<StageView> {
+        let mut read = self.db.reader().await?;
+        let view = instance_view(read.conn(), name, counter).await?;
+        let Some(position) = view
+            .instance
+            .plan
+            .stages
+            .iter()
+            .position(|s| s.name.eq_ignore_ascii_case(stage))
+        else {
+            return Err(Error::NotFound(format!(
+                "pipeline {}/{counter} has no stage {stage}",
+                view.instance.plan.name
+            )));
+        };
+        let stage_name = view.instance.plan.stages[position].name.clone();
+        let key = StageKey {
+            pipeline: &view.instance.pipeline_name,
+            pipeline_counter: counter,
+            stage: &stage_name,
+            stage_counter,
+        };
+        let Some(run) = store::stage_run(read.conn(), &key).await? else {
+            return Err(Error::NotFound(format!(
+                "stage {}/{counter}/{stage_name}/{stage_counter} has not run",
+                view.instance.plan.name
+            )));
+        };
+        let jobs = job_runs::store::latest_of_stage(
+            read.conn(),
+            &view.instance.pipeline_name,
+            counter,
+            &stage_name,
+            stage_counter,
+        )
+        .await?;
+        let mut summary = view.stages[position].clone();
+        if summary.counter != Some(stage_counter) {
+            // An older run of the stage: its own status, not the latest's.
+            let facts: Vec<_> = jobs.iter().map(|j| (j.state, j.result)).collect();
+            summary.counter = Some(stage_counter);
+            summary.status = match run.result {
+                Some(result) => status_of_result(result),
+                None => stage_status(&facts),
+            };
+            summary.can_run = false;
+            summary.triggered_by = Some(run.triggered_by.clone());
+            summary.scheduled_at = Some(run.scheduled_at);
+            summary.completed_at = run.completed_at;
+        }
+        Ok(StageView {
+            instance: view.instance,
+            run,
+            summary,
+            jobs,
+        })
+    }
+}
+
+/// A stage's or a job's line in the CCTray feed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedProject {
+    /// `P :: S` or `P :: S :: J`.
+    pub name: String,
+    pub building: bool,
+    /// Of the newest finished run: Passed, Failed or Cancelled; `None` if none finished.
+    pub last_result: Option<crate::domain::job_run::JobResult>,
+    pub last_label: String,
+    pub last_time: Option<i64>,
+    /// The site path of the run the project shows.
+    pub path: String,
+}
+
+impl Pipelines {
+    /// The CCTray projects: one per stage that has run and one per job of it, in config
+    /// order; from a fixed number of queries.
+    pub async fn feed(&self) -> Result<Vec<FeedProject>> {
+        let views = self.dashboard().await?;
+        let mut read = self.db.reader().await?;
+        let finished = store::last_finished_stage_runs(read.conn()).await?;
+        let keys: Vec<(String, i64)> = finished.iter().map(|(k, _, _)| k.clone()).collect();
+        let facts = store::job_facts_of(read.conn(), &keys).await?;
+        let mut projects = Vec::new();
+        for view in &views {
+            let Some(latest) = &view.latest else { continue };
+            let name = &latest.instance.pipeline_name;
+            for stage in &latest.stages {
+                let last = finished.iter().find(|((p, _), _, run)| {
+                    p.eq_ignore_ascii_case(name) && run.stage_name.eq_ignore_ascii_case(&stage.name)
+                });
+                let building = matches!(
+                    stage.status,
+                    crate::domain::pipeline::StageStatus::Building
+                        | crate::domain::pipeline::StageStatus::Failing
+                );
+                let (pc, sc, label, result, time) = match (last, stage.counter) {
+                    (Some(((_, pc), label, run)), _) => (
+                        *pc,
+                        run.stage_counter,
+                        label.clone(),
+                        run.result,
+                        run.completed_at,
+                    ),
+                    (None, Some(sc)) => (latest.instance.counter, sc, String::new(), None, None),
+                    (None, None) => continue,
+                };
+                projects.push(FeedProject {
+                    name: format!("{name} :: {}", stage.name),
+                    building,
+                    last_result: result,
+                    last_label: label.clone(),
+                    last_time: time,
+                    path: format!("/pipelines/{name}/{pc}/{}/{sc}", stage.name),
+                });
+                let mut jobs: Vec<&crate::domain::pipeline::JobFact> = facts
+                    .iter()
+                    .filter(|((p, c), fact)| {
+                        p.eq_ignore_ascii_case(name)
+                            && *c == pc
+                            && fact.stage_name.eq_ignore_ascii_case(&stage.name)
+                            && fact.stage_counter == sc
+                    })
+                    .map(|(_, fact)| fact)
+                    .collect();
+                jobs.sort_by(|a, b| a.job_name.cmp(&b.job_name));
+                for job in jobs {
+                    projects.push(FeedProject {
+                        name: format!("{name} :: {} :: {}", stage.name, job.job_name),
+                        building,
+                        last_result: (job.state == crate::domain::job_run::JobState::Completed)
+                            .then_some(job.result),
+                        last_label: label.clone(),
+                        last_time: time,
+                        path: format!(
+                            "/tab/build/detail/{name}/{pc}/{}/{sc}/{}",
+                            stage.name, job.job_name
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(projects)
+    }
+}
+
+fn status_of_result(
+    result: crate::domain::job_run::JobResult,
+) -> crate::domain::pipeline::StageStatus {
+    use crate::domain::job_run::JobResult;
+    use crate::domain::pipeline::StageStatus;
+    match result {
+        JobResult::Passed => StageStatus::Passed,
+        JobResult::Failed => StageStatus::Failed,
+        _ => StageStatus::Cancelled,
+    }
+}
+
+fn not_configured(name: &str) -> Error {
+    Error::NotFound(format!("no pipeline named {name}"))
+}
+
+fn configured<'a>(snapshot: &'a Snapshot, name: &str) -> Result<&'a PipelineConfig> {
+    snapshot.pipeline(name).ok_or_else(|| not_configured(name))
+}
+
+fn plain_variable_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['=', '\0'])
+}
+
+async fn instance_or_404(conn: Conn<'_>, name: &str, counter: i64) -> Result<PipelineInstance> {
+    store::instance(conn, name, counter)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("pipeline {name} has no instance {counter}")))
+}
+
+async fn instance_view(mut conn: Conn<'_>, name: &str, counter: i64) -> Result<InstanceView> {
+    let instance = instance_or_404(conn.reborrow(), name, counter).await?;
+    instance_views_by_counter(conn, vec![instance])
+        .await?
+        .into_values()
+        .next()
+        .ok_or_else(|| Error::NotFound(format!("pipeline {name} has no instance {counter}")))
+}
+
+/// The views of `instances`, keyed by lowercased pipeline name (one instance per pipeline).
+async fn instance_views(
+    conn: Conn<'_>,
+    instances: Vec<PipelineInstance>,
+) -> Result<HashMap<String, InstanceView>> {
+    Ok(summarize(conn, instances)
+        .await?
+        .into_iter()
+        .map(|v| (v.instance.pipeline_name.to_ascii_lowercase(), v))
+        .collect())
+}
+
+/// The views of `instances` of one pipeline, keyed by counter.
+async fn instance_views_by_counter(
+    conn: Conn<'_>,
+    instances: Vec<PipelineInstance>,
+) -> Result<HashMap<i64, InstanceView>> {
+    Ok(summarize(conn, instances)
+        .await?
+        .into_iter()
+        .map(|v| (v.instance.counter, v))
+        .collect())
+}
+
+/// Two queries for any number of instances: their stage runs and their jobs' latest runs.
+async fn summarize(
+    mut conn: Conn<'_>,
+    instances: Vec<PipelineInstance>,
+) -> Result<Vec<InstanceView>> {
+    let keys: Vec<(String, i64)> = instances
+        .iter()
+        .map(|i| (i.pipeline_name.clone(), i.counter))
+        .collect();
+    let mut runs: HashMap<(String, i64), Vec<StageRun>> = HashMap::new();
+    for ((p, pc), run) in store::stage_runs_of(conn.reborrow(), &keys).await? {
+        runs.entry((p.to_ascii_lowercase(), pc))
+            .or_default()
+            .push(run);
+    }
+    let mut jobs: HashMap<(String, i64), Vec<_>> = HashMap::new();
+    for ((p, pc), fact) in store::job_facts_of(conn, &keys).await? {
+        jobs.entry((p.to_ascii_lowercase(), pc))
+            .or_default()
+            .push(fact);
+    }
+    Ok(instances
+        .into_iter()
+        .map(|instance| {
+            let key = (
+                instance.pipeline_name.to_ascii_lowercase(),
+                instance.counter,
+            );
+            let stages = summarize_stages(
+                &instance.plan,
+                runs.get(&key).map_or(&[], |r| r.as_slice()),
+                jobs.get(&key).map_or(&[], |j| j.as_slice()),
+            );
+            InstanceView { instance, stages }
+        })
+        .collect())
+}
+
+/// Creates the next instance of `config` in `tx` and starts its first stage. `upstream` is
+/// the (pipeline, label) of the instance whose passed stage triggered it.
+async fn trigger_in(
+    tx: &mut WriteTx,
+    snapshot: &Snapshot,
+    config: &PipelineConfig,
+    actor: &str,
+    variables: BTreeMap<String, String>,
+    upstream: Option<(&str, &str)>,
+) -> Result<i64> {
+    let state = store::state(tx.conn(), &config.name).await?;
+    if state.paused {
+        return Err(Error::Conflict(format!(
+            "pipeline {} is paused{}",
+            config.name,
+            match state.pause_cause.as_deref().filter(|c| !c.is_empty()) {
+                Some(cause) => format!(": {cause}"),
+                None => String::new(),
+            }
+        )));
+    }
+    if let Some(locked_by) = state.locked_by {
+        return Err(Error::Conflict(format!(
+            "pipeline {} is locked by instance {}/{locked_by}",
+            config.name, config.name
+        )));
+    }
+    let Some(first) = config.stages.first() else {
+        return Err(Error::Unprocessable(format!(
+            "pipeline {} has no stages",
+            config.name
+        )));
+    };
+    let counter = store::next_counter(tx.conn(), &config.name).await?;
+    let labels = material_labels(tx, config, upstream).await?;
+    let label = render_label(&config.label_template, counter, &labels);
+    let environment = snapshot.environment_of(&config.name);
+    let environment_variables = environment
+        .map(|e| e.environment_variables.clone())
+        .unwrap_or_default();
+    store::insert_instance(
+        tx.conn(),
+        NewInstance {
+            pipeline_name: &config.name,
+            counter,
+            label: &label,
+            plan: config,
+            triggered_by: actor,
+            environment: environment.map(|e| e.name.as_str()),
+            environment_variables: &environment_variables,
+            trigger_variables: &variables,
+            now: now_millis(),
+        },
+    )
+    .await?;
+    if config.lock_behavior != LockBehavior::None {
+        store::set_locked_by(tx.conn(), &config.name, Some(counter)).await?;
+    }
+    let instance = instance_or_404(tx.conn(), &config.name, counter).await?;
+    let first = first.name.clone();
+    start_stage(tx, &instance, &first, 1, actor).await?;
+    publish_instance(tx, &config.name, counter).await?;
+    Ok(counter)
+}
+
+/// The labels `${material}` gives: a dependency material's upstream label (the triggering
+/// instance's, or the newest instance whose stage passed); other materials have none yet.
+async fn material_labels(
+    tx: &mut WriteTx,
+    config: &PipelineConfig,
+    upstream: Option<(&str, &str)>,
+) -> Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    for material in &config.materials {
+        if let MaterialSource::Dependency {
+            pipeline, stage, ..
+        } = &material.source
+        {
+            let label = match upstream {
+                Some((up, label)) if up.eq_ignore_ascii_case(pipeline) => Some(label.to_string()),
+                _ => latest_passed_label(tx, pipeline, stage).await?,
+            };
+            if let Some(label) = label {
+                labels.insert(material.name.clone(), label);
+            }
+        }
+    }
+    Ok(labels)
+}
+
+async fn latest_passed_label(
+    tx: &mut WriteTx,
+    pipeline: &str,
+    stage: &str,
+) -> Result<Option<String>> {
+    let (page, _) = store::history(tx.conn(), pipeline, 0, 20).await?;
+    for instance in page {
+        let view = instance_view(tx.conn(), &instance.pipeline_name, instance.counter).await?;
+        if view.stages.iter().any(|s| {
+            s.name.eq_ignore_ascii_case(stage)
+                && s.status == crate::domain::pipeline::StageStatus::Passed
+        }) {
+            return Ok(Some(view.instance.label));
+        }
+    }
+    Ok(None)
+}
+
+/// Records stage run `stage_counter` of `stage` and schedules its jobs.
+async fn start_stage(
+    tx: &mut WriteTx,
+    instance: &PipelineInstance,
+    stage: &str,
+    stage_counter: i64,
+    actor: &str,
+) -> Result<()> {
+    let plan = &instance.plan;
+    let Some(config) = plan.stage(stage) else {
+        return Err(Error::NotFound(format!(
+            "pipeline {} has no stage {stage}",
+            plan.name
+        )));
+    };
+    let key = StageKey {
+        pipeline: &instance.pipeline_name,
+        pipeline_counter: instance.counter,
+        stage: &config.name,
+        stage_counter,
+    };
+    store::insert_stage_run(tx.conn(), &key, actor, now_millis()).await?;
+    let facts: InstanceFacts = instance.facts();
+    for job in plan_jobs(plan, config, &facts, |_| 1) {
+        let tasks: Vec<Task> = job.config.tasks.iter().map(Task::from).collect();
+        let build_id = job_runs::insert_run(
+            tx,
+            NewRun {
+                pipeline_name: &instance.pipeline_name,
+                pipeline_counter: instance.counter,
+                stage_name: &config.name,
+                stage_counter,
+                job_name: &job.name,
+                tasks: &tasks,
+                resources: &job.config.resources,
+                environment: instance.environment.as_deref(),
+                environment_variables: &job.environment_variables,
+                rescheduled_from: None,
+                scheduled_by: Some(actor),
+                clean_workspace: config.clean_workspace,
+                pipeline_label: Some(&instance.label),
+                // GoCD's timeout is minutes of console silence; absent: the server's default.
+                timeout_seconds: job
+                    .config
+                    .timeout
+                    .map(|minutes| i64::try_from(minutes.saturating_mul(60)).unwrap_or(i64::MAX)),
+            },
+        )
+        .await?;
+        let run = job_runs::fetch_run_or_404(tx.conn(), build_id).await?;
+        job_runs::publish_run(tx, &run);
+    }
+    crate::scheduler::publish_pending(tx).await
+}
+
+/// What a run's end means for its pipeline: called by the scheduler inside the write that
+/// ended `run`. A run of no pipeline instance (an ad-hoc job) changes nothing here.
+pub(crate) async fn after_run(
+    tx: &mut WriteTx,
+    run: &JobRun,
+    configs: &ConfigSources,
+) -> Result<()> {
+    let key = StageKey {
+        pipeline: &run.pipeline_name,
+        pipeline_counter: run.pipeline_counter,
+        stage: &run.stage_name,
+        stage_counter: run.stage_counter,
+    };
+    let Some(stage_run) = store::stage_run(tx.conn(), &key).await? else {
+        return Ok(());
+    };
+    if stage_run.result.is_none() {
+        let jobs = job_runs::store::latest_of_stage(
+            tx.conn(),
+            &run.pipeline_name,
+            run.pipeline_counter,
+            &run.stage_name,
+            run.stage_counter,
+        )
+        .await?;
+        let facts: Vec<_> = jobs.iter().map(|j| (j.state, j.result)).collect();
+        let status = stage_status(&facts);
+        if status.is_finished()
+            && store::finish_stage_run(tx.conn(), &key, status.result(), now_millis()).await?
+        {
+            stage_finished(tx, run, status, configs).await?;
+        }
+    }
+    publish_instance(tx, &run.pipeline_name, run.pipeline_counter).await
+}
+
+async fn stage_finished(
+    tx: &mut WriteTx,
+    run: &JobRun,
+    status: crate::domain::pipeline::StageStatus,
+    configs: &ConfigSources,
+) -> Result<()> {
+    let instance = instance_or_404(tx.conn(), &run.pipeline_name, run.pipeline_counter).await?;
+    match after_stage(&instance.plan, &run.stage_name, status) {
+        AfterStage::Start(next) => {
+            let view = instance_view(tx.conn(), &instance.pipeline_name, instance.counter).await?;
+            let counter = view
+                .stages
+                .iter()
+                .find(|s| s.name.eq_ignore_ascii_case(&next))
+                .and_then(|s| s.counter)
+                .unwrap_or(0)
+                + 1;
+            start_stage(tx, &instance, &next, counter, CHANGES).await?;
+        }
+        AfterStage::Await(_) => release_lock(tx, &instance, true).await?,
+        AfterStage::Finished { passed } => release_lock(tx, &instance, passed).await?,
+    }
+    if status == crate::domain::pipeline::StageStatus::Passed {
+        let snapshot = configs.snapshot();
+        for downstream in snapshot.triggered_by_stage(&run.pipeline_name, &run.stage_name) {
+            if downstream.stages.first().is_some_and(|s| s.approval.manual) {
+                continue;
+            }
+            let upstream = Some((instance.pipeline_name.as_str(), instance.label.as_str()));
+            match trigger_in(
+                tx,
+                &snapshot,
+                downstream,
+                CHANGES,
+                BTreeMap::new(),
+                upstream,
+            )
+            .await
+            {
+                Ok(_) => {}
+                // Paused or locked: GoCD does not queue it either; the next pass triggers it.
+                Err(Error::Conflict(why)) => {
+                    tracing::info!(pipeline = %downstream.name, "not triggered: {why}")
+                }
+                Err(other) => return Err(other),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The lock an instance holds goes when it ends (or waits), unless it failed and the
+/// pipeline locks on failure.
+async fn release_lock(tx: &mut WriteTx, instance: &PipelineInstance, passed: bool) -> Result<()> {
+    let keep = instance.plan.lock_behavior == LockBehavior::LockOnFailure && !passed;
+    let state = store::state(tx.conn(), &instance.pipeline_name).await?;
+    if !keep && state.locked_by == Some(instance.counter) {
+        store::set_locked_by(tx.conn(), &instance.pipeline_name, None).await?;
+    }
+    Ok(())
+}
+
+/// `pipeline_updated` for instance `counter` as `tx` leaves it.
+async fn publish_instance(tx: &mut WriteTx, pipeline: &str, counter: i64) -> Result<()> {
+    let view = instance_view(tx.conn(), pipeline, counter).await?;
+    tx.publish(
+        Topic::PipelinesUpdates,
+        DomainEvent::PipelineUpdated {
+            pipeline: view.instance.pipeline_name.clone(),
+            counter: Some(counter),
+            stages: view
+                .stages
+                .iter()
+                .map(|s| (s.name.clone(), s.status))
+                .collect(),
+        },
+    );
+    Ok(())
+}
+
+/// `pipeline_updated` for a pipeline's own change (pause, lock), with its latest instance.
+async fn publish_latest(tx: &mut WriteTx, pipeline: &str) -> Result<()> {
+    let (page, _) = store::history(tx.conn(), pipeline, 0, 1).await?;
+    match page.first() {
+        Some(latest) => publish_instance(tx, pipeline, latest.counter).await,
+        None => {
+            tx.publish(
+                Topic::PipelinesUpdates,
+                DomainEvent::PipelineUpdated {
+                    pipeline: pipeline.to_string(),
+                    counter: None,
+                    stages: vec![],
+                },
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,521 @@
+//! Pipelines from GoCD YAML, run end to end over HTTP: configs stored through the API, a
+//! trigger, stages that follow each other, manual approval, failure, re-runs, cancel, pause,
+//! locks, dependency triggers, GoCD's variables, and a restart in the middle. The jobs are
+//! finished through the agent protocol by the test (the real agent has its own test).
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{Api, Registered, Server, eventually, spawn_app};
+use ferrocd::config::Config;
+
+pub async fn trigger(api: &Api, pipeline: &str) -> i64 {
+    let body = api
+        .call(
+            Method::POST,
+            &format!("/go/api/pipelines/{pipeline}/schedule"),
+            json!({}),
+        )
+        .await
+        .expect(202);
+    assert_eq!(
+        body["message"],
+        format!("Request to schedule pipeline {pipeline} accepted")
+    );
+    body["pipeline_counter"].as_i64().expect("a counter")
+}
+
+/// Each stage of an instance as `name:status`.
+pub async fn stages(api: &Api, pipeline: &str, counter: i64) -> Vec<String> {
+    let body = api
+        .get(&format!("/go/api/pipelines/{pipeline}/instance/{counter}"))
+        .await
+        .expect(200);
+    body["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| {
+            format!(
+                "{}:{}",
+                s["name"].as_str().unwrap(),
+                s["status"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// The agent takes its next job and finishes it with `result`; returns the WORK.
+pub async fn finish_next(api: &Api, agent: &Registered, result: &str) -> Value {
+    let work = eventually("work for the agent", || async {
+        let reply = api.as_agent(agent).work().await;
+        (reply.status == 200).then_some(reply.body)
+    })
+    .await;
+    let build_id = work["build_id"].as_i64().unwrap();
+    api.as_agent(agent)
+        .report_ok(build_id, "Building", None)
+        .await;
+    api.as_agent(agent)
+        .report_ok(build_id, "Completed", Some(result))
+        .await;
+    work
+}
+
+const THREE_STAGES: &str = r#"
+format_version: 10
+pipelines:
+  shop:
+    group: web
+    label_template: "1.0.${COUNT}"
+    environment_variables:
+      SCOPE: pipeline
+      FROM_PIPELINE: "yes"
+    stages:
+      - build:
+          environment_variables:
+            SCOPE: stage
+          jobs:
+            compile:
+              environment_variables:
+                SCOPE: job
+              tasks:
+                - exec: {command: make, arguments: [all]}
+      - test:
+          jobs:
+            unit:
+              tasks:
+                - exec: {command: make, arguments: [test]}
+      - deploy:
+          approval: manual
+          jobs:
+            prod:
+              tasks:
+                - script: ./deploy.sh
+"#;
+
+#[tokio::test]
+async fn a_triggered_pipeline_runs_its_stages_in_order_and_waits_for_a_manual_one() {
+    let app = spawn_app().await;
+    app.put_config("shop", THREE_STAGES).await.expect(201);
+    let agent = app.register_enabled("builder").await;
+    let counter = trigger(&app, "shop").await;
+    assert_eq!(counter, 1);
+    assert_eq!(
+        stages(&app, "shop", 1).await,
+        ["build:Building", "test:NotRun", "deploy:NotRun"]
+    );
+
+    let work = finish_next(&app, &agent, "Passed").await;
+    assert_eq!(work["job_name"], "compile");
+    assert_eq!(work["stage_name"], "build");
+    let vars = &work["environment_variables"];
+    assert_eq!(vars["SCOPE"], "job", "job > stage > pipeline");
+    assert_eq!(vars["FROM_PIPELINE"], "yes");
+    assert_eq!(vars["GO_PIPELINE_LABEL"], "1.0.1");
+    assert_eq!(vars["GO_TRIGGER_USER"], "anonymous");
+
+    assert_eq!(
+        stages(&app, "shop", 1).await,
+        ["build:Passed", "test:Building", "deploy:NotRun"]
+    );
+    let work = finish_next(&app, &agent, "Passed").await;
+    assert_eq!(work["job_name"], "unit");
+    assert_eq!(
+        stages(&app, "shop", 1).await,
+        ["build:Passed", "test:Passed", "deploy:Awaiting"]
+    );
+    assert_eq!(
+        app.as_agent(&agent).work().await.status,
+        204,
+        "deploy waits"
+    );
+
+    let approved = app
+        .call(Method::POST, "/go/api/stages/shop/1/deploy/run", json!({}))
+        .await
+        .expect(202);
+    assert_eq!(approved["stage_counter"], 1);
+    let work = finish_next(&app, &agent, "Passed").await;
+    assert_eq!(work["job_name"], "prod");
+    assert_eq!(
+        stages(&app, "shop", 1).await,
+        ["build:Passed", "test:Passed", "deploy:Passed"]
+    );
+    let history = app.get("/go/api/pipelines/shop/history").await.expect(200);
+    assert_eq!(history["pipelines"][0]["label"], "1.0.1");
+    assert_eq!(history["pagination"]["total"], 1);
+    let stage = app.get("/go/api/stages/shop/1/deploy/1").await.expect(200);
+    assert_eq!(stage["result"], "Passed");
+    assert_eq!(stage["approved_by"], "anonymous");
+    assert_eq!(stage["jobs"][0]["name"], "prod");
+
+    // The pages a person opens say the same.
+    let board = app.get("/pipelines").await.text();
+    assert!(board.contains(r#"id="pipeline-shop""#), "{board}");
+    assert!(
+        board.contains(r#"data-stage="deploy" data-status="Passed""#),
+        "{board}"
+    );
+    let history = app.get("/pipelines/shop/history").await.text();
+    assert!(history.contains(r#"id="instance-1""#), "{history}");
+    let stage_page = app.get("/pipelines/shop/1/build/1").await.text();
+    assert!(stage_page.contains(r#"id="jobs-table""#), "{stage_page}");
+    assert!(
+        stage_page.contains(r#"id="job-compile" data-state="Completed" data-result="Passed""#),
+        "{stage_page}"
+    );
+    assert_eq!(app.get("/").await.status, 200, "/ leads to the dashboard");
+
+    let dashboard = app.get("/go/api/dashboard").await.expect(200);
+    assert_eq!(dashboard["_embedded"]["pipeline_groups"][0]["name"], "web");
+    assert_eq!(
+        dashboard["_embedded"]["pipeline_groups"][0]["pipelines"],
+        json!(["shop"])
+    );
+    let shop = &dashboard["_embedded"]["pipelines"][0];
+    assert_eq!(shop["name"], "shop");
+    let instance = &shop["_embedded"]["instances"][0];
+    assert_eq!(instance["label"], "1.0.1");
+    assert_eq!(instance["_embedded"]["stages"][2]["status"], "Passed");
+
+    // Build monitors read the same in CCTray's shape: a project per stage and per job.
+    let feed = app.get("/go/cctray.xml").await;
+    assert_eq!(feed.status, 200);
+    assert!(feed.header("content-type").starts_with("application/xml"));
+    let xml = feed.text();
+    assert!(
+        !xml.contains("name=\"shop\""),
+        "no project for the pipeline itself"
+    );
+    for project in [
+        "shop :: build",
+        "shop :: build :: compile",
+        "shop :: deploy :: prod",
+    ] {
+        let line = xml
+            .lines()
+            .find(|l| l.contains(&format!("name=\"{project}\"")))
+            .unwrap_or_else(|| panic!("{project} in {xml}"));
+        assert!(line.contains("activity=\"Sleeping\""), "{line}");
+        assert!(line.contains("lastBuildStatus=\"Success\""), "{line}");
+        assert!(line.contains("lastBuildLabel=\"1.0.1\""), "{line}");
+        assert!(line.contains(&format!("webUrl=\"{}/", app.base)), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_stage_stops_the_instance_and_can_be_run_again() {
+    let app = spawn_app().await;
+    app.put_config("shop", THREE_STAGES).await.expect(201);
+    let agent = app.register_enabled("builder").await;
+    trigger(&app, "shop").await;
+    finish_next(&app, &agent, "Failed").await;
+    assert_eq!(
+        stages(&app, "shop", 1).await,
+        ["build:Failed", "test:NotRun", "deploy:NotRun"]
+    );
+    assert_eq!(app.as_agent(&agent).work().await.status, 204);
+    // An automatic stage after a failure may not be started by hand.
+    let refused = app
+        .call(Method::POST, "/go/api/stages/shop/1/test/run", json!({}))
+        .await;
+    assert_eq!(refused.status, 409, "{}", refused.message());
+    // The failed stage runs again as counter 2, and the instance goes on from there.
+    let rerun = app
+        .call(Method::POST, "/go/api/stages/shop/1/build/run", json!({}))
+        .await
+        .expect(202);
+    assert_eq!(rerun["stage_counter"], 2);
+    let work = finish_next(&app, &agent, "Passed").await;
+    assert_eq!(work["stage_counter"], 2);
+    assert_eq!(
+        stages(&app, "shop", 1).await,
+        ["build:Passed", "test:Building", "deploy:NotRun"]
+    );
+    let first = app.get("/go/api/stages/shop/1/build/1").await.expect(200);
+    assert_eq!(
+        first["result"], "Failed",
+        "the first run of the stage keeps its result"
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_stage_cancels_its_jobs_and_stops_the_instance() {
+    let app = spawn_app().await;
+    app.put_config("shop", THREE_STAGES).await.expect(201);
+    trigger(&app, "shop").await;
+    let cancelled = app
+        .call(
+            Method::POST,
+            "/go/api/stages/shop/1/build/1/cancel",
+            json!({}),
+        )
+        .await
+        .expect(200);
+    assert!(cancelled["message"].as_str().unwrap().contains("cancelled"));
+    assert_eq!(
+        stages(&app, "shop", 1).await,
+        ["build:Cancelled", "test:NotRun", "deploy:NotRun"]
+    );
+    assert_eq!(app.pending_count().await, 0);
+}
+
+#[tokio::test]
+async fn a_paused_pipeline_refuses_a_trigger_with_its_cause() {
+    let app = spawn_app().await;
+    app.put_config("shop", THREE_STAGES).await.expect(201);
+    let paused = app
+        .call(
+            Method::POST,
+            "/go/api/pipelines/shop/pause",
+            json!({"pause_cause": "release freeze"}),
+        )
+        .await
+        .expect(200);
+    assert!(paused["message"].as_str().unwrap().contains("paused"));
+    let status = app.get("/go/api/pipelines/shop/status").await.expect(200);
+    assert_eq!(status["paused"], true);
+    assert_eq!(status["paused_cause"], "release freeze");
+    let refused = app
+        .call(Method::POST, "/go/api/pipelines/shop/schedule", json!({}))
+        .await;
+    assert_eq!(refused.status, 409);
+    assert!(
+        refused.message().contains("release freeze"),
+        "{}",
+        refused.message()
+    );
+    app.post_json_ok("/go/api/pipelines/shop/unpause").await;
+    assert_eq!(trigger(&app, "shop").await, 1);
+}
+
+#[tokio::test]
+async fn a_locked_pipeline_runs_one_instance_at_a_time() {
+    let app = spawn_app().await;
+    let yaml = r#"
+pipelines:
+  deploy:
+    group: ops
+    lock_behavior: unlockWhenFinished
+    stages:
+      - only:
+          tasks:
+            - exec: {command: "true"}
+"#;
+    app.put_config("deploy", yaml).await.expect(201);
+    let agent = app.register_enabled("builder").await;
+    trigger(&app, "deploy").await;
+    let refused = app
+        .call(Method::POST, "/api/pipelines/deploy/schedule", json!({}))
+        .await;
+    assert_eq!(refused.status, 409);
+    assert!(
+        refused.message().contains("deploy/1"),
+        "{}",
+        refused.message()
+    );
+    finish_next(&app, &agent, "Failed").await;
+    assert_eq!(
+        trigger(&app, "deploy").await,
+        2,
+        "unlocked once the instance ended"
+    );
+}
+
+#[tokio::test]
+async fn a_passed_upstream_stage_triggers_the_pipelines_that_depend_on_it() {
+    let app = spawn_app().await;
+    let yaml = r#"
+format_version: 10
+pipelines:
+  upstream:
+    group: chain
+    label_template: "u-${COUNT}"
+    stages:
+      - build:
+          tasks:
+            - exec: {command: "true"}
+  downstream:
+    group: chain
+    label_template: "${up}-d${COUNT}"
+    materials:
+      up:
+        pipeline: upstream
+        stage: build
+    stages:
+      - deploy:
+          tasks:
+            - exec: {command: "true"}
+  ignoring:
+    group: chain
+    materials:
+      up:
+        pipeline: upstream
+        stage: build
+        ignore_for_scheduling: true
+    stages:
+      - nothing:
+          tasks:
+            - exec: {command: "true"}
+"#;
+    app.put_config("chain", yaml).await.expect(201);
+    let agent = app.register_enabled("builder").await;
+    trigger(&app, "upstream").await;
+    finish_next(&app, &agent, "Passed").await;
+    let work = finish_next(&app, &agent, "Passed").await;
+    assert_eq!(work["pipeline_name"], "downstream");
+    assert_eq!(work["environment_variables"]["GO_TRIGGER_USER"], "changes");
+    assert_eq!(work["environment_variables"]["GO_PIPELINE_LABEL"], "u-1-d1");
+    assert_eq!(stages(&app, "downstream", 1).await, ["deploy:Passed"]);
+    let ignoring = app
+        .get("/go/api/pipelines/ignoring/history")
+        .await
+        .expect(200);
+    assert_eq!(ignoring["pagination"]["total"], 0, "ignore_for_scheduling");
+}
+
+#[tokio::test]
+async fn an_invalid_document_changes_nothing_and_names_its_errors() {
+    let app = spawn_app().await;
+    app.put_config("shop", THREE_STAGES).await.expect(201);
+    let broken = app.put_config(
+        "shop",
+        "pipelines:\n  shop:\n    group: web\n    stages:\n      - build:\n          tasks:\n            - exec: {command: make, args: [all]}\n",
+    )
+    .await;
+    assert_eq!(broken.status, 422);
+    let errors = broken.body["errors"].as_array().expect("errors");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["path"].as_str().unwrap_or("").contains("args")),
+        "{errors:?}"
+    );
+    assert_eq!(errors[0]["file"], "api:shop");
+    // The good version is still the one in effect.
+    let config = app.get("/api/pipelines/shop/config").await.expect(200);
+    assert_eq!(config["stages"].as_array().unwrap().len(), 3);
+    assert_eq!(config["stages"][2]["approval"]["manual"], true);
+    // A document another depends on cannot go.
+    let downstream = "pipelines:\n  after:\n    group: web\n    materials:\n      shop:\n        pipeline: shop\n        stage: test\n    stages:\n      - go:\n          tasks:\n            - exec: {command: \"true\"}\n";
+    app.put_config("after", downstream).await.expect(201);
+    let refused = app
+        .call(Method::DELETE, "/api/config/shop", json!({}))
+        .await;
+    assert_eq!(refused.status, 409);
+    assert!(refused.message().contains("after"), "{}", refused.message());
+    app.call(Method::DELETE, "/api/config/after", json!({}))
+        .await
+        .expect(200);
+    let sources = app.get("/api/config").await.expect(200);
+    assert_eq!(sources["sources"].as_array().unwrap().len(), 1);
+    // An ad-hoc job may not borrow a configured pipeline's name.
+    let ad_hoc = app
+        .schedule(json!({
+            "pipeline_name": "SHOP", "stage_name": "s", "job_name": "j",
+            "tasks": [{"command": "true"}]
+        }))
+        .await;
+    assert_eq!(ad_hoc.status, 409, "{}", ad_hoc.message());
+    assert!(
+        ad_hoc.message().contains("trigger it"),
+        "{}",
+        ad_hoc.message()
+    );
+}
+
+#[tokio::test]
+async fn an_instance_carries_on_after_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let config_dir = data.path().join("pipelines");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(config_dir.join("shop.gocd.yaml"), THREE_STAGES).unwrap();
+    let settings = || {
+        let mut config = Config::for_data_dir(data.path());
+        config.config_paths = vec![config_dir.clone()];
+        config.registrations_per_second = 0;
+        config
+    };
+    let server = Server::start(settings()).await;
+    let api = server.api();
+    let agent = api.register_enabled("builder").await;
+    trigger(&api, "shop").await;
+    let work = eventually("work", || async {
+        let reply = api.as_agent(&agent).work().await;
+        (reply.status == 200).then_some(reply.body)
+    })
+    .await;
+    let build_id = work["build_id"].as_i64().unwrap();
+    api.as_agent(&agent)
+        .report_ok(build_id, "Building", None)
+        .await;
+    server.stop().await;
+
+    let server = Server::start(settings()).await;
+    let api = server.api();
+    api.as_agent(&agent)
+        .report_ok(build_id, "Completed", Some("Passed"))
+        .await;
+    assert_eq!(
+        stages(&api, "shop", 1).await,
+        ["build:Passed", "test:Building", "deploy:NotRun"]
+    );
+    server.stop().await;
+}
+
+/// Our answers have the keys and JSON types of GoCD's documented examples (except where
+/// docs/API.md says we depart).
+#[tokio::test]
+async fn the_gocd_apis_answer_in_gocds_shapes() {
+    use crate::gocd_shape::assert_same_shape;
+    let app = spawn_app().await;
+    app.put_config("shop", THREE_STAGES).await.expect(201);
+    let agent = app.register_enabled("builder").await;
+    trigger(&app, "shop").await;
+    finish_next(&app, &agent, "Passed").await;
+    let pause = app
+        .call(
+            Method::POST,
+            "/go/api/pipelines/shop/pause",
+            json!({"pause_cause": "x"}),
+        )
+        .await
+        .expect(200);
+    assert_same_shape("pause.v1.json", &pause);
+    let unpause = app.post_json_ok("/go/api/pipelines/shop/unpause").await;
+    assert_same_shape("unpause.v1.json", &unpause);
+    assert_same_shape(
+        "pipeline_status.v1.json",
+        &app.get("/go/api/pipelines/shop/status").await.expect(200),
+    );
+    assert_same_shape(
+        "pipeline_instance.v1.json",
+        &app.get("/go/api/pipelines/shop/instance/1")
+            .await
+            .expect(200),
+    );
+    // One page of history: GoCD's example has both paging links, ours only what applies.
+    crate::gocd_shape::assert_same_shape_except(
+        "pipeline_history.v1.json",
+        &app.get("/go/api/pipelines/shop/history").await.expect(200),
+        &["_links.next", "_links.previous"],
+    );
+    assert_same_shape(
+        "stage_instance.v3.json",
+        &app.get("/go/api/stages/shop/1/build/1").await.expect(200),
+    );
+    assert_same_shape(
+        "dashboard.v4.json",
+        &app.get("/go/api/dashboard").await.expect(200),
+    );
+    let cancel = app
+        .call(
+            Method::POST,
+            "/go/api/stages/shop/1/test/1/cancel",
+            json!({}),
+        )
+        .await
+        .expect(200);
+    assert_same_shape("stage_cancel.v3.json", &cancel);
+}
