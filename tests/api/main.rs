@@ -3,6 +3,7 @@
 mod access;
 mod agent_identity;
 mod agent_runtime;
+mod agent_tasks;
 mod agent_tls;
 mod agents_api;
 mod architecture;
