@@ -14,9 +14,15 @@
 //! with a newline, the marker is preceded by one):
 //!
 //! ```text
-//! [ferrocd] Task: sh -c 'make test'            before each task (` (in DIR)` when it has a working_dir)
+//! [ferrocd] Cleaning the sandbox (clean_workspace)   first, when the job cleans its sandbox
+//! [ferrocd] Task: sh -c 'make test'            before each task that runs (` (in DIR)` when
+//!                                              it has a working_dir; `script: TEXT` for a
+//!                                              script, its newlines as `\n`; the type's name
+//!                                              for one the agent cannot run)
 //! [ferrocd] Task failed: exited with code 3    a task that failed (or "killed by signal 9",
-//!                                              or "could not start 'cmd': ...")
+//!                                              or "could not start 'cmd': ...", or
+//!                                              `ferrocd cannot run "rake" tasks yet`)
+//! [ferrocd] On cancel: echo stopped            before the stopped task's on_cancel task
 //! [ferrocd] Job cancelled                      the server cancelled the job
 //! [ferrocd] Agent stopping: job cancelled      the agent was stopped during the job
 //! [ferrocd] Job completed: Passed              last line (Passed, Failed or Cancelled)
