@@ -17,6 +17,7 @@ mod jobs;
 mod lifecycle;
 mod live_views;
 mod pipelines;
+mod pipelines_agent;
 mod registration;
 mod robustness;
 mod show_all;
