@@ -431,6 +431,33 @@ impl Reader {
         }
     }
 
+    /// Whether `name` is a valid name not yet in `names` (a pipeline, stage, job, material or
+    /// environment in `scope`); reports the problem at `path` if not.
+    pub fn unique_name(
+        &mut self,
+        names: &mut Names,
+        name: &str,
+        path: &str,
+        line: u32,
+        what: &str,
+        scope: &str,
+    ) -> bool {
+        if !self.check_name(name, path, line) {
+            return false;
+        }
+        if !names.first_time(name) {
+            self.error(
+                path,
+                line,
+                format!(
+                    "{what} `{name}` appears twice in {scope} (names are compared ignoring case)"
+                ),
+            );
+            return false;
+        }
+        true
+    }
+
     /// `secure_variables`, `encrypted_password`, `secure_options`: ciphertext ferrocd cannot read.
     pub fn refuse_ciphertext(&mut self, fields: &mut Fields, key: &str) {
         let Some(entry) = fields.get_entry(key) else {

@@ -22,11 +22,14 @@ pub fn read_materials(reader: &mut Reader, node: &Node, path: &str) -> Vec<Mater
     let mut names = Names::default();
     for entry in map.entries() {
         let material_path = key_path(path, &entry.key);
-        if !reader.check_name(&entry.key, &material_path, entry.key_line) {
-            continue;
-        }
-        if !names.first_time(&entry.key) {
-            reader.error(&material_path, entry.key_line, format!("material `{}` appears twice in the pipeline (names are compared ignoring case)", entry.key));
+        if !reader.unique_name(
+            &mut names,
+            &entry.key,
+            &material_path,
+            entry.key_line,
+            "material",
+            "the pipeline",
+        ) {
             continue;
         }
         let Some(mut fields) = reader.map(&entry.value, &material_path, "a material") else {

@@ -93,18 +93,14 @@ fn read_pipelines(reader: &mut Reader, node: &Node) -> Vec<PipelineConfig> {
     let mut names = Names::default();
     for entry in map.entries() {
         let path = key_path("pipelines", &entry.key);
-        if !reader.check_name(&entry.key, &path, entry.key_line) {
-            continue;
-        }
-        if !names.first_time(&entry.key) {
-            reader.error(
-                &path,
-                entry.key_line,
-                format!(
-                    "pipeline `{}` is defined twice (names are compared ignoring case)",
-                    entry.key
-                ),
-            );
+        if !reader.unique_name(
+            &mut names,
+            &entry.key,
+            &path,
+            entry.key_line,
+            "pipeline",
+            "the document",
+        ) {
             continue;
         }
         if let Some(pipeline) = read_pipeline(reader, &entry.key, &entry.value, &path) {
@@ -330,11 +326,14 @@ fn read_stages(reader: &mut Reader, node: &Node, path: &str) -> Vec<StageConfig>
         let Some((name, body, stage_path)) = single_key(reader, item, &item_path, "a stage") else {
             continue;
         };
-        if !reader.check_name(&name, &stage_path, item.line) {
-            continue;
-        }
-        if !names.first_time(&name) {
-            reader.error(&stage_path, item.line, format!("stage `{name}` appears twice in the pipeline (names are compared ignoring case)"));
+        if !reader.unique_name(
+            &mut names,
+            &name,
+            &stage_path,
+            item.line,
+            "stage",
+            "the pipeline",
+        ) {
             continue;
         }
         if let Some(stage) = read_stage(reader, &name, body, &stage_path) {
@@ -512,18 +511,14 @@ fn read_jobs(reader: &mut Reader, node: &Node, path: &str) -> Vec<JobConfig> {
     }
     for entry in map.entries() {
         let job_path = key_path(path, &entry.key);
-        if !reader.check_name(&entry.key, &job_path, entry.key_line) {
-            continue;
-        }
-        if !names.first_time(&entry.key) {
-            reader.error(
-                &job_path,
-                entry.key_line,
-                format!(
-                    "job `{}` appears twice in the stage (names are compared ignoring case)",
-                    entry.key
-                ),
-            );
+        if !reader.unique_name(
+            &mut names,
+            &entry.key,
+            &job_path,
+            entry.key_line,
+            "job",
+            "the stage",
+        ) {
             continue;
         }
         let Some(mut fields) = reader.map(&entry.value, &job_path, "a job") else {
@@ -641,18 +636,14 @@ fn read_environments(reader: &mut Reader, node: &Node) -> Vec<EnvironmentConfig>
     let mut names = Names::default();
     for entry in map.entries() {
         let path = key_path("environments", &entry.key);
-        if !reader.check_name(&entry.key, &path, entry.key_line) {
-            continue;
-        }
-        if !names.first_time(&entry.key) {
-            reader.error(
-                &path,
-                entry.key_line,
-                format!(
-                    "environment `{}` is defined twice (names are compared ignoring case)",
-                    entry.key
-                ),
-            );
+        if !reader.unique_name(
+            &mut names,
+            &entry.key,
+            &path,
+            entry.key_line,
+            "environment",
+            "the document",
+        ) {
             continue;
         }
         let Some(mut fields) = reader.map(&entry.value, &path, "an environment") else {

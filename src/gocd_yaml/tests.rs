@@ -1882,7 +1882,11 @@ fn names_are_checked_and_duplicates_found_ignoring_case() {
         "pipelines.p.stages[1].build",
         &["stage `build` appears twice"],
     );
-    assert_error(&issues, "pipelines.P", &["pipeline `P` is defined twice"]);
+    assert_error(
+        &issues,
+        "pipelines.P",
+        &["pipeline `P` appears twice in the document"],
+    );
     let long = "x".repeat(256);
     let issues = errors(&format!("environments:\n  {long}: {{}}\n"));
     assert_error(
@@ -2049,47 +2053,58 @@ fn alias_bombs_are_refused_quickly() {
 
 // ---------------------------------------------------------------- across sources
 
-fn upstream_and(downstream: &str) -> String {
-    format!(
-        "pipelines:\n  up:\n    group: g\n    stages: [{{build: {{tasks: [script: x]}}}}]\n{downstream}"
-    )
+/// Checks a source `a.gocd.yaml` defining pipeline `up` (stage `build`) with a second one,
+/// `b.gocd.yaml`, holding `b`.
+fn check_with_upstream(b: &str) -> Vec<(usize, ConfigIssue)> {
+    let a = ok("pipelines:\n  up:\n    group: g\n    stages: [{build: {tasks: [script: x]}}]\n");
+    let b = ok(b);
+    check_sources(&[("a.gocd.yaml", &a), ("b.gocd.yaml", &b)])
+}
+
+/// Some issue is on source `source` at `path` and its message holds `words`.
+#[track_caller]
+fn assert_sourced(issues: &[(usize, ConfigIssue)], source: usize, path: &str, words: &str) {
+    assert!(
+        issues
+            .iter()
+            .any(|(s, i)| *s == source && i.path == path && i.message.contains(words)),
+        "no issue on source {source} at {path} saying {words:?} in {issues:#?}"
+    );
 }
 
 #[test]
 fn a_pipeline_in_two_sources_is_an_error_on_the_later() {
-    let a = ok(&upstream_and(""));
-    let b = ok("pipelines:\n  UP: {group: g, stages: [{s: {tasks: [script: x]}}]}\n");
-    let issues = check_sources(&[("a.gocd.yaml", &a), ("b.gocd.yaml", &b)]);
+    let issues =
+        check_with_upstream("pipelines:\n  UP: {group: g, stages: [{s: {tasks: [script: x]}}]}\n");
     assert_eq!(issues.len(), 1, "{issues:#?}");
-    assert_eq!(issues[0].0, 1);
-    assert_eq!(issues[0].1.path, "pipelines.UP");
-    assert!(
-        issues[0].1.message.contains("also defined in a.gocd.yaml"),
-        "{issues:#?}"
+    assert_sourced(
+        &issues,
+        1,
+        "pipelines.UP",
+        "pipeline UP is also defined in a.gocd.yaml",
     );
 }
 
 #[test]
 fn dependencies_must_name_a_defined_pipeline_and_stage() {
-    let a = ok(&upstream_and(""));
-    let b = ok(
+    let issues = check_with_upstream(
         "pipelines:\n  down:\n    group: g\n    materials:\n      m1: {pipeline: UP, stage: BUILD}\n      m2: {pipeline: up, stage: deploy}\n      m3: {pipeline: nowhere, stage: s}\n    stages: [{s: {tasks: [script: x]}}]\n",
     );
-    let issues = check_sources(&[("a", &a), ("b", &b)]);
     assert_eq!(issues.len(), 2, "{issues:#?}");
-    assert!(issues.iter().all(|(source, _)| *source == 1));
-    assert!(
-        issues
-            .iter()
-            .any(|(_, i)| i.path == "pipelines.down.materials.m2.stage"
-                && i.message == "upstream pipeline up has no stage deploy")
-    );
-    assert!(
-        issues
-            .iter()
-            .any(|(_, i)| i.path == "pipelines.down.materials.m3.pipeline"
-                && i.message == "upstream pipeline nowhere is not defined")
-    );
+    for (source, path, words) in [
+        (
+            1,
+            "pipelines.down.materials.m2.stage",
+            "upstream pipeline up has no stage deploy",
+        ),
+        (
+            1,
+            "pipelines.down.materials.m3.pipeline",
+            "upstream pipeline nowhere is not defined",
+        ),
+    ] {
+        assert_sourced(&issues, source, path, words);
+    }
 }
 
 #[test]
@@ -2097,34 +2112,39 @@ fn dependency_cycles_are_named() {
     let text = "pipelines:\n  a: {group: g, materials: {m: {pipeline: c, stage: s}}, stages: [{s: {tasks: [script: x]}}]}\n  b: {group: g, materials: {m: {pipeline: a, stage: s}}, stages: [{s: {tasks: [script: x]}}]}\n  c: {group: g, materials: {m: {pipeline: b, stage: s}}, stages: [{s: {tasks: [script: x]}}]}\n  d: {group: g, materials: {m: {pipeline: c, stage: s}}, stages: [{s: {tasks: [script: x]}}]}\n  self: {group: g, materials: {m: {pipeline: self, stage: s}}, stages: [{s: {tasks: [script: x]}}]}\n";
     let document = ok(text);
     let issues = check_sources(&[("x", &document)]);
-    let messages: Vec<&str> = issues.iter().map(|(_, i)| i.message.as_str()).collect();
-    assert_eq!(messages.len(), 2, "{messages:?}");
-    assert!(
-        messages
-            .iter()
-            .any(|m| m.starts_with("dependency cycle: a → c → b → a")),
-        "{messages:?}"
-    );
-    assert!(
-        messages
-            .iter()
-            .any(|m| m.starts_with("dependency cycle: self → self")),
-        "{messages:?}"
-    );
+    assert_eq!(issues.len(), 2, "{issues:#?}");
+    for (source, path, words) in [
+        (
+            0,
+            "pipelines.a.materials",
+            "dependency cycle: a → c → b → a",
+        ),
+        (
+            0,
+            "pipelines.self.materials",
+            "dependency cycle: self → self",
+        ),
+    ] {
+        assert_sourced(&issues, source, path, words);
+    }
 }
 
 #[test]
 fn environments_must_name_defined_pipelines_once() {
-    let a = ok(&upstream_and(""));
-    let b = ok("environments:\n  e1: {pipelines: [up, ghost]}\n  e2: {pipelines: [UP]}\n");
-    let issues = check_sources(&[("a", &a), ("b", &b)]);
+    let issues = check_with_upstream(
+        "environments:\n  e1: {pipelines: [up, ghost]}\n  e2: {pipelines: [UP]}\n",
+    );
     assert_eq!(issues.len(), 2, "{issues:#?}");
-    assert!(issues.iter().any(|(s, i)| *s == 1
-        && i.path == "environments.e1.pipelines"
-        && i.message.contains("ghost")));
-    assert!(issues.iter().any(|(s, i)| *s == 1
-        && i.path == "environments.e2.pipelines"
-        && i.message.contains("e1 and e2")));
+    for (source, path, words) in [
+        (
+            1,
+            "environments.e1.pipelines",
+            "names pipeline ghost, which is not defined",
+        ),
+        (1, "environments.e2.pipelines", "in environments e1 and e2"),
+    ] {
+        assert_sourced(&issues, source, path, words);
+    }
 }
 
 // ---------------------------------------------------------------- properties
