@@ -2,7 +2,7 @@
 //! one (so what is left over is known to be unknown), GoCD's coercion of text into booleans
 //! and integers, `#{param}` substitution, names, and the issues collected on the way.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::domain::pipeline_config::ConfigIssue;
 
@@ -24,6 +24,8 @@ pub struct Reader {
     pub warnings: Vec<ConfigIssue>,
     /// `Some` inside a pipeline: its `parameters`, substituted into its strings.
     pub params: Option<BTreeMap<String, String>>,
+    /// The lines where an unquoted `key: #{…}` made the value a YAML comment (so empty).
+    pub commented_params: BTreeSet<u32>,
 }
 
 /// A map being read: its entries and which of them have been taken.
@@ -129,6 +131,19 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
+}
+
+const COMMENTED_PARAM: &str =
+    ": unquoted, `#{…}` starts a YAML comment; quote it (`'#{…}'`) to use the parameter";
+
+/// The lines where a value begins with `#{` unquoted (`key: #{p}`), which YAML reads as a
+/// comment: the value is empty, and the writer almost surely meant the parameter.
+pub fn commented_params(text: &str) -> BTreeSet<u32> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| line.contains(": #{") || line.contains(":\t#{"))
+        .map(|(i, _)| u32::try_from(i + 1).unwrap_or(u32::MAX))
+        .collect()
 }
 
 /// The names met so far in one scope, for GoCD's duplicate check (ignoring case). Kept apart
@@ -289,22 +304,41 @@ impl Reader {
     }
 
     pub fn opt_text(&mut self, fields: &mut Fields, key: &str) -> Option<String> {
-        let node = fields.get(key)?;
+        let Some(node) = fields.get(key) else {
+            if let Some(entry) = fields.get_entry(key) {
+                self.warn_commented_param(entry, &fields.path_of(key));
+            }
+            return None;
+        };
         self.text(node, &fields.path_of(key))
     }
 
     /// A required text field; its absence is an error on the map.
     pub fn required_text(&mut self, fields: &mut Fields, key: &str, what: &str) -> Option<String> {
         if fields.get(key).is_none() {
-            fields.get_entry(key);
+            let commented = fields
+                .get_entry(key)
+                .is_some_and(|e| self.commented_params.contains(&e.key_line));
+            let hint = if commented { COMMENTED_PARAM } else { "" };
             self.error(
                 &fields.path_of(key),
                 fields.line_of(key),
-                format!("`{key}` is required ({what})"),
+                format!("`{key}` is required ({what}){hint}"),
             );
             return None;
         }
         self.opt_text(fields, key)
+    }
+
+    /// GoCD reads an unquoted `key: #{param}` as empty, as YAML does; ferrocd too, but says so.
+    fn warn_commented_param(&mut self, entry: &Entry, path: &str) {
+        if entry.value.is_null() && self.commented_params.contains(&entry.key_line) {
+            self.warn(
+                path,
+                entry.key_line,
+                format!("the value is empty{COMMENTED_PARAM}"),
+            );
+        }
     }
 
     pub fn boolean(&mut self, fields: &mut Fields, key: &str, default: bool) -> bool {
@@ -409,6 +443,7 @@ impl Reader {
                 continue;
             }
             let value = if entry.value.is_null() {
+                self.warn_commented_param(entry, &entry_path);
                 Some(String::new())
             } else {
                 self.text(&entry.value, &entry_path)

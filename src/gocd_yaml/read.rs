@@ -10,7 +10,7 @@ use crate::domain::pipeline_config::{
     PipelineConfig, RunInstances, StageConfig, TimerConfig, TrackingTool,
 };
 
-use super::fields::{Fields, Leftovers, Names, Reader, shape};
+use super::fields::{Fields, Leftovers, Names, Reader, commented_params, shape};
 use super::loader::{self, Node, Value, key_path};
 use super::{materials, tasks};
 
@@ -23,7 +23,10 @@ pub fn parse_document(text: &str) -> Result<ConfigDocument, Vec<ConfigIssue>> {
             message: "the document is empty: give `pipelines` or `environments`".to_string(),
         }]);
     };
-    let mut reader = Reader::default();
+    let mut reader = Reader {
+        commented_params: commented_params(text),
+        ..Reader::default()
+    };
     let document = read_document(&mut reader, &root);
     if reader.errors.is_empty() {
         let mut document = document;
@@ -193,6 +196,13 @@ fn read_pipeline(
             Vec::new()
         }
     };
+    if let Some(entry) = fields.get_entry("mingle") {
+        reader.warn(
+            &fields.path_of("mingle"),
+            entry.key_line,
+            "`mingle` is ignored: GoCD's plugin never read it, and format 8 removed it",
+        );
+    }
     fields.finish(reader, Leftovers::Warned, PIPELINE_KEYS);
     reader.params = None;
     (reader.errors.len() == errors_before).then(|| PipelineConfig {
@@ -559,6 +569,13 @@ fn read_job_fields(
             &fields.path_of("elastic_profile_id"),
             node.line,
             format!("job {name} runs on elastic agent profile `{profile}`; ferrocd has no elastic agents (use `resources`)"),
+        );
+    }
+    if let Some(entry) = fields.get_entry("properties") {
+        reader.warn(
+            &fields.path_of("properties"),
+            entry.key_line,
+            "job `properties` are ignored: GoCD removed them in format 7",
         );
     }
     let resources = reader.text_list(fields, "resources");

@@ -1533,6 +1533,11 @@ fn params_are_substituted_everywhere_in_a_pipeline() {
     assert_eq!(p.environment_variables["HASH"], "a#brel");
     // Unquoted, `#{prefix}` is a YAML comment: the value is empty, as GoCD reads it.
     assert_eq!(p.environment_variables["COMMENT"], "");
+    assert_warning(
+        &document,
+        "pipelines.p.environment_variables.COMMENT",
+        &["the value is empty", "YAML comment", "'#{…}'"],
+    );
     assert_eq!(p.parameters["empty"], "");
     assert!(
         matches!(&p.materials[0].source, MaterialSource::Dependency { pipeline, stage, .. } if pipeline == "upstream" && stage == "build")
@@ -1547,6 +1552,12 @@ fn params_are_substituted_everywhere_in_a_pipeline() {
         &issues,
         &format!("{JOB}.tasks[0].exec.command"),
         &["parameter `tool` is not defined"],
+    );
+    let issues = errors(&with_job("tasks:\n  - exec:\n      command: #{tool}"));
+    assert_error(
+        &issues,
+        &format!("{JOB}.tasks[0].exec.command"),
+        &["`command` is required", "starts a YAML comment"],
     );
 }
 
@@ -2322,4 +2333,18 @@ proptest! {
             prop_assert!(result.is_ok(), "{:?}", result);
         }
     }
+}
+
+#[test]
+fn keys_gocd_removed_are_ignored_with_a_warning_saying_so() {
+    let document = ok(
+        "pipelines:\n  p:\n    group: g\n    mingle: {base_url: x}\n    stages:\n      - s:\n          jobs:\n            j:\n              properties: {perf: {source: a, xpath: b}}\n              tasks: [script: x]\n",
+    );
+    assert_warning(&document, "pipelines.p.mingle", &["`mingle` is ignored"]);
+    assert_warning(
+        &document,
+        "pipelines.p.stages[0].s.jobs.j.properties",
+        &["removed them in format 7"],
+    );
+    assert_eq!(document.warnings.len(), 2, "{:#?}", document.warnings);
 }
