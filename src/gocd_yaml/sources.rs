@@ -31,6 +31,9 @@ pub fn check_sources(sources: &[(&str, &ConfigDocument)]) -> Vec<(usize, ConfigI
             }
         }
     }
+    // Lowercased pipeline name → the environment it is in first; environments of one name in
+    // several sources are one environment, as GoCD merges them.
+    let mut placed: HashMap<String, &str> = HashMap::new();
     for (index, (_, document)) in sources.iter().enumerate() {
         for pipeline in &document.pipelines {
             for (material, upstream, stage, _) in pipeline.dependencies() {
@@ -54,7 +57,6 @@ pub fn check_sources(sources: &[(&str, &ConfigDocument)]) -> Vec<(usize, ConfigI
                 }
             }
         }
-        let mut placed: HashMap<String, &str> = HashMap::new();
         for environment in &document.environments {
             for name in &environment.pipelines {
                 let path = format!("environments.{}.pipelines", environment.name);

@@ -2336,6 +2336,22 @@ proptest! {
 }
 
 #[test]
+fn a_pipeline_is_in_one_environment_across_sources() {
+    let a = ok(
+        "environments:\n  e1: {pipelines: [p]}\npipelines:\n  p: {group: g, stages: [{s: {tasks: [script: x]}}]}\n",
+    );
+    let b = ok("environments:\n  e1: {pipelines: [P]}\n  e2: {pipelines: [p]}\n");
+    let issues = check_sources(&[("a", &a), ("b", &b)]);
+    assert_eq!(issues.len(), 1, "{issues:#?}");
+    assert_sourced(
+        &issues,
+        1,
+        "environments.e2.pipelines",
+        "in environments e1 and e2",
+    );
+}
+
+#[test]
 fn keys_gocd_removed_are_ignored_with_a_warning_saying_so() {
     let document = ok(
         "pipelines:\n  p:\n    group: g\n    mingle: {base_url: x}\n    stages:\n      - s:\n          jobs:\n            j:\n              properties: {perf: {source: a, xpath: b}}\n              tasks: [script: x]\n",
