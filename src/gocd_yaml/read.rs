@@ -137,12 +137,16 @@ fn read_pipeline(
 ) -> Option<PipelineConfig> {
     let mut fields = reader.map(node, path, "a pipeline")?;
     // Parameters are read as written, then substituted into every other string.
-    let parameters = {
-        reader.params = None;
-        reader.text_map(&mut fields, "parameters", true)
-    };
-    reader.params = Some(parameters.clone());
     let errors_before = reader.errors.len();
+    reader.params = None;
+    let parameters = reader.text_map(&mut fields, "parameters", true);
+    // GoCD names parameters as it names pipelines; `#{a b}` could never be referenced.
+    let parameters_path = fields.path_of("parameters");
+    for parameter in parameters.keys() {
+        let path = key_path(&parameters_path, parameter);
+        reader.check_name(parameter, &path, fields.line_of("parameters"));
+    }
+    reader.params = Some(parameters.clone());
 
     let template = reader.opt_text(&mut fields, "template");
     if let Some(template) = &template {
