@@ -2371,3 +2371,54 @@ fn keys_gocd_removed_are_ignored_with_a_warning_saying_so() {
     );
     assert_eq!(document.warnings.len(), 2, "{:#?}", document.warnings);
 }
+
+#[test]
+fn unknown_task_and_artifact_types_and_malformed_plugin_tasks_are_refused() {
+    let issues = errors(&with_job(
+        "artifacts:\n  - log: {source: a}\ntasks:\n  - shell: {command: ls}\n  - plugin: {options: {a: b}}\n  - plugin: {configuration: {version: 1}}\n  - script: [not, text]",
+    ));
+    assert_error(
+        &issues,
+        &format!("{JOB}.artifacts[0].log"),
+        &["unknown artifact type `log`"],
+    );
+    assert_error(
+        &issues,
+        &format!("{JOB}.tasks[0].shell"),
+        &["unknown task type `shell`", "exec, script"],
+    );
+    assert_error(
+        &issues,
+        &format!("{JOB}.tasks[1].plugin.configuration"),
+        &["`configuration`", "`id`"],
+    );
+    assert_error(
+        &issues,
+        &format!("{JOB}.tasks[2].plugin.configuration.id"),
+        &["`id` is required"],
+    );
+    assert_error(
+        &issues,
+        &format!("{JOB}.tasks[3].script"),
+        &["`script` takes the script's text", "a list"],
+    );
+    assert_eq!(issues.len(), 5, "{issues:#?}");
+}
+
+#[test]
+fn a_filter_and_its_old_name_together_are_refused() {
+    let issues = errors(
+        "pipelines:\n  p:\n    group: g\n    materials:\n      m: {git: u, ignore: [a], blacklist: [b]}\n    stages: [{s: {tasks: [script: x]}}]\n",
+    );
+    assert_error(
+        &issues,
+        "pipelines.p.materials.m.blacklist",
+        &["`ignore` or its old name `blacklist`, not both"],
+    );
+    let issues = errors("environments:\n  e: {}\n  E: {}\n");
+    assert_error(
+        &issues,
+        "environments.E",
+        &["environment `E` appears twice"],
+    );
+}
