@@ -46,7 +46,8 @@ impl<'n> Fields<'n> {
         }
     }
 
-    /// The key's value, if present and not empty (GoCD reads `key:` as absent).
+    /// The key's value, if present and not empty (GoCD reads `key:` as absent). Either way
+    /// the key counts as read.
     pub fn get(&mut self, key: &str) -> Option<&'n Node> {
         self.get_entry(key)
             .map(|e| &e.value)

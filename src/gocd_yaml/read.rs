@@ -61,6 +61,7 @@ fn read_document(reader: &mut Reader, root: &Node) -> ConfigDocument {
         .iter()
         .find(|e| e.key.eq_ignore_ascii_case("format_version"))
         .map(|e| e.key.clone());
+    // An empty `format_version:` is absent, so 1.
     if let Some(key) = version_key
         && let Some(node) = top.get(&key)
     {
@@ -181,15 +182,11 @@ fn read_pipeline(
     reader.refuse_ciphertext(&mut fields, "secure_variables");
     let materials = match fields.get("materials") {
         Some(node) => materials::read_materials(reader, node, &key_path(path, "materials")),
-        None => {
-            fields.get_entry("materials");
-            Vec::new()
-        }
+        None => Vec::new(),
     };
     let stages = match fields.get("stages") {
         Some(node) => read_stages(reader, node, &key_path(path, "stages")),
         None => {
-            fields.get_entry("stages");
             if template.is_none() {
                 reader.error(
                     &fields.path_of("stages"),
@@ -427,13 +424,11 @@ fn read_stage(reader: &mut Reader, name: &str, node: &Node, path: &str) -> Optio
         jobs
     } else if fields.has("tasks") {
         // The single-job shorthand: the job's keys sit on the stage; the job is named after it.
-        fields.get_entry("jobs");
         let job = read_job_fields(reader, name, &mut fields, Some(&environment_variables));
         let known: Vec<&str> = STAGE_KEYS.iter().chain(JOB_KEYS).copied().collect();
         fields.finish(reader, Leftovers::Warned, &known);
         job.into_iter().collect()
     } else {
-        fields.get_entry("jobs");
         reader.error(
             path,
             node.line,
@@ -603,7 +598,6 @@ fn read_job_fields(
         Some(node) => tasks::read_tasks(reader, node, &fields.path_of("tasks")),
         None => Vec::new(),
     };
-    fields.get_entry("tasks");
     if reader.errors.len() > errors_before {
         return None;
     }

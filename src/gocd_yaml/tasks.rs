@@ -254,7 +254,6 @@ fn read_plugin(reader: &mut Reader, fields: &mut Fields) -> Option<TaskKind> {
     reader.refuse_ciphertext(fields, "secure_options");
     let options = reader.text_map(fields, "options", false);
     let Some(node) = fields.get("configuration") else {
-        fields.get_entry("configuration");
         reader.error(
             &fields.path_of("configuration"),
             fields.line,

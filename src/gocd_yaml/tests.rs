@@ -1642,6 +1642,10 @@ fn format_version_is_1_to_10_and_any_key_at_any_version() {
         10
     );
     assert_eq!(ok("environments: {e: {}}\n").format_version, 1);
+    assert_eq!(
+        ok("format_version:\nenvironments: {e: {}}\n").format_version,
+        1
+    );
     for bad in ["0", "11", "two", "1.5"] {
         assert_error(
             &errors(&format!(
