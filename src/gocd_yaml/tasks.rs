@@ -206,6 +206,15 @@ fn read_exec(reader: &mut Reader, fields: &mut Fields) -> Option<TaskKind> {
         }
     }
     let working_directory = reader.opt_text(fields, "working_directory");
+    // GoCD refuses a blank command too; there would be nothing to run.
+    if command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+        reader.error(
+            &fields.path_of("command"),
+            fields.line_of("command"),
+            "`command` is blank: give the program to run",
+        );
+        return None;
+    }
     Some(TaskKind::Exec {
         command: command?,
         arguments,

@@ -2288,6 +2288,93 @@ fn yaml_value() -> impl Strategy<Value = String> {
         })
 }
 
+/// A pipeline as generated: (name, stages of (name, clean_workspace word, manual, jobs of
+/// (name, tasks of (command, arguments)))).
+type GeneratedJob = (String, Vec<(String, Vec<String>)>);
+type GeneratedStage = (String, (String, bool), bool, Vec<GeneratedJob>);
+
+fn generated_name() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9_.-]{1,12}"
+}
+
+/// Any printable text on one line (YAML allows no control characters), written
+/// single-quoted: it must come back as written.
+fn generated_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "1.10", "0755", "yes", "~", "null", "-c", "#{x}", "##", "a: b", "- x", "", " lead",
+            "it's"
+        ])
+        .prop_map(str::to_string),
+        "[ -~äé→]{0,20}",
+    ]
+}
+
+fn boolean_word() -> impl Strategy<Value = (String, bool)> {
+    (
+        prop::sample::select(vec![
+            ("true", true),
+            ("yes", true),
+            ("y", true),
+            ("on", true),
+            ("false", false),
+            ("no", false),
+            ("n", false),
+            ("off", false),
+        ]),
+        any::<bool>(),
+    )
+        .prop_map(|((word, value), upper)| {
+            (
+                if upper {
+                    word.to_uppercase()
+                } else {
+                    word.to_string()
+                },
+                value,
+            )
+        })
+}
+
+fn generated_stages() -> impl Strategy<Value = Vec<GeneratedStage>> {
+    let task = (
+        generated_text(),
+        prop::collection::vec(generated_text(), 0..4),
+    );
+    let job = (generated_name(), prop::collection::vec(task, 1..4));
+    let stage = (
+        generated_name(),
+        boolean_word(),
+        any::<bool>(),
+        prop::collection::vec(job, 1..3),
+    );
+    prop::collection::vec(stage, 1..4)
+}
+
+fn quoted(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// Block-style YAML for the generated stages of pipeline `p`; names get their index so
+/// they are unique ignoring case.
+fn render(stages: &[GeneratedStage]) -> String {
+    let mut out = String::from("pipelines:\n  p:\n    group: g\n    stages:\n");
+    for (i, (stage, (word, _), manual, jobs)) in stages.iter().enumerate() {
+        let approval = if *manual { "manual" } else { "success" };
+        out.push_str(&format!("      - {stage}-{i}:\n          clean_workspace: {word}\n          approval: {approval}\n          jobs:\n"));
+        for (k, (job, tasks)) in jobs.iter().enumerate() {
+            out.push_str(&format!("            {job}-{k}:\n              tasks:\n"));
+            for (command, arguments) in tasks {
+                out.push_str(&format!("                - exec:\n                    command: {}\n                    arguments:\n", quoted(command)));
+                for argument in arguments {
+                    out.push_str(&format!("                      - {}\n", quoted(argument)));
+                }
+            }
+        }
+    }
+    out
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
@@ -2308,6 +2395,41 @@ proptest! {
             for (source, issue) in check_sources(&refs) {
                 prop_assert_eq!(source, 0);
                 prop_assert!(!issue.path.is_empty() && !issue.message.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn generated_pipelines_read_back_as_written(stages in generated_stages()) {
+        let text = render(&stages);
+        // `#{x}` is an undefined parameter; `##` a literal `#`: both resolved as GoCD does.
+        let resolves = |t: &str| substitute(t, &BTreeMap::new());
+        let all_texts = stages.iter().flat_map(|(_, _, _, jobs)| jobs).flat_map(|(_, tasks)| tasks)
+            .flat_map(|(command, arguments)| std::iter::once(command).chain(arguments));
+        let undefined = all_texts.clone().any(|t| resolves(t).is_err());
+        let empty_command = stages.iter().flat_map(|(_, _, _, jobs)| jobs).flat_map(|(_, tasks)| tasks).any(|(c, _)| c.trim().is_empty());
+        let result = parse_document(&text);
+        if undefined || empty_command {
+            let issues = result.unwrap_err();
+            prop_assert!(issues.iter().all(|i| i.path.starts_with("pipelines.p.stages[")), "{:#?}", issues);
+            return Ok(());
+        }
+        let document = result.map_err(|issues| TestCaseError::fail(format!("{text}\n{issues:#?}")))?;
+        let read = &document.pipelines[0].stages;
+        prop_assert_eq!(read.len(), stages.len());
+        for (i, (stage, (stage_name, (_, clean), manual, jobs))) in read.iter().zip(&stages).enumerate() {
+            prop_assert_eq!(&stage.name, &format!("{stage_name}-{i}"));
+            prop_assert_eq!(stage.clean_workspace, *clean);
+            prop_assert_eq!(stage.approval.manual, *manual);
+            prop_assert_eq!(stage.jobs.len(), jobs.len());
+            for (k, (job, (job_name, tasks))) in stage.jobs.iter().zip(jobs).enumerate() {
+                prop_assert_eq!(&job.name, &format!("{job_name}-{k}"));
+                let expected: Vec<TaskConfig> = tasks.iter().map(|(command, arguments)| {
+                    let arguments: Vec<String> = arguments.iter().map(|a| resolves(a).unwrap()).collect();
+                    let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
+                    exec(&resolves(command).unwrap(), &arguments)
+                }).collect();
+                prop_assert_eq!(&job.tasks, &expected);
             }
         }
     }
