@@ -287,6 +287,104 @@ impl Offer {
     }
 }
 
+/// Why one agent is not running a Scheduled job (GoCD users keep asking): the first reason
+/// that applies, in the order a person would fix them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WaitReason {
+    pub uuid: Uuid,
+    pub hostname: String,
+    /// `busy`, `idle`, `pending`, `disabled`, `lost_contact`, `missing`, `environment`,
+    /// `resources`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// For a job that needs `needs`, what each agent is doing about it: the matching ones first
+/// (busy, or idle and about to take it on its next poll), then the others with the first
+/// reason they do not match.
+pub fn why_waiting(needs: &Requirements, agents: &[Agent]) -> Vec<WaitReason> {
+    let mut reasons: Vec<WaitReason> = agents
+        .iter()
+        .map(|agent| {
+            let (reason, message) = wait_reason(needs, agent);
+            WaitReason {
+                uuid: agent.uuid,
+                hostname: agent.hostname.clone(),
+                reason,
+                message,
+            }
+        })
+        .collect();
+    let rank = |r: &WaitReason| match r.reason {
+        "busy" | "idle" => 0,
+        _ => 1,
+    };
+    reasons.sort_by(|a, b| {
+        rank(a)
+            .cmp(&rank(b))
+            .then_with(|| a.hostname.cmp(&b.hostname))
+    });
+    reasons
+}
+
+fn wait_reason(needs: &Requirements, agent: &Agent) -> (&'static str, String) {
+    match agent.agent_config_state {
+        ConfigState::Pending => return ("pending", "waits for an admin to enable it".into()),
+        ConfigState::Disabled => return ("disabled", "is disabled".into()),
+        ConfigState::Enabled => {}
+    }
+    match agent.agent_state {
+        AgentState::LostContact => return ("lost_contact", "lost contact with the server".into()),
+        AgentState::Missing => {
+            return (
+                "missing",
+                "has not been heard from since the server started".into(),
+            );
+        }
+        _ => {}
+    }
+    let offer = agent.offer();
+    let environment_ok = match &needs.environment {
+        None => offer.environments.is_empty(),
+        Some(env) => offer.environments.contains(&env.to_lowercase()),
+    };
+    if !environment_ok {
+        let message = match &needs.environment {
+            Some(env) => format!("is not in the job's environment {env}"),
+            None => format!(
+                "is in environments ({}) and the job is in none",
+                agent.environments.join(", ")
+            ),
+        };
+        return ("environment", message);
+    }
+    let missing: Vec<&str> = needs
+        .resources
+        .iter()
+        .filter(|r| !offer.resources.contains(&r.to_lowercase()))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return (
+            "resources",
+            format!("lacks the resources {}", missing.join(", ")),
+        );
+    }
+    match &agent.build_details {
+        Some(busy) => (
+            "busy",
+            format!(
+                "matches, and is busy with build {} ({}/{}/{})",
+                busy.build_id, busy.pipeline_name, busy.stage_name, busy.job_name
+            ),
+        ),
+        None => (
+            "idle",
+            "matches and is idle: it takes the job when it next asks for work".into(),
+        ),
+    }
+}
+
 /// Names to add to and remove from a list (GoCD's bulk `operations`).
 #[derive(Debug, Clone, Default)]
 pub struct ListChange {

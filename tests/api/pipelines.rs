@@ -519,3 +519,55 @@ async fn the_gocd_apis_answer_in_gocds_shapes() {
         .expect(200);
     assert_same_shape("stage_cancel.v3.json", &cancel);
 }
+
+/// A Scheduled job says why it waits: per agent, the first reason it does not run it.
+#[tokio::test]
+async fn a_waiting_job_says_why_for_each_agent() {
+    let app = spawn_app().await;
+    let yaml = "pipelines:\n  gpu:\n    group: ml\n    stages:\n      - train:\n          resources: [gpu, linux]\n          tasks:\n            - exec: {command: train}\n";
+    app.put_config("gpu", yaml).await.expect(201);
+    let pending = app.register("pending-box").await;
+    let plain = app.register_enabled("plain-box").await;
+    let gpu = app.register_enabled("gpu-box").await;
+    app.patch_agent(&gpu.uuid, json!({"resources": "gpu,linux"}))
+        .await
+        .expect(200);
+    let busy = app.register_enabled("busy-box").await;
+    app.patch_agent(&busy.uuid, json!({"resources": "gpu,linux"}))
+        .await
+        .expect(200);
+    trigger(&app, "gpu").await;
+    app.as_agent(&busy).take_work().await; // it takes the first instance's job
+    trigger(&app, "gpu").await;
+    let stage = app.get("/go/api/stages/gpu/2/train/1").await.expect(200);
+    let build_id = stage["jobs"][0]["id"].as_i64().unwrap();
+    let run = app
+        .get(&format!("/api/builds/{build_id}"))
+        .await
+        .expect(200);
+    let waiting = run["waiting"].as_array().expect("waiting");
+    let reason = |uuid: &str| {
+        waiting
+            .iter()
+            .find(|w| w["uuid"] == uuid)
+            .map(|w| {
+                (
+                    w["reason"].as_str().unwrap().to_string(),
+                    w["message"].as_str().unwrap().to_string(),
+                )
+            })
+            .unwrap()
+    };
+    assert_eq!(reason(&pending.uuid).0, "pending");
+    let (why, message) = reason(&plain.uuid);
+    assert_eq!(why, "resources");
+    assert!(message.contains("gpu"), "{message}");
+    assert_eq!(reason(&gpu.uuid).0, "idle");
+    let (why, message) = reason(&busy.uuid);
+    assert_eq!(why, "busy");
+    assert!(message.contains("gpu/train"), "{message}");
+    assert!(
+        ["busy", "idle"].contains(&waiting[0]["reason"].as_str().unwrap()),
+        "matching agents come first: {waiting:?}"
+    );
+}

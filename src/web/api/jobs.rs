@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::{ApiJson, ApiQuery, name_list};
 use crate::AppState;
+use crate::domain::agent::why_waiting;
 use crate::domain::job_run::{JobResult, JobRun, JobState, NewJob, Task, Transition};
 use crate::error::{Error, Result};
 use crate::web::auth::Credential::{Admin, User};
@@ -184,8 +185,21 @@ async fn scheduler(State(state): State<AppState>) -> Result<Json<Value>> {
     Ok(Json(json!({ "pending_count": count, "jobs": jobs })))
 }
 
-async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<RunJson>> {
-    Ok(Json(RunJson(state.job_runs.get(build_id(&id)?).await?)))
+/// The run; a Scheduled one also says why it waits (`waiting`: per agent, the first reason
+/// it does not run it, the matching ones first).
+async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
+    let run = state.job_runs.get(build_id(&id)?).await?;
+    let waiting = if run.state == JobState::Scheduled {
+        let agents = state.agents.list().await?;
+        Some(why_waiting(&run.requirements(), &agents))
+    } else {
+        None
+    };
+    let mut body = serde_json::to_value(RunJson(run)).unwrap_or(Value::Null);
+    if let (Some(waiting), Value::Object(fields)) = (waiting, &mut body) {
+        fields.insert("waiting".into(), json!(waiting));
+    }
+    Ok(Json(body))
 }
 
 async fn cancel(
