@@ -42,6 +42,15 @@ impl StageStatus {
         )
     }
 
+    /// A finished stage's status from its result.
+    pub fn of_result(result: JobResult) -> StageStatus {
+        match result {
+            JobResult::Passed => StageStatus::Passed,
+            JobResult::Failed => StageStatus::Failed,
+            _ => StageStatus::Cancelled,
+        }
+    }
+
     /// The result GoCD gives a finished stage.
     pub fn result(self) -> JobResult {
         match self {
@@ -336,9 +345,7 @@ pub fn summarize_stages(
             .filter(|r| r.stage_name.eq_ignore_ascii_case(&stage.name))
             .max_by_key(|r| r.stage_counter);
         let current = latest.map(|run| match run.result {
-            Some(JobResult::Passed) => StageStatus::Passed,
-            Some(JobResult::Failed) => StageStatus::Failed,
-            Some(JobResult::Cancelled) => StageStatus::Cancelled,
+            Some(result) if result != JobResult::Unknown => StageStatus::of_result(result),
             _ => {
                 let states: Vec<_> = jobs
                     .iter()

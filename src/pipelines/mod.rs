@@ -16,8 +16,8 @@ use crate::config_sources::{ConfigSources, Snapshot};
 use crate::db::{Conn, Db, WriteTx, now_millis};
 use crate::domain::job_run::{JobRun, Task};
 use crate::domain::pipeline::{
-    AfterStage, InstanceFacts, PipelineInstance, StageRun, StageSummary, after_stage, is_running,
-    may_run_stage, plan_jobs, render_label, stage_status, summarize_stages,
+    AfterStage, InstanceFacts, PipelineInstance, StageRun, StageStatus, StageSummary, after_stage,
+    is_running, may_run_stage, plan_jobs, render_label, stage_status, summarize_stages,
 };
 use crate::domain::pipeline_config::{LockBehavior, MaterialSource, PipelineConfig};
 use crate::domain::user::User;
@@ -231,33 +231,22 @@ impl Pipelines {
     }
 
     pub async fn pause(&self, name: &str, cause: &str, actor: &str) -> Result<()> {
-        let snapshot = self.configs.snapshot();
-        let config = configured(&snapshot, name)?;
-        let mut tx = self.db.begin().await?;
-        store::set_paused(tx.conn(), &config.name, Some((cause, actor, now_millis()))).await?;
-        audit::record(
-            &mut tx,
-            actor,
-            "pause",
-            &format!("pipeline {}", config.name),
-        )
-        .await?;
-        publish_latest(&mut tx, &config.name).await?;
-        tx.commit().await
+        self.set_paused(name, Some(cause), actor).await
     }
 
     pub async fn unpause(&self, name: &str, actor: &str) -> Result<()> {
+        self.set_paused(name, None, actor).await
+    }
+
+    /// Pauses (with `cause`) or unpauses, recorded against `actor`.
+    async fn set_paused(&self, name: &str, cause: Option<&str>, actor: &str) -> Result<()> {
         let snapshot = self.configs.snapshot();
         let config = configured(&snapshot, name)?;
         let mut tx = self.db.begin().await?;
-        store::set_paused(tx.conn(), &config.name, None).await?;
-        audit::record(
-            &mut tx,
-            actor,
-            "unpause",
-            &format!("pipeline {}", config.name),
-        )
-        .await?;
+        let pause = cause.map(|cause| (cause, actor, now_millis()));
+        store::set_paused(tx.conn(), &config.name, pause).await?;
+        let action = if cause.is_some() { "pause" } else { "unpause" };
+        audit::record(&mut tx, actor, action, &format!("pipeline {}", config.name)).await?;
         publish_latest(&mut tx, &config.name).await?;
         tx.commit().await
     }
@@ -421,7 +410,7 @@ impl Pipelines {
             let facts: Vec<_> = jobs.iter().map(|j| (j.state, j.result)).collect();
             summary.counter = Some(stage_counter);
             summary.status = match run.result {
-                Some(result) => status_of_result(result),
+                Some(result) => StageStatus::of_result(result),
                 None => stage_status(&facts),
             };
             summary.can_run = false;
@@ -469,11 +458,7 @@ impl Pipelines {
                 let last = finished.iter().find(|((p, _), _, run)| {
                     p.eq_ignore_ascii_case(name) && run.stage_name.eq_ignore_ascii_case(&stage.name)
                 });
-                let building = matches!(
-                    stage.status,
-                    crate::domain::pipeline::StageStatus::Building
-                        | crate::domain::pipeline::StageStatus::Failing
-                );
+                let building = matches!(stage.status, StageStatus::Building | StageStatus::Failing);
                 let (pc, sc, label, result, time) = match (last, stage.counter) {
                     (Some(((_, pc), label, run)), _) => (
                         *pc,
@@ -521,18 +506,6 @@ impl Pipelines {
             }
         }
         Ok(projects)
-    }
-}
-
-fn status_of_result(
-    result: crate::domain::job_run::JobResult,
-) -> crate::domain::pipeline::StageStatus {
-    use crate::domain::job_run::JobResult;
-    use crate::domain::pipeline::StageStatus;
-    match result {
-        JobResult::Passed => StageStatus::Passed,
-        JobResult::Failed => StageStatus::Failed,
-        _ => StageStatus::Cancelled,
     }
 }
 
@@ -723,10 +696,11 @@ async fn latest_passed_label(
     let (page, _) = store::history(tx.conn(), pipeline, 0, 20).await?;
     for instance in page {
         let view = instance_view(tx.conn(), &instance.pipeline_name, instance.counter).await?;
-        if view.stages.iter().any(|s| {
-            s.name.eq_ignore_ascii_case(stage)
-                && s.status == crate::domain::pipeline::StageStatus::Passed
-        }) {
+        if view
+            .stages
+            .iter()
+            .any(|s| s.name.eq_ignore_ascii_case(stage) && s.status == StageStatus::Passed)
+        {
             return Ok(Some(view.instance.label));
         }
     }
@@ -827,7 +801,7 @@ pub(crate) async fn after_run(
 async fn stage_finished(
     tx: &mut WriteTx,
     run: &JobRun,
-    status: crate::domain::pipeline::StageStatus,
+    status: StageStatus,
     configs: &ConfigSources,
 ) -> Result<()> {
     let instance = instance_or_404(tx.conn(), &run.pipeline_name, run.pipeline_counter).await?;
@@ -846,7 +820,7 @@ async fn stage_finished(
         AfterStage::Await(_) => release_lock(tx, &instance, true).await?,
         AfterStage::Finished { passed } => release_lock(tx, &instance, passed).await?,
     }
-    if status == crate::domain::pipeline::StageStatus::Passed {
+    if status == StageStatus::Passed {
         let snapshot = configs.snapshot();
         for downstream in snapshot.triggered_by_stage(&run.pipeline_name, &run.stage_name) {
             if downstream.stages.first().is_some_and(|s| s.approval.manual) {
