@@ -320,6 +320,107 @@ where
     }
 }
 
+/// A page part rendered whole for every connection at once: a keyed run list, a pipeline's
+/// history, a stage run. The part says which events may change it and renders its HTML; the
+/// view sends it as one named event and keeps the latest frame for each new connection.
+pub trait Part: Send + 'static {
+    /// The SSE event its HTML goes out as (and the name its renders are counted under).
+    const EVENT: &'static str;
+    const COUNTED_AS: &'static str;
+    /// Whether `event` may change what it shows.
+    fn hears(&self, event: &DomainEvent) -> bool;
+    /// Its HTML as stored now.
+    fn render(&mut self) -> impl Future<Output = Result<String>> + Send;
+}
+
+/// What the connections to one part share: its latest frame and its changes.
+pub struct PartView {
+    out: Arc<Output<Bytes>>,
+    latest: Arc<Mutex<Option<Bytes>>>,
+}
+
+impl Watched for PartView {
+    fn watchers(&self) -> usize {
+        self.out.watchers()
+    }
+}
+
+impl PartView {
+    /// Starts the view of `key` in `views`, rendering at once (after `events` subscribed);
+    /// it retires when nobody watches.
+    pub fn start<K, P>(
+        views: &Arc<KeyedViews<K, PartView>>,
+        key: K,
+        part: P,
+        events: Subscription,
+        renders: Arc<RenderCounts>,
+        shutdown: CancellationToken,
+    ) -> Arc<PartView>
+    where
+        K: std::hash::Hash + Eq + Clone + Send + 'static,
+        P: Part,
+    {
+        let out = Output::new(renders);
+        let latest = Arc::new(Mutex::new(None));
+        let view = Rendered {
+            part,
+            latest: Arc::clone(&latest),
+            dirty: true,
+        };
+        views.spawn(key, view, events, Arc::clone(&out), shutdown);
+        Arc::new(PartView { out, latest })
+    }
+
+    /// One connection: the latest frame (once there is one), then every change.
+    pub fn stream(&self) -> impl Stream<Item = Bytes> + Send + use<> {
+        let latest = Arc::clone(&self.latest);
+        self.out.frames(move || {
+            let state: Vec<Bytes> = latest
+                .lock()
+                .expect("part lock poisoned")
+                .iter()
+                .cloned()
+                .collect();
+            async move { state }
+        })
+    }
+}
+
+/// Drives a [`Part`]: any event it hears (or a gap) marks it, a render sends it whole.
+struct Rendered<P> {
+    part: P,
+    latest: Arc<Mutex<Option<Bytes>>>,
+    dirty: bool,
+}
+
+impl<P: Part> View for Rendered<P> {
+    type Change = Bytes;
+
+    fn note(&mut self, event: &DomainEvent) {
+        if self.part.hears(event) {
+            self.dirty = true;
+        }
+    }
+
+    fn missed(&mut self, _: &Topic, _: u64) {
+        self.dirty = true;
+    }
+
+    fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    async fn render(&mut self, out: &Output<Bytes>) -> Result<()> {
+        let html = self.part.render().await?;
+        out.rendered(P::COUNTED_AS);
+        let frame = crate::web::sse::frame(P::EVENT, &out.next_id(), &html);
+        *self.latest.lock().expect("part lock poisoned") = Some(frame.clone());
+        out.send(frame);
+        self.dirty = false;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

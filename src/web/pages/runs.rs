@@ -1,12 +1,10 @@
 //! `/agents/{uuid}/job_run_history`: one agent's runs, newest first, paged, kept current by
 //! the `runs` event of `/agents/{uuid}/job_run_history/events`.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use bytes::Bytes;
-use futures::Stream;
 use maud::{Markup, html};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -22,7 +20,7 @@ use crate::job_runs::{JobRuns, RunPage};
 use crate::web::api::agent_uuid;
 use crate::web::auth::{Credential, CurrentUser};
 use crate::web::format_time;
-use crate::web::live::{KeyedViews, Output, Subscription, View, Watched};
+use crate::web::live::{KeyedViews, Part, PartView, Subscription};
 use crate::web::routes::Routes;
 use crate::web::sse;
 
@@ -30,7 +28,7 @@ use crate::web::sse;
 pub type RunsKey = (Uuid, i64, i64);
 
 /// One live run list per (agent, offset, page size) that someone watches.
-pub type RunsViews = KeyedViews<RunsKey, RunsLive>;
+pub type RunsViews = KeyedViews<RunsKey, PartView>;
 
 const DEFAULT_PAGE_SIZE: i64 = 50;
 
@@ -91,87 +89,37 @@ async fn events(
     let key = (uuid, query.offset.unwrap_or(0).max(0), page_size);
     state.job_runs.history(key.0, key.1, key.2).await?; // unknown agent or bad paging: 4xx now
     let views = Arc::clone(&state.runs_views);
-    let stream = views.attach(key, || RunsLive::start(&state, key), |view| view.stream());
+    let start = || {
+        let part = RunList {
+            job_runs: state.job_runs.clone(),
+            key,
+        };
+        let events = Subscription::new(&state.hub, &[Topic::AgentJobRuns(key.0)]);
+        let renders = Arc::clone(&state.renders);
+        PartView::start(&views, key, part, events, renders, state.shutdown.clone())
+    };
+    let stream = views.attach(key, start, |view| view.stream());
     Ok(sse::response(stream, slot, state.shutdown.clone()))
 }
 
-/// What the connections to one run list share: its latest `runs` frame and its changes.
-pub struct RunsLive {
-    out: Arc<Output<Bytes>>,
-    latest: Arc<RwLock<Option<Bytes>>>,
-}
-
-impl RunsLive {
-    /// Starts the view of `key`; it renders at once and retires when nobody watches.
-    fn start(state: &AppState, key: RunsKey) -> Arc<RunsLive> {
-        let events = Subscription::new(&state.hub, &[Topic::AgentJobRuns(key.0)]);
-        let out = Output::new(Arc::clone(&state.renders));
-        let latest = Arc::new(RwLock::new(None));
-        let view = RunList {
-            job_runs: state.job_runs.clone(),
-            key,
-            latest: Arc::clone(&latest),
-            dirty: true,
-        };
-        let shutdown = state.shutdown.clone();
-        state
-            .runs_views
-            .spawn(key, view, events, Arc::clone(&out), shutdown);
-        Arc::new(RunsLive { out, latest })
-    }
-
-    fn stream(&self) -> impl Stream<Item = Bytes> + Send + use<> {
-        let latest = Arc::clone(&self.latest);
-        self.out.frames(move || {
-            let state: Vec<Bytes> = latest
-                .read()
-                .expect("runs lock poisoned")
-                .iter()
-                .cloned()
-                .collect();
-            async move { state }
-        })
-    }
-}
-
-impl Watched for RunsLive {
-    fn watchers(&self) -> usize {
-        self.out.watchers()
-    }
-}
-
-/// Renders the whole list (one page of runs) once per change, for everyone watching it.
+/// One run list, rendered whole on any change to its agent's runs.
 struct RunList {
     job_runs: JobRuns,
     key: RunsKey,
-    latest: Arc<RwLock<Option<Bytes>>>,
-    dirty: bool,
 }
 
-impl View for RunList {
-    type Change = Bytes;
+impl Part for RunList {
+    const EVENT: &'static str = "runs";
+    const COUNTED_AS: &'static str = "runs.list";
 
-    fn note(&mut self, _: &DomainEvent) {
-        self.dirty = true;
+    fn hears(&self, _: &DomainEvent) -> bool {
+        true
     }
 
-    fn missed(&mut self, _: &Topic, _: u64) {
-        self.dirty = true;
-    }
-
-    fn is_dirty(&self) -> bool {
-        self.dirty
-    }
-
-    async fn render(&mut self, out: &Output<Bytes>) -> Result<()> {
+    async fn render(&mut self) -> Result<String> {
         let (agent, offset, page_size) = self.key;
         let history = self.job_runs.history(agent, offset, page_size).await?;
-        out.rendered("runs.list");
-        let frame = sse::frame("runs", &out.next_id(), &fragment(rows(&history.runs)));
-        *self.latest.write().expect("runs lock poisoned") = Some(frame.clone());
-        out.send(frame);
-        self.dirty = false;
-        Ok(())
+        Ok(fragment(rows(&history.runs)))
     }
 }
 
