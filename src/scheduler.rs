@@ -71,6 +71,7 @@ impl Scheduler {
                 clean_workspace,
                 pipeline_label: pipeline_label.as_deref(),
                 timeout_seconds,
+                pinned_agent: None,
             },
         )
         .await?;
@@ -388,6 +389,8 @@ async fn give_up(tx: &mut WriteTx, run: &JobRun, configs: &ConfigSources) -> Res
                 clean_workspace: run.clean_workspace,
                 pipeline_label: run.pipeline_label.as_deref(),
                 timeout_seconds: run.timeout_seconds,
+                // A run-on-all copy waits for its own agent to come back.
+                pinned_agent: run.pinned_agent,
             },
         )
         .await?;

@@ -474,6 +474,11 @@ pub(crate) async fn read(read: &mut ReadConn, uuid: Uuid) -> Result<Option<Agent
     store::fetch(read.conn(), uuid).await
 }
 
+/// Every agent as `tx` sees it (a stage's `run_instances: all` jobs count the matching ones).
+pub(crate) async fn list_in(tx: &mut WriteTx) -> Result<Vec<Agent>> {
+    store::list(tx.conn()).await
+}
+
 pub(crate) async fn fetch(tx: &mut WriteTx, uuid: Uuid) -> Result<Option<Agent>> {
     store::fetch(tx.conn(), uuid).await
 }

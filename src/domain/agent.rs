@@ -123,6 +123,7 @@ impl Agent {
     pub fn offer(&self) -> Offer {
         let lower = |names: &[String]| names.iter().map(|n| n.to_lowercase()).collect();
         Offer {
+            uuid: self.uuid,
             resources: lower(&self.resources),
             environments: lower(&self.environments),
         }
@@ -266,6 +267,7 @@ fn too_many(field: &str) -> Rejection {
 /// An agent's resources and environments, lower-cased, for matching.
 #[derive(Debug, Clone)]
 pub struct Offer {
+    uuid: Uuid,
     resources: HashSet<String>,
     environments: HashSet<String>,
 }
@@ -273,8 +275,11 @@ pub struct Offer {
 impl Offer {
     /// GoCD's rule: the agent has every resource the job needs (names compared
     /// case-insensitively), and it is in the job's environment, or in none when the job has
-    /// none.
+    /// none; and a job pinned to one agent (`run_instances: all`) matches that agent only.
     pub fn matches(&self, job: &Requirements) -> bool {
+        if job.agent.is_some_and(|pinned| pinned != self.uuid) {
+            return false;
+        }
         let environment_ok = match &job.environment {
             None => self.environments.is_empty(),
             Some(env) => self.environments.contains(&env.to_lowercase()),
@@ -293,8 +298,8 @@ impl Offer {
 pub struct WaitReason {
     pub uuid: Uuid,
     pub hostname: String,
-    /// `busy`, `idle`, `pending`, `disabled`, `lost_contact`, `missing`, `environment`,
-    /// `resources`.
+    /// `busy`, `idle`, `pending`, `disabled`, `lost_contact`, `missing`, `pinned`,
+    /// `environment`, `resources`.
     pub reason: &'static str,
     pub message: String,
 }
@@ -342,6 +347,12 @@ fn wait_reason(needs: &Requirements, agent: &Agent) -> (&'static str, String) {
             );
         }
         _ => {}
+    }
+    if let Some(pinned) = needs.agent.filter(|pinned| *pinned != agent.uuid) {
+        return (
+            "pinned",
+            format!("the job runs on agent {pinned} only (run_instances: all)"),
+        );
     }
     let offer = agent.offer();
     let environment_ok = match &needs.environment {
@@ -451,6 +462,7 @@ mod tests {
         Requirements {
             resources: resources.iter().map(|s| s.to_string()).collect(),
             environment: environment.map(str::to_string),
+            agent: None,
         }
     }
 
@@ -533,6 +545,7 @@ mod tests {
         let needs = |resources: &[&str], environment: Option<&str>| Requirements {
             resources: resources.iter().map(|r| r.to_string()).collect(),
             environment: environment.map(str::to_string),
+            agent: None,
         };
         assert!(offer.matches(&needs(&["java"], Some("PROD"))));
         assert!(

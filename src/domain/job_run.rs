@@ -259,6 +259,9 @@ pub struct Transition {
 pub struct Requirements {
     pub resources: Vec<String>,
     pub environment: Option<String>,
+    /// The one agent that may run it (a copy of a `run_instances: all` job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<Uuid>,
 }
 
 /// A run of a job.
@@ -301,6 +304,11 @@ pub struct JobRun {
     /// Why the server itself cancelled the run (it timed out): written into its console when
     /// the run ends.
     pub cancel_reason: Option<String>,
+    /// A job not run again when some of its stage's jobs were (GoCD's rerun of failed or
+    /// selected jobs): the run whose result this copy keeps.
+    pub copied_from: Option<i64>,
+    /// The one agent that may run it (a copy of a `run_instances: all` job).
+    pub pinned_agent: Option<Uuid>,
 }
 
 /// What an agent's progress report does to its run.
@@ -389,6 +397,7 @@ impl JobRun {
         Requirements {
             resources: self.resources.clone(),
             environment: self.environment.clone(),
+            agent: self.pinned_agent,
         }
     }
 
@@ -590,6 +599,8 @@ mod tests {
             pipeline_label: None,
             timeout_seconds: None,
             cancel_reason: None,
+            copied_from: None,
+            pinned_agent: None,
         }
     }
 

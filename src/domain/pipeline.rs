@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use super::job_run::{JobResult, JobState};
 use super::pipeline_config::{JobConfig, PipelineConfig, RunInstances, StageConfig};
@@ -190,6 +191,8 @@ pub struct PlannedJob<'a> {
     pub name: String,
     pub config: &'a JobConfig,
     pub environment_variables: BTreeMap<String, String>,
+    /// The one agent this copy of a `run_instances: all` job runs on.
+    pub agent: Option<Uuid>,
 }
 
 /// The facts about an instance every job's variables carry.
@@ -204,13 +207,14 @@ pub struct InstanceFacts {
 }
 
 /// The job runs `stage` of `plan` schedules, in the order the config lists its jobs.
-/// `run_instances: all` gives one copy per agent in `agents_for_all` (names of matching
-/// agents are the caller's to find), at least one.
+/// `run_instances: all` gives one copy per agent `agents_for` names (the enabled agents that
+/// match the job: the caller's to find), each pinned to its agent; with none, one copy that
+/// waits, unpinned, for an agent to match.
 pub fn plan_jobs<'a>(
     plan: &'a PipelineConfig,
     stage: &'a StageConfig,
     facts: &InstanceFacts,
-    agents_for: impl Fn(&JobConfig) -> usize,
+    agents_for: impl Fn(&JobConfig) -> Vec<Uuid>,
 ) -> Vec<PlannedJob<'a>> {
     let mut jobs = Vec::new();
     for job in &stage.jobs {
@@ -224,19 +228,31 @@ pub fn plan_jobs<'a>(
         if let Some(environment) = &facts.environment {
             variables.insert("GO_ENVIRONMENT_NAME".into(), environment.clone());
         }
-        let copies = match job.run_instances {
+        let copies: Option<(&str, Vec<Option<Uuid>>)> = match job.run_instances {
             RunInstances::One => None,
-            RunInstances::Count(n) => Some(("runInstance", n.max(1) as usize)),
-            RunInstances::All => Some(("runOnAll", agents_for(job).max(1))),
+            RunInstances::Count(n) => Some(("runInstance", vec![None; n.max(1) as usize])),
+            RunInstances::All => {
+                let agents: Vec<Option<Uuid>> = agents_for(job).into_iter().map(Some).collect();
+                Some((
+                    "runOnAll",
+                    if agents.is_empty() {
+                        vec![None]
+                    } else {
+                        agents
+                    },
+                ))
+            }
         };
         match copies {
             None => jobs.push(PlannedJob {
                 name: job.name.clone(),
                 config: job,
                 environment_variables: variables,
+                agent: None,
             }),
-            Some((kind, count)) => {
-                for index in 1..=count {
+            Some((kind, agents)) => {
+                let count = agents.len();
+                for (index, agent) in (1..=count).zip(agents) {
                     let mut variables = variables.clone();
                     variables.insert("GO_JOB_RUN_INDEX".into(), index.to_string());
                     variables.insert("GO_JOB_RUN_COUNT".into(), count.to_string());
@@ -244,6 +260,7 @@ pub fn plan_jobs<'a>(
                         name: format!("{}-{kind}-{index}", job.name),
                         config: job,
                         environment_variables: variables,
+                        agent,
                     });
                 }
             }
@@ -545,7 +562,7 @@ mod tests {
             ]),
             trigger_variables: BTreeMap::from([("P".into(), "trigger".into())]),
         };
-        let jobs = plan_jobs(&p, &s, &facts, |_| 0);
+        let jobs = plan_jobs(&p, &s, &facts, |_| vec![]);
         let names: Vec<_> = jobs.iter().map(|j| j.name.as_str()).collect();
         assert_eq!(names, ["unit-runInstance-1", "unit-runInstance-2", "lint"]);
         let vars = &jobs[1].environment_variables;
@@ -569,6 +586,27 @@ mod tests {
             configured_job_name("odd-runInstance-x"),
             "odd-runInstance-x"
         );
+    }
+
+    #[test]
+    fn run_on_all_pins_one_copy_to_each_matching_agent_or_waits_with_one() {
+        let mut s = stage("deploy", false);
+        s.jobs = vec![job("install", RunInstances::All)];
+        let p = plan(vec![s.clone()]);
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let jobs = plan_jobs(&p, &s, &InstanceFacts::default(), |_| vec![a, b]);
+        let planned: Vec<_> = jobs.iter().map(|j| (j.name.as_str(), j.agent)).collect();
+        assert_eq!(
+            planned,
+            [
+                ("install-runOnAll-1", Some(a)),
+                ("install-runOnAll-2", Some(b))
+            ]
+        );
+        assert_eq!(jobs[1].environment_variables["GO_JOB_RUN_COUNT"], "2");
+        let none = plan_jobs(&p, &s, &InstanceFacts::default(), |_| vec![]);
+        let planned: Vec<_> = none.iter().map(|j| (j.name.as_str(), j.agent)).collect();
+        assert_eq!(planned, [("install-runOnAll-1", None)]);
     }
 
     fn ran(stage: &str, counter: i64, result: Option<JobResult>) -> StageRun {

@@ -46,16 +46,24 @@ struct RunRow {
     pipeline_label: Option<String>,
     timeout_seconds: Option<i64>,
     cancel_reason: Option<String>,
+    copied_from: Option<i64>,
+    pinned_agent: Option<String>,
 }
 
 const RUN_COLUMNS: &str = "build_id, pipeline_name, pipeline_counter, stage_name, stage_counter, \
      job_name, tasks, resources, environment, environment_variables, state, result, agent_uuid, \
      cancel_requested, console_length, console_truncated_at, rescheduled_from, scheduled_by, \
      cancelled_by, scheduled_at, completed_at, clean_workspace, pipeline_label, timeout_seconds, \
-     cancel_reason";
+     cancel_reason, copied_from, pinned_agent";
 
 fn corrupt(what: String) -> Error {
     Error::Database(sqlx::Error::Decode(what.into()))
+}
+
+fn parse_uuid(text: Option<String>) -> Result<Option<Uuid>> {
+    text.map(|u| u.parse())
+        .transpose()
+        .map_err(|e: uuid::Error| corrupt(e.to_string()))
 }
 
 impl RunRow {
@@ -67,11 +75,7 @@ impl RunRow {
             stage_name: self.stage_name,
             stage_counter: self.stage_counter,
             job_name: self.job_name,
-            agent_uuid: self
-                .agent_uuid
-                .map(|u| u.parse())
-                .transpose()
-                .map_err(|e: uuid::Error| corrupt(e.to_string()))?,
+            agent_uuid: parse_uuid(self.agent_uuid)?,
             state: self.state.parse().map_err(corrupt)?,
             result: self.result.parse().map_err(corrupt)?,
             console_length: self.console_length,
@@ -91,6 +95,8 @@ impl RunRow {
             pipeline_label: self.pipeline_label,
             timeout_seconds: self.timeout_seconds,
             cancel_reason: self.cancel_reason,
+            copied_from: self.copied_from,
+            pinned_agent: parse_uuid(self.pinned_agent)?,
         })
     }
 }
@@ -156,22 +162,22 @@ pub async fn queue(conn: &mut SqliteConnection) -> Result<Vec<JobRun>> {
 }
 
 pub async fn queued_requirements(conn: &mut SqliteConnection) -> Result<Vec<(i64, Requirements)>> {
-    let rows: Vec<(i64, Json<Vec<String>>, Option<String>)> = sqlx::query_as(
-        "SELECT build_id, resources, environment FROM job_runs WHERE state = 'Scheduled' \
-         ORDER BY build_id",
+    let rows: Vec<(i64, Json<Vec<String>>, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT build_id, resources, environment, pinned_agent FROM job_runs \
+         WHERE state = 'Scheduled' ORDER BY build_id",
     )
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(build_id, resources, environment)| {
+    rows.into_iter()
+        .map(|(build_id, resources, environment, pinned)| {
             let needs = Requirements {
                 resources: resources.0,
                 environment,
+                agent: parse_uuid(pinned)?,
             };
-            (build_id, needs)
+            Ok((build_id, needs))
         })
-        .collect())
+        .collect()
 }
 
 pub async fn active_runs_of(conn: &mut SqliteConnection, agent: Uuid) -> Result<Vec<JobRun>> {
@@ -191,13 +197,16 @@ pub async fn history(
     page_size: i64,
 ) -> Result<(Vec<JobRun>, i64)> {
     let agent = agent.to_string();
-    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM job_runs WHERE agent_uuid = $1")
-        .bind(&agent)
-        .fetch_one(&mut *conn)
-        .await?;
+    // A copy (a job not re-run with its stage) ran once, as its original: listed once.
+    let total: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM job_runs WHERE agent_uuid = $1 AND copied_from IS NULL",
+    )
+    .bind(&agent)
+    .fetch_one(&mut *conn)
+    .await?;
     let runs = load_runs(
         conn,
-        "WHERE agent_uuid = $1 ORDER BY build_id DESC LIMIT $2 OFFSET $3",
+        "WHERE agent_uuid = $1 AND copied_from IS NULL ORDER BY build_id DESC LIMIT $2 OFFSET $3",
         &[Bind::Text(&agent), Bind::Int(page_size), Bind::Int(offset)],
     )
     .await?;
@@ -245,9 +254,9 @@ pub async fn insert(conn: &mut SqliteConnection, run: NewRun<'_>, now: i64) -> R
     let build_id: i64 = sqlx::query_scalar(
         "INSERT INTO job_runs (pipeline_name, pipeline_counter, stage_name, stage_counter, job_name, \
          tasks, resources, environment, environment_variables, state, rescheduled_from, scheduled_at, \
-         scheduled_by, clean_workspace, pipeline_label, timeout_seconds) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'Scheduled', $10, $11, $12, $13, $14, $15) \
-         RETURNING build_id",
+         scheduled_by, clean_workspace, pipeline_label, timeout_seconds, pinned_agent) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'Scheduled', $10, $11, $12, $13, $14, $15, \
+         $16) RETURNING build_id",
     )
     .bind(run.pipeline_name)
     .bind(run.pipeline_counter)
@@ -264,9 +273,44 @@ pub async fn insert(conn: &mut SqliteConnection, run: NewRun<'_>, now: i64) -> R
     .bind(run.clean_workspace)
     .bind(run.pipeline_label)
     .bind(run.timeout_seconds)
+    .bind(run.pinned_agent.map(|a| a.to_string()))
     .fetch_one(&mut *conn)
     .await?;
     record_transition(conn, build_id, JobState::Scheduled, now).await?;
+    Ok(build_id)
+}
+
+/// Copies finished run `original` into stage run `stage_counter` of its stage, result, agent
+/// and state changes included; the copy names the first run it copies.
+pub async fn insert_copy(
+    conn: &mut SqliteConnection,
+    original: i64,
+    stage_counter: i64,
+) -> Result<i64> {
+    let build_id: i64 = sqlx::query_scalar(
+        "INSERT INTO job_runs (pipeline_name, pipeline_counter, stage_name, stage_counter, job_name, \
+         tasks, resources, environment, environment_variables, state, result, agent_uuid, \
+         rescheduled_from, scheduled_at, completed_at, scheduled_by, cancelled_by, clean_workspace, \
+         pipeline_label, timeout_seconds, copied_from, pinned_agent) \
+         SELECT pipeline_name, pipeline_counter, stage_name, $1, job_name, tasks, resources, \
+         environment, environment_variables, state, result, agent_uuid, rescheduled_from, \
+         scheduled_at, completed_at, scheduled_by, cancelled_by, clean_workspace, pipeline_label, \
+         timeout_seconds, COALESCE(copied_from, build_id), pinned_agent \
+         FROM job_runs WHERE build_id = $2 AND state = 'Completed' RETURNING build_id",
+    )
+    .bind(stage_counter)
+    .bind(original)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| Error::Conflict(format!("build {original} has not finished")))?;
+    sqlx::query(
+        "INSERT INTO job_state_transitions (build_id, state, at) \
+         SELECT $1, state, at FROM job_state_transitions WHERE build_id = $2",
+    )
+    .bind(build_id)
+    .bind(original)
+    .execute(conn)
+    .await?;
     Ok(build_id)
 }
 

@@ -32,6 +32,8 @@ pub struct NewRun<'a> {
     /// Seconds of console silence before the run is cancelled; `Some(0)` never; `None`: the
     /// server's default.
     pub timeout_seconds: Option<i64>,
+    /// The one agent that may run it (a copy of a `run_instances: all` job).
+    pub pinned_agent: Option<Uuid>,
 }
 
 pub async fn fetch(conn: Conn<'_>, build_id: i64) -> Result<Option<JobRun>> {
@@ -90,6 +92,12 @@ pub async fn next_counter(conn: Conn<'_>, pipeline: &str) -> Result<i64> {
 /// A new Scheduled run (and its first transition); returns its build id.
 pub async fn insert(conn: Conn<'_>, run: NewRun<'_>, now: i64) -> Result<i64> {
     backend!(conn, insert(run, now))
+}
+
+/// A Completed copy of finished run `original` in stage run `stage_counter` of its stage (a
+/// job not re-run when its stage's failed or selected jobs run again); returns its build id.
+pub async fn insert_copy(conn: Conn<'_>, original: i64, stage_counter: i64) -> Result<i64> {
+    backend!(conn, insert_copy(original, stage_counter))
 }
 
 /// Moves `run` on to `state` if it is still in the state it was read in (a compare-and-set);

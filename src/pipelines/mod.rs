@@ -14,16 +14,20 @@ use self::store::{NewInstance, PipelineState, StageKey};
 use crate::audit;
 use crate::config_sources::{ConfigSources, Snapshot};
 use crate::db::{Conn, Db, WriteTx, now_millis};
-use crate::domain::job_run::{JobRun, Task};
+use crate::domain::agent::ConfigState;
+use crate::domain::job_run::{JobRun, Requirements, Task};
 use crate::domain::pipeline::{
     AfterStage, InstanceFacts, PipelineInstance, StageRun, StageStatus, StageSummary, after_stage,
     is_running, may_run_stage, plan_jobs, render_label, stage_status, summarize_stages,
 };
-use crate::domain::pipeline_config::{LockBehavior, MaterialSource, PipelineConfig};
+use crate::domain::pipeline_config::{
+    JobConfig, LockBehavior, MaterialSource, PipelineConfig, StageConfig,
+};
 use crate::domain::user::User;
 use crate::error::{Error, Result};
 use crate::events::{DomainEvent, Topic};
 use crate::job_runs::{self, store::NewRun};
+use uuid::Uuid;
 
 /// Who triggered an automatic instance, as GoCD says it (`GO_TRIGGER_USER`).
 pub const CHANGES: &str = "changes";
@@ -124,22 +128,7 @@ impl Pipelines {
             )));
         };
         let config = &plan.stages[position];
-        if actor.signed_in
-            && !actor.admin
-            && !config.approval.users.is_empty()
-            && !config
-                .approval
-                .users
-                .iter()
-                .any(|u| u.eq_ignore_ascii_case(&actor.name))
-        {
-            return Err(Error::Forbidden(format!(
-                "{} may not run stage {}: its approval names {}",
-                actor.name,
-                config.name,
-                config.approval.users.join(", ")
-            )));
-        }
+        may_approve(config, actor)?;
         let summary = &view.stages[position];
         let previous = position.checked_sub(1).map(|i| view.stages[i].status);
         let current = summary.counter.map(|_| summary.status);
@@ -171,6 +160,140 @@ impl Pipelines {
         publish_instance(&mut tx, &view.instance.pipeline_name, counter).await?;
         tx.commit().await?;
         Ok(stage_counter)
+    }
+
+    /// Runs again some jobs of the latest run of a finished stage, GoCD's "rerun failed jobs"
+    /// and "rerun selected jobs": the stage's next run (counter + 1) schedules those jobs
+    /// and keeps a copy of every other job's run with its result. Answers the stage counter.
+    pub async fn rerun_jobs(
+        &self,
+        name: &str,
+        counter: i64,
+        stage: &str,
+        stage_counter: i64,
+        which: JobSelection,
+        actor: &User,
+    ) -> Result<i64> {
+        let mut tx = self.db.begin().await?;
+        let view = instance_view(tx.conn(), name, counter).await?;
+        let plan = &view.instance.plan;
+        let Some(position) = plan
+            .stages
+            .iter()
+            .position(|s| s.name.eq_ignore_ascii_case(stage))
+        else {
+            return Err(Error::NotFound(format!(
+                "pipeline {}/{counter} has no stage {stage}",
+                plan.name
+            )));
+        };
+        let config = &plan.stages[position];
+        may_approve(config, actor)?;
+        let summary = &view.stages[position];
+        let target = format!("{}/{counter}/{}/{stage_counter}", plan.name, config.name);
+        match summary.counter {
+            Some(latest) if latest == stage_counter => {}
+            Some(latest) if latest > stage_counter => {
+                return Err(Error::Conflict(format!(
+                    "stage {target} is not the stage's latest run ({latest}): re-run jobs of                      that one"
+                )));
+            }
+            _ => return Err(Error::NotFound(format!("stage {target} has not run"))),
+        }
+        if view.is_running() {
+            return Err(Error::Conflict(format!(
+                "pipeline {}/{counter} is still running",
+                plan.name
+            )));
+        }
+        let jobs = job_runs::store::latest_of_stage(
+            tx.conn(),
+            &view.instance.pipeline_name,
+            counter,
+            &config.name,
+            stage_counter,
+        )
+        .await?;
+        let selected: Vec<bool> = match &which {
+            JobSelection::Failed => jobs
+                .iter()
+                .map(|j| j.result == crate::domain::job_run::JobResult::Failed)
+                .collect(),
+            JobSelection::Named(names) => {
+                if names.is_empty() {
+                    return Err(Error::Unprocessable(
+                        "jobs: name at least one job to re-run".into(),
+                    ));
+                }
+                let unknown: Vec<&str> = names
+                    .iter()
+                    .filter(|n| !jobs.iter().any(|j| j.job_name.eq_ignore_ascii_case(n)))
+                    .map(String::as_str)
+                    .collect();
+                if !unknown.is_empty() {
+                    return Err(Error::NotFound(format!(
+                        "stage {target} has no job {}",
+                        unknown.join(", ")
+                    )));
+                }
+                jobs.iter()
+                    .map(|j| names.iter().any(|n| n.eq_ignore_ascii_case(&j.job_name)))
+                    .collect()
+            }
+        };
+        if !selected.contains(&true) {
+            return Err(Error::Conflict(format!(
+                "stage {target} has no failed jobs to re-run"
+            )));
+        }
+        let next = stage_counter + 1;
+        let key = StageKey {
+            pipeline: &view.instance.pipeline_name,
+            pipeline_counter: counter,
+            stage: &config.name,
+            stage_counter: next,
+        };
+        store::insert_stage_run(tx.conn(), &key, &actor.name, now_millis()).await?;
+        for (job, again) in jobs.iter().zip(selected) {
+            if !again {
+                job_runs::store::insert_copy(tx.conn(), job.build_id, next).await?;
+                continue;
+            }
+            let build_id = job_runs::insert_run(
+                &mut tx,
+                NewRun {
+                    pipeline_name: &job.pipeline_name,
+                    pipeline_counter: counter,
+                    stage_name: &job.stage_name,
+                    stage_counter: next,
+                    job_name: &job.job_name,
+                    tasks: &job.tasks,
+                    resources: &job.resources,
+                    environment: job.environment.as_deref(),
+                    environment_variables: &job.environment_variables,
+                    rescheduled_from: None,
+                    scheduled_by: Some(&actor.name),
+                    clean_workspace: job.clean_workspace,
+                    pipeline_label: job.pipeline_label.as_deref(),
+                    timeout_seconds: job.timeout_seconds,
+                    pinned_agent: job.pinned_agent,
+                },
+            )
+            .await?;
+            let run = job_runs::fetch_run_or_404(tx.conn(), build_id).await?;
+            job_runs::publish_run(&mut tx, &run);
+        }
+        crate::scheduler::publish_pending(&mut tx).await?;
+        audit::record(
+            &mut tx,
+            &actor.name,
+            "rerun jobs",
+            &format!("stage {}/{counter}/{}/{next}", plan.name, config.name),
+        )
+        .await?;
+        publish_instance(&mut tx, &view.instance.pipeline_name, counter).await?;
+        tx.commit().await?;
+        Ok(next)
     }
 
     /// Cancels every job of a stage run that has not finished; the stage ends Cancelled once
@@ -509,6 +632,36 @@ impl Pipelines {
     }
 }
 
+/// Which jobs of a stage run again.
+#[derive(Debug, Clone)]
+pub enum JobSelection {
+    /// Those that failed (GoCD's `run-failed-jobs`).
+    Failed,
+    /// These, by name (GoCD's `run-selected-jobs`).
+    Named(Vec<String>),
+}
+
+/// With authentication on, a stage's `approval.users` limits who may run it; admins always may.
+fn may_approve(config: &StageConfig, actor: &User) -> Result<()> {
+    if actor.signed_in
+        && !actor.admin
+        && !config.approval.users.is_empty()
+        && !config
+            .approval
+            .users
+            .iter()
+            .any(|u| u.eq_ignore_ascii_case(&actor.name))
+    {
+        return Err(Error::Forbidden(format!(
+            "{} may not run stage {}: its approval names {}",
+            actor.name,
+            config.name,
+            config.approval.users.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 fn not_configured(name: &str) -> Error {
     Error::NotFound(format!("no pipeline named {name}"))
 }
@@ -730,7 +883,20 @@ async fn start_stage(
     };
     store::insert_stage_run(tx.conn(), &key, actor, now_millis()).await?;
     let facts: InstanceFacts = instance.facts();
-    for job in plan_jobs(plan, config, &facts, |_| 1) {
+    let agents = crate::agents::list_in(tx).await?;
+    let matching = |job: &JobConfig| -> Vec<Uuid> {
+        let needs = Requirements {
+            resources: job.resources.clone(),
+            environment: instance.environment.clone(),
+            agent: None,
+        };
+        agents
+            .iter()
+            .filter(|a| a.agent_config_state == ConfigState::Enabled && a.matches(&needs))
+            .map(|a| a.uuid)
+            .collect()
+    };
+    for job in plan_jobs(plan, config, &facts, matching) {
         let tasks: Vec<Task> = job.config.tasks.iter().map(Task::from).collect();
         let build_id = job_runs::insert_run(
             tx,
@@ -753,6 +919,7 @@ async fn start_stage(
                     .config
                     .timeout
                     .map(|minutes| i64::try_from(minutes.saturating_mul(60)).unwrap_or(i64::MAX)),
+                pinned_agent: job.agent,
             },
         )
         .await?;

@@ -571,3 +571,276 @@ async fn a_waiting_job_says_why_for_each_agent() {
         "matching agents come first: {waiting:?}"
     );
 }
+
+const THREE_JOBS: &str = r#"
+format_version: 10
+pipelines:
+  suite:
+    group: qa
+    stages:
+      - test:
+          jobs:
+            a: {tasks: [{exec: {command: make, arguments: [a]}}]}
+            b: {tasks: [{exec: {command: make, arguments: [b]}}]}
+            c: {tasks: [{exec: {command: make, arguments: [c]}}]}
+      - package:
+          tasks: [{exec: {command: make, arguments: [package]}}]
+"#;
+
+/// The jobs of a stage run as `name:state:result`, and their build ids by name.
+async fn stage_jobs(api: &Api, path: &str) -> (Vec<String>, Vec<(String, i64)>) {
+    let stage = api.get(&format!("/go/api/stages/{path}")).await.expect(200);
+    let jobs = stage["jobs"].as_array().expect("jobs");
+    let mut shown: Vec<String> = jobs
+        .iter()
+        .map(|j| {
+            format!(
+                "{}:{}:{}",
+                j["name"].as_str().unwrap(),
+                j["state"].as_str().unwrap(),
+                j["result"].as_str().unwrap()
+            )
+        })
+        .collect();
+    shown.sort();
+    let ids = jobs
+        .iter()
+        .map(|j| {
+            (
+                j["name"].as_str().unwrap().to_string(),
+                j["id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    (shown, ids)
+}
+
+/// GoCD's "rerun failed jobs": the stage's next run schedules the failed jobs only and keeps
+/// the others' results; "rerun selected jobs" likewise; the instance goes on once it passes.
+#[tokio::test]
+async fn rerunning_failed_or_selected_jobs_keeps_the_others_results() {
+    let app = spawn_app().await;
+    app.put_config("suite", THREE_JOBS).await.expect(201);
+    let agent = app.register_enabled("builder").await;
+    trigger(&app, "suite").await;
+    let mut first_ids = Vec::new();
+    for result in ["Passed", "Failed", "Passed"] {
+        let work = finish_next(&app, &agent, result).await;
+        first_ids.push(work["build_id"].as_i64().unwrap());
+    }
+    assert_eq!(
+        stages(&app, "suite", 1).await,
+        ["test:Failed", "package:NotRun"]
+    );
+    let post = |path: &str, body: Value| {
+        let path = format!("/go/api/stages/suite/1/test/{path}");
+        let app = &app;
+        async move { app.call(Method::POST, &path, body).await }
+    };
+    for bad in [
+        json!({"jobs": []}),
+        json!({"jobs": ["a", "nope"]}),
+        json!({"jobs": "a"}),
+    ] {
+        let reply = post("1/run-selected-jobs", bad.clone()).await;
+        assert!(
+            [404, 422].contains(&reply.status),
+            "{bad}: {} {}",
+            reply.status,
+            reply.body
+        );
+        assert!(reply.body["message"].is_string(), "{}", reply.body);
+    }
+
+    let body = post("1/run-failed-jobs", json!({})).await.expect(202);
+    assert_eq!(body["message"], "Request to rerun jobs accepted");
+    assert_eq!(body["stage_counter"], 2);
+    let (shown, _) = stage_jobs(&app, "suite/1/test/2").await;
+    assert_eq!(
+        shown,
+        [
+            "a:Completed:Passed",
+            "b:Scheduled:Unknown",
+            "c:Completed:Passed"
+        ]
+    );
+    assert_eq!(
+        stages(&app, "suite", 1).await,
+        ["test:Building", "package:NotRun"]
+    );
+    let reply = post("2/run-failed-jobs", json!({})).await;
+    assert_eq!(reply.status, 409, "a running stage: {}", reply.body);
+    let work = finish_next(&app, &agent, "Failed").await;
+    assert_eq!(
+        (work["job_name"].as_str(), work["stage_counter"].as_i64()),
+        (Some("b"), Some(2))
+    );
+    assert_eq!(
+        stages(&app, "suite", 1).await,
+        ["test:Failed", "package:NotRun"]
+    );
+    let reply = post("1/run-failed-jobs", json!({})).await;
+    assert_eq!(reply.status, 409, "not the latest run: {}", reply.body);
+
+    let body = post("2/run-selected-jobs", json!({"jobs": ["B", "c"]}))
+        .await
+        .expect(202);
+    assert_eq!(body["stage_counter"], 3);
+    let (shown, ids) = stage_jobs(&app, "suite/1/test/3").await;
+    assert_eq!(
+        shown,
+        [
+            "a:Completed:Passed",
+            "b:Scheduled:Unknown",
+            "c:Scheduled:Unknown"
+        ]
+    );
+    finish_next(&app, &agent, "Passed").await;
+    finish_next(&app, &agent, "Passed").await;
+    assert_eq!(
+        stages(&app, "suite", 1).await,
+        ["test:Passed", "package:Building"]
+    );
+    finish_next(&app, &agent, "Passed").await;
+    let reply = post("3/run-failed-jobs", json!({})).await;
+    assert_eq!(reply.status, 409, "{}", reply.body);
+    assert!(
+        reply.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("no failed jobs"),
+        "{}",
+        reply.body
+    );
+
+    // A copy is the run it copies: its page is the original's, and the agent ran it once.
+    let a_copy = ids.iter().find(|(n, _)| n == "a").unwrap().1;
+    let run = app.get(&format!("/api/builds/{a_copy}")).await.expect(200);
+    assert_eq!(
+        run["copied_from"], first_ids[0],
+        "the first run, through the copy of a copy"
+    );
+    let page = app
+        .without_redirects()
+        .get(&format!("/builds/{a_copy}"))
+        .await;
+    assert_eq!(page.status, 303);
+    assert_eq!(page.header("location"), format!("/builds/{}", first_ids[0]));
+    let history = app
+        .get(&format!(
+            "/api/agents/{}/job_run_history?page_size=50",
+            agent.uuid
+        ))
+        .await
+        .expect(200);
+    let count = |job: &str| {
+        history["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["job_name"] == job)
+            .count()
+    };
+    assert_eq!((count("a"), count("b"), count("c")), (1, 3, 2), "{history}");
+}
+
+/// `run_instances: all`: one copy per enabled agent that matches, each run by its own agent.
+#[tokio::test]
+async fn run_on_all_agents_runs_one_copy_on_each_matching_agent() {
+    let app = spawn_app().await;
+    let yaml = "pipelines:\n  fleet:\n    group: ops\n    stages:\n      - install:\n          jobs:\n            agent-setup:\n              run_instances: all\n              resources: [web]\n              tasks:\n                - exec: {command: setup}\n";
+    app.put_config("fleet", yaml).await.expect(201);
+    let one = app.register_enabled("web-1").await;
+    let two = app.register_enabled("web-2").await;
+    let db = app.register_enabled("db").await;
+    for agent in [&one, &two] {
+        app.patch_agent(&agent.uuid, json!({"resources": "web"}))
+            .await
+            .expect(200);
+    }
+    trigger(&app, "fleet").await;
+    let (shown, _) = stage_jobs(&app, "fleet/1/install/1").await;
+    assert_eq!(
+        shown,
+        [
+            "agent-setup-runOnAll-1:Scheduled:Unknown",
+            "agent-setup-runOnAll-2:Scheduled:Unknown"
+        ]
+    );
+    assert_eq!(app.as_agent(&db).work().await.status, 204);
+    let first = app.as_agent(&one).take_work().await;
+    assert_eq!(first["environment_variables"]["GO_JOB_RUN_COUNT"], "2");
+    let build_id = first["build_id"].as_i64().unwrap();
+    app.as_agent(&one)
+        .report_ok(build_id, "Completed", Some("Passed"))
+        .await;
+    // The other copy is web-2's: web-1, idle again, gets nothing.
+    assert_eq!(app.as_agent(&one).work().await.status, 204);
+    let waiting = eventually("the other copy says whose it is", || async {
+        let (_, ids) = stage_jobs(&app, "fleet/1/install/1").await;
+        let other = ids.iter().find(|(_, id)| *id != build_id)?.1;
+        let run = app.get(&format!("/api/builds/{other}")).await.expect(200);
+        (run["state"] == "Scheduled").then(|| run["waiting"].clone())
+    })
+    .await;
+    let pinned = waiting
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["uuid"] == one.uuid.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(pinned["reason"], "pinned", "{waiting}");
+    let second = app.as_agent(&two).take_work().await;
+    assert_ne!(second["job_name"], first["job_name"]);
+    let build_id = second["build_id"].as_i64().unwrap();
+    app.as_agent(&two)
+        .report_ok(build_id, "Completed", Some("Passed"))
+        .await;
+    assert_eq!(stages(&app, "fleet", 1).await, ["install:Passed"]);
+}
+
+/// The run page of a Scheduled job says why it waits, and keeps saying it as agents change:
+/// its stream's `status` event carries the reasons.
+#[tokio::test]
+async fn the_run_page_says_live_why_its_job_waits() {
+    let app = spawn_app().await;
+    let yaml = "pipelines:\n  gpu:\n    group: ml\n    stages:\n      - train:\n          resources: [gpu]\n          tasks:\n            - exec: {command: train}\n";
+    app.put_config("gpu", yaml).await.expect(201);
+    let pending = app.register("gpu-box").await;
+    trigger(&app, "gpu").await;
+    let stage = app.get("/go/api/stages/gpu/1/train/1").await.expect(200);
+    let build_id = stage["jobs"][0]["id"].as_i64().unwrap();
+    let page = app.get(&format!("/builds/{build_id}")).await.text();
+    assert!(page.contains("Why is it waiting?"), "{page}");
+    assert!(
+        page.contains(&format!(
+            r#"data-agent="{}" data-reason="pending""#,
+            pending.uuid
+        )),
+        "{page}"
+    );
+    let mut events = app
+        .subscribe(&format!("/builds/{build_id}/console/events"))
+        .await;
+    events
+        .wait_for("the first status", |e| e.event == "status")
+        .await;
+    app.put(&format!("/api/agents/{}/enable", pending.uuid))
+        .await;
+    let resources = format!(r#"data-agent="{}" data-reason="resources""#, pending.uuid);
+    events
+        .wait_for("the enabled agent lacks gpu", |e| {
+            e.event == "status" && e.data.contains(&resources) && e.data.contains("gpu")
+        })
+        .await;
+    app.patch_agent(&pending.uuid, json!({"resources": "gpu"}))
+        .await
+        .expect(200);
+    let idle = format!(r#"data-agent="{}" data-reason="idle""#, pending.uuid);
+    events
+        .wait_for("the agent now matches", |e| {
+            e.event == "status" && e.data.contains(&idle)
+        })
+        .await;
+}

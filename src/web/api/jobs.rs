@@ -50,6 +50,8 @@ impl Serialize for RunJson {
             clean_workspace: r.clean_workspace,
             pipeline_label: r.pipeline_label.as_deref(),
             timeout_seconds: r.timeout_seconds,
+            copied_from: r.copied_from,
+            pinned_agent: r.pinned_agent,
             scheduled_at: format_time(r.scheduled_at),
             completed_at: r.completed_at.map(format_time),
             job_state_transitions: TransitionsJson(&r.job_state_transitions),
@@ -81,6 +83,10 @@ struct RunShape<'a> {
     clean_workspace: bool,
     pipeline_label: Option<&'a str>,
     timeout_seconds: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    copied_from: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pinned_agent: Option<Uuid>,
     scheduled_at: String,
     completed_at: Option<String>,
     job_state_transitions: TransitionsJson<'a>,

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::ApiJson;
 use crate::AppState;
 use crate::error::{Error, Result};
+use crate::pipelines::JobSelection;
 use crate::web::auth::Credential::User;
 use crate::web::auth::CurrentUser;
 use crate::web::routes::Routes;
@@ -28,6 +29,16 @@ pub fn router() -> Routes {
             "/stages/{pipeline}/{pc}/{stage}/{sc}/cancel",
             User,
             cancel_stage,
+        )
+        .post(
+            "/stages/{pipeline}/{pc}/{stage}/{sc}/run-failed-jobs",
+            User,
+            run_failed_jobs,
+        )
+        .post(
+            "/stages/{pipeline}/{pc}/{stage}/{sc}/run-selected-jobs",
+            User,
+            run_selected_jobs,
         )
 }
 
@@ -203,4 +214,48 @@ async fn cancel_stage(
     Ok(Json(json!({
         "message": format!("Stage cancelled successfully.")
     })))
+}
+
+async fn run_failed_jobs(
+    State(state): State<AppState>,
+    CurrentUser(actor): CurrentUser,
+    Path(path): Path<(String, String, String, String)>,
+) -> Result<(StatusCode, Json<Value>)> {
+    rerun(state, actor, path, JobSelection::Failed).await
+}
+
+/// GoCD's body: the names of the jobs to run again.
+#[derive(Deserialize)]
+struct SelectedJobs {
+    jobs: Vec<String>,
+}
+
+async fn run_selected_jobs(
+    State(state): State<AppState>,
+    CurrentUser(actor): CurrentUser,
+    Path(path): Path<(String, String, String, String)>,
+    ApiJson(body): ApiJson<SelectedJobs>,
+) -> Result<(StatusCode, Json<Value>)> {
+    rerun(state, actor, path, JobSelection::Named(body.jobs)).await
+}
+
+async fn rerun(
+    state: AppState,
+    actor: crate::domain::user::User,
+    (pipeline, pc, stage, sc): (String, String, String, String),
+    which: JobSelection,
+) -> Result<(StatusCode, Json<Value>)> {
+    let counter = pipeline_counter(&pc)?;
+    let stage_counter = pipeline_counter(&sc)?;
+    let next = state
+        .pipelines
+        .rerun_jobs(&pipeline, counter, &stage, stage_counter, which, &actor)
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "message": "Request to rerun jobs accepted",
+            "stage_counter": next,
+        })),
+    ))
 }

@@ -410,6 +410,8 @@ mod tests {
             pipeline_label: Some("3-abc".into()),
             timeout_seconds: Some(60),
             cancel_reason: None,
+            copied_from: None,
+            pinned_agent: None,
         };
         let sent = serde_json::to_value(WorkJson::from(&run)).unwrap();
         let read: wire::Work = serde_json::from_value(sent).unwrap();

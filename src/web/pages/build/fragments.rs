@@ -3,6 +3,7 @@
 use maud::{Markup, PreEscaped, html};
 
 use super::console_html;
+use crate::domain::agent::WaitReason;
 use crate::domain::job_run::{JobRun, JobState};
 use crate::web::pages::runs::{duration, result_class, timestamp};
 
@@ -15,7 +16,14 @@ pub struct ConsoleTail {
     pub truncated: bool,
 }
 
-pub fn run_page(run: &JobRun, hostname: Option<&str>, console: &ConsoleTail) -> Markup {
+/// What the status shows beside the run itself: its agent's name, and while it is Scheduled,
+/// why it waits (each agent's first reason).
+pub struct StatusFacts {
+    pub hostname: Option<String>,
+    pub waiting: Vec<WaitReason>,
+}
+
+pub fn run_page(run: &JobRun, facts: &StatusFacts, console: &ConsoleTail) -> Markup {
     let events = format!(
         "/builds/{}/console/events?from={}",
         run.build_id, console.end
@@ -27,7 +35,7 @@ pub fn run_page(run: &JobRun, hostname: Option<&str>, console: &ConsoleTail) -> 
                     (run.pipeline_name) " / " (run.pipeline_counter) " / "
                     (run.stage_name) " / " (run.stage_counter) " / " b { (run.job_name) }
                 }
-                div #run-summary sse-swap="status" { (summary(run, hostname)) }
+                div #run-summary sse-swap="status" { (summary(run, facts)) }
             }
             section.card.console-card {
                 div.console-toolbar {
@@ -47,8 +55,9 @@ pub fn run_page(run: &JobRun, hostname: Option<&str>, console: &ConsoleTail) -> 
 }
 
 /// The status badge with the run's agent, timings and cancel button (event `status`).
-pub fn summary(run: &JobRun, hostname: Option<&str>) -> Markup {
+pub fn summary(run: &JobRun, facts: &StatusFacts) -> Markup {
     let class = result_class(run);
+    let hostname = facts.hostname.as_deref();
     html! {
         div.run-summary {
             h1 { (run.job_name) small.subtitle { " Job run details" } }
@@ -89,6 +98,29 @@ pub fn summary(run: &JobRun, hostname: Option<&str>) -> Markup {
                 @if run.state != JobState::Completed && !run.cancel_requested {
                     button.btn.danger.small #cancel-run type="button"
                         hx-post={ "/builds/" (run.build_id) "/cancel" } hx-swap="none" { "Cancel" }
+                }
+            }
+            @if run.state == JobState::Scheduled { (waiting(&facts.waiting)) }
+        }
+    }
+}
+
+/// Why a Scheduled run waits: per agent, what it is doing about the job or the first reason
+/// it does not match, the matching agents first.
+pub fn waiting(reasons: &[WaitReason]) -> Markup {
+    html! {
+        section #waiting.waiting {
+            h2 { "Why is it waiting?" }
+            @if reasons.is_empty() {
+                p.empty-hint { "No agent is registered yet: start one with " code { "ferrocd agent" } "." }
+            } @else {
+                ul {
+                    @for r in reasons {
+                        li data-agent=(r.uuid) data-reason=(r.reason) class={ "wait-" (r.reason) } {
+                            a href={ "/agents/" (r.uuid) "/job_run_history" } { (r.hostname) }
+                            " " (r.message)
+                        }
+                    }
                 }
             }
         }

@@ -11,10 +11,11 @@ use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::console_html::{complete_lines_end, render, safe_cut};
-use super::fragments::summary;
+use super::fragments::{StatusFacts, summary};
 use crate::AppState;
 use crate::agents::Agents;
-use crate::domain::job_run::JobRun;
+use crate::domain::agent::why_waiting;
+use crate::domain::job_run::{JobRun, JobState};
 use crate::error::Result;
 use crate::events::{DomainEvent, Topic};
 use crate::job_runs::JobRuns;
@@ -61,9 +62,29 @@ pub(super) async fn hostname_for(agents: &Agents, run: &JobRun) -> Option<String
     agents.get(run.agent_uuid?).await.ok().map(|a| a.hostname)
 }
 
+/// The agent's name and, for a Scheduled run, why it waits. The reasons need every agent;
+/// a failed read shows none rather than no page.
+pub(super) async fn status_facts(agents: &Agents, run: &JobRun) -> StatusFacts {
+    let waiting = if run.state == JobState::Scheduled {
+        match agents.list().await {
+            Ok(all) => why_waiting(&run.requirements(), &all),
+            Err(error) => {
+                tracing::warn!(%error, build_id = run.build_id, "could not read the agents");
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    StatusFacts {
+        hostname: hostname_for(agents, run).await,
+        waiting,
+    }
+}
+
 pub async fn status_html(agents: &Agents, run: &JobRun) -> Bytes {
-    let hostname = hostname_for(agents, run).await;
-    Bytes::from(fragment(summary(run, hostname.as_deref())))
+    let facts = status_facts(agents, run).await;
+    Bytes::from(fragment(summary(run, &facts)))
 }
 
 /// The view's own state: the log up to `line_start` has gone out as lines; `pending` holds
@@ -131,6 +152,16 @@ impl View for Console {
             }
             DomainEvent::RunUpdated { .. } => {
                 self.refresh = true;
+                self.status_changed = true;
+            }
+            // Why a Scheduled run waits changes with any agent.
+            DomainEvent::AgentRegistered { .. }
+            | DomainEvent::AgentUpdated { .. }
+            | DomainEvent::AgentEnabled { .. }
+            | DomainEvent::AgentDisabled { .. }
+            | DomainEvent::AgentDeleted { .. }
+                if self.run.state == JobState::Scheduled =>
+            {
                 self.status_changed = true;
             }
             _ => {}
@@ -291,7 +322,10 @@ pub async fn attach(
 ) -> crate::error::Result<(Arc<ConsoleView>, broadcast::Receiver<Change>)> {
     // Subscribe before reading, so a change between the read and the view's start is heard
     // (the view re-reads on it). Unused if the view already runs.
-    let events = Subscription::new(&state.hub, &[Topic::AgentJobRunConsole(build_id)]);
+    let events = Subscription::new(
+        &state.hub,
+        &[Topic::AgentJobRunConsole(build_id), Topic::AgentsUpdates],
+    );
     let run = state.job_runs.get(build_id).await?;
     let status = status_html(&state.agents, &run).await;
     // The view starts from the stored tail (its unfinished last line matters).

@@ -9,7 +9,7 @@ use crate::web::pages::PageResult;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use bytes::Bytes;
 use serde::Deserialize;
 
@@ -91,7 +91,12 @@ async fn by_names(
 
 async fn run_page(state: &AppState, viewer: &User, id: i64, all: bool) -> PageResult<Response> {
     let run = state.job_runs.get(id).await?;
-    let hostname = live::hostname_for(&state.agents, &run).await;
+    if let Some(original) = run.copied_from {
+        // A job not re-run with its stage ran once: its page is its original's.
+        let query = if all { "?all=1" } else { "" };
+        return Ok(Redirect::to(&format!("/builds/{original}{query}")).into_response());
+    }
+    let facts = live::status_facts(&state.agents, &run).await;
     let title = format!(
         "{} / {} / {}",
         run.pipeline_name, run.stage_name, run.job_name
@@ -102,7 +107,7 @@ async fn run_page(state: &AppState, viewer: &User, id: i64, all: bool) -> PageRe
             &title,
             Section::Agents,
             &["console.js", "durations.js"],
-            fragments::run_page(&run, hostname.as_deref(), console),
+            fragments::run_page(&run, &facts, console),
         )
     };
     // A live run shows complete lines; the stream brings the rest.
