@@ -39,6 +39,9 @@ pub enum Topic {
     /// `pipelines:updates`: every change to a pipeline (its instances, stages, pause, lock)
     /// and to the pipeline config.
     PipelinesUpdates,
+    /// `job_runs:updates`: every run's change (`run_updated`), for views of many runs at
+    /// once (a stage's jobs).
+    JobRunsUpdates,
 }
 
 impl fmt::Display for Topic {
@@ -49,6 +52,7 @@ impl fmt::Display for Topic {
             Topic::AgentJobRuns(agent) => write!(f, "agent_job_runs:{agent}"),
             Topic::AgentJobRunConsole(build_id) => write!(f, "agent_job_run_console:{build_id}"),
             Topic::PipelinesUpdates => f.write_str("pipelines:updates"),
+            Topic::JobRunsUpdates => f.write_str("job_runs:updates"),
         }
     }
 }
@@ -73,6 +77,7 @@ impl FromStr for Topic {
             "agents:updates" => Ok(Topic::AgentsUpdates),
             "scheduler:updates" => Ok(Topic::SchedulerUpdates),
             "pipelines:updates" => Ok(Topic::PipelinesUpdates),
+            "job_runs:updates" => Ok(Topic::JobRunsUpdates),
             other => {
                 let unknown = || format!("unknown topic {other:?}");
                 if let Some(agent) = other.strip_prefix("agent_job_runs:") {
@@ -206,9 +211,10 @@ impl Topic {
     /// Per-agent and per-build topics carry far fewer events than the global ones.
     fn capacity(&self) -> usize {
         match self {
-            Topic::AgentsUpdates | Topic::SchedulerUpdates | Topic::PipelinesUpdates => {
-                CHANNEL_CAPACITY
-            }
+            Topic::AgentsUpdates
+            | Topic::SchedulerUpdates
+            | Topic::PipelinesUpdates
+            | Topic::JobRunsUpdates => CHANNEL_CAPACITY,
             Topic::AgentJobRuns(_) | Topic::AgentJobRunConsole(_) => CHANNEL_CAPACITY / 4,
         }
     }

@@ -44,7 +44,9 @@ use crate::web::live::RenderCounts;
 use crate::web::pages::agents::AgentsView;
 use crate::web::pages::build::ConsoleViews;
 use crate::web::pages::dashboard::DashboardView;
+use crate::web::pages::history::HistoryViews;
 use crate::web::pages::runs::RunsViews;
+use crate::web::pages::stage::StageViews;
 use crate::web::rate_limit::RateLimit;
 use crate::web::serve::Limits;
 use crate::web::sse::StreamSlots;
@@ -72,6 +74,8 @@ pub struct AppState {
     pub dashboard_view: Arc<DashboardView>,
     /// Live run lists and consoles, one per watched agent page or build.
     pub runs_views: Arc<RunsViews>,
+    pub history_views: Arc<HistoryViews>,
+    pub stage_views: Arc<StageViews>,
     pub console_views: Arc<ConsoleViews>,
     /// The topics some `/api/events` stream follows, one live view each.
     pub topic_views: Arc<TopicViews>,
@@ -204,6 +208,8 @@ impl Application {
             agents_view,
             dashboard_view,
             runs_views: Arc::default(),
+            history_views: Arc::default(),
+            stage_views: Arc::default(),
             console_views: Arc::default(),
             topic_views: Arc::default(),
             renders,

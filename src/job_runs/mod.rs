@@ -277,7 +277,8 @@ pub(crate) fn publish_run(tx: &mut WriteTx, run: &JobRun) {
     );
 }
 
-/// `on_run_list` on the run's agent's list (if it has an agent); `run_updated` on its console.
+/// `on_run_list` on the run's agent's list (if it has an agent); `run_updated` on its console
+/// and on every run's topic.
 fn publish_to_watchers(tx: &mut WriteTx, run: &JobRun, on_run_list: DomainEvent) {
     let build_id = run.build_id;
     if let Some(agent) = run.agent_uuid {
@@ -287,4 +288,5 @@ fn publish_to_watchers(tx: &mut WriteTx, run: &JobRun, on_run_list: DomainEvent)
         Topic::AgentJobRunConsole(build_id),
         DomainEvent::RunUpdated { build_id },
     );
+    tx.publish(Topic::JobRunsUpdates, DomainEvent::RunUpdated { build_id });
 }

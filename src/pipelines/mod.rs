@@ -57,6 +57,10 @@ pub struct PipelineView {
 #[derive(Debug, Clone)]
 pub struct StageView {
     pub instance: PipelineInstance,
+    /// The stage's newest run's counter (this run's, or a later one's).
+    pub latest_counter: i64,
+    /// Another stage of the instance is running (nothing else may start meanwhile).
+    pub instance_running: bool,
     pub run: StageRun,
     pub summary: StageSummary,
     pub jobs: Vec<JobRun>,
@@ -528,6 +532,8 @@ impl Pipelines {
         )
         .await?;
         let mut summary = view.stages[position].clone();
+        let latest_counter = summary.counter.unwrap_or(stage_counter);
+        let instance_running = view.is_running();
         if summary.counter != Some(stage_counter) {
             // An older run of the stage: its own status, not the latest's.
             let facts: Vec<_> = jobs.iter().map(|j| (j.state, j.result)).collect();
@@ -543,6 +549,8 @@ impl Pipelines {
         }
         Ok(StageView {
             instance: view.instance,
+            latest_counter,
+            instance_running,
             run,
             summary,
             jobs,

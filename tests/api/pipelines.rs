@@ -844,3 +844,90 @@ async fn the_run_page_says_live_why_its_job_waits() {
         })
         .await;
 }
+
+/// The history and stage pages are live: each stream sends its card on connect and again
+/// when the pipeline, a job of the stage, or (while a job waits) an agent changes.
+#[tokio::test]
+async fn history_and_stage_pages_follow_their_runs() {
+    let app = spawn_app().await;
+    app.put_config("suite", THREE_JOBS).await.expect(201);
+    trigger(&app, "suite").await;
+    let mut history = app.subscribe("/pipelines/suite/history/events").await;
+    let first = history
+        .wait_for("the history card", |e| e.event == "history")
+        .await;
+    assert!(first.data.contains(r#"id="instance-1""#), "{}", first.data);
+    let mut stage = app.subscribe("/pipelines/SUITE/1/test/1/events").await;
+    let card = stage
+        .wait_for("the stage card", |e| e.event == "stage")
+        .await;
+    assert!(
+        card.data.contains(r#"id="job-a" data-state="Scheduled""#),
+        "{}",
+        card.data
+    );
+    assert!(
+        card.data.contains("No agent is registered yet"),
+        "{}",
+        card.data
+    );
+
+    let agent = app.register("builder").await;
+    stage
+        .wait_for("a registered agent shows why it waits", |e| {
+            e.event == "stage" && e.data.contains(r#"data-reason="pending""#)
+        })
+        .await;
+    app.put(&format!("/api/agents/{}/enable", agent.uuid)).await;
+    let work = app.as_agent(&agent).take_work().await;
+    let build_id = work["build_id"].as_i64().unwrap();
+    stage
+        .wait_for("a's move", |e| {
+            e.event == "stage" && e.data.contains(r#"id="job-a" data-state="Assigned""#)
+        })
+        .await;
+    app.as_agent(&agent)
+        .report_ok(build_id, "Completed", Some("Failed"))
+        .await;
+    stage
+        .wait_for("a failed", |e| {
+            e.event == "stage"
+                && e.data
+                    .contains(r#"id="job-a" data-state="Completed" data-result="Failed""#)
+        })
+        .await;
+    for _ in 0..2 {
+        finish_next(&app, &agent, "Passed").await;
+    }
+    let done = stage
+        .wait_for("the stage failed, with its re-run buttons", |e| {
+            e.event == "stage" && e.data.contains(r#"data-status="Failed""#)
+        })
+        .await;
+    assert!(done.data.contains("Re-run failed jobs"), "{}", done.data);
+    history
+        .wait_for("the history shows the failure", |e| {
+            e.event == "history" && e.data.contains(r#"data-stage="test" data-status="Failed""#)
+        })
+        .await;
+    trigger(&app, "suite").await;
+    history
+        .wait_for("the new instance", |e| {
+            e.event == "history" && e.data.contains(r#"id="instance-2""#)
+        })
+        .await;
+    app.call(
+        Method::POST,
+        "/go/api/stages/suite/1/test/1/run-failed-jobs",
+        json!({}),
+    )
+    .await;
+    let older = stage
+        .wait_for("the run is not the latest any more", |e| {
+            e.event == "stage" && e.data.contains("has run again since")
+        })
+        .await;
+    assert!(!older.data.contains("Re-run failed jobs"), "{}", older.data);
+    let reply = app.get("/pipelines/suite/1/test/9/events").await;
+    assert_eq!(reply.status, 404);
+}

@@ -120,7 +120,10 @@ async fn events(
 /// channel) per made-up id would let anyone fill the server's memory.
 async fn require_subject(state: &AppState, topic: &Topic) -> Result<()> {
     let found = match topic {
-        Topic::AgentsUpdates | Topic::SchedulerUpdates | Topic::PipelinesUpdates => return Ok(()),
+        Topic::AgentsUpdates
+        | Topic::SchedulerUpdates
+        | Topic::PipelinesUpdates
+        | Topic::JobRunsUpdates => return Ok(()),
         Topic::AgentJobRuns(uuid) => state.agents.get(*uuid).await.map(|_| ()),
         Topic::AgentJobRunConsole(build_id) => state.job_runs.get(*build_id).await.map(|_| ()),
     };

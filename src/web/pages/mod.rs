@@ -5,10 +5,11 @@ pub mod access_tokens;
 pub mod agents;
 pub mod build;
 pub mod dashboard;
+pub mod history;
 pub mod layout;
 pub mod login;
-pub mod pipeline_runs;
 pub mod runs;
+pub mod stage;
 
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
@@ -29,7 +30,8 @@ pub fn router() -> Routes {
         .merge(access_tokens::router())
         .merge(agents::router())
         .merge(dashboard::router())
-        .merge(pipeline_runs::router())
+        .merge(history::router())
+        .merge(stage::router())
         .merge(about::router())
         .merge(runs::router())
         .merge(build::router())

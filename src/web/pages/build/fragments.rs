@@ -105,21 +105,28 @@ pub fn summary(run: &JobRun, facts: &StatusFacts) -> Markup {
     }
 }
 
-/// Why a Scheduled run waits: per agent, what it is doing about the job or the first reason
-/// it does not match, the matching agents first.
+/// Why a Scheduled run waits (its run page's section).
 pub fn waiting(reasons: &[WaitReason]) -> Markup {
     html! {
         section #waiting.waiting {
             h2 { "Why is it waiting?" }
-            @if reasons.is_empty() {
-                p.empty-hint { "No agent is registered yet: start one with " code { "ferrocd agent" } "." }
-            } @else {
-                ul {
-                    @for r in reasons {
-                        li data-agent=(r.uuid) data-reason=(r.reason) class={ "wait-" (r.reason) } {
-                            a href={ "/agents/" (r.uuid) "/job_run_history" } { (r.hostname) }
-                            " " (r.message)
-                        }
+            (waiting_list(reasons))
+        }
+    }
+}
+
+/// Per agent, what it is doing about the job or the first reason it does not match, the
+/// matching agents first.
+pub fn waiting_list(reasons: &[WaitReason]) -> Markup {
+    html! {
+        @if reasons.is_empty() {
+            p.empty-hint { "No agent is registered yet: start one with " code { "ferrocd agent" } "." }
+        } @else {
+            ul.wait-reasons {
+                @for r in reasons {
+                    li data-agent=(r.uuid) data-reason=(r.reason) class={ "wait-" (r.reason) } {
+                        a href={ "/agents/" (r.uuid) "/job_run_history" } { (r.hostname) }
+                        " " (r.message)
                     }
                 }
             }

@@ -2,7 +2,7 @@
 //! `/tab/build/detail/…`): status, timings, cancel, and the live console.
 
 mod console_html;
-mod fragments;
+pub mod fragments;
 pub mod live;
 
 use crate::web::pages::PageResult;

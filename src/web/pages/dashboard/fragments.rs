@@ -88,7 +88,8 @@ pub fn children(views: &[PipelineView]) -> Markup {
     }
 }
 
-fn status_class(status: StageStatus) -> &'static str {
+/// The CSS name of a stage status (GoCD's colours).
+pub fn status_class(status: StageStatus) -> &'static str {
     match status {
         StageStatus::Building => "building",
         StageStatus::Failing => "failing",
@@ -145,6 +146,13 @@ pub fn card(view: &PipelineView) -> Markup {
                     }
                 }
             }
+            @if let Some(timer) = &view.config.timer {
+                p.timer {
+                    "Timer: " code { (timer.spec) }
+                    @if timer.only_on_changes { " (only on changes)" }
+                    small { " · not fired yet: timers come with polled materials" }
+                }
+            }
             @match &view.latest {
                 None => p.no-instance { "Never run" },
                 Some(latest) => {
@@ -180,7 +188,9 @@ fn readable_time(millis: i64) -> String {
         .unwrap_or_default()
 }
 
-fn stage_block(pipeline: &str, counter: i64, stage: &StageSummary) -> Markup {
+/// A stage's block: its name in its status's colour, linking to its latest run, with an
+/// approve button when it may be started by hand.
+pub fn stage_block(pipeline: &str, counter: i64, stage: &StageSummary) -> Markup {
     let title = format!("{}: {}", stage.name, stage.status);
     html! {
         div class={ "stage stage-" (status_class(stage.status)) } data-stage=(stage.name)

@@ -3,7 +3,7 @@
 //! above; and the one stream (`/pipelines/events`) that keeps every open copy current. The
 //! buttons post forms to the routes here, which redirect back (a person's browser follows).
 
-mod fragments;
+pub mod fragments;
 pub mod live;
 
 use axum::extract::{Path, State};
