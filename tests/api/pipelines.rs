@@ -887,6 +887,14 @@ async fn history_and_stage_pages_follow_their_runs() {
         })
         .await;
     app.as_agent(&agent)
+        .report_ok(build_id, "Building", None)
+        .await;
+    stage
+        .wait_for("a builds", |e| {
+            e.event == "stage" && e.data.contains(r#"id="job-a" data-state="Building""#)
+        })
+        .await;
+    app.as_agent(&agent)
         .report_ok(build_id, "Completed", Some("Failed"))
         .await;
     stage

@@ -18,7 +18,7 @@ const CONVERGE_WITHIN: Duration = Duration::from_secs(60);
 const PIPELINES: &[&str] = &["build-api", "build-web", "deploy", "nightly"];
 
 /// The base config; `extra` adds a pipeline, `group` renames one pipeline's group.
-fn config(extra: bool, group: &str) -> String {
+pub fn config(extra: bool, group: &str) -> String {
     let mut yaml = format!(
         r#"
 format_version: 10
@@ -57,11 +57,11 @@ pipelines:
     yaml
 }
 
-struct Changer<'a> {
-    app: &'a TestApp,
-    agent: Registered,
-    rng: Rng,
-    extra: bool,
+pub struct Changer<'a> {
+    pub app: &'a TestApp,
+    pub agent: Registered,
+    pub rng: Rng,
+    pub extra: bool,
 }
 
 impl Changer<'_> {
@@ -73,7 +73,7 @@ impl Changer<'_> {
         self.rng.pick(&names).unwrap().to_string()
     }
 
-    async fn post(&self, path: &str, body: Value) {
+    pub async fn post(&self, path: &str, body: Value) {
         let reply = self.app.call(Method::POST, path, body).await;
         assert!(
             reply.status < 500,
@@ -83,13 +83,22 @@ impl Changer<'_> {
         );
     }
 
-    /// The test's agent takes a job if there is one and finishes it.
+    /// The test's agent takes a job if there is one (or the one it holds) and starts or
+    /// finishes it.
     async fn finish_job(&mut self) {
         let reply = self.app.as_agent(&self.agent).work().await;
         if reply.status != 200 {
             return;
         }
         let build_id = reply.body["build_id"].as_i64().unwrap();
+        if self.rng.below(3) == 0 {
+            // Left running for now: the next call gets the same run back and may finish it.
+            self.app
+                .as_agent(&self.agent)
+                .report(build_id, "Building", None)
+                .await;
+            return;
+        }
         let result = if self.rng.below(4) == 0 {
             "Failed"
         } else {
@@ -101,7 +110,7 @@ impl Changer<'_> {
             .await;
     }
 
-    async fn random_change(&mut self) {
+    pub async fn random_change(&mut self) {
         let pipeline = self.pipeline();
         match self.rng.below(100) {
             0..25 => {
@@ -130,7 +139,7 @@ impl Changer<'_> {
                 self.post(&format!("/go/api/pipelines/{pipeline}/unpause"), json!({}))
                     .await
             }
-            86..92 => {
+            86..90 => {
                 let stage = ["compile", "staging", "all"][self.rng.below(3)];
                 let counter = 1 + self.rng.below(3);
                 self.post(
@@ -138,6 +147,25 @@ impl Changer<'_> {
                     json!({}),
                 )
                 .await
+            }
+            90..94 => {
+                // Re-run failed jobs, or selected ones, of some run of a stage.
+                let stage = ["compile", "test", "staging"][self.rng.below(3)];
+                let (counter, sc) = (1 + self.rng.below(3), 1 + self.rng.below(2));
+                let path = format!("/go/api/stages/{pipeline}/{counter}/{stage}/{sc}");
+                if self.rng.below(2) == 0 {
+                    self.post(&format!("{path}/run-failed-jobs"), json!({}))
+                        .await
+                } else {
+                    let jobs = [vec!["a"], vec!["b"], vec!["a", "b"], vec![stage]]
+                        [self.rng.below(4)]
+                    .clone();
+                    self.post(
+                        &format!("{path}/run-selected-jobs"),
+                        json!({ "jobs": jobs }),
+                    )
+                    .await
+                }
             }
             _ => {
                 self.extra = self.rng.below(2) == 0;

@@ -15,5 +15,6 @@ mod cross_origin;
 mod dashboard;
 mod dashboard_convergence;
 mod listener_gap;
+mod pipeline_pages_convergence;
 mod run_page;
 mod support;

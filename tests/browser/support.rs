@@ -253,10 +253,16 @@ impl Rig {
             .unwrap_or_else(|e| panic!("[{name}] chromedriver could not start Chromium: {e}"));
         self.0.sessions.lock().unwrap().push(client.clone());
         self.0.profiles.lock().unwrap().push(profile);
+        // Its own window's handle: once `open_window` adds others beside it, every call
+        // through this page switches back to it first.
+        let window = client
+            .window()
+            .await
+            .unwrap_or_else(|e| panic!("[{name}] has no window: {e}"));
         let page = Page {
             client,
             name: name.to_string(),
-            window: None,
+            window: Some(window),
         };
         page.client
             .goto(url)
@@ -326,7 +332,7 @@ impl Rig {
 pub struct Page {
     pub client: Client,
     name: String,
-    /// Set when the page shares its browser with others (`Rig::open_window`).
+    /// Its window in its browser (which `Rig::open_window` may share with other pages).
     window: Option<fantoccini::wd::WindowHandle>,
 }
 
