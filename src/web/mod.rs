@@ -5,6 +5,7 @@ pub mod api;
 pub mod assets;
 pub mod auth;
 pub mod cctray;
+pub mod gocd_media;
 pub mod hosts;
 pub mod live;
 pub mod pages;
@@ -71,6 +72,8 @@ pub fn router(state: AppState) -> Router {
         .layer(Extension(state.clone()))
         .layer(axum::middleware::from_fn(same_origin::refuse_cross_site))
         .layer(axum::middleware::from_fn(error_shapes))
+        // Outside the error shapes: GoCD's media type goes on errors too.
+        .layer(axum::middleware::from_fn(gocd_media::media_type))
         // No page may be framed (a framed Delete button could be clicked for the viewer), no
         // answer sniffed into something active, and a page runs only our own files.
         .layer(SetResponseHeaderLayer::if_not_present(

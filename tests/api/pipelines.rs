@@ -939,3 +939,66 @@ async fn history_and_stage_pages_follow_their_runs() {
     let reply = app.get("/pipelines/suite/1/test/9/events").await;
     assert_eq!(reply.status, 404);
 }
+
+/// GoCD's calls answer in GoCD's media type of the version served, whatever the client
+/// accepts (the version it was written against, plain JSON, or nothing).
+#[tokio::test]
+async fn gocd_calls_answer_in_gocds_media_types() {
+    let app = spawn_app().await;
+    app.put_config("suite", THREE_JOBS).await.expect(201);
+    let client = reqwest::Client::new();
+    let get = |path: &str, accept: Option<&str>| {
+        let mut request = client.get(app.url(path));
+        if let Some(accept) = accept {
+            request = request.header("Accept", accept);
+        }
+        async move {
+            let reply = request.send().await.expect("an answer");
+            let status = reply.status().as_u16();
+            let media = reply.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let body: Value = reply.json().await.unwrap_or(Value::Null);
+            (status, media, body)
+        }
+    };
+    for accept in [
+        Some("application/vnd.go.cd.v4+json"),
+        Some("application/vnd.go.cd.v3+json"),
+        Some("application/json"),
+        None,
+    ] {
+        let (status, media, body) = get("/go/api/dashboard", accept).await;
+        assert_eq!(status, 200, "{accept:?}: {body}");
+        assert_eq!(
+            media, "application/vnd.go.cd.v4+json; charset=utf-8",
+            "{accept:?}"
+        );
+    }
+    let (status, media, _) = get("/go/api/pipelines/nope/status", None).await;
+    assert_eq!(status, 404);
+    assert!(
+        media.starts_with("application/vnd.go.cd.v1+json"),
+        "errors too: {media}"
+    );
+    let (_, media, _) = get("/go/api/pipelines/suite/history", None).await;
+    assert_eq!(media, "application/vnd.go.cd.v1+json; charset=utf-8");
+    let (_, media, _) = get("/api/dashboard", None).await;
+    assert_eq!(media, "application/json", "ferrocd's own API stays JSON");
+
+    let reply = client
+        .post(app.url("/go/api/pipelines/suite/schedule"))
+        .header("Accept", "application/vnd.go.cd.v1+json")
+        .header("Content-Type", "application/json")
+        .header("X-GoCD-Confirm", "true")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 202);
+    assert_eq!(
+        reply.headers()["content-type"],
+        "application/vnd.go.cd.v1+json; charset=utf-8"
+    );
+}
