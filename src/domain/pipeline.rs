@@ -144,19 +144,25 @@ pub fn may_run_stage(
     }
 }
 
-/// The label of instance `counter`: `${COUNT}` is the counter, `${material}` and
-/// `${material[:N]}` the material's label or revision (a dependency material gives the
-/// upstream instance's label); a material with nothing to give is empty.
-pub fn render_label(template: &str, counter: i64, materials: &BTreeMap<String, String>) -> String {
-    let mut out = String::with_capacity(template.len() + 8);
+/// A piece of a label template: text as written, or a value, `${name}` or `${name[:N]}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelPiece<'a> {
+    Text(&'a str),
+    Value { name: &'a str, cut: Option<usize> },
+}
+
+/// A label template's pieces in order; an unclosed `${` is text.
+pub fn label_pieces(template: &str) -> Vec<LabelPiece<'_>> {
+    let mut pieces = Vec::new();
     let mut rest = template;
     while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let Some(end) = after.find('}') else {
-            out.push_str(&rest[start..]);
-            return out;
+            break;
         };
+        if start > 0 {
+            pieces.push(LabelPiece::Text(&rest[..start]));
+        }
         let inner = &after[..end];
         let (name, cut) = match inner.split_once("[:") {
             Some((name, n)) => (
@@ -164,6 +170,28 @@ pub fn render_label(template: &str, counter: i64, materials: &BTreeMap<String, S
                 n.strip_suffix(']').and_then(|n| n.parse::<usize>().ok()),
             ),
             None => (inner, None),
+        };
+        pieces.push(LabelPiece::Value { name, cut });
+        rest = &after[end + 1..];
+    }
+    if !rest.is_empty() {
+        pieces.push(LabelPiece::Text(rest));
+    }
+    pieces
+}
+
+/// The label of instance `counter`: `${COUNT}` is the counter, `${material}` and
+/// `${material[:N]}` the material's label or revision (a dependency material gives the
+/// upstream instance's label); a material with nothing to give is empty.
+pub fn render_label(template: &str, counter: i64, materials: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(template.len() + 8);
+    for piece in label_pieces(template) {
+        let (name, cut) = match piece {
+            LabelPiece::Text(text) => {
+                out.push_str(text);
+                continue;
+            }
+            LabelPiece::Value { name, cut } => (name, cut),
         };
         let value = if name.eq_ignore_ascii_case("COUNT") {
             counter.to_string()
@@ -178,9 +206,7 @@ pub fn render_label(template: &str, counter: i64, materials: &BTreeMap<String, S
             Some(n) => out.extend(value.chars().take(n)),
             None => out.push_str(&value),
         }
-        rest = &after[end + 1..];
     }
-    out.push_str(rest);
     out
 }
 

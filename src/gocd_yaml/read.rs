@@ -5,9 +5,10 @@
 
 use std::collections::BTreeMap;
 
+use crate::domain::pipeline::{LabelPiece, label_pieces};
 use crate::domain::pipeline_config::{
-    Approval, ConfigDocument, ConfigIssue, EnvironmentConfig, JobConfig, LockBehavior,
-    PipelineConfig, RunInstances, StageConfig, TimerConfig, TrackingTool,
+    Approval, ConfigDocument, ConfigIssue, EnvironmentConfig, JobConfig, LockBehavior, Material,
+    MaterialSource, PipelineConfig, RunInstances, StageConfig, TimerConfig, TrackingTool,
 };
 
 use super::fields::{Fields, Leftovers, Names, Reader, commented_params, shape};
@@ -184,6 +185,7 @@ fn read_pipeline(
         Some(node) => materials::read_materials(reader, node, &key_path(path, "materials")),
         None => Vec::new(),
     };
+    check_label_template(reader, &fields, name, &label_template, &materials);
     let stages = match fields.get("stages") {
         Some(node) => read_stages(reader, node, &key_path(path, "stages")),
         None => {
@@ -696,4 +698,58 @@ fn read_environments(reader: &mut Reader, node: &Node) -> Vec<EnvironmentConfig>
         });
     }
     environments
+}
+
+/// The values a label template names, as GoCD checks them: `${COUNT}`, or a material of the
+/// pipeline (else an error, as GoCD's). A git or other SCM material's revision is empty until
+/// ferrocd polls materials, and `${env:NAME}` is not read yet: warnings.
+fn check_label_template(
+    reader: &mut Reader,
+    fields: &Fields,
+    pipeline: &str,
+    template: &str,
+    materials: &[Material],
+) {
+    let path = fields.path_of("label_template");
+    let line = fields.line_of("label_template");
+    for piece in label_pieces(template) {
+        let LabelPiece::Value { name, .. } = piece else {
+            continue;
+        };
+        if name.eq_ignore_ascii_case("COUNT") {
+            continue;
+        }
+        if name.starts_with("env:") {
+            reader.warn(
+                &path,
+                line,
+                format!(
+                    "${{{name}}}: environment variables in labels are not read yet: it is empty"
+                ),
+            );
+            continue;
+        }
+        match materials.iter().find(|m| m.name.eq_ignore_ascii_case(name)) {
+            None => reader.error(
+                &path,
+                line,
+                format!(
+                    "${{{name}}}: pipeline {pipeline} has no material named {name} (its materials: {})",
+                    if materials.is_empty() {
+                        "none".to_string()
+                    } else {
+                        materials.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+                    }
+                ),
+            ),
+            Some(m) if !matches!(m.source, MaterialSource::Dependency { .. }) => reader.warn(
+                &path,
+                line,
+                format!(
+                    "${{{name}}}: material {name}'s revision is empty until ferrocd polls materials"
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
 }

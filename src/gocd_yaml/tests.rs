@@ -2548,3 +2548,39 @@ fn a_filter_and_its_old_name_together_are_refused() {
         &["environment `E` appears twice"],
     );
 }
+
+#[test]
+fn a_label_names_the_counter_or_a_material_of_its_pipeline() {
+    let yaml = |label: &str| {
+        format!(
+            "format_version: 10\npipelines:\n  app:\n    group: g\n    label_template: \"{label}\"\n    materials:\n      code: {{git: https://example.com/app.git}}\n      up: {{pipeline: base, stage: build}}\n    stages:\n      - build: {{tasks: [{{exec: {{command: make}}}}]}}\n  base:\n    group: g\n    materials:\n      code: {{git: https://example.com/base.git}}\n    stages:\n      - build: {{tasks: [{{exec: {{command: make}}}}]}}\n"
+        )
+    };
+    let document = ok(&yaml("${COUNT}-${up}-${UP[:4]}"));
+    assert!(
+        document
+            .warnings
+            .iter()
+            .all(|w| !w.path.contains("label_template")),
+        "{:?}",
+        document.warnings
+    );
+    let document = ok(&yaml("${code[:8]}.${COUNT}"));
+    assert_warning(
+        &document,
+        "pipelines.app.label_template",
+        &["${code}", "empty until ferrocd polls materials"],
+    );
+    let document = ok(&yaml("${env:BUILD}-${COUNT}"));
+    assert_warning(
+        &document,
+        "pipelines.app.label_template",
+        &["${env:BUILD}", "not read yet"],
+    );
+    let issues = errors(&yaml("${COUNT}-${nope}"));
+    assert_error(
+        &issues,
+        "pipelines.app.label_template",
+        &["${nope}", "no material named nope", "code, up"],
+    );
+}
