@@ -111,7 +111,7 @@ pub fn card(view: &PipelineView) -> Markup {
         .locked_by
         .filter(|_| !view.latest.as_ref().is_some_and(|l| l.is_running()));
     html! {
-        article.pipeline-card id=(format!("pipeline-{name}")) data-order=(pipeline_key(view))
+        div.pipeline-card id=(format!("pipeline-{name}")) data-order=(pipeline_key(view))
             data-name=(name.to_lowercase()) data-paused=(paused) {
             header {
                 h3 { (name) }
