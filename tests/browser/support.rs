@@ -346,7 +346,10 @@ fn falsy(value: &Value) -> bool {
 impl Page {
     /// Makes this page's window the one its browser's commands go to.
     async fn focus(&self) {
-        if let Some(window) = &self.window {
+        // Only when another window is current: switching resets the frame a test entered.
+        if let Some(window) = &self.window
+            && self.client.window().await.ok().as_ref() != Some(window)
+        {
             self.client
                 .switch_to_window(window.clone())
                 .await
