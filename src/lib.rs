@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod gocd_yaml;
 pub mod job_runs;
+pub mod materials;
 pub mod pipelines;
 pub mod scheduler;
 pub mod secrets;

@@ -34,6 +34,7 @@ macro_rules! text_enum {
 pub mod agent;
 pub mod audit;
 pub mod job_run;
+pub mod material;
 pub mod pipeline;
 pub mod pipeline_config;
 pub mod user;

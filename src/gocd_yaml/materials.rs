@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::domain::material::FileFilter;
 use crate::domain::pipeline_config::{GitMaterial, Material, MaterialSource, ScmKind};
 
 use super::fields::{Fields, Leftovers, Names, Reader, shape};
@@ -258,6 +259,11 @@ fn read_filters(reader: &mut Reader, fields: &mut Fields) -> (Vec<String>, Vec<S
         }
         let mut list = reader.text_list(fields, new);
         list.extend(reader.text_list(fields, old));
+        // A pattern that does not compile would filter nothing when a poll needs it.
+        if let Err(why) = FileFilter::new(&list, &[]) {
+            let key = if fields.has(new) { new } else { old };
+            reader.error(&fields.path_of(key), fields.line_of(key), why);
+        }
         list
     };
     let ignore = one(reader, fields, "ignore", "blacklist");

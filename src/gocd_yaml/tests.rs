@@ -2584,3 +2584,14 @@ fn a_label_names_the_counter_or_a_material_of_its_pipeline() {
         &["${nope}", "no material named nope", "code, up"],
     );
 }
+
+#[test]
+fn a_material_filter_that_is_not_a_pattern_is_refused_at_its_key() {
+    let yaml = "format_version: 10\npipelines:\n  app:\n    group: g\n    materials:\n      code:\n        git: https://example.com/app.git\n        blacklist: [\"docs/[a\"]\n    stages:\n      - build: {tasks: [{exec: {command: make}}]}\n";
+    let issues = errors(yaml);
+    assert_error(
+        &issues,
+        "pipelines.app.materials.code.blacklist",
+        &["docs/[a", "not a file pattern"],
+    );
+}

@@ -1,0 +1,223 @@
+//! Materials as the server polls them (the materials issue): which repository a git material
+//! names, so that pipelines sharing one are polled once and a webhook finds them; the
+//! modifications a poll finds; and whether a change to some files should trigger, by the
+//! material's `ignore` and `includes` patterns (Ant-style, as GoCD's).
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A repository URL as two spellings of the same repository agree on: no scheme, no user
+/// info, the host lower-cased, no trailing `.git` or `/`, and `git@host:org/repo` read as
+/// `host/org/repo`. `https://User@GitHub.com/org/repo.git/` and `git@github.com:org/repo`
+/// are both `github.com/org/repo`; a local path (`/srv/repo`, `file:///srv/repo`) stays a path.
+pub fn normalized_url(url: &str) -> String {
+    let url = url.trim();
+    let (rest, has_scheme) = match url.split_once("://") {
+        Some((_, rest)) => (rest, true),
+        None => (url, false),
+    };
+    let (authority, path) = if has_scheme {
+        match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        }
+    } else if let Some((host, path)) = scp_like(rest) {
+        (host, path)
+    } else {
+        ("", rest)
+    };
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    // A default port says nothing; any other stays.
+    let host = host
+        .strip_suffix(":22")
+        .or_else(|| host.strip_suffix(":443"))
+        .or_else(|| host.strip_suffix(":80"))
+        .unwrap_or(host)
+        .to_ascii_lowercase();
+    let mut path = path.trim_end_matches('/');
+    path = path.strip_suffix(".git").unwrap_or(path);
+    let path = path.trim_end_matches('/');
+    if host.is_empty() {
+        path.to_string()
+    } else if path.starts_with('/') {
+        format!("{host}{path}")
+    } else {
+        format!("{host}/{path}")
+    }
+}
+
+/// `user@host:path` (scp's form, as git reads it): a colon before any slash.
+fn scp_like(text: &str) -> Option<(&str, &str)> {
+    let colon = text.find(':')?;
+    let slash = text.find('/').unwrap_or(usize::MAX);
+    (colon < slash && colon > 0).then(|| (&text[..colon], &text[colon + 1..]))
+}
+
+/// What identifies a polled git material: its repository and branch. Pipelines whose
+/// materials share one share a poll. Hex SHA-256, as GoCD's fingerprints are.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Fingerprint(String);
+
+impl Fingerprint {
+    pub fn of_git(url: &str, branch: &str) -> Fingerprint {
+        let mut hash = Sha256::new();
+        hash.update(b"git\0");
+        hash.update(normalized_url(url).as_bytes());
+        hash.update(b"\0");
+        hash.update(branch.as_bytes());
+        Fingerprint(hex::encode(hash.finalize()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The branch a pushed ref names (`refs/heads/main` → `main`); tags and other refs none.
+pub fn branch_of_ref(reference: &str) -> Option<&str> {
+    reference.strip_prefix("refs/heads/")
+}
+
+/// One commit a poll found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Modification {
+    pub revision: String,
+    pub author: String,
+    /// When it was committed, unix milliseconds.
+    pub time: i64,
+    pub message: String,
+    /// The files it changed, relative to the repository's root.
+    pub files: Vec<String>,
+}
+
+/// A material's `ignore` and `includes` patterns, compiled. Ant-style, as GoCD reads them:
+/// `*` and `?` stay within one folder, `**` spans any number, and a pattern ending in `/`
+/// means everything under that folder.
+#[derive(Debug, Clone)]
+pub struct FileFilter {
+    ignore: GlobSet,
+    includes: Option<GlobSet>,
+}
+
+impl FileFilter {
+    /// `Err` names the first pattern that is not one.
+    pub fn new(ignore: &[String], includes: &[String]) -> Result<FileFilter, String> {
+        Ok(FileFilter {
+            ignore: glob_set(ignore)?,
+            includes: if includes.is_empty() {
+                None
+            } else {
+                Some(glob_set(includes)?)
+            },
+        })
+    }
+
+    /// Whether a change to `files` triggers: with `includes`, when one of them matches; else
+    /// unless every one matches `ignore`. A change that names no file (a merge, an empty
+    /// commit) triggers, as in GoCD.
+    pub fn triggers(&self, files: &[String]) -> bool {
+        if files.is_empty() {
+            return true;
+        }
+        match &self.includes {
+            Some(includes) => files.iter().any(|f| includes.is_match(f)),
+            None => files.iter().any(|f| !self.ignore.is_match(f)),
+        }
+    }
+}
+
+fn glob_set(patterns: &[String]) -> Result<GlobSet, String> {
+    let mut set = GlobSetBuilder::new();
+    for pattern in patterns {
+        let mut ant = pattern.trim().trim_start_matches("./").to_string();
+        if ant.ends_with('/') {
+            ant.push_str("**");
+        }
+        let glob = GlobBuilder::new(&ant)
+            .literal_separator(true)
+            .backslash_escape(false)
+            .build()
+            .map_err(|e| format!("{pattern:?} is not a file pattern: {e}"))?;
+        set.add(glob);
+    }
+    set.build().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spellings_of_one_repository_agree() {
+        let github = "github.com/org/repo";
+        for url in [
+            "https://github.com/org/repo",
+            "https://github.com/org/repo.git",
+            "https://User:secret@GitHub.com/org/repo.git/",
+            "git@github.com:org/repo.git",
+            "ssh://git@github.com/org/repo",
+            "ssh://git@github.com:22/org/repo.git",
+            "http://github.com/org/repo/",
+        ] {
+            assert_eq!(normalized_url(url), github, "{url}");
+        }
+        assert_eq!(
+            normalized_url("https://git.example.com:8443/r"),
+            "git.example.com:8443/r"
+        );
+        assert_eq!(normalized_url("file:///srv/git/app.git"), "/srv/git/app");
+        assert_eq!(normalized_url("/srv/git/app"), "/srv/git/app");
+        assert_ne!(
+            normalized_url("github.com/org/Repo"),
+            github,
+            "paths keep their case"
+        );
+        assert_eq!(
+            Fingerprint::of_git("git@github.com:org/repo", "main"),
+            Fingerprint::of_git("https://github.com/org/repo.git", "main")
+        );
+        assert_ne!(
+            Fingerprint::of_git("https://github.com/org/repo", "main"),
+            Fingerprint::of_git("https://github.com/org/repo", "dev")
+        );
+        assert_eq!(branch_of_ref("refs/heads/feature/x"), Some("feature/x"));
+        assert_eq!(branch_of_ref("refs/tags/v1"), None);
+    }
+
+    fn files(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn ignore_and_includes_read_as_ant_patterns() {
+        let docs = FileFilter::new(&files(&["docs/**", "*.md"]), &[]).unwrap();
+        assert!(!docs.triggers(&files(&["README.md", "docs/a/b.txt"])));
+        assert!(docs.triggers(&files(&["README.md", "src/main.rs"])));
+        assert!(
+            docs.triggers(&files(&["src/notes.md"])),
+            "* stays in one folder"
+        );
+        assert!(docs.triggers(&[]), "a change naming no file triggers");
+        let folder = FileFilter::new(&files(&["vendor/"]), &[]).unwrap();
+        assert!(!folder.triggers(&files(&["vendor/a/b.c"])));
+        let only = FileFilter::new(&files(&["src/**"]), &files(&["src/**/*.rs"])).unwrap();
+        assert!(
+            only.triggers(&files(&["src/a/b.rs"])),
+            "includes win over ignore"
+        );
+        assert!(!only.triggers(&files(&["README.md"])));
+        assert!(
+            FileFilter::new(&files(&["a[b"]), &[])
+                .unwrap_err()
+                .contains("a[b")
+        );
+    }
+}
