@@ -82,6 +82,10 @@ pub struct ServeArgs {
     /// no `timeout` of their own (GoCD's default job timeout); 0: never.
     #[arg(long, env = "FERROCD_DEFAULT_JOB_TIMEOUT", default_value_t = 0)]
     pub default_job_timeout: u64,
+    /// Seconds between polls of the git materials (the first poll runs right after start);
+    /// 0: never poll.
+    #[arg(long, env = "FERROCD_MATERIAL_POLL_INTERVAL", default_value_t = 60)]
+    pub material_poll_interval: u64,
     /// A build's console is cut here: one line says so and the agent stops uploading.
     #[arg(long, env = "FERROCD_MAX_CONSOLE_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_console_bytes: u64,
@@ -141,6 +145,8 @@ pub struct Config {
     /// Console silence after which a job without a timeout of its own is cancelled; zero:
     /// never (`--default-job-timeout`, in minutes).
     pub default_job_timeout: Duration,
+    /// Between polls of the git materials; zero: never.
+    pub material_poll_interval: Duration,
     pub max_console_bytes: u64,
     pub max_pending_agents: u32,
     pub registrations_per_second: u32,
@@ -178,6 +184,7 @@ impl From<ServeArgs> for Config {
             agent_registration_key: args.agent_registration_key.filter(|k| !k.is_empty()),
             lost_contact_after: Duration::from_secs(args.lost_contact_after),
             default_job_timeout: Duration::from_secs(args.default_job_timeout.saturating_mul(60)),
+            material_poll_interval: Duration::from_secs(args.material_poll_interval),
             max_console_bytes: args.max_console_bytes,
             max_pending_agents: args.max_pending_agents,
             registrations_per_second: args.registrations_per_second,
@@ -208,6 +215,8 @@ impl Config {
             agent_registration_key: None,
             lost_contact_after: Duration::from_secs(30),
             default_job_timeout: Duration::ZERO,
+            // Tests poll when they ask to.
+            material_poll_interval: Duration::ZERO,
             max_console_bytes: 256 * 1024 * 1024,
             max_pending_agents: 200,
             registrations_per_second: 10,

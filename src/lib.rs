@@ -37,6 +37,7 @@ use crate::config_sources::ConfigSources;
 use crate::db::Db;
 use crate::events::Hub;
 use crate::job_runs::JobRuns;
+use crate::materials::Materials;
 use crate::pipelines::Pipelines;
 use crate::scheduler::Scheduler;
 use crate::web::api::events::TopicViews;
@@ -71,6 +72,7 @@ pub struct AppState {
     pub job_runs: JobRuns,
     pub scheduler: Scheduler,
     pub pipelines: Pipelines,
+    pub materials: Materials,
     pub agents_view: Arc<AgentsView>,
     pub dashboard_view: Arc<DashboardView>,
     /// Live run lists and consoles, one per watched agent page or build.
@@ -161,6 +163,7 @@ impl Application {
         configs.reload().await?;
         let scheduler = Scheduler::new(db.clone(), configs.clone());
         let pipelines = Pipelines::new(db.clone(), configs.clone());
+        let materials = Materials::new(db.clone(), pipelines.clone(), &config.data_dir);
         let shutdown = CancellationToken::new();
         let renders = Arc::new(RenderCounts::default());
         let agents_view = AgentsView::start(
@@ -179,6 +182,11 @@ impl Application {
         )
         .await?;
         spawn_config_reload_on_hangup(configs, shutdown.clone());
+        spawn_material_polls(
+            materials.clone(),
+            config.material_poll_interval,
+            shutdown.clone(),
+        );
         spawn_liveness(
             agents.clone(),
             scheduler.clone(),
@@ -206,6 +214,7 @@ impl Application {
             job_runs,
             scheduler,
             pipelines,
+            materials,
             agents_view,
             dashboard_view,
             runs_views: Arc::default(),
@@ -300,6 +309,31 @@ fn spawn_config_reload_on_hangup(configs: ConfigSources, shutdown: CancellationT
                     tracing::info!("SIGHUP: reading the pipeline config again");
                     if let Err(error) = configs.reload().await {
                         tracing::error!(%error, "config reload failed");
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Polls the git materials every `every` (zero: never), the first time right after start;
+/// a round waits for the last to end, so a slow repository never piles polls up.
+fn spawn_material_polls(materials: Materials, every: Duration, shutdown: CancellationToken) {
+    if every.is_zero() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        polled = materials.poll_all() => if let Err(error) = polled {
+                            tracing::warn!(%error, "material polls failed");
+                        },
                     }
                 }
             }

@@ -47,6 +47,17 @@ pub fn normalized_url(url: &str) -> String {
     }
 }
 
+/// `url` as it may be shown: a `scheme://user:password@host/…` URL loses its user info.
+pub fn without_credentials(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            return format!("{scheme}://{}", &rest[at + 1..]);
+        }
+    }
+    url.to_string()
+}
+
 /// `user@host:path` (scp's form, as git reads it): a colon before any slash.
 fn scp_like(text: &str) -> Option<(&str, &str)> {
     let colon = text.find(':')?;
@@ -189,6 +200,14 @@ mod tests {
             Fingerprint::of_git("https://github.com/org/repo", "dev")
         );
         assert_eq!(branch_of_ref("refs/heads/feature/x"), Some("feature/x"));
+        assert_eq!(
+            without_credentials("https://bob:s3cret@example.com/r.git"),
+            "https://example.com/r.git"
+        );
+        assert_eq!(
+            without_credentials("git@github.com:org/r"),
+            "git@github.com:org/r"
+        );
         assert_eq!(branch_of_ref("refs/tags/v1"), None);
     }
 

@@ -1,5 +1,237 @@
-//! The materials context (the materials issue): git materials polled by the server. So far
-//! the git program's side (`git.rs`): a mirror per repository and branch, fetched, and the
-//! commits since the last revision read from it.
+//! The materials context (the materials issue): git materials polled by the server. Every
+//! git material of the config is grouped by its fingerprint (repository and branch), so
+//! pipelines sharing one share its poll; a poll (`git.rs`) fetches into a mirror under the
+//! data dir and reads the commits since the last revision; its outcome is stored (`GET
+//! /api/materials`), and a new revision triggers each pipeline using the material whose
+//! filter lets the changed files through and that is not paused. Polls run a few at a time,
+//! each within a timeout; a failing one is stored and retried next round, never blocking
+//! the others.
 
 pub mod git;
+mod sqlite;
+pub(crate) mod store;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use self::git::{Polled, Remote};
+use self::store::MaterialRow;
+use crate::config_sources::Snapshot;
+use crate::db::{Db, now_millis};
+use crate::domain::material::{FileFilter, Fingerprint, without_credentials};
+use crate::domain::pipeline_config::MaterialSource;
+use crate::error::{Error, Result};
+use crate::pipelines::{CHANGES, Pipelines};
+
+/// How many repositories are polled at once.
+const PARALLEL_POLLS: usize = 4;
+/// How long one poll may take before its git is killed.
+const POLL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// One polled repository and branch, and the pipelines that use it.
+#[derive(Debug, Clone)]
+pub struct Polling {
+    pub fingerprint: Fingerprint,
+    pub remote: Remote,
+    /// Polled unless every material on it says `auto_update: false`.
+    pub auto_update: bool,
+    pub users: Vec<User>,
+}
+
+/// A pipeline's material on a polled repository.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub pipeline: String,
+    pub material: String,
+    pub filter: FileFilter,
+}
+
+/// A polled material as `GET /api/materials` shows it.
+#[derive(Debug, Clone)]
+pub struct MaterialView {
+    pub fingerprint: String,
+    pub url: String,
+    pub branch: String,
+    pub pipelines: Vec<String>,
+    pub last_revision: Option<String>,
+    pub last_polled_at: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// The git materials of `snapshot`, one per fingerprint, in fingerprint order.
+pub fn pollings(snapshot: &Snapshot) -> Vec<Polling> {
+    let mut by_fingerprint: BTreeMap<Fingerprint, Polling> = BTreeMap::new();
+    for pipeline in snapshot.pipelines() {
+        for material in &pipeline.materials {
+            let MaterialSource::Git(git) = &material.source else {
+                continue;
+            };
+            let Ok(filter) = FileFilter::new(&git.ignore, &git.includes) else {
+                continue; // refused when the config was read
+            };
+            let fingerprint = Fingerprint::of_git(&git.url, &git.branch);
+            let polling = by_fingerprint
+                .entry(fingerprint.clone())
+                .or_insert_with(|| Polling {
+                    fingerprint,
+                    remote: Remote {
+                        url: git.url.clone(),
+                        branch: git.branch.clone(),
+                        username: git.username.clone(),
+                        password: git.password.clone(),
+                    },
+                    auto_update: false,
+                    users: Vec::new(),
+                });
+            polling.auto_update |= git.auto_update;
+            polling.users.push(User {
+                pipeline: pipeline.name.clone(),
+                material: material.name.clone(),
+                filter,
+            });
+        }
+    }
+    by_fingerprint.into_values().collect()
+}
+
+#[derive(Clone)]
+pub struct Materials {
+    db: Db,
+    pipelines: Pipelines,
+    mirrors: PathBuf,
+}
+
+impl Materials {
+    /// Mirrors go under `data_dir/materials`.
+    pub fn new(db: Db, pipelines: Pipelines, data_dir: &std::path::Path) -> Materials {
+        Materials {
+            db,
+            pipelines,
+            mirrors: data_dir.join("materials"),
+        }
+    }
+
+    /// Polls every auto-updating material once, a few at a time, and triggers what changed.
+    pub async fn poll_all(&self) -> Result<()> {
+        let snapshot = self.pipelines.configs().snapshot();
+        let due: Vec<Polling> = pollings(&snapshot)
+            .into_iter()
+            .filter(|p| p.auto_update)
+            .collect();
+        let outcomes: Vec<Result<()>> = futures::stream::iter(due)
+            .map(|polling| async move { self.poll_one(&polling).await })
+            .buffer_unordered(PARALLEL_POLLS)
+            .collect()
+            .await;
+        for outcome in outcomes {
+            if let Err(error) = outcome {
+                tracing::warn!(%error, "a material poll could not be stored");
+            }
+        }
+        Ok(())
+    }
+
+    async fn poll_one(&self, polling: &Polling) -> Result<()> {
+        let fingerprint = polling.fingerprint.as_str();
+        let known = {
+            let mut read = self.db.reader().await?;
+            store::last_revision(read.conn(), fingerprint).await?
+        };
+        let mirror = git::mirror_dir(&self.mirrors, fingerprint);
+        let outcome = git::poll(&polling.remote, &mirror, known.as_deref(), POLL_TIMEOUT).await;
+        let mut row = MaterialRow {
+            fingerprint: fingerprint.to_string(),
+            url: without_credentials(&polling.remote.url),
+            branch: polling.remote.branch.clone(),
+            last_revision: known.clone(),
+            last_polled_at: Some(now_millis()),
+            error: None,
+        };
+        let polled = match outcome {
+            Ok(polled) => polled,
+            Err(error) => {
+                tracing::info!(url = %row.url, branch = %row.branch, "material poll failed: {error}");
+                row.error = Some(error);
+                let mut tx = self.db.begin().await?;
+                store::record_error(tx.conn(), &row).await?;
+                return tx.commit().await;
+            }
+        };
+        row.last_revision = Some(polled.revision.clone());
+        let mut tx = self.db.begin().await?;
+        store::record_revision(tx.conn(), &row, &polled.modifications).await?;
+        tx.commit().await?;
+        if known.as_deref() != Some(polled.revision.as_str()) {
+            self.trigger_users(polling, known.is_none(), &polled)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A new revision triggers each pipeline using it whose filter lets one of the changed
+    /// files through; a first poll (nothing known yet) triggers those that never ran.
+    async fn trigger_users(&self, polling: &Polling, first: bool, polled: &Polled) -> Result<()> {
+        let files: Vec<String> = polled
+            .modifications
+            .iter()
+            .flat_map(|m| m.files.iter().cloned())
+            .collect();
+        for user in &polling.users {
+            if first {
+                let (_, total) = self.pipelines.history(&user.pipeline, 0, 1).await?;
+                if total > 0 {
+                    continue;
+                }
+            } else if !user.filter.triggers(&files) {
+                tracing::info!(pipeline = %user.pipeline, "changes only to filtered files: not triggered");
+                continue;
+            }
+            match self
+                .pipelines
+                .trigger(&user.pipeline, CHANGES, BTreeMap::new())
+                .await
+            {
+                Ok(counter) => {
+                    tracing::info!(pipeline = %user.pipeline, counter, revision = %polled.revision, "triggered by a new revision")
+                }
+                // Paused or locked: not triggered, as GoCD; the next new revision tries again.
+                Err(Error::Conflict(why)) => {
+                    tracing::info!(pipeline = %user.pipeline, "not triggered: {why}")
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every git material of the config with its last poll, in URL order.
+    pub async fn list(&self) -> Result<Vec<MaterialView>> {
+        let snapshot = self.pipelines.configs().snapshot();
+        let mut read = self.db.reader().await?;
+        let rows: BTreeMap<String, MaterialRow> = store::all(read.conn())
+            .await?
+            .into_iter()
+            .map(|r| (r.fingerprint.clone(), r))
+            .collect();
+        let mut views: Vec<MaterialView> = pollings(&snapshot)
+            .into_iter()
+            .map(|polling| {
+                let row = rows.get(polling.fingerprint.as_str());
+                MaterialView {
+                    fingerprint: polling.fingerprint.to_string(),
+                    url: without_credentials(&polling.remote.url),
+                    branch: polling.remote.branch.clone(),
+                    pipelines: polling.users.iter().map(|u| u.pipeline.clone()).collect(),
+                    last_revision: row.and_then(|r| r.last_revision.clone()),
+                    last_polled_at: row.and_then(|r| r.last_polled_at),
+                    error: row.and_then(|r| r.error.clone()),
+                }
+            })
+            .collect();
+        views.sort_by(|a, b| (&a.url, &a.branch).cmp(&(&b.url, &b.branch)));
+        Ok(views)
+    }
+}

@@ -16,6 +16,7 @@ mod helpers;
 mod jobs;
 mod lifecycle;
 mod live_views;
+mod materials;
 mod pipelines;
 mod pipelines_agent;
 mod registration;

@@ -7,6 +7,7 @@ mod config;
 pub mod events;
 mod gocd_pipelines;
 mod jobs;
+mod materials;
 mod meta;
 mod pipelines;
 
@@ -34,6 +35,7 @@ pub fn router() -> Routes {
         .merge(audit::router())
         .merge(config::router())
         .merge(pipelines::router())
+        .merge(materials::router())
         .merge(gocd_pipelines::router())
         .merge(remoting::router())
         .merge(events::router())

@@ -1,0 +1,104 @@
+//! The materials store on SQLite: every statement that touches `materials` and
+//! `modifications`. Binds are `$1, $2, …` in order of first appearance, as in the other stores.
+
+use sqlx::SqliteConnection;
+use sqlx::types::Json;
+
+use super::store::MaterialRow;
+use crate::domain::material::Modification;
+use crate::error::Result;
+
+type Row = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+);
+
+fn row((fingerprint, url, branch, last_revision, last_polled_at, error): Row) -> MaterialRow {
+    MaterialRow {
+        fingerprint,
+        url,
+        branch,
+        last_revision,
+        last_polled_at,
+        error,
+    }
+}
+
+pub async fn all(conn: &mut SqliteConnection) -> Result<Vec<MaterialRow>> {
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT fingerprint, url, branch, last_revision, last_polled_at, error FROM materials \
+         ORDER BY url, branch",
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(row).collect())
+}
+
+pub async fn last_revision(
+    conn: &mut SqliteConnection,
+    fingerprint: &str,
+) -> Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT last_revision FROM materials WHERE fingerprint = $1")
+            .bind(fingerprint)
+            .fetch_optional(conn)
+            .await?
+            .flatten(),
+    )
+}
+
+pub async fn record_revision(
+    conn: &mut SqliteConnection,
+    row: &MaterialRow,
+    modifications: &[Modification],
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO materials (fingerprint, url, branch, last_revision, last_polled_at, error) \
+         VALUES ($1, $2, $3, $4, $5, NULL) \
+         ON CONFLICT (fingerprint) DO UPDATE SET url = $2, branch = $3, last_revision = $4, \
+         last_polled_at = $5, error = NULL",
+    )
+    .bind(&row.fingerprint)
+    .bind(&row.url)
+    .bind(&row.branch)
+    .bind(&row.last_revision)
+    .bind(row.last_polled_at)
+    .execute(&mut *conn)
+    .await?;
+    for m in modifications {
+        sqlx::query(
+            "INSERT INTO modifications (fingerprint, revision, author, committed_at, message, files) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (fingerprint, revision) DO NOTHING",
+        )
+        .bind(&row.fingerprint)
+        .bind(&m.revision)
+        .bind(&m.author)
+        .bind(m.time)
+        .bind(&m.message)
+        .bind(Json(&m.files))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+pub async fn record_error(conn: &mut SqliteConnection, row: &MaterialRow) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO materials (fingerprint, url, branch, last_polled_at, error) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (fingerprint) DO UPDATE SET url = $2, branch = $3, last_polled_at = $4, \
+         error = $5",
+    )
+    .bind(&row.fingerprint)
+    .bind(&row.url)
+    .bind(&row.branch)
+    .bind(row.last_polled_at)
+    .bind(&row.error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

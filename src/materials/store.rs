@@ -1,0 +1,40 @@
+//! The materials store: what the materials context asks of the database, whichever backend
+//! it is. Each function hands its connection to the same-named function of `sqlite.rs`.
+
+use super::sqlite;
+use crate::db::{Conn, backend};
+use crate::domain::material::Modification;
+use crate::error::Result;
+
+/// A polled material as stored: the last poll's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaterialRow {
+    pub fingerprint: String,
+    pub url: String,
+    pub branch: String,
+    pub last_revision: Option<String>,
+    pub last_polled_at: Option<i64>,
+    pub error: Option<String>,
+}
+
+pub async fn all(conn: Conn<'_>) -> Result<Vec<MaterialRow>> {
+    backend!(conn, all())
+}
+
+pub async fn last_revision(conn: Conn<'_>, fingerprint: &str) -> Result<Option<String>> {
+    backend!(conn, last_revision(fingerprint))
+}
+
+/// A poll that worked: the head it found and the commits new to it.
+pub async fn record_revision(
+    conn: Conn<'_>,
+    row: &MaterialRow,
+    modifications: &[Modification],
+) -> Result<()> {
+    backend!(conn, record_revision(row, modifications))
+}
+
+/// A poll that failed: its error, the last good revision kept.
+pub async fn record_error(conn: Conn<'_>, row: &MaterialRow) -> Result<()> {
+    backend!(conn, record_error(row))
+}

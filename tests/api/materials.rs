@@ -1,0 +1,155 @@
+//! Git materials polled by the server, against real repositories made in temp dirs: the
+//! first poll triggers the pipelines that never ran, a commit triggers those whose filter
+//! lets its files through, pipelines sharing a repository share one poll, and a repository
+//! that cannot be read shows its error without holding the others up.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::{Api, eventually, spawn_app_with};
+
+/// `git` in `dir`, with a fixed identity.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let output = std::process::Command::new("git")
+        .args(["-c", "user.name=Ann", "-c", "user.email=ann@example.com"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// Commits `file` (made or changed) and answers the new revision.
+pub fn commit(repo: &Path, file: &str, message: &str) -> String {
+    let path = repo.join(file);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, format!("{message}\n")).unwrap();
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "--quiet", "-m", message]);
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+pub fn new_repo(dir: &Path) -> std::path::PathBuf {
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "--quiet", "--initial-branch=main"]);
+    repo
+}
+
+async fn instances(api: &Api, pipeline: &str) -> i64 {
+    let history = api
+        .get(&format!("/go/api/pipelines/{pipeline}/history"))
+        .await
+        .expect(200);
+    history["pagination"]["total"].as_i64().unwrap()
+}
+
+async fn materials(api: &Api) -> Vec<Value> {
+    api.get("/api/materials").await.expect(200)["materials"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test]
+async fn commits_trigger_the_pipelines_whose_materials_they_change() {
+    let work = tempfile::tempdir().unwrap();
+    let repo = new_repo(work.path());
+    let first = commit(&repo, "src/a.rs", "first");
+    let app = spawn_app_with(|c| c.material_poll_interval = Duration::from_millis(300)).await;
+    let yaml = format!(
+        r#"format_version: 10
+pipelines:
+  app:
+    group: shop
+    materials:
+      code:
+        git: file://{repo}
+        branch: main
+        ignore: ["docs/**"]
+    stages:
+      - build: {{tasks: [{{exec: {{command: make}}}}]}}
+  site:
+    group: shop
+    materials:
+      code:
+        git: {repo}/
+        branch: main
+        includes: ["docs/**"]
+    stages:
+      - publish: {{tasks: [{{exec: {{command: make}}}}]}}
+  lost:
+    group: shop
+    materials:
+      code:
+        git: file://{missing}
+        branch: main
+    stages:
+      - build: {{tasks: [{{exec: {{command: make}}}}]}}
+"#,
+        repo = repo.display(),
+        missing = work.path().join("no-such-repo").display(),
+    );
+    app.put_config("shop", &yaml).await.expect(201);
+
+    // The first poll: pipelines that never ran start from the head.
+    eventually("the first poll triggers app and site", || async {
+        (instances(&app, "app").await == 1 && instances(&app, "site").await == 1).then_some(())
+    })
+    .await;
+    let listed = eventually("both repositories polled", || async {
+        let listed = materials(&app).await;
+        listed
+            .iter()
+            .all(|m| m["last_polled_at"].is_string())
+            .then_some(listed)
+    })
+    .await;
+    assert_eq!(listed.len(), 2, "one material per repository: {listed:?}");
+    let shared = listed
+        .iter()
+        .find(|m| m["pipelines"].as_array().unwrap().len() == 2)
+        .expect("app and site share one poll");
+    assert_eq!(shared["last_revision"], first.as_str());
+    assert_eq!(shared["branch"], "main");
+    assert!(shared.get("error").is_none(), "{shared}");
+    let lost = listed.iter().find(|m| m["pipelines"][0] == "lost").unwrap();
+    assert!(lost["error"].is_string(), "{lost}");
+    assert!(lost["last_revision"].is_null());
+    assert_eq!(instances(&app, "lost").await, 0);
+
+    // A change to docs only: site (includes docs) runs, app (ignores docs) does not.
+    commit(&repo, "docs/guide.md", "docs");
+    eventually("site runs for the docs", || async {
+        (instances(&app, "site").await == 2).then_some(())
+    })
+    .await;
+    assert_eq!(instances(&app, "app").await, 1, "app ignores docs/**");
+    // A change to the code: app runs, site does not.
+    let code = commit(&repo, "src/b.rs", "code");
+    eventually("app runs for the code", || async {
+        (instances(&app, "app").await == 2).then_some(())
+    })
+    .await;
+    let shared = eventually("the new head recorded", || async {
+        materials(&app)
+            .await
+            .into_iter()
+            .find(|m| m["last_revision"] == code.as_str())
+    })
+    .await;
+    assert_eq!(shared["pipelines"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        instances(&app, "site").await,
+        2,
+        "site includes docs/** only"
+    );
+    assert_eq!(instances(&app, "lost").await, 0);
+}
