@@ -3,6 +3,8 @@
 //! modifications a poll finds; and whether a change to some files should trigger, by the
 //! material's `ignore` and `includes` patterns (Ant-style, as GoCD's).
 
+use std::collections::BTreeMap;
+
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -109,6 +111,57 @@ pub struct Modification {
     pub files: Vec<String>,
 }
 
+/// What an instance was built from, for one git material: the revision it runs, where the
+/// agent checks it out, and what the instance before it ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaterialRevision {
+    /// The material's name in the pipeline.
+    pub material: String,
+    pub fingerprint: Fingerprint,
+    /// Credentials removed; the agent gets them from the config when it checks out.
+    pub url: String,
+    pub branch: String,
+    pub destination: Option<String>,
+    pub shallow: bool,
+    pub revision: String,
+    /// The oldest commit new since the previous instance (`revision` when none is known).
+    pub from_revision: String,
+    /// Whether it differs from the previous instance's (true for the first instance).
+    pub changed: bool,
+}
+
+/// GoCD's variables for an instance's materials: `GO_REVISION_<NAME>`,
+/// `GO_FROM_REVISION_<NAME>`, `GO_TO_REVISION_<NAME>`, `GO_MATERIAL_<NAME>_HAS_CHANGED`, and
+/// `GO_REVISION` when there is one material. A name is upper-cased, anything but letters and
+/// digits an underscore.
+pub fn revision_variables(revisions: &[MaterialRevision]) -> BTreeMap<String, String> {
+    let mut variables = BTreeMap::new();
+    for r in revisions {
+        let name: String = r
+            .material
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        variables.insert(format!("GO_REVISION_{name}"), r.revision.clone());
+        variables.insert(format!("GO_TO_REVISION_{name}"), r.revision.clone());
+        variables.insert(format!("GO_FROM_REVISION_{name}"), r.from_revision.clone());
+        variables.insert(
+            format!("GO_MATERIAL_{name}_HAS_CHANGED"),
+            r.changed.to_string(),
+        );
+    }
+    if let [only] = revisions {
+        variables.insert("GO_REVISION".into(), only.revision.clone());
+    }
+    variables
+}
+
 /// A material's `ignore` and `includes` patterns, compiled. Ant-style, as GoCD reads them:
 /// `*` and `?` stay within one folder, `**` spans any number, and a pattern ending in `/`
 /// means everything under that folder.
@@ -209,6 +262,30 @@ mod tests {
             "git@github.com:org/r"
         );
         assert_eq!(branch_of_ref("refs/tags/v1"), None);
+    }
+
+    #[test]
+    fn revisions_give_gocds_variables() {
+        let revision = |material: &str, changed| MaterialRevision {
+            material: material.into(),
+            fingerprint: Fingerprint::of_git("/r", "main"),
+            url: "/r".into(),
+            branch: "main".into(),
+            destination: None,
+            shallow: false,
+            revision: format!("{material}-new"),
+            from_revision: format!("{material}-old"),
+            changed,
+        };
+        let one = revision_variables(&[revision("my-code", true)]);
+        assert_eq!(one["GO_REVISION"], "my-code-new");
+        assert_eq!(one["GO_REVISION_MY_CODE"], "my-code-new");
+        assert_eq!(one["GO_TO_REVISION_MY_CODE"], "my-code-new");
+        assert_eq!(one["GO_FROM_REVISION_MY_CODE"], "my-code-old");
+        assert_eq!(one["GO_MATERIAL_MY_CODE_HAS_CHANGED"], "true");
+        let two = revision_variables(&[revision("a", true), revision("b", false)]);
+        assert!(!two.contains_key("GO_REVISION"), "only with one material");
+        assert_eq!(two["GO_MATERIAL_B_HAS_CHANGED"], "false");
     }
 
     fn files(names: &[&str]) -> Vec<String> {

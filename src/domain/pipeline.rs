@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::job_run::{JobResult, JobState};
+use super::material::{MaterialRevision, revision_variables};
 use super::pipeline_config::{JobConfig, PipelineConfig, RunInstances, StageConfig};
 
 /// A stage as the dashboard shows it (CONTRACT.md's `data-status`).
@@ -230,6 +231,8 @@ pub struct InstanceFacts {
     pub environment_variables: BTreeMap<String, String>,
     /// Given when the instance was triggered; they override the pipeline's.
     pub trigger_variables: BTreeMap<String, String>,
+    /// GoCD's `GO_REVISION…` variables of the instance's materials (the server's: they win).
+    pub material_variables: BTreeMap<String, String>,
 }
 
 /// The job runs `stage` of `plan` schedules, in the order the config lists its jobs.
@@ -249,6 +252,7 @@ pub fn plan_jobs<'a>(
         variables.extend(facts.trigger_variables.clone());
         variables.extend(stage.environment_variables.clone());
         variables.extend(job.environment_variables.clone());
+        variables.extend(facts.material_variables.clone());
         variables.insert("GO_PIPELINE_LABEL".into(), facts.label.clone());
         variables.insert("GO_TRIGGER_USER".into(), facts.trigger_user.clone());
         if let Some(environment) = &facts.environment {
@@ -320,6 +324,8 @@ pub struct PipelineInstance {
     pub environment_variables: BTreeMap<String, String>,
     pub trigger_variables: BTreeMap<String, String>,
     pub created_at: i64,
+    /// What it was built from: per git material, its revision (the build cause).
+    pub material_revisions: Vec<MaterialRevision>,
 }
 
 impl PipelineInstance {
@@ -330,6 +336,7 @@ impl PipelineInstance {
             environment: self.environment.clone(),
             environment_variables: self.environment_variables.clone(),
             trigger_variables: self.trigger_variables.clone(),
+            material_variables: revision_variables(&self.material_revisions),
         }
     }
 }
@@ -587,6 +594,7 @@ mod tests {
                 ("P".into(), "env".into()),
             ]),
             trigger_variables: BTreeMap::from([("P".into(), "trigger".into())]),
+            material_variables: BTreeMap::from([("GO_REVISION".into(), "abc".into())]),
         };
         let jobs = plan_jobs(&p, &s, &facts, |_| vec![]);
         let names: Vec<_> = jobs.iter().map(|j| j.name.as_str()).collect();
@@ -601,6 +609,7 @@ mod tests {
         assert_eq!(vars["GO_PIPELINE_LABEL"], "7");
         assert_eq!(vars["GO_TRIGGER_USER"], "alice");
         assert_eq!(vars["GO_ENVIRONMENT_NAME"], "prod");
+        assert_eq!(vars["GO_REVISION"], "abc");
         assert!(
             !jobs[2]
                 .environment_variables

@@ -701,8 +701,8 @@ fn read_environments(reader: &mut Reader, node: &Node) -> Vec<EnvironmentConfig>
 }
 
 /// The values a label template names, as GoCD checks them: `${COUNT}`, or a material of the
-/// pipeline (else an error, as GoCD's). A git or other SCM material's revision is empty until
-/// ferrocd polls materials, and `${env:NAME}` is not read yet: warnings.
+/// pipeline (else an error, as GoCD's). A non-git SCM material's revision is empty (ferrocd
+/// polls git only), and `${env:NAME}` is not read yet: warnings.
 fn check_label_template(
     reader: &mut Reader,
     fields: &Fields,
@@ -742,13 +742,20 @@ fn check_label_template(
                     }
                 ),
             ),
-            Some(m) if !matches!(m.source, MaterialSource::Dependency { .. }) => reader.warn(
+            Some(m)
+                if !matches!(
+                    m.source,
+                    MaterialSource::Dependency { .. } | MaterialSource::Git(_)
+                ) =>
+            {
+                reader.warn(
                 &path,
                 line,
-                format!(
-                    "${{{name}}}: material {name}'s revision is empty until ferrocd polls materials"
-                ),
-            ),
+                    format!(
+                        "${{{name}}}: material {name}'s revision is empty: ferrocd polls git materials only"
+                    ),
+                )
+            }
             Some(_) => {}
         }
     }

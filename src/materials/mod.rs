@@ -20,9 +20,9 @@ use futures::StreamExt;
 use self::git::{Polled, Remote};
 use self::store::MaterialRow;
 use crate::config_sources::Snapshot;
-use crate::db::{Db, now_millis};
-use crate::domain::material::{FileFilter, Fingerprint, without_credentials};
-use crate::domain::pipeline_config::MaterialSource;
+use crate::db::{Db, WriteTx, now_millis};
+use crate::domain::material::{FileFilter, Fingerprint, MaterialRevision, without_credentials};
+use crate::domain::pipeline_config::{MaterialSource, PipelineConfig};
 use crate::error::{Error, Result};
 use crate::pipelines::{CHANGES, Pipelines};
 
@@ -95,6 +95,52 @@ pub fn pollings(snapshot: &Snapshot) -> Vec<Polling> {
         }
     }
     by_fingerprint.into_values().collect()
+}
+
+/// The revisions a new instance of `config` runs (called inside the write that creates it):
+/// per git material, the newest revision polled (a material never polled yet is left out),
+/// against `previous`, the revisions of the pipeline's latest instance.
+pub(crate) async fn revisions_in(
+    tx: &mut WriteTx,
+    config: &PipelineConfig,
+    previous: &[MaterialRevision],
+) -> Result<Vec<MaterialRevision>> {
+    let mut revisions = Vec::new();
+    for material in &config.materials {
+        let MaterialSource::Git(git) = &material.source else {
+            continue;
+        };
+        let fingerprint = Fingerprint::of_git(&git.url, &git.branch);
+        let Some(revision) = store::last_revision(tx.conn(), fingerprint.as_str()).await? else {
+            continue;
+        };
+        let before = previous
+            .iter()
+            .find(|r| {
+                r.material.eq_ignore_ascii_case(&material.name) && r.fingerprint == fingerprint
+            })
+            .map(|r| r.revision.clone());
+        let from_revision = match &before {
+            Some(before) if *before != revision => {
+                store::first_after(tx.conn(), fingerprint.as_str(), before)
+                    .await?
+                    .unwrap_or_else(|| revision.clone())
+            }
+            _ => revision.clone(),
+        };
+        revisions.push(MaterialRevision {
+            material: material.name.clone(),
+            fingerprint,
+            url: without_credentials(&git.url),
+            branch: git.branch.clone(),
+            destination: git.destination.clone(),
+            shallow: git.shallow_clone,
+            changed: before.as_deref() != Some(revision.as_str()),
+            revision,
+            from_revision,
+        });
+    }
+    Ok(revisions)
 }
 
 #[derive(Clone)]

@@ -102,3 +102,19 @@ pub async fn record_error(conn: &mut SqliteConnection, row: &MaterialRow) -> Res
     .await?;
     Ok(())
 }
+
+pub async fn first_after(
+    conn: &mut SqliteConnection,
+    fingerprint: &str,
+    revision: &str,
+) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT revision FROM modifications WHERE fingerprint = $1 AND id > \
+         (SELECT id FROM modifications WHERE fingerprint = $1 AND revision = $2) \
+         ORDER BY id LIMIT 1",
+    )
+    .bind(fingerprint)
+    .bind(revision)
+    .fetch_optional(conn)
+    .await?)
+}

@@ -38,3 +38,12 @@ pub async fn record_revision(
 pub async fn record_error(conn: Conn<'_>, row: &MaterialRow) -> Result<()> {
     backend!(conn, record_error(row))
 }
+
+/// The revision of the first commit found after `revision` (the oldest new one), if known.
+pub async fn first_after(
+    conn: Conn<'_>,
+    fingerprint: &str,
+    revision: &str,
+) -> Result<Option<String>> {
+    backend!(conn, first_after(fingerprint, revision))
+}

@@ -793,7 +793,16 @@ async fn trigger_in(
         )));
     };
     let counter = store::next_counter(tx.conn(), &config.name).await?;
-    let labels = material_labels(tx, config, upstream).await?;
+    let (latest, _) = store::history(tx.conn(), &config.name, 0, 1).await?;
+    let previous = latest
+        .first()
+        .map(|i| i.material_revisions.as_slice())
+        .unwrap_or_default();
+    let material_revisions = crate::materials::revisions_in(tx, config, previous).await?;
+    let mut labels = material_labels(tx, config, upstream).await?;
+    for r in &material_revisions {
+        labels.insert(r.material.clone(), r.revision.clone());
+    }
     let label = render_label(&config.label_template, counter, &labels);
     let environment = snapshot.environment_of(&config.name);
     let environment_variables = environment
@@ -811,6 +820,7 @@ async fn trigger_in(
             environment_variables: &environment_variables,
             trigger_variables: &variables,
             now: now_millis(),
+            material_revisions: &material_revisions,
         },
     )
     .await?;
@@ -824,8 +834,9 @@ async fn trigger_in(
     Ok(counter)
 }
 
-/// The labels `${material}` gives: a dependency material's upstream label (the triggering
-/// instance's, or the newest instance whose stage passed); other materials have none yet.
+/// The labels `${material}` gives of dependency materials: the upstream label (the
+/// triggering instance's, or the newest instance whose stage passed). A git material's is
+/// its revision (the caller's).
 async fn material_labels(
     tx: &mut WriteTx,
     config: &PipelineConfig,

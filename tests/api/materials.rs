@@ -153,3 +153,69 @@ pipelines:
     );
     assert_eq!(instances(&app, "lost").await, 0);
 }
+
+/// An instance records the revision of each git material it runs and whether it changed, its
+/// jobs get GoCD's revision variables, and `${material}` labels are the revision.
+#[tokio::test]
+async fn an_instance_runs_the_revisions_it_was_triggered_with() {
+    let work = tempfile::tempdir().unwrap();
+    let repo = new_repo(work.path());
+    let first = commit(&repo, "src/a.rs", "first");
+    let app = spawn_app_with(|c| c.material_poll_interval = Duration::from_millis(300)).await;
+    let yaml = format!(
+        r#"format_version: 10
+pipelines:
+  app:
+    group: shop
+    label_template: "${{COUNT}}-${{my-code[:7]}}"
+    materials:
+      my-code:
+        git: {repo}
+        branch: main
+    stages:
+      - build: {{tasks: [{{exec: {{command: make}}}}]}}
+"#,
+        repo = repo.display(),
+    );
+    app.put_config("shop", &yaml).await.expect(201);
+    let agent = app.register_enabled("builder").await;
+    eventually("the first poll triggers app", || async {
+        (instances(&app, "app").await == 1).then_some(())
+    })
+    .await;
+    let instance = app
+        .get("/go/api/pipelines/app/instance/1")
+        .await
+        .expect(200);
+    assert_eq!(instance["label"], format!("1-{}", &first[..7]));
+    let cause = &instance["build_cause"]["material_revisions"][0];
+    assert_eq!(cause["material"]["name"], "my-code");
+    assert_eq!(cause["changed"], true);
+    assert_eq!(cause["modifications"][0]["revision"], first.as_str());
+    let work1 = crate::pipelines::finish_next(&app, &agent, "Passed").await;
+    let vars = &work1["environment_variables"];
+    assert_eq!(vars["GO_REVISION"], first.as_str());
+    assert_eq!(vars["GO_REVISION_MY_CODE"], first.as_str());
+    assert_eq!(vars["GO_MATERIAL_MY_CODE_HAS_CHANGED"], "true");
+
+    let second = commit(&repo, "src/b.rs", "second");
+    let third = commit(&repo, "src/c.rs", "third");
+    eventually("the commits trigger instance 2", || async {
+        (instances(&app, "app").await == 2).then_some(())
+    })
+    .await;
+    let work2 = crate::pipelines::finish_next(&app, &agent, "Passed").await;
+    let vars = &work2["environment_variables"];
+    assert_eq!(vars["GO_TO_REVISION_MY_CODE"], third.as_str());
+    assert_eq!(
+        vars["GO_FROM_REVISION_MY_CODE"],
+        second.as_str(),
+        "the oldest new commit"
+    );
+    // A trigger by hand with nothing new runs the same revision, unchanged.
+    crate::pipelines::trigger(&app, "app").await;
+    let work3 = crate::pipelines::finish_next(&app, &agent, "Passed").await;
+    let vars = &work3["environment_variables"];
+    assert_eq!(vars["GO_REVISION"], third.as_str());
+    assert_eq!(vars["GO_MATERIAL_MY_CODE_HAS_CHANGED"], "false");
+}

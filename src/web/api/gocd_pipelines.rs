@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::{ApiQuery, pipeline_counter};
 use crate::AppState;
 use crate::domain::job_run::JobRun;
+use crate::domain::material::MaterialRevision;
 use crate::domain::pipeline::StageSummary;
 use crate::domain::pipeline_config::PipelineConfig;
 use crate::error::Result;
@@ -216,9 +217,24 @@ pub fn instance_json(view: &InstanceView) -> Value {
             "trigger_message": trigger_message(&instance.triggered_by),
             "trigger_forced": instance.triggered_by != crate::pipelines::CHANGES,
             "approver": if instance.triggered_by == crate::pipelines::CHANGES { "" } else { instance.triggered_by.as_str() },
-            "material_revisions": [],
+            "material_revisions": instance.material_revisions.iter().map(material_revision_json).collect::<Vec<_>>(),
         },
         "stages": view.stages.iter().map(|s| stage_summary_json(&instance.plan, s)).collect::<Vec<_>>(),
+    })
+}
+
+/// One material of a build cause in GoCD's shape; its modifications so far only the
+/// revision the instance runs.
+fn material_revision_json(r: &MaterialRevision) -> Value {
+    json!({
+        "changed": r.changed,
+        "material": {
+            "name": r.material,
+            "fingerprint": r.fingerprint,
+            "type": "Git",
+            "description": format!("URL: {}, Branch: {}", r.url, r.branch),
+        },
+        "modifications": [{ "revision": r.revision }],
     })
 }
 
