@@ -419,8 +419,8 @@ impl Drop for ScriptFile {
     }
 }
 
-/// The job's sandbox (created, and emptied first with `clean_workspace`) and its tasks' extra
-/// environment.
+/// The job's sandbox (created, emptied first with `clean_workspace`, its git materials checked
+/// out at the instance's revisions) and its tasks' extra environment.
 async fn prepare(
     work: &Work,
     work_dir: &Path,
@@ -436,6 +436,9 @@ async fn prepare(
             .await;
         empty_dir(&sandbox)
             .map_err(|e| format!("cannot clean the sandbox {}: {e}", sandbox.display()))?;
+    }
+    for material in &work.materials {
+        super::checkout::checkout(material, &sandbox, console).await?;
     }
     Ok((sandbox, job_environment(work, server)))
 }

@@ -11,6 +11,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::domain::material::Checkout;
+
 /// A build's id as the server wrote it in `WORK` (a number per the contract; a string is
 /// tolerated), echoed back in pings exactly as received.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +161,9 @@ pub struct Work {
     pub tasks: Vec<Task>,
     #[serde(default)]
     pub environment_variables: serde_json::Map<String, Value>,
+    /// Git materials to check out into the sandbox before the tasks.
+    #[serde(default)]
+    pub materials: Vec<Checkout>,
 }
 
 /// What `POST /work` handed out.

@@ -49,6 +49,46 @@ pub fn normalized_url(url: &str) -> String {
     }
 }
 
+/// The git configuration that hands a command's credentials to git from its environment
+/// (`GIT_USERNAME_ENV`, `GIT_PASSWORD_ENV`), never from argv or the URL, which `ps` shows. The
+/// server's polls and the agent's checkouts both run git with these first.
+pub const GIT_CREDENTIAL_ARGS: [&str; 6] = [
+    "-c",
+    "credential.helper=",
+    "-c",
+    "credential.helper=!f() { test \"$1\" = get && echo \"username=${FERROCD_GIT_USERNAME}\" && echo \"password=${FERROCD_GIT_PASSWORD}\"; }; f",
+    "-c",
+    "core.askPass=",
+];
+pub const GIT_USERNAME_ENV: &str = "FERROCD_GIT_USERNAME";
+pub const GIT_PASSWORD_ENV: &str = "FERROCD_GIT_PASSWORD";
+
+/// A URL's user info taken out: the URL git is given, and the user and password it held
+/// (`https://bob:pw@host/r` → `https://host/r`, `bob`, `pw`). An explicit `username` and
+/// `password` win over these.
+pub fn split_credentials(url: &str) -> (String, Option<String>, Option<String>) {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            let userinfo = &rest[..at];
+            let (user, password) = match userinfo.split_once(':') {
+                Some((user, password)) => (user, Some(password.to_string())),
+                None => (userinfo, None),
+            };
+            // ssh's user (`ssh://git@host`) is part of the address, not a secret.
+            if scheme.eq_ignore_ascii_case("ssh") && password.is_none() {
+                return (url.to_string(), None, None);
+            }
+            return (
+                format!("{scheme}://{}", &rest[at + 1..]),
+                Some(user.to_string()).filter(|u| !u.is_empty()),
+                password,
+            );
+        }
+    }
+    (url.to_string(), None, None)
+}
+
 /// `url` as it may be shown: a `scheme://user:password@host/…` URL loses its user info.
 pub fn without_credentials(url: &str) -> String {
     if let Some((scheme, rest)) = url.split_once("://") {
@@ -128,6 +168,22 @@ pub struct MaterialRevision {
     pub from_revision: String,
     /// Whether it differs from the previous instance's (true for the first instance).
     pub changed: bool,
+}
+
+/// What an agent checks out before a job's tasks: one git material at the instance's
+/// revision, with the credentials of the material as configured now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkout {
+    pub material: String,
+    /// Credentials removed (they travel in `username` and `password`).
+    pub url: String,
+    pub branch: String,
+    pub revision: String,
+    /// Relative to the job's sandbox; `None`: the sandbox itself.
+    pub destination: Option<String>,
+    pub shallow: bool,
+    pub username: Option<String>,
+    pub password: Option<String>,
 }
 
 /// GoCD's variables for an instance's materials: `GO_REVISION_<NAME>`,

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use crate::domain::material::Modification;
+use crate::domain::material::{
+    GIT_CREDENTIAL_ARGS, GIT_PASSWORD_ENV, GIT_USERNAME_ENV, Modification, split_credentials,
+};
 
 /// At most this many commits are read per poll (a first poll reads only the newest).
 pub const MAX_MODIFICATIONS: usize = 100;
@@ -18,10 +20,30 @@ pub const MAX_MODIFICATIONS: usize = 100;
 /// A repository and branch to poll, with what git needs to reach it.
 #[derive(Debug, Clone)]
 pub struct Remote {
+    // `url` holds no credentials: `Remote::new` takes them out into the fields below.
     pub url: String,
     pub branch: String,
     pub username: Option<String>,
     pub password: Option<String>,
+}
+
+impl Remote {
+    /// Credentials in the URL's user info move to `username`/`password` (explicit ones win),
+    /// so they reach git through its environment only.
+    pub fn new(
+        url: &str,
+        branch: &str,
+        username: Option<String>,
+        password: Option<String>,
+    ) -> Remote {
+        let (url, url_user, url_password) = split_credentials(url);
+        Remote {
+            url,
+            branch: branch.to_string(),
+            username: username.or(url_user),
+            password: password.or(url_password),
+        }
+    }
 }
 
 /// What a poll found: the branch's head and the commits since `known` (oldest first).
@@ -159,29 +181,15 @@ fn parse_log(log: &str) -> Vec<Modification> {
 /// credentials scrubbed out.
 async fn run(remote: &Remote, dir: Option<&Path>, args: &[&str]) -> Result<String, String> {
     let mut command = Command::new("git");
-    // The helper reads the credentials from the environment git passes on to it.
-    command.args([
-        "-c",
-        "credential.helper=",
-        "-c",
-        "credential.helper=!f() { test \"$1\" = get && echo \"username=${FERROCD_GIT_USERNAME}\" && echo \"password=${FERROCD_GIT_PASSWORD}\"; }; f",
-        "-c",
-        "core.askPass=",
-    ]);
+    command.args(GIT_CREDENTIAL_ARGS);
     command.args(args);
     if let Some(dir) = dir {
         command.current_dir(dir);
     }
     command
         .env("GIT_TERMINAL_PROMPT", "0")
-        .env(
-            "FERROCD_GIT_USERNAME",
-            remote.username.as_deref().unwrap_or(""),
-        )
-        .env(
-            "FERROCD_GIT_PASSWORD",
-            remote.password.as_deref().unwrap_or(""),
-        )
+        .env(GIT_USERNAME_ENV, remote.username.as_deref().unwrap_or(""))
+        .env(GIT_PASSWORD_ENV, remote.password.as_deref().unwrap_or(""))
         .env_remove("GIT_DIR")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);

@@ -77,12 +77,12 @@ pub fn pollings(snapshot: &Snapshot) -> Vec<Polling> {
                 .entry(fingerprint.clone())
                 .or_insert_with(|| Polling {
                     fingerprint,
-                    remote: Remote {
-                        url: git.url.clone(),
-                        branch: git.branch.clone(),
-                        username: git.username.clone(),
-                        password: git.password.clone(),
-                    },
+                    remote: Remote::new(
+                        &git.url,
+                        &git.branch,
+                        git.username.clone(),
+                        git.password.clone(),
+                    ),
                     auto_update: false,
                     users: Vec::new(),
                 });

@@ -16,6 +16,7 @@ use crate::config_sources::{ConfigSources, Snapshot};
 use crate::db::{Conn, Db, WriteTx, now_millis};
 use crate::domain::agent::ConfigState;
 use crate::domain::job_run::{JobRun, Requirements, Task};
+use crate::domain::material::{Checkout, Fingerprint, split_credentials};
 use crate::domain::pipeline::{
     AfterStage, InstanceFacts, PipelineInstance, StageRun, StageStatus, StageSummary, after_stage,
     is_running, may_run_stage, plan_jobs, render_label, stage_status, summarize_stages,
@@ -555,6 +556,54 @@ impl Pipelines {
             summary,
             jobs,
         })
+    }
+}
+
+impl Pipelines {
+    /// What the agent of `run` checks out first: its instance's git materials at their
+    /// revisions, with the credentials the config gives them now (a run of no instance, or
+    /// of an instance without git materials, none).
+    pub async fn checkouts(&self, run: &JobRun) -> Result<Vec<Checkout>> {
+        let mut read = self.db.reader().await?;
+        let Some(instance) =
+            store::instance(read.conn(), &run.pipeline_name, run.pipeline_counter).await?
+        else {
+            return Ok(Vec::new());
+        };
+        let snapshot = self.configs.snapshot();
+        let configured = snapshot.pipeline(&instance.pipeline_name);
+        Ok(instance
+            .material_revisions
+            .iter()
+            .map(|r| {
+                // The credentials of the same repository as configured now, if it still is.
+                let git = configured.and_then(|p| {
+                    p.materials.iter().find_map(|m| match &m.source {
+                        MaterialSource::Git(git)
+                            if m.name.eq_ignore_ascii_case(&r.material)
+                                && Fingerprint::of_git(&git.url, &git.branch) == r.fingerprint =>
+                        {
+                            Some(git)
+                        }
+                        _ => None,
+                    })
+                });
+                let (url, url_user, url_password) = match git {
+                    Some(git) => split_credentials(&git.url),
+                    None => (r.url.clone(), None, None),
+                };
+                Checkout {
+                    material: r.material.clone(),
+                    url,
+                    branch: r.branch.clone(),
+                    revision: r.revision.clone(),
+                    destination: r.destination.clone(),
+                    shallow: r.shallow,
+                    username: git.and_then(|g| g.username.clone()).or(url_user),
+                    password: git.and_then(|g| g.password.clone()).or(url_password),
+                }
+            })
+            .collect())
     }
 }
 

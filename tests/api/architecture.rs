@@ -71,7 +71,16 @@ fn named_rooms(code: &str) -> BTreeSet<String> {
     named
 }
 
-const CONTEXTS: [&str; 5] = ["accounts", "agents", "audit", "job_runs", "scheduler"];
+const CONTEXTS: [&str; 8] = [
+    "accounts",
+    "agents",
+    "audit",
+    "job_runs",
+    "scheduler",
+    "config_sources",
+    "pipelines",
+    "materials",
+];
 
 /// What `room` may not name; `None`: no rule.
 fn forbidden(room: &str) -> Option<Vec<&'static str>> {
@@ -86,6 +95,10 @@ fn forbidden(room: &str) -> Option<Vec<&'static str>> {
         "db",
         "error",
         "config",
+        "config_sources",
+        "pipelines",
+        "materials",
+        "gocd_yaml",
         "web",
         "agent_runtime",
         "AppState",
@@ -111,6 +124,9 @@ fn forbidden(room: &str) -> Option<Vec<&'static str>> {
             "agents",
             "job_runs",
             "scheduler",
+            "config_sources",
+            "pipelines",
+            "materials",
             "events",
             "db",
             "web",

@@ -219,3 +219,85 @@ pipelines:
     assert_eq!(vars["GO_REVISION"], third.as_str());
     assert_eq!(vars["GO_MATERIAL_MY_CODE_HAS_CHANGED"], "false");
 }
+
+/// A real `ferrocd agent` checks each instance out at its own revision before the tasks,
+/// reusing the clone the previous job left (a fetch and a checkout, not a fresh clone).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_checks_out_the_instances_revision() {
+    use crate::agent_runtime::{AgentProcess, KEY, registered_enabled};
+    let work = tempfile::tempdir().unwrap();
+    let repo = new_repo(work.path());
+    let first = commit(&repo, "src/a.rs", "first");
+    let app = spawn_app_with(|c| {
+        c.material_poll_interval = Duration::from_millis(300);
+        c.agent_registration_key = Some(KEY.into());
+    })
+    .await;
+    let yaml = format!(
+        r#"format_version: 10
+pipelines:
+  app:
+    group: shop
+    materials:
+      code:
+        git: {repo}
+        branch: main
+        destination: checkout
+    stages:
+      - build:
+          tasks:
+            - exec:
+                command: /bin/sh
+                arguments: [-c, "cd checkout && echo at $(git rev-parse HEAD) for $GO_REVISION_CODE && ls src && touch untracked-$GO_PIPELINE_COUNTER"]
+"#,
+        repo = repo.display(),
+    );
+    app.put_config("shop", &yaml).await.expect(201);
+    let agent_dir = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let mut command = AgentProcess::command(&app.base, agent_dir.path());
+    command.arg("--registration-key").arg(KEY);
+    let agent = AgentProcess::spawn(command, agent_dir.path(), &logs);
+    registered_enabled(&app, &agent).await;
+
+    let console = |counter: i64| {
+        let app = &app;
+        async move {
+            let stage = app
+                .get(&format!("/go/api/stages/app/{counter}/build/1"))
+                .await;
+            if stage.status != 200
+                || !["Passed", "Failed"].contains(&stage.body["result"].as_str().unwrap_or(""))
+            {
+                return None;
+            }
+            let build_id = stage.body["jobs"][0]["id"].as_i64().unwrap();
+            Some(String::from_utf8_lossy(&app.console(build_id, None).await.0).into_owned())
+        }
+    };
+    let log = eventually("instance 1 ran", || console(1)).await;
+    assert!(log.contains(&format!("at {first} for {first}")), "{log}");
+    assert!(log.contains("Checking out material code"), "{log}");
+    let second = commit(&repo, "src/b.rs", "second");
+    let log = eventually("instance 2 ran", || console(2)).await;
+    assert!(log.contains(&format!("at {second} for {second}")), "{log}");
+    assert!(log.contains("b.rs"), "{log}");
+    let clone = agent_dir.path().join("pipelines/app/checkout");
+    assert!(
+        clone.join("untracked-1").exists() && clone.join("untracked-2").exists(),
+        "the clone is reused (fetch and checkout), not made afresh"
+    );
+    // Re-running instance 1 checks its own revision out again.
+    app.post_json_ok("/go/api/stages/app/1/build/run").await;
+    let log = eventually("instance 1's re-run ran", || async {
+        let stage = app.get("/go/api/stages/app/1/build/2").await;
+        if stage.status != 200 || stage.body["result"] != "Passed" {
+            return None;
+        }
+        let build_id = stage.body["jobs"][0]["id"].as_i64().unwrap();
+        Some(String::from_utf8_lossy(&app.console(build_id, None).await.0).into_owned())
+    })
+    .await;
+    assert!(log.contains(&format!("at {first} for {first}")), "{log}");
+    assert!(!log.contains("b.rs"), "the old revision has no b.rs: {log}");
+}

@@ -20,6 +20,7 @@ use crate::AppState;
 use crate::agents::{Ping, Registration};
 use crate::domain::agent::AgentState;
 use crate::domain::job_run::{JobResult, JobRun, JobState, RunIf, Task, TaskKind};
+use crate::domain::material::Checkout;
 use crate::error::{Error, Result};
 use crate::job_runs::Appended;
 use crate::web::api::{agent_uuid, build_id};
@@ -175,7 +176,11 @@ async fn work(
     let uuid = agent_uuid(&uuid)?;
     caller.require(uuid)?;
     Ok(match state.scheduler.try_assign_work(uuid).await? {
-        Some(run) => Json(WorkJson::from(&run)).into_response(),
+        Some(run) => {
+            let mut work = WorkJson::from(&run);
+            work.materials = state.pipelines.checkouts(&run).await?;
+            Json(work).into_response()
+        }
         None => StatusCode::NO_CONTENT.into_response(),
     })
 }
@@ -195,6 +200,8 @@ struct WorkJson {
     clean_workspace: bool,
     tasks: Vec<WorkTaskJson>,
     environment_variables: BTreeMap<String, String>,
+    /// Git materials to check out before the tasks, at the instance's revisions.
+    materials: Vec<Checkout>,
 }
 
 /// One task of `WORK`: every field its type has, `type` and `run_if` always.
@@ -262,6 +269,7 @@ impl From<&JobRun> for WorkJson {
             clean_workspace: run.clean_workspace,
             tasks: run.tasks.iter().map(WorkTaskJson::from).collect(),
             environment_variables: run.environment_variables.clone(),
+            materials: Vec::new(),
         }
     }
 }
