@@ -82,6 +82,10 @@ pub struct ServeArgs {
     /// no `timeout` of their own (GoCD's default job timeout); 0: never.
     #[arg(long, env = "FERROCD_DEFAULT_JOB_TIMEOUT", default_value_t = 0)]
     pub default_job_timeout: u64,
+    /// A file holding the secret GitHub, GitLab and Bitbucket sign their webhooks with (or
+    /// the secret itself in `FERROCD_WEBHOOK_SECRET`); without one, webhooks are refused.
+    #[arg(long, env = "FERROCD_WEBHOOK_SECRET_FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
     /// Seconds between polls of the git materials (the first poll runs right after start);
     /// 0: never poll.
     #[arg(long, env = "FERROCD_MATERIAL_POLL_INTERVAL", default_value_t = 60)]
@@ -147,6 +151,10 @@ pub struct Config {
     pub default_job_timeout: Duration,
     /// Between polls of the git materials; zero: never.
     pub material_poll_interval: Duration,
+    /// The webhooks' secret: read from this file at start, else `webhook_secret`.
+    pub webhook_secret_file: Option<PathBuf>,
+    /// From `FERROCD_WEBHOOK_SECRET` (never a flag: argv is visible to everyone).
+    pub webhook_secret: Option<String>,
     pub max_console_bytes: u64,
     pub max_pending_agents: u32,
     pub registrations_per_second: u32,
@@ -185,6 +193,10 @@ impl From<ServeArgs> for Config {
             lost_contact_after: Duration::from_secs(args.lost_contact_after),
             default_job_timeout: Duration::from_secs(args.default_job_timeout.saturating_mul(60)),
             material_poll_interval: Duration::from_secs(args.material_poll_interval),
+            webhook_secret_file: args.webhook_secret_file,
+            webhook_secret: std::env::var("FERROCD_WEBHOOK_SECRET")
+                .ok()
+                .filter(|s| !s.trim().is_empty()),
             max_console_bytes: args.max_console_bytes,
             max_pending_agents: args.max_pending_agents,
             registrations_per_second: args.registrations_per_second,
@@ -217,6 +229,8 @@ impl Config {
             default_job_timeout: Duration::ZERO,
             // Tests poll when they ask to.
             material_poll_interval: Duration::ZERO,
+            webhook_secret_file: None,
+            webhook_secret: None,
             max_console_bytes: 256 * 1024 * 1024,
             max_pending_agents: 200,
             registrations_per_second: 10,

@@ -73,6 +73,8 @@ pub struct AppState {
     pub scheduler: Scheduler,
     pub pipelines: Pipelines,
     pub materials: Materials,
+    /// What webhooks are signed with; `None`: they are refused.
+    pub webhook_secret: Option<Arc<String>>,
     pub agents_view: Arc<AgentsView>,
     pub dashboard_view: Arc<DashboardView>,
     /// Live run lists and consoles, one per watched agent page or build.
@@ -164,6 +166,16 @@ impl Application {
         let scheduler = Scheduler::new(db.clone(), configs.clone());
         let pipelines = Pipelines::new(db.clone(), configs.clone());
         let materials = Materials::new(db.clone(), pipelines.clone(), &config.data_dir);
+        let webhook_secret = match &config.webhook_secret_file {
+            Some(file) => Some(
+                std::fs::read_to_string(file)
+                    .map_err(|e| format!("webhook-secret-file {}: {e}", file.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => config.webhook_secret.clone(),
+        }
+        .filter(|secret| !secret.is_empty());
         let shutdown = CancellationToken::new();
         let renders = Arc::new(RenderCounts::default());
         let agents_view = AgentsView::start(
@@ -215,6 +227,7 @@ impl Application {
             scheduler,
             pipelines,
             materials,
+            webhook_secret: webhook_secret.map(Arc::new),
             agents_view,
             dashboard_view,
             runs_views: Arc::default(),

@@ -11,8 +11,9 @@ pub mod git;
 mod sqlite;
 pub(crate) mod store;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -21,7 +22,9 @@ use self::git::{Polled, Remote};
 use self::store::MaterialRow;
 use crate::config_sources::Snapshot;
 use crate::db::{Db, WriteTx, now_millis};
-use crate::domain::material::{FileFilter, Fingerprint, MaterialRevision, without_credentials};
+use crate::domain::material::{
+    FileFilter, Fingerprint, MaterialRevision, normalized_url, without_credentials,
+};
 use crate::domain::pipeline_config::{MaterialSource, PipelineConfig};
 use crate::error::{Error, Result};
 use crate::pipelines::{CHANGES, Pipelines};
@@ -148,6 +151,9 @@ pub struct Materials {
     db: Db,
     pipelines: Pipelines,
     mirrors: PathBuf,
+    /// One poll of a fingerprint at a time (a webhook's and the round's), so a new revision
+    /// triggers once.
+    polling: Arc<std::sync::Mutex<HashMap<Fingerprint, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl Materials {
@@ -157,7 +163,31 @@ impl Materials {
             db,
             pipelines,
             mirrors: data_dir.join("materials"),
+            polling: Arc::default(),
         }
+    }
+
+    /// Polls now, in the background, every material on the repository `url` (any spelling)
+    /// and on `branch` (any, if `None`), auto-updating or not (a webhook or notify is how an
+    /// `auto_update: false` material learns of changes). Answers how many it polls.
+    pub fn notify(&self, url: &str, branch: Option<&str>) -> usize {
+        let wanted = normalized_url(url);
+        let snapshot = self.pipelines.configs().snapshot();
+        let due: Vec<Polling> = pollings(&snapshot)
+            .into_iter()
+            .filter(|p| normalized_url(&p.remote.url) == wanted)
+            .filter(|p| branch.is_none_or(|b| b == p.remote.branch))
+            .collect();
+        let count = due.len();
+        for polling in due {
+            let materials = self.clone();
+            tokio::spawn(async move {
+                if let Err(error) = materials.poll_one(&polling).await {
+                    tracing::warn!(%error, "a notified material poll could not be stored");
+                }
+            });
+        }
+        count
     }
 
     /// Polls every auto-updating material once, a few at a time, and triggers what changed.
@@ -181,6 +211,14 @@ impl Materials {
     }
 
     async fn poll_one(&self, polling: &Polling) -> Result<()> {
+        let lock = Arc::clone(
+            self.polling
+                .lock()
+                .expect("polling lock poisoned")
+                .entry(polling.fingerprint.clone())
+                .or_default(),
+        );
+        let _one_at_a_time = lock.lock().await;
         let fingerprint = polling.fingerprint.as_str();
         let known = {
             let mut read = self.db.reader().await?;

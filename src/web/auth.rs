@@ -39,6 +39,9 @@ pub enum Credential {
     Registration,
     /// An agent's own token; the handler checks it acts on its own record.
     Agent,
+    /// A hosting service's webhook, through any `Host`: the handler checks its signature
+    /// against `--webhook-secret-file`, so without a good one every caller is refused (401).
+    Webhook,
     /// A person: anyone on an open server, else a logged-in user.
     User,
     /// An admin: anyone on an open server, else a user named in `--admins`.

@@ -67,6 +67,13 @@ async fn every_declared_route_lets_in_exactly_the_callers_it_names() {
                 ("an admin", &admin, |s| s != 401 && s != 403 && s != 421),
                 ("an agent", &agent_api, |s| s != 401 && s != 403 && s != 421),
             ],
+            // No signature: nobody is believed, whoever they are.
+            Credential::Webhook => [
+                ("nobody", &app, |s| s == 401),
+                ("a user", &user, |s| s == 401),
+                ("an admin", &admin, |s| s == 401),
+                ("an agent", &agent_api, |s| s == 401),
+            ],
             Credential::Agent => [
                 ("nobody", &app, |s| s == 401),
                 ("a user", &user, |s| s == 401),

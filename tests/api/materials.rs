@@ -301,3 +301,183 @@ pipelines:
     assert!(log.contains(&format!("at {first} for {first}")), "{log}");
     assert!(!log.contains("b.rs"), "the old revision has no b.rs: {log}");
 }
+
+fn sign(secret: &str, body: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Webhooks make the materials on the pushed repository and branch poll at once: signed
+/// ones only (GitHub's and Bitbucket's HMAC, GitLab's token), JSON or form-encoded.
+#[tokio::test]
+async fn signed_webhooks_poll_the_pushed_materials_at_once() {
+    let work = tempfile::tempdir().unwrap();
+    let repo = new_repo(work.path());
+    commit(&repo, "a.txt", "first");
+    let secret_file = work.path().join("webhook-secret");
+    std::fs::write(&secret_file, "s3cret\n").unwrap();
+    let app = spawn_app_with(|c| c.webhook_secret_file = Some(secret_file.clone())).await;
+    // auto_update: false — no poll round; only a webhook tells the server of a push.
+    let yaml = format!(
+        "format_version: 10\npipelines:\n  app:\n    group: g\n    materials:\n      code: {{git: {repo}, branch: main, auto_update: false}}\n    stages:\n      - build: {{tasks: [{{exec: {{command: make}}}}]}}\n",
+        repo = repo.display()
+    );
+    app.put_config("app", &yaml).await.expect(201);
+    let client = reqwest::Client::new();
+    let post = |path: &str, headers: Vec<(&'static str, String)>, body: String| {
+        let mut request = client.post(app.url(path)).body(body);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        async move {
+            let reply = request.send().await.unwrap();
+            let status = reply.status().as_u16();
+            (status, reply.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let push = |branch: &str| {
+        serde_json::json!({
+            "ref": format!("refs/heads/{branch}"),
+            "repository": {"clone_url": format!("file://{}/.git", repo.display()), "html_url": "https://example.com/x"},
+        })
+        .to_string()
+    };
+    let github = |signature: String| {
+        vec![
+            ("Content-Type", "application/json".to_string()),
+            ("X-GitHub-Event", "push".to_string()),
+            ("X-Hub-Signature-256", signature),
+        ]
+    };
+    let body = push("main");
+    for bad in [sign("wrong", &body), String::new(), "sha256=zz".to_string()] {
+        let (status, answer) =
+            post("/go/api/webhooks/github/notify", github(bad), body.clone()).await;
+        assert_eq!(status, 401, "{answer}");
+    }
+    let ping = r#"{"zen": "hi"}"#.to_string();
+    let (status, _) = post(
+        "/go/api/webhooks/github/notify",
+        vec![
+            ("X-GitHub-Event", "ping".into()),
+            ("X-Hub-Signature-256", sign("s3cret", &ping)),
+        ],
+        ping,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let other = push("dev");
+    let (status, answer) = post(
+        "/go/api/webhooks/github/notify",
+        github(sign("s3cret", &other)),
+        other.clone(),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert!(
+        answer["message"].as_str().unwrap().contains("no material"),
+        "{answer}"
+    );
+    assert_eq!(
+        instances(&app, "app").await,
+        0,
+        "nothing polled without a webhook"
+    );
+
+    let (status, answer) = post(
+        "/go/api/webhooks/github/notify",
+        github(sign("s3cret", &body)),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("polling 1"),
+        "{answer}"
+    );
+    eventually("the webhook's poll triggers app", || async {
+        (instances(&app, "app").await == 1).then_some(())
+    })
+    .await;
+
+    // GitLab: its token; a form-encoded payload.
+    commit(&repo, "b.txt", "second");
+    let gitlab = serde_json::json!({"ref": "refs/heads/main", "project": {"git_http_url": repo.display().to_string()}}).to_string();
+    let (status, _) = post(
+        "/go/api/webhooks/gitlab/notify",
+        vec![("X-Gitlab-Token", "nope".into())],
+        gitlab.clone(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let form = format!(
+        "payload={}",
+        form_urlencoded::byte_serialize(gitlab.as_bytes()).collect::<String>()
+    );
+    let (status, answer) = post(
+        "/go/api/webhooks/gitlab/notify",
+        vec![
+            ("X-Gitlab-Token", "s3cret".into()),
+            ("Content-Type", "application/x-www-form-urlencoded".into()),
+        ],
+        form,
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    eventually("GitLab's push triggers instance 2", || async {
+        (instances(&app, "app").await == 2).then_some(())
+    })
+    .await;
+
+    // Bitbucket Server's push, signed; and GoCD's generic notify.
+    commit(&repo, "c.txt", "third");
+    let bitbucket = serde_json::json!({"changes": [{"ref": {"id": "refs/heads/main"}}], "repository": {"links": {"clone": [{"href": format!("file://{}", repo.display())}]}}}).to_string();
+    let (status, answer) = post(
+        "/go/api/webhooks/bitbucket/notify",
+        vec![("X-Hub-Signature", sign("s3cret", &bitbucket))],
+        bitbucket.clone(),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    eventually("Bitbucket's push triggers instance 3", || async {
+        (instances(&app, "app").await == 3).then_some(())
+    })
+    .await;
+    let reply = app
+        .call(
+            reqwest::Method::POST,
+            "/go/api/material/notify/git",
+            serde_json::json!({"repository_url": "https://example.com/nope"}),
+        )
+        .await;
+    assert_eq!(reply.status, 404);
+    commit(&repo, "d.txt", "fourth");
+    app.call(
+        reqwest::Method::POST,
+        "/go/api/material/notify/git",
+        serde_json::json!({"repository_url": format!("{}/", repo.display())}),
+    )
+    .await
+    .expect(202);
+    eventually("notify triggers instance 4", || async {
+        (instances(&app, "app").await == 4).then_some(())
+    })
+    .await;
+
+    // Without a secret, no webhook is believed.
+    let open = spawn_app_with(|_| {}).await;
+    let (status, answer) = {
+        let reply = client
+            .post(open.url("/go/api/webhooks/github/notify"))
+            .header("X-Hub-Signature-256", sign("s3cret", &body))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        (reply.status().as_u16(), reply.text().await.unwrap())
+    };
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer.contains("webhook-secret-file"), "{answer}");
+}

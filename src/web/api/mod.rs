@@ -10,6 +10,7 @@ mod jobs;
 mod materials;
 mod meta;
 mod pipelines;
+mod webhooks;
 
 pub use agents::path_uuid as agent_uuid;
 pub use jobs::build_id;
@@ -36,6 +37,7 @@ pub fn router() -> Routes {
         .merge(config::router())
         .merge(pipelines::router())
         .merge(materials::router())
+        .merge(webhooks::router())
         .merge(gocd_pipelines::router())
         .merge(remoting::router())
         .merge(events::router())
