@@ -168,6 +168,11 @@ pub struct MaterialRevision {
     pub from_revision: String,
     /// Whether it differs from the previous instance's (true for the first instance).
     pub changed: bool,
+    /// Who committed `revision`, and its message's first line, as the poll read them.
+    #[serde(default)]
+    pub author: String,
+    #[serde(default)]
+    pub summary: String,
 }
 
 /// What an agent checks out before a job's tasks: one git material at the instance's
@@ -332,6 +337,8 @@ mod tests {
             revision: format!("{material}-new"),
             from_revision: format!("{material}-old"),
             changed,
+            author: String::new(),
+            summary: String::new(),
         };
         let one = revision_variables(&[revision("my-code", true)]);
         assert_eq!(one["GO_REVISION"], "my-code-new");

@@ -27,6 +27,7 @@ use crate::domain::material::{
 };
 use crate::domain::pipeline_config::{MaterialSource, PipelineConfig};
 use crate::error::{Error, Result};
+use crate::events::{DomainEvent, Topic};
 use crate::pipelines::{CHANGES, Pipelines};
 
 /// How many repositories are polled at once.
@@ -100,6 +101,48 @@ pub fn pollings(snapshot: &Snapshot) -> Vec<Polling> {
     by_fingerprint.into_values().collect()
 }
 
+/// `pipeline_updated` for each pipeline on `polling`: what their cards say of it changed.
+fn publish_users(tx: &mut WriteTx, polling: &Polling) {
+    for user in &polling.users {
+        tx.publish(
+            Topic::PipelinesUpdates,
+            DomainEvent::PipelineUpdated {
+                pipeline: user.pipeline.clone(),
+                counter: None,
+                stages: Vec::new(),
+            },
+        );
+    }
+}
+
+/// The poll errors of `config`'s git materials, by material name (read in a pipeline view).
+pub(crate) async fn errors_of(
+    conn: crate::db::Conn<'_>,
+    configs: &[&PipelineConfig],
+) -> Result<HashMap<String, Vec<(String, String)>>> {
+    let errors: HashMap<String, String> = store::errors(conn).await?.into_iter().collect();
+    let mut by_pipeline = HashMap::new();
+    if errors.is_empty() {
+        return Ok(by_pipeline);
+    }
+    for config in configs {
+        let found: Vec<(String, String)> = config
+            .materials
+            .iter()
+            .filter_map(|m| match &m.source {
+                MaterialSource::Git(git) => errors
+                    .get(Fingerprint::of_git(&git.url, &git.branch).as_str())
+                    .map(|e| (m.name.clone(), e.clone())),
+                _ => None,
+            })
+            .collect();
+        if !found.is_empty() {
+            by_pipeline.insert(config.name.to_ascii_lowercase(), found);
+        }
+    }
+    Ok(by_pipeline)
+}
+
 /// The revisions a new instance of `config` runs (called inside the write that creates it):
 /// per git material, the newest revision polled (a material never polled yet is left out),
 /// against `previous`, the revisions of the pipeline's latest instance.
@@ -131,7 +174,12 @@ pub(crate) async fn revisions_in(
             }
             _ => revision.clone(),
         };
+        let (author, message) = store::commit_of(tx.conn(), fingerprint.as_str(), &revision)
+            .await?
+            .unwrap_or_default();
         revisions.push(MaterialRevision {
+            author,
+            summary: message.lines().next().unwrap_or_default().to_string(),
             material: material.name.clone(),
             fingerprint,
             url: without_credentials(&git.url),
@@ -220,9 +268,16 @@ impl Materials {
         );
         let _one_at_a_time = lock.lock().await;
         let fingerprint = polling.fingerprint.as_str();
-        let known = {
+        let (known, known_error) = {
             let mut read = self.db.reader().await?;
-            store::last_revision(read.conn(), fingerprint).await?
+            let row = store::all(read.conn())
+                .await?
+                .into_iter()
+                .find(|r| r.fingerprint == fingerprint);
+            (
+                row.as_ref().and_then(|r| r.last_revision.clone()),
+                row.and_then(|r| r.error),
+            )
         };
         let mirror = git::mirror_dir(&self.mirrors, fingerprint);
         let outcome = git::poll(&polling.remote, &mirror, known.as_deref(), POLL_TIMEOUT).await;
@@ -238,15 +293,22 @@ impl Materials {
             Ok(polled) => polled,
             Err(error) => {
                 tracing::info!(url = %row.url, branch = %row.branch, "material poll failed: {error}");
+                let changed = known_error.as_deref() != Some(error.as_str());
                 row.error = Some(error);
                 let mut tx = self.db.begin().await?;
                 store::record_error(tx.conn(), &row).await?;
+                if changed {
+                    publish_users(&mut tx, polling);
+                }
                 return tx.commit().await;
             }
         };
         row.last_revision = Some(polled.revision.clone());
         let mut tx = self.db.begin().await?;
         store::record_revision(tx.conn(), &row, &polled.modifications).await?;
+        if known_error.is_some() {
+            publish_users(&mut tx, polling); // the error beside them goes
+        }
         tx.commit().await?;
         if known.as_deref() != Some(polled.revision.as_str()) {
             self.trigger_users(polling, known.is_none(), &polled)

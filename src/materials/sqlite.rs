@@ -118,3 +118,25 @@ pub async fn first_after(
     .fetch_optional(conn)
     .await?)
 }
+
+pub async fn commit_of(
+    conn: &mut SqliteConnection,
+    fingerprint: &str,
+    revision: &str,
+) -> Result<Option<(String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT author, message FROM modifications WHERE fingerprint = $1 AND revision = $2",
+    )
+    .bind(fingerprint)
+    .bind(revision)
+    .fetch_optional(conn)
+    .await?)
+}
+
+pub async fn errors(conn: &mut SqliteConnection) -> Result<Vec<(String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT fingerprint, error FROM materials WHERE error IS NOT NULL ORDER BY fingerprint",
+    )
+    .fetch_all(conn)
+    .await?)
+}

@@ -47,3 +47,17 @@ pub async fn first_after(
 ) -> Result<Option<String>> {
     backend!(conn, first_after(fingerprint, revision))
 }
+
+/// Who committed `revision` and its message, if a poll read it.
+pub async fn commit_of(
+    conn: Conn<'_>,
+    fingerprint: &str,
+    revision: &str,
+) -> Result<Option<(String, String)>> {
+    backend!(conn, commit_of(fingerprint, revision))
+}
+
+/// Every material whose last poll failed: fingerprint and error.
+pub async fn errors(conn: Conn<'_>) -> Result<Vec<(String, String)>> {
+    backend!(conn, errors())
+}

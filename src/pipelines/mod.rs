@@ -52,6 +52,8 @@ pub struct PipelineView {
     pub config: PipelineConfig,
     pub state: PipelineState,
     pub latest: Option<InstanceView>,
+    /// Its git materials whose last poll failed: material name and error.
+    pub material_errors: Vec<(String, String)>,
 }
 
 /// One stage run with its jobs' latest runs.
@@ -423,14 +425,17 @@ impl Pipelines {
             .collect();
         let latest = store::latest_instances(read.conn()).await?;
         let mut views = instance_views(read.conn(), latest).await?;
-        Ok(snapshot
-            .pipelines()
+        let configs: Vec<&PipelineConfig> = snapshot.pipelines().collect();
+        let mut errors = crate::materials::errors_of(read.conn(), &configs).await?;
+        Ok(configs
+            .into_iter()
             .map(|config| {
                 let key = config.name.to_ascii_lowercase();
                 PipelineView {
                     config: config.clone(),
                     state: states.remove(&key).unwrap_or_default(),
                     latest: views.remove(&key),
+                    material_errors: errors.remove(&key).unwrap_or_default(),
                 }
             })
             .collect())
@@ -447,10 +452,16 @@ impl Pipelines {
             .await?
             .into_values()
             .next();
+        let material_errors = crate::materials::errors_of(read.conn(), &[&config])
+            .await?
+            .into_values()
+            .next()
+            .unwrap_or_default();
         Ok(PipelineView {
             config,
             state,
             latest,
+            material_errors,
         })
     }
 

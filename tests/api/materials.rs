@@ -97,6 +97,7 @@ pipelines:
         repo = repo.display(),
         missing = work.path().join("no-such-repo").display(),
     );
+    let mut dashboard = app.subscribe("/pipelines/events").await;
     app.put_config("shop", &yaml).await.expect(201);
 
     // The first poll: pipelines that never ran start from the head.
@@ -124,6 +125,17 @@ pipelines:
     assert!(lost["error"].is_string(), "{lost}");
     assert!(lost["last_revision"].is_null());
     assert_eq!(instances(&app, "lost").await, 0);
+    // The dashboard says so beside the pipeline, live, and shows who committed what runs.
+    dashboard
+        .wait_for("the poll error beside lost", |e| {
+            e.event == "pipeline-lost" && e.data.contains("cannot be polled")
+        })
+        .await;
+    let page = app.get("/pipelines").await.text();
+    assert!(
+        page.contains(&first[..8]) && page.contains("by Ann"),
+        "{page}"
+    );
 
     // A change to docs only: site (includes docs) runs, app (ignores docs) does not.
     commit(&repo, "docs/guide.md", "docs");

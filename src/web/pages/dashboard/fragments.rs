@@ -146,6 +146,9 @@ pub fn card(view: &PipelineView) -> Markup {
                     }
                 }
             }
+            @for (material, error) in &view.material_errors {
+                p.material-error { "Material " (material) " cannot be polled: " (error) }
+            }
             @if let Some(timer) = &view.config.timer {
                 p.timer {
                     "Timer: " code { (timer.spec) }
@@ -163,6 +166,12 @@ pub fn card(view: &PipelineView) -> Markup {
                             br;
                             "on " time datetime=(format_time(latest.instance.created_at)) {
                                 (readable_time(latest.instance.created_at))
+                            }
+                        }
+                        @for r in &latest.instance.material_revisions {
+                            p.revision title=(r.summary) {
+                                (r.material) ": " code { (r.revision.chars().take(8).collect::<String>()) }
+                                @if !r.author.is_empty() { " by " (r.author) }
                             }
                         }
                         div.stages {
