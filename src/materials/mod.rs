@@ -150,14 +150,34 @@ pub(crate) async fn revisions_in(
     tx: &mut WriteTx,
     config: &PipelineConfig,
     previous: &[MaterialRevision],
+    picked: &BTreeMap<String, String>,
 ) -> Result<Vec<MaterialRevision>> {
     let mut revisions = Vec::new();
+    let mut unused: Vec<&String> = picked.keys().collect();
     for material in &config.materials {
         let MaterialSource::Git(git) = &material.source else {
             continue;
         };
         let fingerprint = Fingerprint::of_git(&git.url, &git.branch);
-        let Some(revision) = store::last_revision(tx.conn(), fingerprint.as_str()).await? else {
+        let newest = store::last_revision(tx.conn(), fingerprint.as_str()).await?;
+        let revision = match picked.get(fingerprint.as_str()) {
+            Some(chosen) => {
+                unused.retain(|f| f.as_str() != fingerprint.as_str());
+                let known = newest.as_deref() == Some(chosen.as_str())
+                    || store::commit_of(tx.conn(), fingerprint.as_str(), chosen)
+                        .await?
+                        .is_some();
+                if !known {
+                    return Err(Error::Unprocessable(format!(
+                        "materials: {chosen} is not a revision the server has polled of material {} ({fingerprint})",
+                        material.name
+                    )));
+                }
+                Some(chosen.clone())
+            }
+            None => newest,
+        };
+        let Some(revision) = revision else {
             continue;
         };
         let before = previous
@@ -190,6 +210,12 @@ pub(crate) async fn revisions_in(
             revision,
             from_revision,
         });
+    }
+    if let Some(fingerprint) = unused.first() {
+        return Err(Error::Unprocessable(format!(
+            "materials: pipeline {} has no git material with fingerprint {fingerprint}",
+            config.name
+        )));
     }
     Ok(revisions)
 }
@@ -230,12 +256,30 @@ impl Materials {
         for polling in due {
             let materials = self.clone();
             tokio::spawn(async move {
-                if let Err(error) = materials.poll_one(&polling).await {
+                if let Err(error) = materials.poll_one(&polling, None).await {
                     tracing::warn!(%error, "a notified material poll could not be stored");
                 }
             });
         }
         count
+    }
+
+    /// Polls the git materials of `pipeline` now and waits for them (GoCD's
+    /// `update_materials_before_scheduling`); a failing poll leaves its last good revision.
+    pub async fn poll_pipeline(&self, pipeline: &str) -> Result<()> {
+        let snapshot = self.pipelines.configs().snapshot();
+        let due: Vec<Polling> = pollings(&snapshot)
+            .into_iter()
+            .filter(|p| {
+                p.users
+                    .iter()
+                    .any(|u| u.pipeline.eq_ignore_ascii_case(pipeline))
+            })
+            .collect();
+        for polling in &due {
+            self.poll_one(polling, Some(pipeline)).await?;
+        }
+        Ok(())
     }
 
     /// Polls every auto-updating material once, a few at a time, and triggers what changed.
@@ -246,7 +290,7 @@ impl Materials {
             .filter(|p| p.auto_update)
             .collect();
         let outcomes: Vec<Result<()>> = futures::stream::iter(due)
-            .map(|polling| async move { self.poll_one(&polling).await })
+            .map(|polling| async move { self.poll_one(&polling, None).await })
             .buffer_unordered(PARALLEL_POLLS)
             .collect()
             .await;
@@ -258,7 +302,9 @@ impl Materials {
         Ok(())
     }
 
-    async fn poll_one(&self, polling: &Polling) -> Result<()> {
+    /// Polls one repository and triggers what its new revision should, except `except` (a
+    /// pipeline about to be triggered by hand anyway).
+    async fn poll_one(&self, polling: &Polling, except: Option<&str>) -> Result<()> {
         let lock = Arc::clone(
             self.polling
                 .lock()
@@ -311,7 +357,7 @@ impl Materials {
         }
         tx.commit().await?;
         if known.as_deref() != Some(polled.revision.as_str()) {
-            self.trigger_users(polling, known.is_none(), &polled)
+            self.trigger_users(polling, known.is_none(), &polled, except)
                 .await?;
         }
         Ok(())
@@ -319,13 +365,22 @@ impl Materials {
 
     /// A new revision triggers each pipeline using it whose filter lets one of the changed
     /// files through; a first poll (nothing known yet) triggers those that never ran.
-    async fn trigger_users(&self, polling: &Polling, first: bool, polled: &Polled) -> Result<()> {
+    async fn trigger_users(
+        &self,
+        polling: &Polling,
+        first: bool,
+        polled: &Polled,
+        except: Option<&str>,
+    ) -> Result<()> {
         let files: Vec<String> = polled
             .modifications
             .iter()
             .flat_map(|m| m.files.iter().cloned())
             .collect();
         for user in &polling.users {
+            if except.is_some_and(|e| e.eq_ignore_ascii_case(&user.pipeline)) {
+                continue;
+            }
             if first {
                 let (_, total) = self.pipelines.history(&user.pipeline, 0, 1).await?;
                 if total > 0 {

@@ -92,6 +92,19 @@ impl Pipelines {
         actor: &str,
         variables: BTreeMap<String, String>,
     ) -> Result<i64> {
+        self.trigger_at(name, actor, variables, &BTreeMap::new())
+            .await
+    }
+
+    /// `trigger`, with some git materials at revisions picked by the user (fingerprint →
+    /// revision, GoCD's "trigger with options"); the others at their newest.
+    pub async fn trigger_at(
+        &self,
+        name: &str,
+        actor: &str,
+        variables: BTreeMap<String, String>,
+        picked: &BTreeMap<String, String>,
+    ) -> Result<i64> {
         let snapshot = self.configs.snapshot();
         let config = configured(&snapshot, name)?;
         if let Some(bad) = variables.keys().find(|k| !plain_variable_name(k)) {
@@ -100,7 +113,8 @@ impl Pipelines {
             )));
         }
         let mut tx = self.db.begin().await?;
-        let counter = trigger_in(&mut tx, &snapshot, config, actor, variables, None).await?;
+        let counter =
+            trigger_in(&mut tx, &snapshot, config, actor, variables, None, picked).await?;
         audit::record(
             &mut tx,
             actor,
@@ -828,6 +842,7 @@ async fn trigger_in(
     actor: &str,
     variables: BTreeMap<String, String>,
     upstream: Option<(&str, &str)>,
+    picked: &BTreeMap<String, String>,
 ) -> Result<i64> {
     let state = store::state(tx.conn(), &config.name).await?;
     if state.paused {
@@ -858,7 +873,7 @@ async fn trigger_in(
         .first()
         .map(|i| i.material_revisions.as_slice())
         .unwrap_or_default();
-    let material_revisions = crate::materials::revisions_in(tx, config, previous).await?;
+    let material_revisions = crate::materials::revisions_in(tx, config, previous, picked).await?;
     let mut labels = material_labels(tx, config, upstream).await?;
     for r in &material_revisions {
         labels.insert(r.material.clone(), r.revision.clone());
@@ -1080,6 +1095,7 @@ async fn stage_finished(
                 CHANGES,
                 BTreeMap::new(),
                 upstream,
+                &BTreeMap::new(),
             )
             .await
             {

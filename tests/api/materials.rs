@@ -230,6 +230,60 @@ pipelines:
     let vars = &work3["environment_variables"];
     assert_eq!(vars["GO_REVISION"], third.as_str());
     assert_eq!(vars["GO_MATERIAL_MY_CODE_HAS_CHANGED"], "false");
+
+    // Trigger with options: an older revision picked; one never polled, or a material the
+    // pipeline lacks, is a 422.
+    let fingerprint = materials(&app).await[0]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let schedule = |revision: &str, fingerprint: &str| {
+        app.call(
+            reqwest::Method::POST,
+            "/go/api/pipelines/app/schedule",
+            serde_json::json!({"materials": [{"fingerprint": fingerprint, "revision": revision}]}),
+        )
+    };
+    let reply = schedule("0000000000000000000000000000000000000000", &fingerprint).await;
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    let reply = schedule(&first, "nope").await;
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    schedule(&second, &fingerprint).await.expect(202);
+    let work4 = crate::pipelines::finish_next(&app, &agent, "Passed").await;
+    assert_eq!(
+        work4["environment_variables"]["GO_REVISION"],
+        second.as_str()
+    );
+}
+
+/// `update_materials_before_scheduling`: a trigger polls the pipeline's materials first.
+#[tokio::test]
+async fn a_trigger_may_poll_its_materials_first() {
+    let work = tempfile::tempdir().unwrap();
+    let repo = new_repo(work.path());
+    commit(&repo, "a.txt", "first");
+    let app = spawn_app_with(|_| {}).await; // no poll rounds
+    let yaml = format!(
+        "format_version: 10\npipelines:\n  app:\n    group: g\n    materials:\n      code: {{git: {repo}, branch: main}}\n    stages:\n      - build: {{tasks: [{{exec: {{command: make}}}}]}}\n",
+        repo = repo.display()
+    );
+    app.put_config("app", &yaml).await.expect(201);
+    let agent = app.register_enabled("builder").await;
+    let head = commit(&repo, "b.txt", "second");
+    app.call(
+        reqwest::Method::POST,
+        "/go/api/pipelines/app/schedule",
+        serde_json::json!({"update_materials_before_scheduling": true}),
+    )
+    .await
+    .expect(202);
+    let work1 = crate::pipelines::finish_next(&app, &agent, "Passed").await;
+    assert_eq!(work1["environment_variables"]["GO_REVISION"], head.as_str());
+    assert_eq!(
+        instances(&app, "app").await,
+        1,
+        "the poll it asked for triggers no other"
+    );
 }
 
 /// A real `ferrocd agent` checks each instance out at its own revision before the tasks,

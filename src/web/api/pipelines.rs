@@ -48,12 +48,18 @@ pub fn router() -> Routes {
 struct ScheduleBody {
     #[serde(default)]
     environment_variables: Option<Variables>,
-    /// GoCD lets a trigger pick material revisions; ferrocd has no polled materials yet.
+    /// GoCD's "trigger with options": some git materials at picked revisions.
     #[serde(default)]
-    materials: Option<Value>,
+    materials: Option<Vec<PickedRevision>>,
+    /// Poll the pipeline's materials first, and wait for them.
     #[serde(default)]
-    #[allow(dead_code)]
     update_materials_before_scheduling: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct PickedRevision {
+    fingerprint: String,
+    revision: String,
 }
 
 #[derive(Deserialize)]
@@ -107,12 +113,12 @@ async fn schedule(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<ScheduleBody>,
 ) -> Result<(StatusCode, Json<Value>)> {
-    if body.materials.as_ref().is_some_and(|m| !m.is_null()) {
-        return Err(Error::Unprocessable(
-            "materials: picking revisions needs polled materials, which ferrocd does not have yet"
-                .into(),
-        ));
-    }
+    let picked: BTreeMap<String, String> = body
+        .materials
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| (m.fingerprint, m.revision))
+        .collect();
     let variables = match body.environment_variables {
         Some(v) => v.into_map()?,
         None => BTreeMap::new(),
@@ -122,9 +128,12 @@ async fn schedule(
         .pipeline(&name)
         .map(|p| p.name.clone())
         .unwrap_or(name);
+    if body.update_materials_before_scheduling == Some(true) {
+        state.materials.poll_pipeline(&canonical).await?;
+    }
     let counter = state
         .pipelines
-        .trigger(&canonical, &actor.name, variables)
+        .trigger_at(&canonical, &actor.name, variables, &picked)
         .await?;
     Ok((
         StatusCode::ACCEPTED,
