@@ -408,6 +408,28 @@ impl Materials {
         Ok(())
     }
 
+    /// Per material revision of an instance, its modifications: the commits from the oldest
+    /// new one to the one it runs, newest first (at most 100).
+    pub async fn modifications(
+        &self,
+        revisions: &[MaterialRevision],
+    ) -> Result<Vec<Vec<crate::domain::material::Modification>>> {
+        let mut read = self.db.reader().await?;
+        let mut all = Vec::with_capacity(revisions.len());
+        for r in revisions {
+            all.push(
+                store::between(
+                    read.conn(),
+                    r.fingerprint.as_str(),
+                    &r.from_revision,
+                    &r.revision,
+                )
+                .await?,
+            );
+        }
+        Ok(all)
+    }
+
     /// Every git material of the config with its last poll, in URL order.
     pub async fn list(&self) -> Result<Vec<MaterialView>> {
         let snapshot = self.pipelines.configs().snapshot();

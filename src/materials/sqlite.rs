@@ -140,3 +140,33 @@ pub async fn errors(conn: &mut SqliteConnection) -> Result<Vec<(String, String)>
     .fetch_all(conn)
     .await?)
 }
+
+pub async fn between(
+    conn: &mut SqliteConnection,
+    fingerprint: &str,
+    from: &str,
+    to: &str,
+) -> Result<Vec<Modification>> {
+    let rows: Vec<(String, String, i64, String, Json<Vec<String>>)> = sqlx::query_as(
+        "SELECT revision, author, committed_at, message, files FROM modifications \
+         WHERE fingerprint = $1 AND id <= (SELECT id FROM modifications WHERE fingerprint = $1 AND revision = $3) \
+         AND id >= COALESCE((SELECT id FROM modifications WHERE fingerprint = $1 AND revision = $2), \
+         (SELECT id FROM modifications WHERE fingerprint = $1 AND revision = $3)) \
+         ORDER BY id DESC LIMIT 100",
+    )
+    .bind(fingerprint)
+    .bind(from)
+    .bind(to)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(revision, author, time, message, files)| Modification {
+            revision,
+            author,
+            time,
+            message,
+            files: files.0,
+        })
+        .collect())
+}

@@ -61,3 +61,13 @@ pub async fn commit_of(
 pub async fn errors(conn: Conn<'_>) -> Result<Vec<(String, String)>> {
     backend!(conn, errors())
 }
+
+/// The commits from `from` to `to` as polled, newest first (just `to`'s if `from` is unknown).
+pub async fn between(
+    conn: Conn<'_>,
+    fingerprint: &str,
+    from: &str,
+    to: &str,
+) -> Result<Vec<Modification>> {
+    backend!(conn, between(fingerprint, from, to))
+}

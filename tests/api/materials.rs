@@ -216,6 +216,35 @@ pipelines:
         (instances(&app, "app").await == 2).then_some(())
     })
     .await;
+    let instance = app
+        .get("/go/api/pipelines/app/instance/2")
+        .await
+        .expect(200);
+    let commits: Vec<(String, String)> =
+        instance["build_cause"]["material_revisions"][0]["modifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["revision"].as_str().unwrap().to_string(),
+                    m["comment"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+    assert_eq!(
+        commits,
+        [
+            (third.clone(), "third".to_string()),
+            (second.clone(), "second".to_string())
+        ],
+        "the commits since instance 1, newest first"
+    );
+    let history = app.get("/go/api/pipelines/app/history").await.expect(200);
+    assert_eq!(
+        history["pipelines"][0]["build_cause"]["material_revisions"][0]["modifications"][0]["user_name"],
+        "Ann <ann@example.com>"
+    );
     let work2 = crate::pipelines::finish_next(&app, &agent, "Passed").await;
     let vars = &work2["environment_variables"];
     assert_eq!(vars["GO_TO_REVISION_MY_CODE"], third.as_str());

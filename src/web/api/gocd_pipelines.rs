@@ -169,7 +169,7 @@ async fn history(
     }
     Ok(Json(json!({
         "_links": links,
-        "pipelines": instances.iter().map(instance_json).collect::<Vec<_>>(),
+        "pipelines": with_modifications(&state, &instances).await?,
         "pagination": { "offset": offset, "page_size": page_size, "total": total },
     })))
 }
@@ -182,7 +182,43 @@ async fn instance(
         .pipelines
         .instance(&name, pipeline_counter(&counter)?)
         .await?;
-    Ok(Json(instance_json(&view)))
+    let mut shown = with_modifications(&state, std::slice::from_ref(&view)).await?;
+    Ok(Json(shown.pop().unwrap_or(Value::Null)))
+}
+
+/// The instances as GoCD shows them, each material revision with its modifications.
+async fn with_modifications(state: &AppState, views: &[InstanceView]) -> Result<Vec<Value>> {
+    let mut shown = Vec::with_capacity(views.len());
+    for view in views {
+        let modifications = state
+            .materials
+            .modifications(&view.instance.material_revisions)
+            .await?;
+        let mut json = instance_json(view);
+        if let Some(revisions) = json
+            .pointer_mut("/build_cause/material_revisions")
+            .and_then(Value::as_array_mut)
+        {
+            for (revision, commits) in revisions.iter_mut().zip(modifications) {
+                if !commits.is_empty() {
+                    revision["modifications"] = commits
+                        .iter()
+                        .map(|m| {
+                            json!({
+                                "revision": m.revision,
+                                "modified_time": m.time,
+                                "user_name": m.author,
+                                "comment": m.message,
+                                "email_address": Value::Null,
+                            })
+                        })
+                        .collect();
+                }
+            }
+        }
+        shown.push(json);
+    }
+    Ok(shown)
 }
 
 async fn stage(
@@ -223,8 +259,8 @@ pub fn instance_json(view: &InstanceView) -> Value {
     })
 }
 
-/// One material of a build cause in GoCD's shape; its modifications so far only the
-/// revision the instance runs.
+/// One material of a build cause in GoCD's shape; its modifications the revision run until
+/// the caller lists the commits (`with_modifications`).
 fn material_revision_json(r: &MaterialRevision) -> Value {
     json!({
         "changed": r.changed,
