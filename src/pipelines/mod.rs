@@ -138,16 +138,7 @@ impl Pipelines {
         let mut tx = self.db.begin().await?;
         let view = instance_view(tx.conn(), name, counter).await?;
         let plan = &view.instance.plan;
-        let Some(position) = plan
-            .stages
-            .iter()
-            .position(|s| s.name.eq_ignore_ascii_case(stage))
-        else {
-            return Err(Error::NotFound(format!(
-                "pipeline {}/{counter} has no stage {stage}",
-                plan.name
-            )));
-        };
+        let position = stage_position(plan, counter, stage)?;
         let config = &plan.stages[position];
         may_approve(config, actor)?;
         let summary = &view.stages[position];
@@ -198,16 +189,7 @@ impl Pipelines {
         let mut tx = self.db.begin().await?;
         let view = instance_view(tx.conn(), name, counter).await?;
         let plan = &view.instance.plan;
-        let Some(position) = plan
-            .stages
-            .iter()
-            .position(|s| s.name.eq_ignore_ascii_case(stage))
-        else {
-            return Err(Error::NotFound(format!(
-                "pipeline {}/{counter} has no stage {stage}",
-                plan.name
-            )));
-        };
+        let position = stage_position(plan, counter, stage)?;
         let config = &plan.stages[position];
         may_approve(config, actor)?;
         let summary = &view.stages[position];
@@ -524,18 +506,7 @@ impl Pipelines {
     ) -> Result<StageView> {
         let mut read = self.db.reader().await?;
         let view = instance_view(read.conn(), name, counter).await?;
-        let Some(position) = view
-            .instance
-            .plan
-            .stages
-            .iter()
-            .position(|s| s.name.eq_ignore_ascii_case(stage))
-        else {
-            return Err(Error::NotFound(format!(
-                "pipeline {}/{counter} has no stage {stage}",
-                view.instance.plan.name
-            )));
-        };
+        let position = stage_position(&view.instance.plan, counter, stage)?;
         let stage_name = view.instance.plan.stages[position].name.clone();
         let key = StageKey {
             pipeline: &view.instance.pipeline_name,
@@ -742,6 +713,19 @@ fn may_approve(config: &StageConfig, actor: &User) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Where `stage` (named in any case) stands in `plan`; 404 if the plan has no such stage.
+fn stage_position(plan: &PipelineConfig, counter: i64, stage: &str) -> Result<usize> {
+    plan.stages
+        .iter()
+        .position(|s| s.name.eq_ignore_ascii_case(stage))
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "pipeline {}/{counter} has no stage {stage}",
+                plan.name
+            ))
+        })
 }
 
 fn not_configured(name: &str) -> Error {

@@ -346,9 +346,38 @@ impl Watched for PartView {
 }
 
 impl PartView {
+    /// One connection to the part of `key` in `views`: the view is started (subscribed to
+    /// `topics`, then rendered from `part()`) if nobody watches it yet.
+    pub fn connect<K, P>(
+        views: &Arc<KeyedViews<K, PartView>>,
+        key: K,
+        hub: &Hub,
+        topics: &[Topic],
+        renders: &Arc<RenderCounts>,
+        shutdown: &CancellationToken,
+        part: impl FnOnce() -> P,
+    ) -> BoxStream<'static, Bytes>
+    where
+        K: std::hash::Hash + Eq + Clone + Send + 'static,
+        P: Part,
+    {
+        let start = || {
+            let events = Subscription::new(hub, topics);
+            PartView::start(
+                views,
+                key.clone(),
+                part(),
+                events,
+                Arc::clone(renders),
+                shutdown.clone(),
+            )
+        };
+        views.attach(key.clone(), start, |view| view.stream().boxed())
+    }
+
     /// Starts the view of `key` in `views`, rendering at once (after `events` subscribed);
     /// it retires when nobody watches.
-    pub fn start<K, P>(
+    fn start<K, P>(
         views: &Arc<KeyedViews<K, PartView>>,
         key: K,
         part: P,

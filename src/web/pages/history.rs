@@ -3,8 +3,6 @@
 //! `/pipelines/{name}/history/events`: the card rendered once per change of that pipeline
 //! for everyone watching that page of it.
 
-use std::sync::Arc;
-
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use maud::{Markup, html};
@@ -18,7 +16,7 @@ use crate::error::Result;
 use crate::events::{DomainEvent, Topic};
 use crate::pipelines::{InstanceView, Pipelines};
 use crate::web::auth::{Credential, CurrentUser};
-use crate::web::live::{KeyedViews, Part, PartView, Subscription};
+use crate::web::live::{KeyedViews, Part, PartView};
 use crate::web::pages::runs::timestamp;
 use crate::web::routes::Routes;
 use crate::web::sse;
@@ -101,25 +99,20 @@ async fn events(
     let offset = query.offset.unwrap_or(0).max(0);
     let history = read(&state.pipelines, &name, offset).await?; // unknown pipeline: 404 now
     let key = (history.name.to_lowercase(), offset);
-    let views = Arc::clone(&state.history_views);
-    let start = || {
-        let part = HistoryCard {
-            pipelines: state.pipelines.clone(),
-            name: history.name.clone(),
-            offset,
-        };
-        let events = Subscription::new(&state.hub, &[Topic::PipelinesUpdates]);
-        let renders = Arc::clone(&state.renders);
-        PartView::start(
-            &views,
-            key.clone(),
-            part,
-            events,
-            renders,
-            state.shutdown.clone(),
-        )
+    let part = || HistoryCard {
+        pipelines: state.pipelines.clone(),
+        name: history.name.clone(),
+        offset,
     };
-    let stream = views.attach(key.clone(), start, |view| view.stream());
+    let stream = PartView::connect(
+        &state.history_views,
+        key,
+        &state.hub,
+        &[Topic::PipelinesUpdates],
+        &state.renders,
+        &state.shutdown,
+        part,
+    );
     Ok(sse::response(stream, slot, state.shutdown.clone()))
 }
 

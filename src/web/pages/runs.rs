@@ -1,8 +1,6 @@
 //! `/agents/{uuid}/job_run_history`: one agent's runs, newest first, paged, kept current by
 //! the `runs` event of `/agents/{uuid}/job_run_history/events`.
 
-use std::sync::Arc;
-
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use maud::{Markup, html};
@@ -20,7 +18,7 @@ use crate::job_runs::{JobRuns, RunPage};
 use crate::web::api::agent_uuid;
 use crate::web::auth::{Credential, CurrentUser};
 use crate::web::format_time;
-use crate::web::live::{KeyedViews, Part, PartView, Subscription};
+use crate::web::live::{KeyedViews, Part, PartView};
 use crate::web::routes::Routes;
 use crate::web::sse;
 
@@ -88,17 +86,20 @@ async fn events(
     let page_size = query.page_size.unwrap_or(DEFAULT_PAGE_SIZE);
     let key = (uuid, query.offset.unwrap_or(0).max(0), page_size);
     state.job_runs.history(key.0, key.1, key.2).await?; // unknown agent or bad paging: 4xx now
-    let views = Arc::clone(&state.runs_views);
-    let start = || {
-        let part = RunList {
-            job_runs: state.job_runs.clone(),
-            key,
-        };
-        let events = Subscription::new(&state.hub, &[Topic::AgentJobRuns(key.0)]);
-        let renders = Arc::clone(&state.renders);
-        PartView::start(&views, key, part, events, renders, state.shutdown.clone())
+    let part = || RunList {
+        job_runs: state.job_runs.clone(),
+        key,
     };
-    let stream = views.attach(key, start, |view| view.stream());
+    let topics = [Topic::AgentJobRuns(key.0)];
+    let stream = PartView::connect(
+        &state.runs_views,
+        key,
+        &state.hub,
+        &topics,
+        &state.renders,
+        &state.shutdown,
+        part,
+    );
     Ok(sse::response(stream, slot, state.shutdown.clone()))
 }
 

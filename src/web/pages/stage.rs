@@ -6,7 +6,6 @@
 //! hears its instance's changes, its jobs' moves, and (while a job waits) every agent's.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -25,7 +24,7 @@ use crate::events::{DomainEvent, Topic};
 use crate::pipelines::{JobSelection, Pipelines, StageView};
 use crate::web::api::pipeline_counter;
 use crate::web::auth::{Credential, CurrentUser};
-use crate::web::live::{KeyedViews, Part, PartView, Subscription};
+use crate::web::live::{KeyedViews, Part, PartView};
 use crate::web::pages::runs::{duration, result_class, timestamp};
 use crate::web::routes::Routes;
 use crate::web::sse;
@@ -147,32 +146,27 @@ async fn events(
         sc,
     );
     let key = (names.0.to_lowercase(), pc, names.2.to_lowercase(), sc);
-    let views = Arc::clone(&state.stage_views);
-    let start = || {
-        let part = StageCard {
-            pipelines: state.pipelines.clone(),
-            agents: state.agents.clone(),
-            names,
-            build_ids: HashSet::new(),
-            waits: false,
-        };
-        let topics = [
-            Topic::PipelinesUpdates,
-            Topic::JobRunsUpdates,
-            Topic::AgentsUpdates,
-        ];
-        let events = Subscription::new(&state.hub, &topics);
-        let renders = Arc::clone(&state.renders);
-        PartView::start(
-            &views,
-            key.clone(),
-            part,
-            events,
-            renders,
-            state.shutdown.clone(),
-        )
+    let part = || StageCard {
+        pipelines: state.pipelines.clone(),
+        agents: state.agents.clone(),
+        names,
+        build_ids: HashSet::new(),
+        waits: false,
     };
-    let stream = views.attach(key.clone(), start, |view| view.stream());
+    let topics = [
+        Topic::PipelinesUpdates,
+        Topic::JobRunsUpdates,
+        Topic::AgentsUpdates,
+    ];
+    let stream = PartView::connect(
+        &state.stage_views,
+        key,
+        &state.hub,
+        &topics,
+        &state.renders,
+        &state.shutdown,
+        part,
+    );
     Ok(sse::response(stream, slot, state.shutdown.clone()))
 }
 
