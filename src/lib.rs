@@ -194,6 +194,7 @@ impl Application {
         )
         .await?;
         spawn_config_reload_on_hangup(configs, shutdown.clone());
+        materials::timers::spawn_timers(materials.clone(), shutdown.clone());
         spawn_material_polls(
             materials.clone(),
             config.material_poll_interval,

@@ -140,6 +140,8 @@ struct Inner {
     current: RwLock<Arc<Snapshot>>,
     /// One reload (or store, or delete) at a time.
     reloading: tokio::sync::Mutex<()>,
+    /// Told of every new snapshot (the timers wait on it).
+    changed: tokio::sync::watch::Sender<()>,
 }
 
 /// What a stored document was checked to be.
@@ -157,6 +159,7 @@ impl ConfigSources {
                 api_dir: data_dir.join("config"),
                 current: RwLock::new(Arc::new(Snapshot::default())),
                 reloading: tokio::sync::Mutex::new(()),
+                changed: tokio::sync::watch::Sender::new(()),
             }),
         }
     }
@@ -168,6 +171,11 @@ impl ConfigSources {
             .read()
             .expect("config snapshot lock")
             .clone()
+    }
+
+    /// Wakes whenever a new snapshot takes effect.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<()> {
+        self.inner.changed.subscribe()
     }
 
     /// Reads every source again; each keeps its last good document if its new text fails.
@@ -187,6 +195,7 @@ impl ConfigSources {
         .await
         .map_err(|e| Error::Unavailable(format!("config reload failed: {e}")))?;
         *self.inner.current.write().expect("config snapshot lock") = snapshot.clone();
+        self.inner.changed.send_replace(());
         for (source, issue) in snapshot.errors() {
             tracing::warn!(source = %source.name(), "config error: {issue}");
         }

@@ -37,6 +37,7 @@ pub mod job_run;
 pub mod material;
 pub mod pipeline;
 pub mod pipeline_config;
+pub mod timer;
 pub mod user;
 
 /// A rule the input or the current state broke; the message names the field or the state.

@@ -270,13 +270,8 @@ fn read_timer(reader: &mut Reader, node: &Node, path: &str) -> Option<TimerConfi
     let spec_line = fields.line_of("spec");
     fields.finish(reader, Leftovers::Warned, &["spec", "only_on_changes"]);
     let spec = spec?;
-    let count = spec.split_whitespace().count();
-    if !(6..=7).contains(&count) {
-        reader.error(
-            &key_path(path, "spec"),
-            spec_line,
-            format!("timer spec `{spec}` has {count} fields; a Quartz cron spec has 6 or 7, seconds first"),
-        );
+    if let Err(why) = crate::domain::timer::TimerSpec::parse(&spec) {
+        reader.error(&key_path(path, "spec"), spec_line, why);
         return None;
     }
     Some(TimerConfig {

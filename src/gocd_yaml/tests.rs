@@ -1953,6 +1953,10 @@ fn timers_and_tracking_tools() {
     );
     assert_error(&issues, "pipelines.p.timer.spec", &["`* * *`", "6 or 7"]);
     assert_error(&issues, "pipelines.p.tracking_tool.link", &["${ID}"]);
+    let issues = errors(
+        "pipelines:\n  p:\n    group: g\n    timer: {spec: '0 0 12 ? * 6L'}\n    stages: [{s: {tasks: [script: x]}}]\n",
+    );
+    assert_error(&issues, "pipelines.p.timer.spec", &["`L`", "not support"]);
 }
 
 #[test]

@@ -10,6 +10,7 @@
 pub mod git;
 mod sqlite;
 pub(crate) mod store;
+pub mod timers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -104,15 +105,20 @@ pub fn pollings(snapshot: &Snapshot) -> Vec<Polling> {
 /// `pipeline_updated` for each pipeline on `polling`: what their cards say of it changed.
 fn publish_users(tx: &mut WriteTx, polling: &Polling) {
     for user in &polling.users {
-        tx.publish(
-            Topic::PipelinesUpdates,
-            DomainEvent::PipelineUpdated {
-                pipeline: user.pipeline.clone(),
-                counter: None,
-                stages: Vec::new(),
-            },
-        );
+        publish_card(tx, &user.pipeline);
     }
+}
+
+/// `pipeline_updated` for `pipeline`, whose card shows something of its materials or timer.
+fn publish_card(tx: &mut WriteTx, pipeline: &str) {
+    tx.publish(
+        Topic::PipelinesUpdates,
+        DomainEvent::PipelineUpdated {
+            pipeline: pipeline.to_string(),
+            counter: None,
+            stages: Vec::new(),
+        },
+    );
 }
 
 /// The poll errors of `config`'s git materials, by material name (read in a pipeline view).

@@ -54,6 +54,8 @@ pub struct PipelineView {
     pub latest: Option<InstanceView>,
     /// Its git materials whose last poll failed: material name and error.
     pub material_errors: Vec<(String, String)>,
+    /// When its timer fires next (Unix milliseconds), if it has one with a firing left.
+    pub next_timer_firing: Option<i64>,
 }
 
 /// One stage run with its jobs' latest runs.
@@ -428,6 +430,7 @@ impl Pipelines {
             .map(|config| {
                 let key = config.name.to_ascii_lowercase();
                 PipelineView {
+                    next_timer_firing: next_timer_firing(config),
                     config: config.clone(),
                     state: states.remove(&key).unwrap_or_default(),
                     latest: views.remove(&key),
@@ -454,6 +457,7 @@ impl Pipelines {
             .next()
             .unwrap_or_default();
         Ok(PipelineView {
+            next_timer_firing: next_timer_firing(&config),
             config,
             state,
             latest,
@@ -819,6 +823,14 @@ async fn summarize(
 
 /// Creates the next instance of `config` in `tx` and starts its first stage. `upstream` is
 /// the (pipeline, label) of the instance whose passed stage triggered it.
+/// The next firing of `config`'s timer after now.
+fn next_timer_firing(config: &PipelineConfig) -> Option<i64> {
+    let timer = config.timer.as_ref()?;
+    crate::domain::timer::TimerSpec::parse(&timer.spec)
+        .ok()?
+        .next_after(now_millis())
+}
+
 async fn trigger_in(
     tx: &mut WriteTx,
     snapshot: &Snapshot,

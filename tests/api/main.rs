@@ -23,3 +23,4 @@ mod registration;
 mod robustness;
 mod show_all;
 mod streams;
+mod timers;

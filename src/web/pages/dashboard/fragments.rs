@@ -153,7 +153,10 @@ pub fn card(view: &PipelineView) -> Markup {
                 p.timer {
                     "Timer: " code { (timer.spec) }
                     @if timer.only_on_changes { " (only on changes)" }
-                    small { " · not fired yet: timers come with polled materials" }
+                    @match view.next_timer_firing {
+                        Some(at) => small { " · next " time datetime=(format_time(at)) { (readable_time(at)) } },
+                        None => small { " · no firing left" },
+                    }
                 }
             }
             @match &view.latest {
