@@ -72,6 +72,15 @@ pub struct ServeArgs {
     /// on `POST /api/admin/config/reload`.
     #[arg(long = "config", env = "FERROCD_CONFIG", value_delimiter = ',')]
     pub config: Vec<PathBuf>,
+    /// A config repository, `URL[#branch]` (branch `master` when absent): every
+    /// `*.gocd.yaml`/`*.gocd.yml` in it is pipeline config, polled with the materials.
+    /// Repeatable (comma-separated in the environment).
+    #[arg(
+        long = "config-repo",
+        env = "FERROCD_CONFIG_REPOS",
+        value_delimiter = ','
+    )]
+    pub config_repos: Vec<crate::config_sources::ConfigRepo>,
     /// GoCD's auto-register key: agents presenting it start Enabled.
     #[arg(long, env = "FERROCD_AGENT_REGISTRATION_KEY")]
     pub agent_registration_key: Option<String>,
@@ -144,6 +153,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `--config` files and directories.
     pub config_paths: Vec<PathBuf>,
+    /// `--config-repo`s.
+    pub config_repos: Vec<crate::config_sources::ConfigRepo>,
     pub agent_registration_key: Option<String>,
     pub lost_contact_after: Duration,
     /// Console silence after which a job without a timeout of its own is cancelled; zero:
@@ -189,6 +200,7 @@ impl From<ServeArgs> for Config {
             database_url,
             data_dir: args.data_dir,
             config_paths: args.config,
+            config_repos: args.config_repos,
             agent_registration_key: args.agent_registration_key.filter(|k| !k.is_empty()),
             lost_contact_after: Duration::from_secs(args.lost_contact_after),
             default_job_timeout: Duration::from_secs(args.default_job_timeout.saturating_mul(60)),
@@ -224,6 +236,7 @@ impl Config {
             database_url: format!("sqlite://{}/ferrocd.db", data_dir.display()),
             data_dir,
             config_paths: Vec::new(),
+            config_repos: Vec::new(),
             agent_registration_key: None,
             lost_contact_after: Duration::from_secs(30),
             default_job_timeout: Duration::ZERO,

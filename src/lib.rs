@@ -161,11 +161,17 @@ impl Application {
         // Nobody has been heard from in this process yet.
         agents.mark_all_missing().await?;
         let job_runs = JobRuns::new(db.clone(), agents.clone(), config.max_console_bytes);
-        let configs = ConfigSources::new(db.clone(), config.config_paths.clone(), &config.data_dir);
+        let configs = ConfigSources::new(
+            db.clone(),
+            config.config_paths.clone(),
+            config.config_repos.clone(),
+            &config.data_dir,
+        );
         configs.reload().await?;
         let scheduler = Scheduler::new(db.clone(), configs.clone());
         let pipelines = Pipelines::new(db.clone(), configs.clone());
         let materials = Materials::new(db.clone(), pipelines.clone(), &config.data_dir);
+        materials.restore_config_repos().await?;
         let webhook_secret = match &config.webhook_secret_file {
             Some(file) => Some(
                 std::fs::read_to_string(file)
@@ -330,7 +336,8 @@ fn spawn_config_reload_on_hangup(configs: ConfigSources, shutdown: CancellationT
     });
 }
 
-/// Polls the git materials every `every` (zero: never), the first time right after start;
+/// Polls the config repositories and then the git materials every `every` (zero: never),
+/// the first time right after start;
 /// a round waits for the last to end, so a slow repository never piles polls up.
 fn spawn_material_polls(materials: Materials, every: Duration, shutdown: CancellationToken) {
     if every.is_zero() {
@@ -345,7 +352,11 @@ fn spawn_material_polls(materials: Materials, every: Duration, shutdown: Cancell
                 _ = tick.tick() => {
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        polled = materials.poll_all() => if let Err(error) = polled {
+                        // Config repositories first: the pipelines they add poll this round.
+                        polled = async {
+                            materials.poll_config_repos().await;
+                            materials.poll_all().await
+                        } => if let Err(error) = polled {
                             tracing::warn!(%error, "material polls failed");
                         },
                     }

@@ -2,6 +2,11 @@
 //! `--config`, and documents stored through the API as files of the server's own under the
 //! data dir), read and checked together, and the snapshot of them in effect.
 //!
+//! A config repository (`--config-repo URL[#branch]`, GoCD's config repos) is one source:
+//! every `*.gocd.yaml|yml` file of one of its revisions, read together, so the repository is
+//! in effect at one revision or kept at its last good one. The materials context polls it
+//! and hands its files here (`set_repo_files`); this context knows no git.
+//!
 //! Files are the one truth; the database holds instances, never config. A source that fails
 //! to parse or validate keeps its last good document, and its errors are shown beside it: a
 //! broken commit to the config never takes running pipelines away. Readers take the snapshot
@@ -16,7 +21,8 @@ use serde::Serialize;
 
 use crate::db::Db;
 use crate::domain::pipeline_config::{
-    ConfigDocument, ConfigIssue, EnvironmentConfig, PipelineConfig, SourcedIssue,
+    ConfigDocument, ConfigIssue, EnvironmentConfig, GitMaterial, MaterialSource, PipelineConfig,
+    SourcedIssue,
 };
 use crate::error::{Error, Result};
 use crate::events::{DomainEvent, Topic};
@@ -30,6 +36,68 @@ pub enum SourceKind {
     File { path: PathBuf },
     /// A document stored through `PUT /api/config/{name}`.
     Api { name: String },
+    /// A config repository's `*.gocd.yaml|yml` files, at one revision.
+    Repo { url: String, branch: String },
+}
+
+/// A config repository named with `--config-repo URL[#branch]` (branch `master` when
+/// absent, as a git material's).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ConfigRepo {
+    pub url: String,
+    pub branch: String,
+}
+
+impl std::str::FromStr for ConfigRepo {
+    type Err = String;
+    fn from_str(spec: &str) -> std::result::Result<ConfigRepo, String> {
+        let (url, branch) = match spec.rsplit_once('#') {
+            Some((url, branch)) => (url.trim(), branch.trim()),
+            None => (spec.trim(), "master"),
+        };
+        if url.is_empty() || branch.is_empty() {
+            return Err(format!(
+                "config repo {spec:?}: give a git URL, optionally #branch"
+            ));
+        }
+        Ok(ConfigRepo {
+            url: url.to_string(),
+            branch: branch.to_string(),
+        })
+    }
+}
+
+/// What the materials context last read of a config repository.
+#[derive(Debug, Clone)]
+pub enum RepoFiles {
+    /// Its config files at `revision` (path, text), read at `read_at`.
+    Read {
+        revision: String,
+        files: Vec<(String, String)>,
+        read_at: i64,
+    },
+    /// Its last poll failed: the files in effect stay, with this error beside them.
+    Failed { error: String, read_at: i64 },
+}
+
+/// A config repository's state, beside its source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepoState {
+    /// The revision whose files are in effect.
+    pub revision: Option<String>,
+    /// When its newest revision was last read.
+    pub last_parsed_at: Option<i64>,
+    /// The newest revision, when it is refused (its errors are the source's).
+    pub broken_revision: Option<String>,
+    /// Why its last poll failed (also among the source's errors).
+    pub poll_error: Option<String>,
+}
+
+impl RepoState {
+    /// The newest revision read, refused or not.
+    pub fn last_read(&self) -> Option<&str> {
+        self.broken_revision.as_deref().or(self.revision.as_deref())
+    }
 }
 
 /// One source and what became of it at the last reload.
@@ -40,6 +108,8 @@ pub struct Source {
     pub document: Option<Arc<ConfigDocument>>,
     /// Why its latest text is not in effect, or what is wrong with what is.
     pub errors: Vec<ConfigIssue>,
+    /// A config repository's revisions (`None` for the other kinds).
+    pub repo: Option<RepoState>,
 }
 
 impl Source {
@@ -48,6 +118,10 @@ impl Source {
         match &self.kind {
             SourceKind::File { path } => path.display().to_string(),
             SourceKind::Api { name } => format!("api:{name}"),
+            SourceKind::Repo { url, branch } => format!(
+                "repo:{}#{branch}",
+                crate::domain::material::without_credentials(url)
+            ),
         }
     }
 
@@ -80,6 +154,15 @@ impl Snapshot {
             }
         }
         Snapshot { sources, by_name }
+    }
+
+    /// What the last reload made of config repository `repo`.
+    pub fn repo_state(&self, repo: &ConfigRepo) -> Option<&RepoState> {
+        self.sources
+            .iter()
+            .find(|s| matches!(&s.kind, SourceKind::Repo { url, branch } if *url == repo.url && *branch == repo.branch))?
+            .repo
+            .as_ref()
     }
 
     pub fn pipeline(&self, name: &str) -> Option<&PipelineConfig> {
@@ -135,6 +218,9 @@ struct Inner {
     db: Db,
     /// `--config` paths: files, or directories searched for `**/*.gocd.yaml|yml`.
     paths: Vec<PathBuf>,
+    /// `--config-repo`s, in the order named, and what was last read of each.
+    repos: Vec<ConfigRepo>,
+    repo_files: std::sync::Mutex<HashMap<ConfigRepo, RepoFiles>>,
     /// Where API documents are kept.
     api_dir: PathBuf,
     current: RwLock<Arc<Snapshot>>,
@@ -151,11 +237,18 @@ pub struct Stored {
 }
 
 impl ConfigSources {
-    pub fn new(db: Db, paths: Vec<PathBuf>, data_dir: &Path) -> ConfigSources {
+    pub fn new(
+        db: Db,
+        paths: Vec<PathBuf>,
+        repos: Vec<ConfigRepo>,
+        data_dir: &Path,
+    ) -> ConfigSources {
         ConfigSources {
             inner: Arc::new(Inner {
                 db,
                 paths,
+                repos,
+                repo_files: std::sync::Mutex::default(),
                 api_dir: data_dir.join("config"),
                 current: RwLock::new(Arc::new(Snapshot::default())),
                 reloading: tokio::sync::Mutex::new(()),
@@ -173,6 +266,36 @@ impl ConfigSources {
             .clone()
     }
 
+    /// The `--config-repo`s.
+    pub fn repos(&self) -> &[ConfigRepo] {
+        &self.inner.repos
+    }
+
+    /// What was read of `repo` now; the sources are read again with it. Answers the revision
+    /// in effect for it afterwards (the one read, or the last good one if that one is refused).
+    pub async fn set_repo_files(
+        &self,
+        repo: &ConfigRepo,
+        files: RepoFiles,
+    ) -> Result<Option<String>> {
+        let _one = self.inner.reloading.lock().await;
+        self.inner
+            .repo_files
+            .lock()
+            .expect("repo files lock")
+            .insert(repo.clone(), files);
+        let snapshot = self.reload_locked().await?;
+        let kind = SourceKind::Repo {
+            url: repo.url.clone(),
+            branch: repo.branch.clone(),
+        };
+        Ok(snapshot
+            .sources
+            .iter()
+            .find(|s| s.kind == kind)
+            .and_then(|s| s.repo.as_ref()?.revision.clone()))
+    }
+
     /// Wakes whenever a new snapshot takes effect.
     pub fn changes(&self) -> tokio::sync::watch::Receiver<()> {
         self.inner.changed.subscribe()
@@ -188,9 +311,22 @@ impl ConfigSources {
         let previous = self.snapshot();
         let paths = self.inner.paths.clone();
         let api_dir = self.inner.api_dir.clone();
+        let repos: Vec<(ConfigRepo, Option<RepoFiles>)> = {
+            let files = self.inner.repo_files.lock().expect("repo files lock");
+            self.inner
+                .repos
+                .iter()
+                .map(|r| (r.clone(), files.get(r).cloned()))
+                .collect()
+        };
         let snapshot = tokio::task::spawn_blocking(move || {
-            let texts = read_sources(&paths, &api_dir);
-            Arc::new(settle(texts, &previous))
+            let mut reads = read_sources(&paths, &api_dir);
+            reads.extend(
+                repos
+                    .into_iter()
+                    .map(|(repo, files)| read_repo(repo, files)),
+            );
+            Arc::new(settle(reads, &previous))
         })
         .await
         .map_err(|e| Error::Unavailable(format!("config reload failed: {e}")))?;
@@ -284,6 +420,7 @@ fn kind_name(kind: &SourceKind) -> String {
         kind: kind.clone(),
         document: None,
         errors: vec![],
+        repo: None,
     }
     .name()
 }
@@ -328,10 +465,136 @@ fn write_atomically(path: &Path, text: &str) -> Result<()> {
     std::fs::rename(&temp, path).map_err(unavailable)
 }
 
-/// A source's text as read now (or why it could not be read).
+/// A source as read now: its document, or why it does not read (`None`: nothing new to read,
+/// the previous document stays).
 struct Read {
     kind: SourceKind,
+    parsed: Option<std::result::Result<ConfigDocument, Vec<ConfigIssue>>>,
+    /// A config repository's: the revision read, and when.
+    repo: Option<RepoRead>,
+}
+
+struct RepoRead {
+    revision: Option<String>,
+    read_at: Option<i64>,
+    /// Why its poll failed (the document in effect stays).
+    poll_error: Option<String>,
+}
+
+fn parse_text(
     text: std::result::Result<String, String>,
+) -> Option<std::result::Result<ConfigDocument, Vec<ConfigIssue>>> {
+    Some(
+        text.map_err(|message| vec![issue_at("", message)])
+            .and_then(|text| gocd_yaml::parse_document(&text)),
+    )
+}
+
+fn issue_at(path: &str, message: String) -> ConfigIssue {
+    ConfigIssue {
+        path: path.to_string(),
+        line: None,
+        message,
+    }
+}
+
+/// A config repository's files read as one document: each parsed, then merged; an error in
+/// any refuses the revision whole (each error names its file and the revision). Its
+/// `type: configrepo` materials become git materials on the repository itself.
+fn read_repo(repo: ConfigRepo, files: Option<RepoFiles>) -> Read {
+    let kind = SourceKind::Repo {
+        url: repo.url.clone(),
+        branch: repo.branch.clone(),
+    };
+    let (revision, files, read_at) = match files {
+        None => {
+            return Read {
+                kind,
+                parsed: None,
+                repo: Some(RepoRead {
+                    revision: None,
+                    read_at: None,
+                    poll_error: None,
+                }),
+            };
+        }
+        Some(RepoFiles::Failed { error, read_at }) => {
+            return Read {
+                kind,
+                parsed: None,
+                repo: Some(RepoRead {
+                    revision: None,
+                    read_at: Some(read_at),
+                    poll_error: Some(error),
+                }),
+            };
+        }
+        Some(RepoFiles::Read {
+            revision,
+            files,
+            read_at,
+        }) => (revision, files, read_at),
+    };
+    let short: String = revision.chars().take(8).collect();
+    let mut merged = ConfigDocument {
+        format_version: 1,
+        pipelines: Vec::new(),
+        environments: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let mut refused = Vec::new();
+    let located = |file: &str, mut issue: ConfigIssue| {
+        issue.message = format!("{file} at {short}: {}", issue.message);
+        issue
+    };
+    for (file, text) in files {
+        match gocd_yaml::parse_document(&text) {
+            Ok(document) => {
+                merged.format_version = merged.format_version.max(document.format_version);
+                merged.pipelines.extend(document.pipelines);
+                merged.environments.extend(document.environments);
+                merged
+                    .warnings
+                    .extend(document.warnings.into_iter().map(|w| located(&file, w)));
+            }
+            Err(issues) => refused.extend(issues.into_iter().map(|i| located(&file, i))),
+        }
+    }
+    for pipeline in &mut merged.pipelines {
+        for material in &mut pipeline.materials {
+            if let MaterialSource::ConfigRepo {
+                destination,
+                ignore,
+                includes,
+            } = &material.source
+            {
+                material.source = MaterialSource::Git(GitMaterial {
+                    url: repo.url.clone(),
+                    branch: repo.branch.clone(),
+                    destination: destination.clone(),
+                    ignore: ignore.clone(),
+                    includes: includes.clone(),
+                    shallow_clone: false,
+                    auto_update: true,
+                    username: None,
+                    password: None,
+                });
+            }
+        }
+    }
+    Read {
+        kind,
+        parsed: Some(if refused.is_empty() {
+            Ok(merged)
+        } else {
+            Err(refused)
+        }),
+        repo: Some(RepoRead {
+            revision: Some(revision),
+            read_at: Some(read_at),
+            poll_error: None,
+        }),
+    }
 }
 
 /// The `--config` files (directories searched, in name order) and then the API documents.
@@ -350,8 +613,11 @@ fn read_sources(paths: &[PathBuf], api_dir: &Path) -> Vec<Read> {
     let mut reads: Vec<Read> = files
         .into_iter()
         .map(|path| Read {
-            text: std::fs::read_to_string(&path).map_err(|e| format!("cannot read the file: {e}")),
+            parsed: parse_text(
+                std::fs::read_to_string(&path).map_err(|e| format!("cannot read the file: {e}")),
+            ),
             kind: SourceKind::File { path },
+            repo: None,
         })
         .collect();
     let mut api = Vec::new();
@@ -365,8 +631,11 @@ fn read_sources(paths: &[PathBuf], api_dir: &Path) -> Vec<Read> {
     }
     api.sort();
     reads.extend(api.into_iter().map(|(name, path)| Read {
-        text: std::fs::read_to_string(&path).map_err(|e| format!("cannot read the file: {e}")),
+        parsed: parse_text(
+            std::fs::read_to_string(&path).map_err(|e| format!("cannot read the file: {e}")),
+        ),
         kind: SourceKind::Api { name },
+        repo: None,
     }));
     reads
 }
@@ -397,6 +666,8 @@ fn settle(reads: Vec<Read>, previous: &Snapshot) -> Snapshot {
         previous: Option<Arc<ConfigDocument>>,
         /// Why the new text is not in effect.
         refused: Vec<ConfigIssue>,
+        /// A config repository's read, and its state before it.
+        repo: Option<(RepoRead, RepoState)>,
     }
     impl Candidate {
         fn in_effect(&self) -> Option<Arc<ConfigDocument>> {
@@ -406,30 +677,20 @@ fn settle(reads: Vec<Read>, previous: &Snapshot) -> Snapshot {
     let mut candidates: Vec<Candidate> = reads
         .into_iter()
         .map(|read| {
-            let previous = previous
-                .sources
-                .iter()
-                .find(|s| s.kind == read.kind)
-                .and_then(|s| s.document.clone());
-            let parsed = read
-                .text
-                .map_err(|message| {
-                    vec![ConfigIssue {
-                        path: String::new(),
-                        line: None,
-                        message,
-                    }]
-                })
-                .and_then(|text| gocd_yaml::parse_document(&text));
-            let (fresh, refused) = match parsed {
-                Ok(doc) => (Some(Arc::new(doc)), vec![]),
-                Err(issues) => (None, issues),
+            let before = previous.sources.iter().find(|s| s.kind == read.kind);
+            let (fresh, refused) = match read.parsed {
+                Some(Ok(doc)) => (Some(Arc::new(doc)), vec![]),
+                Some(Err(issues)) => (None, issues),
+                None => (None, vec![]),
             };
             Candidate {
                 kind: read.kind,
                 fresh,
-                previous,
+                previous: before.and_then(|s| s.document.clone()),
                 refused,
+                repo: read
+                    .repo
+                    .map(|r| (r, before.and_then(|s| s.repo.clone()).unwrap_or_default())),
             }
         })
         .collect();
@@ -474,6 +735,7 @@ fn settle(reads: Vec<Read>, previous: &Snapshot) -> Snapshot {
         .enumerate()
         .map(|(i, c)| {
             let document = c.in_effect();
+            let refused = !c.refused.is_empty();
             let mut errors = c.refused;
             if c.fresh.is_none() {
                 errors.extend(
@@ -483,10 +745,33 @@ fn settle(reads: Vec<Read>, previous: &Snapshot) -> Snapshot {
                         .map(|(_, e)| e.clone()),
                 );
             }
+            let repo = c.repo.map(|(read, before)| {
+                if let Some(error) = &read.poll_error {
+                    errors.push(issue_at("", format!("cannot poll the repository: {error}")));
+                }
+                RepoState {
+                    revision: match (&c.fresh, refused) {
+                        (Some(_), false) => read.revision.clone(),
+                        _ => before.revision,
+                    },
+                    last_parsed_at: match read.poll_error {
+                        Some(_) => before.last_parsed_at,
+                        None => read.read_at.or(before.last_parsed_at),
+                    },
+                    // A failed poll leaves what the last read said.
+                    broken_revision: match (&read.poll_error, refused) {
+                        (Some(_), _) => before.broken_revision,
+                        (None, true) => read.revision,
+                        (None, false) => None,
+                    },
+                    poll_error: read.poll_error,
+                }
+            });
             Source {
                 kind: c.kind,
                 document,
                 errors,
+                repo,
             }
         })
         .collect();

@@ -219,6 +219,33 @@ pub fn scrub(remote: &Remote, text: &str) -> String {
     text
 }
 
+/// The `*.gocd.yaml` and `*.gocd.yml` files of `revision` in `mirror`, by path (a config
+/// repository's), each as text.
+pub async fn config_files(
+    remote: &Remote,
+    mirror: &Path,
+    revision: &str,
+) -> Result<Vec<(String, String)>, String> {
+    let listing = run(
+        remote,
+        Some(mirror),
+        &["ls-tree", "-r", "-z", "--name-only", revision],
+    )
+    .await?;
+    let mut paths: Vec<&str> = listing
+        .split('\0')
+        .filter(|p| p.ends_with(".gocd.yaml") || p.ends_with(".gocd.yml"))
+        .collect();
+    paths.sort_unstable();
+    let mut files = Vec::with_capacity(paths.len());
+    for path in paths {
+        let object = format!("{revision}:{path}");
+        let text = run(remote, Some(mirror), &["cat-file", "blob", &object]).await?;
+        files.push((path.to_string(), text));
+    }
+    Ok(files)
+}
+
 /// Where the mirror of a fingerprint lives.
 pub fn mirror_dir(materials_dir: &Path, fingerprint: &str) -> PathBuf {
     materials_dir.join(format!("{fingerprint}.git"))

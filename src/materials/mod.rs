@@ -7,6 +7,7 @@
 //! each within a timeout; a failing one is stored and retried next round, never blocking
 //! the others.
 
+mod config_repos;
 pub mod git;
 mod sqlite;
 pub(crate) mod store;
@@ -231,6 +232,7 @@ pub struct Materials {
     db: Db,
     pipelines: Pipelines,
     mirrors: PathBuf,
+    config_mirrors: PathBuf,
     /// One poll of a fingerprint at a time (a webhook's and the round's), so a new revision
     /// triggers once.
     polling: Arc<std::sync::Mutex<HashMap<Fingerprint, Arc<tokio::sync::Mutex<()>>>>>,
@@ -243,13 +245,26 @@ impl Materials {
             db,
             pipelines,
             mirrors: data_dir.join("materials"),
+            config_mirrors: data_dir.join("config-repos"),
             polling: Arc::default(),
         }
     }
 
+    /// The lock one poll of `fingerprint` holds.
+    fn poll_lock(&self, fingerprint: &Fingerprint) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(
+            self.polling
+                .lock()
+                .expect("polling lock poisoned")
+                .entry(fingerprint.clone())
+                .or_default(),
+        )
+    }
+
     /// Polls now, in the background, every material on the repository `url` (any spelling)
     /// and on `branch` (any, if `None`), auto-updating or not (a webhook or notify is how an
-    /// `auto_update: false` material learns of changes). Answers how many it polls.
+    /// `auto_update: false` material learns of changes), and the config repositories there.
+    /// Answers how many it polls.
     pub fn notify(&self, url: &str, branch: Option<&str>) -> usize {
         let wanted = normalized_url(url);
         let snapshot = self.pipelines.configs().snapshot();
@@ -258,7 +273,7 @@ impl Materials {
             .filter(|p| normalized_url(&p.remote.url) == wanted)
             .filter(|p| branch.is_none_or(|b| b == p.remote.branch))
             .collect();
-        let count = due.len();
+        let count = due.len() + self.notify_config_repos(url, branch);
         for polling in due {
             let materials = self.clone();
             tokio::spawn(async move {
@@ -311,13 +326,7 @@ impl Materials {
     /// Polls one repository and triggers what its new revision should, except `except` (a
     /// pipeline about to be triggered by hand anyway).
     async fn poll_one(&self, polling: &Polling, except: Option<&str>) -> Result<()> {
-        let lock = Arc::clone(
-            self.polling
-                .lock()
-                .expect("polling lock poisoned")
-                .entry(polling.fingerprint.clone())
-                .or_default(),
-        );
+        let lock = self.poll_lock(&polling.fingerprint);
         let _one_at_a_time = lock.lock().await;
         let fingerprint = polling.fingerprint.as_str();
         let (known, known_error) = {

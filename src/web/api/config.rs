@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::config_sources::{Snapshot, Source, SourceKind};
+use crate::domain::material::without_credentials;
 use crate::error::{Error, Result};
 use crate::web::auth::Credential::{Admin, User};
 use crate::web::routes::Routes;
@@ -34,8 +35,11 @@ fn source_json(source: &Source) -> Value {
     let (kind, name) = match &source.kind {
         SourceKind::File { path } => ("file", path.display().to_string()),
         SourceKind::Api { name } => ("api", name.clone()),
+        SourceKind::Repo { url, branch } => {
+            ("repo", format!("{}#{branch}", without_credentials(url)))
+        }
     };
-    json!({
+    let mut json = json!({
         "name": name,
         "kind": kind,
         "file": source.name(),
@@ -47,7 +51,20 @@ fn source_json(source: &Source) -> Value {
             .unwrap_or_default(),
         "errors": source.errors,
         "warnings": source.warnings(),
-    })
+    });
+    if let (SourceKind::Repo { url, branch }, Some(repo), Value::Object(fields)) =
+        (&source.kind, &source.repo, &mut json)
+    {
+        fields.insert("url".into(), json!(without_credentials(url)));
+        fields.insert("branch".into(), json!(branch));
+        fields.insert("revision".into(), json!(repo.revision));
+        fields.insert(
+            "last_parsed_at".into(),
+            json!(repo.last_parsed_at.map(crate::web::format_time)),
+        );
+        fields.insert("broken_revision".into(), json!(repo.broken_revision));
+    }
+    json
 }
 
 async fn list(State(state): State<AppState>) -> Json<Value> {
