@@ -45,6 +45,7 @@ use crate::web::hosts::AllowedHosts;
 use crate::web::live::RenderCounts;
 use crate::web::pages::agents::AgentsView;
 use crate::web::pages::build::ConsoleViews;
+use crate::web::pages::build_cause::BuildCauseViews;
 use crate::web::pages::dashboard::DashboardView;
 use crate::web::pages::history::HistoryViews;
 use crate::web::pages::runs::RunsViews;
@@ -80,6 +81,7 @@ pub struct AppState {
     /// Live run lists and consoles, one per watched agent page or build.
     pub runs_views: Arc<RunsViews>,
     pub history_views: Arc<HistoryViews>,
+    pub build_cause_views: Arc<BuildCauseViews>,
     pub stage_views: Arc<StageViews>,
     pub console_views: Arc<ConsoleViews>,
     /// The topics some `/api/events` stream follows, one live view each.
@@ -239,6 +241,7 @@ impl Application {
             dashboard_view,
             runs_views: Arc::default(),
             history_views: Arc::default(),
+            build_cause_views: Arc::default(),
             stage_views: Arc::default(),
             console_views: Arc::default(),
             topic_views: Arc::default(),

@@ -8,6 +8,7 @@ mod agent_tls;
 mod agents_api;
 mod architecture;
 mod audit;
+mod build_cause;
 mod config_repos;
 mod connections;
 mod console_stream;

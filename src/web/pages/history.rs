@@ -173,7 +173,9 @@ fn instance_row(name: &str, view: &InstanceView) -> Markup {
     let counter = view.instance.counter;
     html! {
         tr id=(format!("instance-{counter}")) {
-            td.instance-label { (view.instance.label) }
+            td.instance-label {
+                a href=(format!("/pipelines/{name}/{counter}/build_cause")) title="Build cause" { (view.instance.label) }
+            }
             td { "by " (view.instance.triggered_by) " at " (timestamp(view.instance.created_at)) }
             td {
                 div.stages {

@@ -4,6 +4,7 @@ pub mod about;
 pub mod access_tokens;
 pub mod agents;
 pub mod build;
+pub mod build_cause;
 pub mod dashboard;
 pub mod history;
 pub mod layout;
@@ -31,6 +32,7 @@ pub fn router() -> Routes {
         .merge(agents::router())
         .merge(dashboard::router())
         .merge(history::router())
+        .merge(build_cause::router())
         .merge(stage::router())
         .merge(about::router())
         .merge(runs::router())

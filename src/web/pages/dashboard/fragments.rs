@@ -163,7 +163,12 @@ pub fn card(view: &PipelineView) -> Markup {
                 None => p.no-instance { "Never run" },
                 Some(latest) => {
                     div.instance {
-                        p.label { "Instance: " span.instance-label { (latest.instance.label) } }
+                        p.label {
+                            "Instance: "
+                            a.instance-label href=(format!("/pipelines/{name}/{}/build_cause", latest.instance.counter)) title="Build cause" {
+                                (latest.instance.label)
+                            }
+                        }
                         p.triggered {
                             "Triggered by " (latest.instance.triggered_by)
                             br;
