@@ -1,3 +1,25 @@
+// "Trigger with options": a card's ▶… link opens its form in the page's dialog (outside the
+// live region, so a card's change never closes it); Cancel closes it. Without script the
+// link is a page of its own.
+(function () {
+  "use strict";
+  document.addEventListener("click", (event) => {
+    const link = event.target.closest("a.trigger-options");
+    const dialog = document.getElementById("trigger-dialog");
+    if (link && dialog && window.htmx) {
+      event.preventDefault();
+      htmx.ajax("GET", link.getAttribute("href"), { target: dialog, swap: "innerHTML" })
+        .then(() => { if (!dialog.open) dialog.showModal(); });
+      return;
+    }
+    const cancel = event.target.closest("#trigger-dialog .dialog-close");
+    if (cancel) {
+      event.preventDefault();
+      cancel.closest("dialog").close();
+    }
+  });
+})();
+
 // The dashboard's per-viewer state: the search box. The server's blocks are the same for
 // every viewer; this hides the cards whose name does not contain the search text (and the
 // group headings left with no card shown), and re-applies it after every live change.

@@ -55,6 +55,16 @@ pub struct User {
     pub filter: FileFilter,
 }
 
+/// A pipeline's git material and the commits a trigger may pick from.
+#[derive(Debug, Clone)]
+pub struct MaterialChoice {
+    pub name: String,
+    pub fingerprint: Fingerprint,
+    pub url: String,
+    pub branch: String,
+    pub commits: Vec<crate::domain::material::Modification>,
+}
+
 /// A polled material as `GET /api/materials` shows it.
 #[derive(Debug, Clone)]
 pub struct MaterialView {
@@ -303,6 +313,31 @@ impl Materials {
         Ok(())
     }
 
+    /// GoCD's "trigger with options": `pipeline` with `variables` and some git materials at
+    /// `picked` revisions (fingerprint → revision), after polling its materials first if
+    /// `update_first`. Answers the new counter.
+    pub async fn trigger_with_options(
+        &self,
+        pipeline: &str,
+        actor: &str,
+        variables: BTreeMap<String, String>,
+        picked: &BTreeMap<String, String>,
+        update_first: bool,
+    ) -> Result<i64> {
+        let canonical = self
+            .pipelines
+            .configs()
+            .snapshot()
+            .pipeline(pipeline)
+            .map_or_else(|| pipeline.to_string(), |p| p.name.clone());
+        if update_first {
+            self.poll_pipeline(&canonical).await?;
+        }
+        self.pipelines
+            .trigger_at(&canonical, actor, variables, picked)
+            .await
+    }
+
     /// Polls every auto-updating material once, a few at a time, and triggers what changed.
     pub async fn poll_all(&self) -> Result<()> {
         let snapshot = self.pipelines.configs().snapshot();
@@ -443,6 +478,31 @@ impl Materials {
             );
         }
         Ok(all)
+    }
+
+    /// `pipeline`'s git materials with their newest polled commits (at most `limit` each,
+    /// newest first): what "trigger with options" offers to pick from.
+    pub async fn choices(&self, pipeline: &str, limit: i64) -> Result<Vec<MaterialChoice>> {
+        let snapshot = self.pipelines.configs().snapshot();
+        let Some(config) = snapshot.pipeline(pipeline) else {
+            return Err(Error::NotFound(format!("no pipeline named {pipeline}")));
+        };
+        let mut read = self.db.reader().await?;
+        let mut choices = Vec::new();
+        for material in &config.materials {
+            let MaterialSource::Git(git) = &material.source else {
+                continue;
+            };
+            let fingerprint = Fingerprint::of_git(&git.url, &git.branch);
+            choices.push(MaterialChoice {
+                name: material.name.clone(),
+                url: without_credentials(&git.url),
+                branch: git.branch.clone(),
+                commits: store::recent(read.conn(), fingerprint.as_str(), limit).await?,
+                fingerprint,
+            });
+        }
+        Ok(choices)
     }
 
     /// Every git material of the config with its last poll, in URL order.

@@ -141,13 +141,42 @@ pub async fn errors(conn: &mut SqliteConnection) -> Result<Vec<(String, String)>
     .await?)
 }
 
+pub async fn recent(
+    conn: &mut SqliteConnection,
+    fingerprint: &str,
+    limit: i64,
+) -> Result<Vec<Modification>> {
+    let rows: Vec<ModificationRow> = sqlx::query_as(
+        "SELECT revision, author, committed_at, message, files FROM modifications \
+         WHERE fingerprint = $1 ORDER BY id DESC LIMIT $2",
+    )
+    .bind(fingerprint)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(modification).collect())
+}
+
+/// A modification as the table holds it: revision, author, time, message, files.
+type ModificationRow = (String, String, i64, String, Json<Vec<String>>);
+
+fn modification((revision, author, time, message, files): ModificationRow) -> Modification {
+    Modification {
+        revision,
+        author,
+        time,
+        message,
+        files: files.0,
+    }
+}
+
 pub async fn between(
     conn: &mut SqliteConnection,
     fingerprint: &str,
     from: &str,
     to: &str,
 ) -> Result<Vec<Modification>> {
-    let rows: Vec<(String, String, i64, String, Json<Vec<String>>)> = sqlx::query_as(
+    let rows: Vec<ModificationRow> = sqlx::query_as(
         "SELECT revision, author, committed_at, message, files FROM modifications \
          WHERE fingerprint = $1 AND id <= (SELECT id FROM modifications WHERE fingerprint = $1 AND revision = $3) \
          AND id >= COALESCE((SELECT id FROM modifications WHERE fingerprint = $1 AND revision = $2), \
@@ -159,14 +188,5 @@ pub async fn between(
     .bind(to)
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(revision, author, time, message, files)| Modification {
-            revision,
-            author,
-            time,
-            message,
-            files: files.0,
-        })
-        .collect())
+    Ok(rows.into_iter().map(modification).collect())
 }

@@ -62,6 +62,11 @@ pub async fn errors(conn: Conn<'_>) -> Result<Vec<(String, String)>> {
     backend!(conn, errors())
 }
 
+/// The newest `limit` commits polled of `fingerprint`, newest first.
+pub async fn recent(conn: Conn<'_>, fingerprint: &str, limit: i64) -> Result<Vec<Modification>> {
+    backend!(conn, recent(fingerprint, limit))
+}
+
 /// The commits from `from` to `to` as polled, newest first (just `to`'s if `from` is unknown).
 pub async fn between(
     conn: Conn<'_>,

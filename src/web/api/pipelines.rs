@@ -123,18 +123,22 @@ async fn schedule(
         Some(v) => v.into_map()?,
         None => BTreeMap::new(),
     };
-    let snapshot = state.pipelines.configs().snapshot();
-    let canonical = snapshot
-        .pipeline(&name)
-        .map(|p| p.name.clone())
-        .unwrap_or(name);
-    if body.update_materials_before_scheduling == Some(true) {
-        state.materials.poll_pipeline(&canonical).await?;
-    }
     let counter = state
-        .pipelines
-        .trigger_at(&canonical, &actor.name, variables, &picked)
+        .materials
+        .trigger_with_options(
+            &name,
+            &actor.name,
+            variables,
+            &picked,
+            body.update_materials_before_scheduling == Some(true),
+        )
         .await?;
+    let canonical = state
+        .pipelines
+        .configs()
+        .snapshot()
+        .pipeline(&name)
+        .map_or(name, |p| p.name.clone());
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({

@@ -52,6 +52,8 @@ pub fn page(children: Markup, errors: Markup) -> Markup {
                 (children)
             }
         }
+        // Outside the live region: a card's change never closes an open form.
+        dialog #trigger-dialog aria-label="Trigger with options" {}
     }
 }
 
@@ -121,6 +123,8 @@ pub fn card(view: &PipelineView) -> Markup {
                 form method="post" action=(format!("/pipelines/{name}/schedule")) {
                     button.icon-button type="submit" title="Trigger" disabled[paused] { "▶" }
                 }
+                a.icon-button.trigger-options href=(format!("/pipelines/{name}/trigger"))
+                    title="Trigger with options" { "▶…" }
                 @if paused {
                     form method="post" action=(format!("/pipelines/{name}/unpause")) {
                         button.icon-button type="submit" title="Unpause" { "▶▮" }

@@ -5,6 +5,7 @@
 
 pub mod fragments;
 pub mod live;
+mod options;
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -24,6 +25,11 @@ pub fn router() -> Routes {
     Routes::new()
         .get("/pipelines", Credential::User, dashboard_page)
         .get("/pipelines/events", Credential::User, events)
+        .get(
+            "/pipelines/{name}/trigger",
+            Credential::User,
+            options::options_page,
+        )
         .post("/pipelines/{name}/schedule", Credential::User, trigger)
         .post("/pipelines/{name}/pause", Credential::User, pause)
         .post("/pipelines/{name}/unpause", Credential::User, unpause)
@@ -62,14 +68,29 @@ fn back() -> Response {
     Redirect::to("/pipelines").into_response()
 }
 
+/// The card's ▶ (no fields) and "trigger with options" (its form's fields).
 async fn trigger(
     State(state): State<AppState>,
     CurrentUser(actor): CurrentUser,
     Path(name): Path<String>,
+    body: axum::body::Bytes,
 ) -> PageResult<Response> {
-    state
+    let configured = state
         .pipelines
-        .trigger(&name, &actor.name, Default::default())
+        .view(&name)
+        .await?
+        .config
+        .environment_variables;
+    let picked = options::picked(&body, &configured)?;
+    state
+        .materials
+        .trigger_with_options(
+            &name,
+            &actor.name,
+            picked.variables,
+            &picked.revisions,
+            picked.update_first,
+        )
         .await?;
     Ok(back())
 }
