@@ -113,6 +113,28 @@ pub fn pollings(snapshot: &Snapshot) -> Vec<Polling> {
     by_fingerprint.into_values().collect()
 }
 
+/// Whether `pipeline` depends on an upstream that builds the repository `fingerprint` too:
+/// a commit there reaches it through that upstream once it passes (fan-in), not directly.
+fn reached_through_upstream(
+    snapshot: &Snapshot,
+    pipeline: &str,
+    fingerprint: &Fingerprint,
+) -> bool {
+    let Some(config) = snapshot.pipeline(pipeline) else {
+        return false;
+    };
+    config
+        .dependencies()
+        .filter(|(_, _, _, ignored)| !ignored)
+        .filter_map(|(_, upstream, _, _)| snapshot.pipeline(upstream))
+        .any(|upstream| {
+            upstream.materials.iter().any(|m| {
+                matches!(&m.source, MaterialSource::Git(git)
+                    if Fingerprint::of_git(&git.url, &git.branch) == *fingerprint)
+            })
+        })
+}
+
 /// `pipeline_updated` for each pipeline on `polling`: what their cards say of it changed.
 fn publish_users(tx: &mut WriteTx, polling: &Polling) {
     for user in &polling.users {
@@ -427,8 +449,13 @@ impl Materials {
             .iter()
             .flat_map(|m| m.files.iter().cloned())
             .collect();
+        let snapshot = self.pipelines.configs().snapshot();
         for user in &polling.users {
             if except.is_some_and(|e| e.eq_ignore_ascii_case(&user.pipeline)) {
+                continue;
+            }
+            if reached_through_upstream(&snapshot, &user.pipeline, &polling.fingerprint) {
+                tracing::info!(pipeline = %user.pipeline, "the commit reaches it through an upstream: not triggered directly");
                 continue;
             }
             if first {

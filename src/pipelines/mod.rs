@@ -921,7 +921,7 @@ async fn material_labels(
         {
             let label = match upstream {
                 Some((up, label)) if up.eq_ignore_ascii_case(pipeline) => Some(label.to_string()),
-                _ => latest_passed_label(tx, pipeline, stage).await?,
+                _ => latest_passed(tx, pipeline, stage).await?.map(|i| i.label),
             };
             if let Some(label) = label {
                 labels.insert(material.name.clone(), label);
@@ -931,11 +931,12 @@ async fn material_labels(
     Ok(labels)
 }
 
-async fn latest_passed_label(
+/// The newest of `pipeline`'s latest 20 instances whose `stage` passed.
+async fn latest_passed(
     tx: &mut WriteTx,
     pipeline: &str,
     stage: &str,
-) -> Result<Option<String>> {
+) -> Result<Option<PipelineInstance>> {
     let (page, _) = store::history(tx.conn(), pipeline, 0, 20).await?;
     for instance in page {
         let view = instance_view(tx.conn(), &instance.pipeline_name, instance.counter).await?;
@@ -944,10 +945,74 @@ async fn latest_passed_label(
             .iter()
             .any(|s| s.name.eq_ignore_ascii_case(stage) && s.status == StageStatus::Passed)
         {
-            return Ok(Some(view.instance.label));
+            return Ok(Some(view.instance));
         }
     }
     Ok(None)
+}
+
+/// Fan-in (the simple case GoCD users expect): `downstream`, whose upstream `passed` just
+/// passed, runs only once every other upstream it depends on has passed at the same
+/// revision of each git material they share with `passed`. Answers why it waits, if it does
+/// (the last upstream to catch up triggers it, so it runs once, consistently).
+async fn fan_in_wait(
+    tx: &mut WriteTx,
+    downstream: &PipelineConfig,
+    passed: &PipelineInstance,
+) -> Result<Option<String>> {
+    for (_, upstream, stage, ignored) in downstream.dependencies() {
+        if ignored || upstream.eq_ignore_ascii_case(&passed.pipeline_name) {
+            continue;
+        }
+        let Some(other) = latest_passed(tx, upstream, stage).await? else {
+            return Ok(Some(format!(
+                "upstream {upstream} has not passed {stage} yet"
+            )));
+        };
+        for mine in &passed.material_revisions {
+            if let Some(theirs) = other
+                .material_revisions
+                .iter()
+                .find(|t| t.fingerprint == mine.fingerprint && t.revision != mine.revision)
+            {
+                return Ok(Some(format!(
+                    "upstream {upstream} last passed {stage} at {} {}, not {}",
+                    mine.material,
+                    short_revision(&theirs.revision),
+                    short_revision(&mine.revision)
+                )));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn short_revision(revision: &str) -> String {
+    revision.chars().take(8).collect()
+}
+
+/// The revisions `downstream`'s own git materials take when `passed` triggers it: those
+/// `passed` ran of the repositories they share (so a commit polled since does not mix in).
+fn revisions_shared_with(
+    downstream: &PipelineConfig,
+    passed: &PipelineInstance,
+) -> BTreeMap<String, String> {
+    downstream
+        .materials
+        .iter()
+        .filter_map(|m| match &m.source {
+            MaterialSource::Git(git) => {
+                let fingerprint =
+                    crate::domain::material::Fingerprint::of_git(&git.url, &git.branch);
+                passed
+                    .material_revisions
+                    .iter()
+                    .find(|r| r.fingerprint == fingerprint)
+                    .map(|r| (fingerprint.to_string(), r.revision.clone()))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Records stage run `stage_counter` of `stage` and schedules its jobs.
@@ -1083,7 +1148,12 @@ async fn stage_finished(
             if downstream.stages.first().is_some_and(|s| s.approval.manual) {
                 continue;
             }
+            if let Some(why) = fan_in_wait(tx, downstream, &instance).await? {
+                tracing::info!(pipeline = %downstream.name, "not triggered yet: {why}");
+                continue;
+            }
             let upstream = Some((instance.pipeline_name.as_str(), instance.label.as_str()));
+            let picked = revisions_shared_with(downstream, &instance);
             match trigger_in(
                 tx,
                 &snapshot,
@@ -1091,7 +1161,7 @@ async fn stage_finished(
                 CHANGES,
                 BTreeMap::new(),
                 upstream,
-                &BTreeMap::new(),
+                &picked,
             )
             .await
             {

@@ -13,6 +13,7 @@ mod config_repos;
 mod connections;
 mod console_stream;
 mod cross_site;
+mod fan_in;
 mod gocd_shape;
 mod helpers;
 mod jobs;
