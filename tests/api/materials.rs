@@ -576,3 +576,67 @@ async fn signed_webhooks_poll_the_pushed_materials_at_once() {
     assert_eq!(status, 401, "{answer}");
     assert!(answer.contains("webhook-secret-file"), "{answer}");
 }
+
+/// A restart in the middle keeps every recorded modification: the instances built before it
+/// still list their commits, and the first poll after it reads only the commits since the
+/// revision it knew (one pushed while the server was down included).
+#[tokio::test]
+async fn a_restart_keeps_the_recorded_modifications() {
+    use crate::helpers::Server;
+    let work = tempfile::tempdir().unwrap();
+    let repo = new_repo(work.path());
+    commit(&repo, "a.txt", "first");
+    let data = tempfile::tempdir().unwrap();
+    let settings = || {
+        let mut config = ferrocd::config::Config::for_data_dir(data.path());
+        config.material_poll_interval = Duration::from_millis(300);
+        config
+    };
+    let yaml = format!(
+        "format_version: 10\npipelines:\n  app:\n    group: g\n    materials:\n      code: {{git: \"{}\", branch: main}}\n    stages:\n      - build: {{tasks: [{{exec: {{command: make}}}}]}}\n",
+        repo.display()
+    );
+    let comments = |instance: &Value| -> Vec<String> {
+        instance["build_cause"]["material_revisions"][0]["modifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["comment"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let server = Server::start(settings()).await;
+    let api = server.api();
+    api.put_config("app", &yaml).await.expect(201);
+    eventually("instance 1", || async {
+        (instances(&api, "app").await == 1).then_some(())
+    })
+    .await;
+    commit(&repo, "a.txt", "second");
+    commit(&repo, "a.txt", "third");
+    eventually("instance 2", || async {
+        (instances(&api, "app").await == 2).then_some(())
+    })
+    .await;
+    server.stop().await;
+
+    commit(&repo, "a.txt", "fourth, while it was down");
+    let server = Server::start(settings()).await;
+    let api = server.api();
+    eventually("instance 3", || async {
+        (instances(&api, "app").await == 3).then_some(())
+    })
+    .await;
+    let two = api
+        .get("/go/api/pipelines/app/instance/2")
+        .await
+        .expect(200);
+    assert_eq!(comments(&two), ["third", "second"]);
+    let three = api
+        .get("/go/api/pipelines/app/instance/3")
+        .await
+        .expect(200);
+    assert_eq!(comments(&three), ["fourth, while it was down"]);
+    let page = api.get("/pipelines/app/2/build_cause").await.text();
+    assert!(page.contains("second") && page.contains("third"), "{page}");
+    server.stop().await;
+}
