@@ -388,10 +388,7 @@ impl Materials {
         let fingerprint = polling.fingerprint.as_str();
         let (known, known_error) = {
             let mut read = self.db.reader().await?;
-            let row = store::all(read.conn())
-                .await?
-                .into_iter()
-                .find(|r| r.fingerprint == fingerprint);
+            let row = store::one(read.conn(), fingerprint).await?;
             (
                 row.as_ref().and_then(|r| r.last_revision.clone()),
                 row.and_then(|r| r.error),

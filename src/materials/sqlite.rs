@@ -38,6 +38,17 @@ pub async fn all(conn: &mut SqliteConnection) -> Result<Vec<MaterialRow>> {
     Ok(rows.into_iter().map(row).collect())
 }
 
+pub async fn one(conn: &mut SqliteConnection, fingerprint: &str) -> Result<Option<MaterialRow>> {
+    let found: Option<Row> = sqlx::query_as(
+        "SELECT fingerprint, url, branch, last_revision, last_polled_at, error FROM materials \
+         WHERE fingerprint = $1",
+    )
+    .bind(fingerprint)
+    .fetch_optional(conn)
+    .await?;
+    Ok(found.map(row))
+}
+
 pub async fn last_revision(
     conn: &mut SqliteConnection,
     fingerprint: &str,

@@ -21,6 +21,11 @@ pub async fn all(conn: Conn<'_>) -> Result<Vec<MaterialRow>> {
     backend!(conn, all())
 }
 
+/// One material's row, if it was ever polled.
+pub async fn one(conn: Conn<'_>, fingerprint: &str) -> Result<Option<MaterialRow>> {
+    backend!(conn, one(fingerprint))
+}
+
 pub async fn last_revision(conn: Conn<'_>, fingerprint: &str) -> Result<Option<String>> {
     backend!(conn, last_revision(fingerprint))
 }
