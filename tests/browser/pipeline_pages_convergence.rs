@@ -1,5 +1,5 @@
-//! The history and stage pages never stay wrong: pages on two pipelines' histories and on
-//! several stage runs watch the dashboard test's seeded, random run of triggers, passing and
+//! The history, stage and build cause pages never stay wrong: pages on two pipelines'
+//! histories, on several stage runs and on three instances' build causes watch the dashboard test's seeded, random run of triggers, passing and
 //! failing jobs, approvals, pauses, cancels, re-runs of failed or selected jobs and config
 //! changes, and then every page must equal a fresh load of its own address. Seeds as in
 //! `convergence.rs`.
@@ -125,6 +125,22 @@ async fn history_and_stage_pages_end_equal_to_a_fresh_load_after_random_changes(
             for path in PAGES {
                 let url = app.url(path);
                 let page = match pages.first() {
+                    None => rig.open(path, &url).await,
+                    Some((first, _)) => rig.open_window(first, path, &url).await,
+                };
+                page.wait_live().await;
+                pages.push((page, path.to_string()));
+            }
+            // Build cause pages of the instances running now, in a browser of their own: their
+            // stage blocks move from here.
+            let first_cause = pages.len();
+            for path in [
+                "/pipelines/build-api/1/build_cause",
+                "/pipelines/build-web/1/build_cause",
+                "/pipelines/nightly/1/build_cause",
+            ] {
+                let url = app.url(path);
+                let page = match pages.get(first_cause) {
                     None => rig.open(path, &url).await,
                     Some((first, _)) => rig.open_window(first, path, &url).await,
                 };
