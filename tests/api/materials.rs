@@ -43,7 +43,8 @@ pub fn new_repo(dir: &Path) -> std::path::PathBuf {
     repo
 }
 
-async fn instances(api: &Api, pipeline: &str) -> i64 {
+/// How many instances `pipeline` has.
+pub async fn instances(api: &Api, pipeline: &str) -> i64 {
     let history = api
         .get(&format!("/go/api/pipelines/{pipeline}/history"))
         .await

@@ -3,18 +3,12 @@
 //! not run; a spec using a Quartz feature ferrocd refuses is a 422 at config time.
 
 use crate::helpers::{Api, eventually, spawn_app};
-use crate::materials::{commit, new_repo};
+use crate::materials::{commit, instances, new_repo};
 
 async fn history(api: &Api, pipeline: &str) -> serde_json::Value {
     api.get(&format!("/go/api/pipelines/{pipeline}/history"))
         .await
         .expect(200)
-}
-
-async fn instances(api: &Api, pipeline: &str) -> i64 {
-    history(api, pipeline).await["pagination"]["total"]
-        .as_i64()
-        .unwrap()
 }
 
 #[tokio::test]

@@ -1,8 +1,8 @@
 //! The history, stage and build cause pages never stay wrong: pages on two pipelines'
 //! histories, on several stage runs and on three instances' build causes watch the dashboard
 //! test's seeded, random run of triggers, passing and failing jobs, approvals, pauses,
-//! cancels, re-runs of failed or selected jobs and config changes, and then every page must equal a fresh load of its own address. Seeds as in
-//! `convergence.rs`.
+//! cancels, re-runs of failed or selected jobs and config changes, and then every page must
+//! equal a fresh load of its own address. Seeds as in `convergence.rs`.
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! commit a row `<tr class="modification" data-revision>` with author, time, message and
 //! files). The materials part never changes once the instance exists; the stages do, so the
 //! card is kept current by the `build_cause` event of `…/build_cause/events`, rendered once
-//! per change of that pipeline for everyone watching that instance.
+//! per change of that instance for everyone watching it.
 
 use axum::extract::{Path, State};
 use axum::response::Response;
@@ -123,7 +123,7 @@ async fn events(
     Ok(sse::response(stream, slot, state.shutdown.clone()))
 }
 
-/// One instance's build cause, rendered whole on any change to its pipeline.
+/// One instance's build cause, rendered whole on any change to it.
 struct BuildCauseCard {
     pipelines: Pipelines,
     materials: Materials,
@@ -135,10 +135,14 @@ impl Part for BuildCauseCard {
     const EVENT: &'static str = "build_cause";
     const COUNTED_AS: &'static str = "build_cause.card";
 
+    /// Its instance's changes (and the pipeline's own, which name no instance).
     fn hears(&self, event: &DomainEvent) -> bool {
         match event {
-            DomainEvent::PipelineUpdated { pipeline, .. } => {
+            DomainEvent::PipelineUpdated {
+                pipeline, counter, ..
+            } => {
                 pipeline.eq_ignore_ascii_case(&self.name)
+                    && counter.is_none_or(|c| c == self.counter)
             }
             _ => false,
         }
