@@ -348,8 +348,9 @@ impl ConfigSources {
         let _one = self.inner.reloading.lock().await;
         let current = self.snapshot();
         let kind = SourceKind::Api { name: name.into() };
-        let document =
-            gocd_yaml::parse_document(text).map_err(|issues| invalid(&kind_name(&kind), issues))?;
+        let document = gocd_yaml::parse_document(text)
+            .map(warn_of_config_repo_materials)
+            .map_err(|issues| invalid(&kind_name(&kind), issues))?;
         let mut docs: Vec<(String, Arc<ConfigDocument>)> = current
             .sources
             .iter()
@@ -481,13 +482,35 @@ struct RepoRead {
     poll_error: Option<String>,
 }
 
+/// A file's or an API document's text, parsed (a `configrepo` material warned of).
 fn parse_text(
     text: std::result::Result<String, String>,
 ) -> Option<std::result::Result<ConfigDocument, Vec<ConfigIssue>>> {
     Some(
         text.map_err(|message| vec![issue_at("", message)])
-            .and_then(|text| gocd_yaml::parse_document(&text)),
+            .and_then(|text| gocd_yaml::parse_document(&text))
+            .map(warn_of_config_repo_materials),
     )
+}
+
+/// Outside a config repository a `type: configrepo` material names no repository: it is kept
+/// (the file may be a checkout of one) but never polled or checked out, and says so.
+fn warn_of_config_repo_materials(mut document: ConfigDocument) -> ConfigDocument {
+    for pipeline in &document.pipelines {
+        for material in &pipeline.materials {
+            if matches!(material.source, MaterialSource::ConfigRepo { .. }) {
+                document.warnings.push(issue_at(
+                    &format!("pipelines.{}.materials.{}", pipeline.name, material.name),
+                    format!(
+                        "material {} is `type: configrepo`, which means the config repository \
+                         the file is in; outside one (--config-repo) it is not polled or checked out",
+                        material.name
+                    ),
+                ));
+            }
+        }
+    }
+    document
 }
 
 fn issue_at(path: &str, message: String) -> ConfigIssue {

@@ -144,3 +144,19 @@ async fn a_config_repository_adds_pipelines_and_keeps_its_last_good_revision() {
     assert!(source["broken_revision"].is_null(), "{source}");
     server.stop().await;
 }
+
+/// Outside a config repository a `type: configrepo` material names no repository: the
+/// document is taken, with a warning saying it is not polled.
+#[tokio::test]
+async fn a_configrepo_material_outside_a_config_repository_is_warned_of() {
+    let app = crate::helpers::spawn_app().await;
+    let stored = app
+        .put_config("plain", &pipeline_yaml("alone"))
+        .await
+        .expect(201);
+    let warnings = stored["warnings"].to_string();
+    assert!(
+        warnings.contains("pipelines.alone.materials.self") && warnings.contains("not polled"),
+        "{stored}"
+    );
+}
