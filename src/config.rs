@@ -20,6 +20,8 @@ pub struct Cli {
     pub serve: ServeArgs,
 }
 
+// Parsed once at start and taken apart at once: the larger variant's size costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start the server (the default).
@@ -91,6 +93,12 @@ pub struct ServeArgs {
     /// no `timeout` of their own (GoCD's default job timeout); 0: never.
     #[arg(long, env = "FERROCD_DEFAULT_JOB_TIMEOUT", default_value_t = 0)]
     pub default_job_timeout: u64,
+    /// Where jobs' artifacts are kept (default: `artifacts` in the data dir).
+    #[arg(long, env = "FERROCD_ARTIFACTS_DIR")]
+    pub artifacts_dir: Option<PathBuf>,
+    /// The most bytes of artifacts one job may upload; past it an upload is refused (413).
+    #[arg(long, env = "FERROCD_MAX_ARTIFACT_BYTES", default_value_t = 10 * 1024 * 1024 * 1024)]
+    pub max_artifact_bytes: u64,
     /// A file holding the secret GitHub, GitLab and Bitbucket sign their webhooks with (or
     /// the secret itself in `FERROCD_WEBHOOK_SECRET`); without one, webhooks are refused.
     #[arg(long, env = "FERROCD_WEBHOOK_SECRET_FILE")]
@@ -164,6 +172,9 @@ pub struct Config {
     pub material_poll_interval: Duration,
     /// The webhooks' secret: read from this file at start, else `webhook_secret`.
     pub webhook_secret_file: Option<PathBuf>,
+    /// Where jobs' artifacts are kept.
+    pub artifacts_dir: PathBuf,
+    pub max_artifact_bytes: u64,
     /// From `FERROCD_WEBHOOK_SECRET` (never a flag: argv is visible to everyone).
     pub webhook_secret: Option<String>,
     pub max_console_bytes: u64,
@@ -192,6 +203,10 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
 impl From<ServeArgs> for Config {
     fn from(args: ServeArgs) -> Self {
+        let artifacts_dir = args
+            .artifacts_dir
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("artifacts"));
         let database_url = args
             .database_url
             .unwrap_or_else(|| format!("sqlite://{}/ferrocd.db", args.data_dir.display()));
@@ -206,6 +221,8 @@ impl From<ServeArgs> for Config {
             default_job_timeout: Duration::from_secs(args.default_job_timeout.saturating_mul(60)),
             material_poll_interval: Duration::from_secs(args.material_poll_interval),
             webhook_secret_file: args.webhook_secret_file,
+            artifacts_dir,
+            max_artifact_bytes: args.max_artifact_bytes,
             webhook_secret: std::env::var("FERROCD_WEBHOOK_SECRET")
                 .ok()
                 .filter(|s| !s.trim().is_empty()),
@@ -232,6 +249,7 @@ impl Config {
     pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
         let data_dir = data_dir.into();
         Config {
+            artifacts_dir: data_dir.join("artifacts"),
             listen: "127.0.0.1:0".parse().expect("valid address"),
             database_url: format!("sqlite://{}/ferrocd.db", data_dir.display()),
             data_dir,
@@ -244,6 +262,7 @@ impl Config {
             material_poll_interval: Duration::ZERO,
             webhook_secret_file: None,
             webhook_secret: None,
+            max_artifact_bytes: 10 * 1024 * 1024 * 1024,
             max_console_bytes: 256 * 1024 * 1024,
             max_pending_agents: 200,
             registrations_per_second: 10,

@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod agent_runtime;
 pub mod agents;
+pub mod artifacts;
 pub mod audit;
 pub mod config;
 pub mod config_sources;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accounts::Accounts;
 use crate::agents::Agents;
+use crate::artifacts::Artifacts;
 use crate::audit::Audit;
 use crate::config::Config;
 use crate::config_sources::ConfigSources;
@@ -74,6 +76,7 @@ pub struct AppState {
     pub scheduler: Scheduler,
     pub pipelines: Pipelines,
     pub materials: Materials,
+    pub artifacts: Artifacts,
     /// What webhooks are signed with; `None`: they are refused.
     pub webhook_secret: Option<Arc<String>>,
     pub agents_view: Arc<AgentsView>,
@@ -219,6 +222,12 @@ impl Application {
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let audit = Audit::new(db.clone());
+        let artifacts = Artifacts::new(
+            db.clone(),
+            job_runs.clone(),
+            config.artifacts_dir.clone(),
+            config.max_artifact_bytes,
+        );
         let state = AppState {
             db,
             audit,
@@ -236,6 +245,7 @@ impl Application {
             scheduler,
             pipelines,
             materials,
+            artifacts,
             webhook_secret: webhook_secret.map(Arc::new),
             agents_view,
             dashboard_view,

@@ -32,6 +32,7 @@ macro_rules! text_enum {
 }
 
 pub mod agent;
+pub mod artifact;
 pub mod audit;
 pub mod job_run;
 pub mod material;

@@ -71,8 +71,9 @@ fn named_rooms(code: &str) -> BTreeSet<String> {
     named
 }
 
-const CONTEXTS: [&str; 8] = [
+const CONTEXTS: [&str; 9] = [
     "accounts",
+    "artifacts",
     "agents",
     "audit",
     "job_runs",
@@ -86,6 +87,7 @@ const CONTEXTS: [&str; 8] = [
 fn forbidden(room: &str) -> Option<Vec<&'static str>> {
     let everything_but_domain = vec![
         "accounts",
+        "artifacts",
         "agents",
         "audit",
         "secrets",
@@ -121,6 +123,7 @@ fn forbidden(room: &str) -> Option<Vec<&'static str>> {
         // The agent program talks to the server over HTTP only.
         "agent_runtime" => Some(vec![
             "accounts",
+            "artifacts",
             "agents",
             "job_runs",
             "scheduler",

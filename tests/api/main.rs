@@ -7,6 +7,7 @@ mod agent_tasks;
 mod agent_tls;
 mod agents_api;
 mod architecture;
+mod artifacts;
 mod audit;
 mod build_cause;
 mod config_repos;

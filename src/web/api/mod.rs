@@ -2,6 +2,7 @@
 
 mod access_tokens;
 mod agents;
+mod artifacts;
 mod audit;
 mod config;
 pub mod events;
@@ -32,6 +33,7 @@ use crate::web::routes::Routes;
 pub fn router() -> Routes {
     Routes::new()
         .merge(access_tokens::router())
+        .merge(artifacts::router())
         .merge(agents::router())
         .merge(audit::router())
         .merge(config::router())

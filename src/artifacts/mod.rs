@@ -1,0 +1,242 @@
+//! The artifacts context (the artifacts issue; this is its first part, the upload): the files
+//! a job publishes, kept under `--artifacts-dir` per job run (`BUILD_ID/files/PATH`). An
+//! upload streams to a temporary file under `BUILD_ID/.incoming/` while its SHA-256 and size
+//! are counted, is checked against the checksum the agent sent, and only then renamed into
+//! place and recorded: a file that is listed is whole, and an interrupted upload leaves
+//! nothing that looks complete (its temporary file is removed; the agent sends it again).
+//! Only the agent running the job may upload to it, and the job's files together stay
+//! within `--max-artifact-bytes`.
+
+mod sqlite;
+mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use uuid::Uuid;
+
+use crate::db::{Db, now_millis};
+use crate::domain::artifact::{ArtifactFile, ArtifactPath, Sha256Hex};
+use crate::domain::job_run::JobState;
+use crate::error::{Error, Result};
+use crate::job_runs::JobRuns;
+
+/// What an upload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// A new file (201).
+    Created,
+    /// The same file again, same checksum: nothing to do (200).
+    Unchanged,
+}
+
+#[derive(Clone)]
+pub struct Artifacts {
+    db: Db,
+    job_runs: JobRuns,
+    dir: PathBuf,
+    max_bytes: u64,
+    /// Uploads end one at a time: the check that no file holds the name and the rename.
+    finishing: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Artifacts {
+    pub fn new(db: Db, job_runs: JobRuns, dir: PathBuf, max_bytes: u64) -> Artifacts {
+        Artifacts {
+            db,
+            job_runs,
+            dir,
+            max_bytes,
+            finishing: Arc::default(),
+        }
+    }
+
+    /// A job run's files, in path order.
+    pub async fn files(&self, build_id: i64) -> Result<Vec<ArtifactFile>> {
+        self.job_runs.get(build_id).await?; // 404 for an unknown build
+        let mut read = self.db.reader().await?;
+        store::files(read.conn(), build_id).await
+    }
+
+    /// Stores `body` as `path` of job run `build_id`, uploaded by `agent`, if its SHA-256 is
+    /// `checksum`. The same path again: `Unchanged` with the same checksum, else 409.
+    pub async fn upload<S, E>(
+        &self,
+        build_id: i64,
+        agent: Uuid,
+        path: &ArtifactPath,
+        checksum: &Sha256Hex,
+        body: S,
+    ) -> Result<Stored>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let run = self.job_runs.get(build_id).await?;
+        if run.agent_uuid != Some(agent) {
+            return Err(Error::Forbidden(format!(
+                "build {build_id}: only the agent running the job may upload its artifacts"
+            )));
+        }
+        if matches!(run.state, JobState::Scheduled | JobState::Completed) {
+            return Err(Error::Conflict(format!(
+                "build {build_id} is {}: artifacts are uploaded while it runs",
+                run.state
+            )));
+        }
+        let existing = self.files(build_id).await?;
+        if let Some(answer) = same_name(&existing, path, checksum) {
+            return answer;
+        }
+        let stored: u64 = existing.iter().map(|f| f.size.max(0) as u64).sum();
+        let incoming = self.dir.join(build_id.to_string()).join(".incoming");
+        let temp = incoming.join(Uuid::new_v4().to_string());
+        let received = receive(&temp, body, self.max_bytes.saturating_sub(stored)).await;
+        let (size, sum) = match received {
+            Ok(received) => received,
+            Err(error) => {
+                let _ = tokio::fs::remove_file(&temp).await;
+                return Err(match error {
+                    Received::TooLarge => Error::PayloadTooLarge(format!(
+                        "build {build_id}: its artifacts would pass --max-artifact-bytes ({} bytes)",
+                        self.max_bytes
+                    )),
+                    Received::Failed(error) => error,
+                });
+            }
+        };
+        if sum != checksum.as_str() {
+            let _ = tokio::fs::remove_file(&temp).await;
+            return Err(Error::Unprocessable(format!(
+                "X-Checksum-SHA256: {path} arrived with SHA-256 {sum}, not {checksum}",
+                checksum = checksum.as_str()
+            )));
+        }
+        let _one = self.finishing.lock().await;
+        let outcome = self.finish(build_id, path, checksum, size, &temp).await;
+        if !matches!(outcome, Ok(Stored::Created)) {
+            let _ = tokio::fs::remove_file(&temp).await;
+        }
+        outcome
+    }
+
+    /// Puts a checked temporary file in place and records it (under `finishing`).
+    async fn finish(
+        &self,
+        build_id: i64,
+        path: &ArtifactPath,
+        checksum: &Sha256Hex,
+        size: u64,
+        temp: &Path,
+    ) -> Result<Stored> {
+        let existing = self.files(build_id).await?;
+        if let Some(answer) = same_name(&existing, path, checksum) {
+            return answer;
+        }
+        let target = self
+            .dir
+            .join(build_id.to_string())
+            .join("files")
+            .join(path.as_str());
+        let conflict = |what: &str| {
+            Error::Conflict(format!(
+                "{path}: {what} (a file and a folder of the same name?)"
+            ))
+        };
+        if let Some(parent) = target.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| conflict(&format!("cannot make its folder: {e}")))?;
+        }
+        if tokio::fs::symlink_metadata(&target).await.is_ok() {
+            return Err(conflict("something is already there"));
+        }
+        tokio::fs::rename(temp, &target)
+            .await
+            .map_err(|e| conflict(&format!("cannot put it in place: {e}")))?;
+        let file = ArtifactFile {
+            path: path.to_string(),
+            size: size as i64,
+            sha256: checksum.as_str().to_string(),
+            created_at: now_millis(),
+        };
+        let recorded = async {
+            let mut tx = self.db.begin().await?;
+            store::insert(tx.conn(), build_id, &path.folded(), &file).await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(error) = recorded {
+            let _ = tokio::fs::remove_file(&target).await;
+            return Err(error);
+        }
+        Ok(Stored::Created)
+    }
+}
+
+/// The answer when a file of that name (any case) is stored already.
+fn same_name(
+    existing: &[ArtifactFile],
+    path: &ArtifactPath,
+    checksum: &Sha256Hex,
+) -> Option<Result<Stored>> {
+    let folded = path.folded();
+    let found = existing.iter().find(|f| f.path.to_lowercase() == folded)?;
+    Some(if found.path != path.as_str() {
+        Err(Error::Conflict(format!(
+            "{path} differs only in case from {}, stored already",
+            found.path
+        )))
+    } else if found.sha256 == checksum.as_str() {
+        Ok(Stored::Unchanged)
+    } else {
+        Err(Error::Conflict(format!(
+            "{path} is stored already with SHA-256 {}",
+            found.sha256
+        )))
+    })
+}
+
+enum Received {
+    TooLarge,
+    Failed(Error),
+}
+
+/// Writes `body` to `temp`, at most `room` bytes, flushed to disk; answers its size and
+/// SHA-256.
+async fn receive<S, E>(
+    temp: &Path,
+    mut body: S,
+    room: u64,
+) -> std::result::Result<(u64, String), Received>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let unavailable = |e: std::io::Error| {
+        Received::Failed(Error::Unavailable(format!("cannot store the upload: {e}")))
+    };
+    if let Some(dir) = temp.parent() {
+        tokio::fs::create_dir_all(dir).await.map_err(unavailable)?;
+    }
+    let mut file = tokio::fs::File::create(temp).await.map_err(unavailable)?;
+    let mut hasher = Sha256::new();
+    let mut size: u64 = 0;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| {
+            Received::Failed(Error::BadRequest(format!("the upload broke off: {e}")))
+        })?;
+        size += chunk.len() as u64;
+        if size > room {
+            return Err(Received::TooLarge);
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk).await.map_err(unavailable)?;
+    }
+    file.sync_all().await.map_err(unavailable)?;
+    Ok((size, hex::encode(hasher.finalize())))
+}

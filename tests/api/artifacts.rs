@@ -1,0 +1,226 @@
+//! Artifact uploads (the artifacts issue's first part): the agent running a job streams each
+//! file with its SHA-256; a file is listed only once whole and checked; the same file again
+//! is 200, another of that name 409; bad paths, bad checksums, other agents, and uploads past
+//! the cap are refused, and none of them leaves a file behind.
+
+use sha2::{Digest, Sha256};
+
+use crate::helpers::{Api, Registered, TestApp, eventually, spawn_app, spawn_app_with};
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// `PUT /api/builds/{id}/artifacts/{path}` as `agent`, with `checksum`.
+async fn put(
+    api: &Api,
+    agent: &Registered,
+    build_id: i64,
+    path: &str,
+    body: Vec<u8>,
+    checksum: &str,
+) -> (u16, String) {
+    let reply = api
+        .send(
+            api.client
+                .put(api.url(&format!("/api/builds/{build_id}/artifacts/{path}")))
+                .bearer_auth(&agent.token)
+                .header("X-Checksum-SHA256", checksum)
+                .body(body),
+        )
+        .await;
+    (reply.status, reply.body.to_string())
+}
+
+async fn listed(app: &TestApp, build_id: i64) -> Vec<String> {
+    app.get(&format!("/api/builds/{build_id}/artifacts"))
+        .await
+        .expect(200)["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            format!(
+                "{} {} {}",
+                f["path"].as_str().unwrap(),
+                f["size"],
+                f["sha256"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// No temporary file is left of the uploads that failed.
+fn incoming_is_empty(app: &TestApp, build_id: i64) -> bool {
+    let incoming = app
+        .data_dir()
+        .join("artifacts")
+        .join(build_id.to_string())
+        .join(".incoming");
+    std::fs::read_dir(&incoming).map_or(true, |mut entries| entries.next().is_none())
+}
+
+#[tokio::test]
+async fn an_agent_uploads_its_jobs_files_each_checked_against_its_checksum() {
+    let app = spawn_app().await;
+    let (agent, build_id) = app.running_build("builder").await;
+    let binary: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let sum = sha256(&binary);
+
+    let (status, body) = put(&app, &agent, build_id, "dist/app.bin", binary.clone(), &sum).await;
+    assert_eq!(status, 201, "{body}");
+    let on_disk = std::fs::read(
+        app.data_dir()
+            .join("artifacts")
+            .join(build_id.to_string())
+            .join("files/dist/app.bin"),
+    )
+    .unwrap();
+    assert!(on_disk == binary, "the stored file is the upload");
+    assert_eq!(
+        listed(&app, build_id).await,
+        [format!("dist/app.bin 3000000 {sum}")]
+    );
+
+    // Again, the same: 200. Another body under that name, or that name in another case: 409.
+    let (status, _) = put(&app, &agent, build_id, "dist/app.bin", binary.clone(), &sum).await;
+    assert_eq!(status, 200);
+    let other = b"other".to_vec();
+    let (status, body) = put(
+        &app,
+        &agent,
+        build_id,
+        "dist/app.bin",
+        other.clone(),
+        &sha256(&other),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = put(
+        &app,
+        &agent,
+        build_id,
+        "Dist/App.bin",
+        other.clone(),
+        &sha256(&other),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("only in case"), "{body}");
+
+    // A body that is not what its checksum says: 422, and nothing is listed or left.
+    let (status, body) = put(
+        &app,
+        &agent,
+        build_id,
+        "report.xml",
+        b"<testsuite/>".to_vec(),
+        &sum,
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("report.xml arrived with SHA-256"), "{body}");
+    // Escapes spelled so the client's URL parser leaves them for the server to refuse.
+    for (path, says) in [
+        ("..%2Fescape", "`..`"),
+        ("a%2F.%2Fb", "`.`"),
+        ("%2Fetc/passwd", "absolute"),
+    ] {
+        let (status, body) =
+            put(&app, &agent, build_id, path, other.clone(), &sha256(&other)).await;
+        assert_eq!(status, 422, "{path}: {body}");
+        assert!(body.contains(says), "{path}: {body}");
+    }
+    let (status, body) = put(&app, &agent, build_id, "x", other.clone(), "not-a-sum").await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(listed(&app, build_id).await.len(), 1);
+    assert!(incoming_is_empty(&app, build_id));
+    assert!(
+        !app.data_dir()
+            .join("artifacts")
+            .join(build_id.to_string())
+            .join("escape")
+            .exists()
+            && !app.data_dir().join("artifacts").join("escape").exists()
+    );
+
+    // Only the agent running the job may upload to it; after the job ends, nobody.
+    let stranger = app.register_enabled("stranger").await;
+    let (status, body) = put(
+        &app,
+        &stranger,
+        build_id,
+        "mine.txt",
+        other.clone(),
+        &sha256(&other),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    app.as_agent(&agent)
+        .report_ok(build_id, "Completed", Some("Passed"))
+        .await;
+    let (status, body) = put(
+        &app,
+        &agent,
+        build_id,
+        "late.txt",
+        other.clone(),
+        &sha256(&other),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(app.get("/api/builds/999999/artifacts").await.status, 404);
+}
+
+#[tokio::test]
+async fn uploads_past_the_cap_or_broken_off_leave_nothing_behind() {
+    let app = spawn_app_with(|c| c.max_artifact_bytes = 1_000_000).await;
+    let (agent, build_id) = app.running_build("builder").await;
+    let small = vec![7u8; 600_000];
+    let (status, _) = put(
+        &app,
+        &agent,
+        build_id,
+        "a.bin",
+        small.clone(),
+        &sha256(&small),
+    )
+    .await;
+    assert_eq!(status, 201);
+    // 600 kB more would pass the job's 1 MB: 413, and nothing of it stays.
+    let (status, body) = put(
+        &app,
+        &agent,
+        build_id,
+        "b.bin",
+        small.clone(),
+        &sha256(&small),
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("--max-artifact-bytes"), "{body}");
+    assert_eq!(listed(&app, build_id).await.len(), 1);
+    assert!(incoming_is_empty(&app, build_id));
+
+    // An upload whose body breaks off midway: not listed, its temporary file removed.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![
+        Ok(vec![1u8; 100_000]),
+        Err(std::io::Error::other("the agent's disk went away")),
+    ];
+    let sent = app
+        .client
+        .put(app.url(&format!("/api/builds/{build_id}/artifacts/broken.bin")))
+        .bearer_auth(&agent.token)
+        .header("X-Checksum-SHA256", sha256(&[1u8; 200_000]))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await;
+    assert!(sent.is_err() || sent.unwrap().status() != 201);
+    eventually("the broken upload's temporary file removed", || async {
+        incoming_is_empty(&app, build_id).then_some(())
+    })
+    .await;
+    assert_eq!(listed(&app, build_id).await.len(), 1);
+}
