@@ -362,9 +362,21 @@ impl Client {
         }
     }
 
-    /// An authenticated call: `build` adds the body; a 401 re-registers once and repeats.
+    /// An authenticated POST: `build` adds the body; a 401 re-registers once and repeats.
     async fn call(
         &self,
+        path: &str,
+        timeout: Option<Duration>,
+        build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ApiError> {
+        self.call_with(reqwest::Method::POST, path, timeout, build)
+            .await
+    }
+
+    /// An authenticated call of `method`, as `call`.
+    async fn call_with(
+        &self,
+        method: reqwest::Method,
         path: &str,
         timeout: Option<Duration>,
         build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
@@ -380,7 +392,8 @@ impl Client {
                     .unwrap_or_default();
                 (token, auth.generation)
             };
-            let mut request = build(self.http.post(self.url(path))).bearer_auth(token);
+            let mut request =
+                build(self.http.request(method.clone(), self.url(path))).bearer_auth(token);
             if let Some(timeout) = timeout {
                 request = request.timeout(timeout);
             }
@@ -444,6 +457,46 @@ impl Client {
         let path = format!("/builds/{}/status", build.path_segment());
         self.call(&path, None, |r| r.json(&body)).await?;
         Ok(())
+    }
+
+    /// Uploads `file` as artifact `path` of `build`, streamed from disk (opened afresh for a
+    /// repeat after re-registering), with its SHA-256. Answers the status (201 or 200).
+    pub async fn upload_artifact(
+        &self,
+        build: &BuildId,
+        path: &str,
+        file: &std::path::Path,
+        sha256: &str,
+    ) -> Result<u16, ApiError> {
+        let encoded: Vec<String> = path
+            .split('/')
+            .map(|segment| {
+                form_urlencoded::byte_serialize(segment.as_bytes())
+                    .collect::<String>()
+                    .replace('+', "%20")
+            })
+            .collect();
+        let url_path = format!(
+            "/builds/{}/artifacts/{}",
+            build.path_segment(),
+            encoded.join("/")
+        );
+        let response = self
+            .call_with(reqwest::Method::PUT, &url_path, None, |r| {
+                let body = match std::fs::File::open(file) {
+                    Ok(opened) => reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(
+                        tokio::fs::File::from_std(opened),
+                    )),
+                    // Gone since it was hashed: the server sees an empty body and refuses
+                    // its checksum.
+                    Err(_) => reqwest::Body::from(Vec::new()),
+                };
+                r.header("X-Checksum-SHA256", sha256)
+                    .header("Content-Type", "application/octet-stream")
+                    .body(body)
+            })
+            .await?;
+        Ok(response.status().as_u16())
     }
 
     pub async fn console(

@@ -18,6 +18,7 @@
 //! job (its processes are stopped and it is reported `Completed`/`Cancelled`), and gives up on
 //! an unreachable server after [`GIVE_UP_AFTER`].
 
+mod artifacts;
 mod checkout;
 mod client;
 mod console;

@@ -138,8 +138,10 @@ async fn run_job_within(
     };
 
     let mut processes = JobProcesses::new();
+    let mut sandbox_used = None;
     let mut result = match prepare(&work, work_dir, client.base(), &mut console).await {
         Ok((sandbox, env)) => {
+            sandbox_used = Some(sandbox.clone());
             match report(&client, &build, JobState::Building, None, patience).await {
                 Ok(()) => {
                     let mut job = JobTasks {
@@ -167,6 +169,14 @@ async fn run_job_within(
     watcher.abort();
     // Whatever the tasks left running (background processes) ends with the job.
     processes.finish().await;
+    // Artifacts go up whatever the tasks' result, unless the job was cancelled.
+    if let Some(sandbox) = sandbox_used.filter(|_| result != JobResult::Cancelled)
+        && !work.artifacts.is_empty()
+        && !super::artifacts::publish(&client, &build, &sandbox, &work.artifacts, &mut console)
+            .await
+    {
+        result = JobResult::Failed;
+    }
     if result == JobResult::Cancelled {
         if stops.shutdown.is_cancelled() && !stops.cancel.is_cancelled() {
             console.marker("Agent stopping: job cancelled").await;

@@ -164,6 +164,9 @@ pub struct Work {
     /// Git materials to check out into the sandbox before the tasks.
     #[serde(default)]
     pub materials: Vec<Checkout>,
+    /// What to upload after the tasks, whatever their result.
+    #[serde(default)]
+    pub artifacts: Vec<crate::domain::pipeline_config::ArtifactConfig>,
 }
 
 /// What `POST /work` handed out.

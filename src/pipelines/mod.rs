@@ -22,7 +22,7 @@ use crate::domain::pipeline::{
     is_running, may_run_stage, plan_jobs, render_label, stage_status, summarize_stages,
 };
 use crate::domain::pipeline_config::{
-    JobConfig, LockBehavior, MaterialSource, PipelineConfig, StageConfig,
+    ArtifactConfig, JobConfig, LockBehavior, MaterialSource, PipelineConfig, StageConfig,
 };
 use crate::domain::user::User;
 use crate::error::{Error, Result};
@@ -563,6 +563,23 @@ impl Pipelines {
     /// What the agent of `run` checks out first: its instance's git materials at their
     /// revisions, with the credentials the config gives them now (a run of no instance, or
     /// of an instance without git materials, none).
+    /// The artifacts `run`'s job publishes, as its instance's plan says.
+    pub async fn artifact_rules(&self, run: &JobRun) -> Result<Vec<ArtifactConfig>> {
+        let mut read = self.db.reader().await?;
+        let Some(instance) =
+            store::instance(read.conn(), &run.pipeline_name, run.pipeline_counter).await?
+        else {
+            return Ok(Vec::new());
+        };
+        let job = crate::domain::pipeline::configured_job_name(&run.job_name);
+        Ok(instance
+            .plan
+            .stage(&run.stage_name)
+            .and_then(|s| s.jobs.iter().find(|j| j.name.eq_ignore_ascii_case(job)))
+            .map(|j| j.artifacts.clone())
+            .unwrap_or_default())
+    }
+
     pub async fn checkouts(&self, run: &JobRun) -> Result<Vec<Checkout>> {
         let mut read = self.db.reader().await?;
         let Some(instance) =

@@ -224,3 +224,103 @@ async fn uploads_past_the_cap_or_broken_off_leave_nothing_behind() {
     .await;
     assert_eq!(listed(&app, build_id).await.len(), 1);
 }
+
+/// A real `ferrocd agent` publishes after the tasks, whatever their result: a file into a
+/// destination, a folder, a glob; a rule that matches nothing, or a symlink out of the
+/// working folder, fails the job and the console says which.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_publishes_files_folders_and_globs_after_the_tasks() {
+    use crate::agent_runtime::{AgentProcess, KEY, registered_enabled};
+    let app = spawn_app_with(|c| c.agent_registration_key = Some(KEY.into())).await;
+    let yaml = r#"format_version: 10
+pipelines:
+  pub:
+    group: g
+    stages:
+      - build:
+          jobs:
+            make:
+              artifacts:
+                - build: {source: dist/app.bin, destination: pkg}
+                - build: {source: site}
+                - test: {source: "reports/**/*.xml", destination: tests}
+              tasks:
+                - exec:
+                    command: /bin/sh
+                    arguments: [-c, "mkdir -p dist site/css reports/unit && head -c 200000 /dev/urandom > dist/app.bin && echo hi > site/index.html && echo x > site/css/a.css && echo '<testsuite/>' > reports/unit/TEST-a.xml && sha256sum dist/app.bin && exit 1"]
+            leaky:
+              artifacts:
+                - build: {source: secret.txt}
+              tasks:
+                - exec: {command: /bin/sh, arguments: [-c, "ln -sf /etc/hostname secret.txt"]}
+            empty:
+              artifacts:
+                - build: {source: "out/*.zip"}
+              tasks:
+                - exec: {command: /bin/true}
+"#;
+    app.put_config("pub", yaml).await.expect(201);
+    let agent_dir = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let mut command = AgentProcess::command(&app.base, agent_dir.path());
+    command.arg("--registration-key").arg(KEY);
+    let agent = AgentProcess::spawn(command, agent_dir.path(), &logs);
+    registered_enabled(&app, &agent).await;
+    app.post_json_ok("/go/api/pipelines/pub/schedule").await;
+    let jobs = eventually("the three jobs ended", || async {
+        let stage = app.get("/go/api/stages/pub/1/build/1").await;
+        (stage.status == 200
+            && stage.body["result"].is_string()
+            && stage.body["result"] != "Unknown")
+            .then(|| stage.body["jobs"].as_array().unwrap().clone())
+    })
+    .await;
+    let job = |name: &str| jobs.iter().find(|j| j["name"] == name).unwrap().clone();
+    let make = job("make");
+    let build_id = make["id"].as_i64().unwrap();
+    let files: Vec<String> = app
+        .get(&format!("/api/builds/{build_id}/artifacts"))
+        .await
+        .expect(200)["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "pkg/app.bin",
+            "site/css/a.css",
+            "site/index.html",
+            "tests/unit/TEST-a.xml"
+        ],
+        "published though the task failed"
+    );
+    let log = String::from_utf8_lossy(&app.console(build_id, None).await.0).into_owned();
+    let listed = app
+        .get(&format!("/api/builds/{build_id}/artifacts"))
+        .await
+        .expect(200);
+    let sum = listed["files"][0]["sha256"].as_str().unwrap().to_string();
+    assert!(
+        log.contains(&format!("{sum}  dist/app.bin")),
+        "the checksum the task printed: {log}"
+    );
+    assert_eq!(make["result"], "Failed");
+
+    for (name, says) in [
+        ("leaky", "leading out of the working folder"),
+        ("empty", "matched no file"),
+    ] {
+        let id = job(name)["id"].as_i64().unwrap();
+        assert_eq!(job(name)["result"], "Failed", "{name}");
+        let log = String::from_utf8_lossy(&app.console(id, None).await.0).into_owned();
+        assert!(log.contains(says), "{name}: {log}");
+        let none = app
+            .get(&format!("/api/builds/{id}/artifacts"))
+            .await
+            .expect(200);
+        assert_eq!(none["files"], serde_json::json!([]), "{name}");
+    }
+}

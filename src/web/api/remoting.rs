@@ -179,6 +179,7 @@ async fn work(
         Some(run) => {
             let mut work = WorkJson::from(&run);
             work.materials = state.pipelines.checkouts(&run).await?;
+            work.artifacts = state.pipelines.artifact_rules(&run).await?;
             Json(work).into_response()
         }
         None => StatusCode::NO_CONTENT.into_response(),
@@ -202,6 +203,8 @@ struct WorkJson {
     environment_variables: BTreeMap<String, String>,
     /// Git materials to check out before the tasks, at the instance's revisions.
     materials: Vec<Checkout>,
+    /// What to upload after the tasks: `{kind: build|test, source, destination?}`.
+    artifacts: Vec<crate::domain::pipeline_config::ArtifactConfig>,
 }
 
 /// One task of `WORK`: every field its type has, `type` and `run_if` always.
@@ -270,6 +273,7 @@ impl From<&JobRun> for WorkJson {
             tasks: run.tasks.iter().map(WorkTaskJson::from).collect(),
             environment_variables: run.environment_variables.clone(),
             materials: Vec::new(),
+            artifacts: Vec::new(),
         }
     }
 }

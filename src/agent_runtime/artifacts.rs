@@ -1,0 +1,217 @@
+//! Publishing a job's artifacts after its tasks, whatever their result (as GoCD: test reports
+//! matter most when tests failed). Each rule's `source`, relative to the working folder, is a
+//! file (uploaded as `destination/NAME`), a folder (every file under it, as
+//! `destination/FOLDER/…`) or a glob (`*` within a folder, `**` across; each match keeps its
+//! path below the glob's first wildcard segment). Each file is hashed, then streamed to the
+//! server with its SHA-256. A rule that matches nothing, a symlink leaving the working folder,
+//! or a refused upload fails the job, and the console says which file and why.
+
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+use super::client::Client;
+use super::console::ConsoleWriter;
+use super::retry::ApiError;
+use super::wire::BuildId;
+use crate::domain::pipeline_config::ArtifactConfig;
+
+/// How many times a file is sent before its upload counts as failed (a dropped connection).
+const ATTEMPTS: usize = 3;
+
+/// Uploads what `rules` name under `sandbox`; false if any of it failed (said on the console).
+pub async fn publish(
+    client: &Client,
+    build: &BuildId,
+    sandbox: &Path,
+    rules: &[ArtifactConfig],
+    console: &mut ConsoleWriter,
+) -> bool {
+    let files = match collect(sandbox, rules) {
+        Ok(files) => files,
+        Err(why) => {
+            console
+                .marker(&format!("Artifacts not uploaded: {why}"))
+                .await;
+            return false;
+        }
+    };
+    console
+        .marker(&format!("Uploading {} artifact file(s)", files.len()))
+        .await;
+    for (local, path) in files {
+        let sum = match sha256_of(&local).await {
+            Ok(sum) => sum,
+            Err(e) => {
+                console
+                    .marker(&format!(
+                        "Artifact {path} not uploaded: cannot read {}: {e}",
+                        local.display()
+                    ))
+                    .await;
+                return false;
+            }
+        };
+        let mut last_error = String::new();
+        let mut stored = false;
+        for _ in 0..ATTEMPTS {
+            match client.upload_artifact(build, &path, &local, &sum).await {
+                Ok(200 | 201) => {
+                    stored = true;
+                    break;
+                }
+                Ok(status) => last_error = format!("the server answered {status}"),
+                // A refusal (4xx) will not change on a repeat.
+                Err(
+                    error @ ApiError::Status {
+                        status: 400..=499, ..
+                    },
+                ) => {
+                    last_error = error.to_string();
+                    break;
+                }
+                Err(error) => last_error = error.to_string(),
+            }
+        }
+        if !stored {
+            console
+                .marker(&format!("Artifact {path} not uploaded: {last_error}"))
+                .await;
+            return false;
+        }
+    }
+    true
+}
+
+/// Every (local file, artifact path) the rules name, in rule order.
+fn collect(sandbox: &Path, rules: &[ArtifactConfig]) -> Result<Vec<(PathBuf, String)>, String> {
+    let root = sandbox
+        .canonicalize()
+        .map_err(|e| format!("cannot read the working folder: {e}"))?;
+    let mut found = Vec::new();
+    for rule in rules {
+        let source = rule.source.trim_start_matches("./");
+        let relative = Path::new(source);
+        if relative.is_absolute()
+            || relative
+                .components()
+                .any(|c| matches!(c, Component::ParentDir))
+        {
+            return Err(format!(
+                "artifact source {source:?} is outside the working folder"
+            ));
+        }
+        let destination = rule
+            .destination
+            .as_deref()
+            .map(|d| d.trim_matches('/'))
+            .filter(|d| !d.is_empty());
+        let under = |name: &str| match destination {
+            Some(d) => format!("{d}/{name}"),
+            None => name.to_string(),
+        };
+        let before = found.len();
+        let target = sandbox.join(relative);
+        if target.is_file() {
+            let name = target
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            check_inside(&root, &target)?;
+            found.push((target, under(&name)));
+        } else if target.is_dir() {
+            let folder = target
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            for (file, below) in files_under(&target)? {
+                check_inside(&root, &file)?;
+                found.push((file, under(&format!("{folder}/{below}"))));
+            }
+        } else {
+            let matcher = globset::GlobBuilder::new(source)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| format!("artifact source {source:?} is not a pattern: {e}"))?
+                .compile_matcher();
+            let base: Vec<&str> = source
+                .split('/')
+                .take_while(|s| !s.contains(['*', '?', '[', '{']))
+                .collect();
+            let base = base.join("/");
+            for (file, relative) in files_under(sandbox)? {
+                if matcher.is_match(&relative) {
+                    check_inside(&root, &file)?;
+                    let below = relative
+                        .strip_prefix(&base)
+                        .unwrap_or(&relative)
+                        .trim_start_matches('/')
+                        .to_string();
+                    found.push((file, under(&below)));
+                }
+            }
+        }
+        if found.len() == before {
+            return Err(format!("artifact source {source:?} matched no file"));
+        }
+    }
+    Ok(found)
+}
+
+/// A symlink may not lead out of the working folder.
+fn check_inside(root: &Path, file: &Path) -> Result<(), String> {
+    let real = file
+        .canonicalize()
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    if real.starts_with(root) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} is a symlink leading out of the working folder",
+            file.display()
+        ))
+    }
+}
+
+/// Every file under `dir` (symlinked folders not followed) with its `/` path below it.
+fn files_under(dir: &Path) -> Result<Vec<(PathBuf, String)>, String> {
+    let mut out = Vec::new();
+    let mut pending = vec![(dir.to_path_buf(), String::new())];
+    while let Some((folder, prefix)) = pending.pop() {
+        let entries = std::fs::read_dir(&folder)
+            .map_err(|e| format!("cannot read {}: {e}", folder.display()))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let relative = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                pending.push((entry.path(), relative));
+            } else if kind.is_file() || (kind.is_symlink() && entry.path().is_file()) {
+                out.push((entry.path(), relative));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(out)
+}
+
+async fn sha256_of(file: &Path) -> std::io::Result<String> {
+    let mut reader = tokio::fs::File::open(file).await?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = reader.read(&mut buffer).await?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
