@@ -62,6 +62,26 @@ impl Artifacts {
         store::files(read.conn(), build_id).await
     }
 
+    /// A stored file of job run `build_id` (its record and where it lies), or 404.
+    pub async fn file(
+        &self,
+        build_id: i64,
+        path: &ArtifactPath,
+    ) -> Result<(ArtifactFile, PathBuf)> {
+        let found = self
+            .files(build_id)
+            .await?
+            .into_iter()
+            .find(|f| f.path == path.as_str())
+            .ok_or_else(|| Error::NotFound(format!("build {build_id} has no artifact {path}")))?;
+        let on_disk = self
+            .dir
+            .join(build_id.to_string())
+            .join("files")
+            .join(path.as_str());
+        Ok((found, on_disk))
+    }
+
     /// Stores `body` as `path` of job run `build_id`, uploaded by `agent`, if its SHA-256 is
     /// `checksum`. The same path again: `Unchanged` with the same checksum, else 409.
     pub async fn upload<S, E>(

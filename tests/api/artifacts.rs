@@ -309,6 +309,51 @@ pipelines:
     );
     assert_eq!(make["result"], "Failed");
 
+    // Downloads at GoCD's path and ours: the same bytes, as an attachment, never active.
+    for prefix in ["/go/files", "/files"] {
+        let reply = app
+            .client
+            .get(app.url(&format!("{prefix}/pub/1/build/1/make/pkg/app.bin")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200, "{prefix}");
+        let headers = reply.headers().clone();
+        assert_eq!(
+            headers["content-disposition"],
+            "attachment; filename=\"app.bin\""
+        );
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert!(
+            headers["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .starts_with("sandbox")
+        );
+        let bytes = reply.bytes().await.unwrap();
+        assert_eq!(bytes.len(), 200_000);
+        assert_eq!(sha256(&bytes), sum, "{prefix}: the file the agent made");
+    }
+    let html = app
+        .client
+        .get(app.url("/files/pub/1/build/1/make/site/index.html"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        html.headers()["content-type"],
+        "application/octet-stream",
+        "never text/html"
+    );
+    for missing in [
+        "/files/pub/1/build/1/make/nope.bin",
+        "/files/pub/1/build/1/make/..%2F..%2Fetc%2Fpasswd",
+        "/files/pub/1/build/1/ghost/pkg/app.bin",
+        "/files/pub/9/build/1/make/pkg/app.bin",
+    ] {
+        assert_eq!(app.get(missing).await.status, 404, "{missing}");
+    }
+
     for (name, says) in [
         ("leaky", "leading out of the working folder"),
         ("empty", "matched no file"),

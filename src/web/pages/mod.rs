@@ -6,6 +6,7 @@ pub mod agents;
 pub mod build;
 pub mod build_cause;
 pub mod dashboard;
+pub mod files;
 pub mod history;
 pub mod layout;
 pub mod login;
@@ -33,6 +34,7 @@ pub fn router() -> Routes {
         .merge(dashboard::router())
         .merge(history::router())
         .merge(build_cause::router())
+        .merge(files::router())
         .merge(stage::router())
         .merge(about::router())
         .merge(runs::router())
