@@ -345,6 +345,39 @@ pipelines:
         "application/octet-stream",
         "never text/html"
     );
+    // The job's listing, as GoCD's `{job}.json`: a tree, folders first, each with its URL.
+    let listing = app
+        .get("/go/files/pub/1/build/1/make.json")
+        .await
+        .expect(200);
+    let names = |entries: &serde_json::Value| -> Vec<String> {
+        entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["type"].as_str().unwrap(),
+                    e["name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        names(&listing),
+        ["folder pkg", "folder site", "folder tests"],
+        "{listing}"
+    );
+    assert_eq!(
+        names(&listing[1]["files"]),
+        ["folder css", "file index.html"]
+    );
+    assert_eq!(
+        listing[0]["files"][0]["url"],
+        "/files/pub/1/build/1/make/pkg/app.bin"
+    );
+    assert_eq!(app.get("/files/pub/1/build/1/make.txt").await.status, 404);
     for missing in [
         "/files/pub/1/build/1/make/nope.bin",
         "/files/pub/1/build/1/make/..%2F..%2Fetc%2Fpasswd",

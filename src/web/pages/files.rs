@@ -2,7 +2,8 @@
 //! (GoCD's path, which scripts using `GO_SERVER_URL` know) and the same under `/files/…`.
 //! Agent-written files are never served as active content from our origin (they would run
 //! with the viewer's session): every answer is an attachment, `nosniff`, with a sandboxing
-//! Content-Security-Policy. A re-run job's copy serves its original's files.
+//! Content-Security-Policy. A re-run job's copy serves its original's files. `…/{job}.json`
+//! lists them, as GoCD does.
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -19,6 +20,16 @@ use crate::web::routes::Routes;
 pub fn router() -> Routes {
     Routes::new()
         .get(
+            "/go/files/{pipeline}/{pc}/{stage}/{sc}/{job_json}",
+            Credential::User,
+            listing,
+        )
+        .get(
+            "/files/{pipeline}/{pc}/{stage}/{sc}/{job_json}",
+            Credential::User,
+            listing,
+        )
+        .get(
             "/go/files/{pipeline}/{pc}/{stage}/{sc}/{job}/{*path}",
             Credential::User,
             download,
@@ -32,19 +43,74 @@ pub fn router() -> Routes {
 
 type FilePath = Path<(String, String, String, String, String, String)>;
 
+/// The job run whose files `(pipeline, pc, stage, sc, job)` names (a copy's original).
+async fn job_build(
+    state: &AppState,
+    (pipeline, pc, stage, sc, job): (&str, &str, &str, &str, &str),
+) -> Result<i64> {
+    let (pc, sc) = (pipeline_counter(pc)?, pipeline_counter(sc)?);
+    let view = state.pipelines.stage(pipeline, pc, stage, sc).await?;
+    let run = view
+        .jobs
+        .iter()
+        .find(|j| j.job_name.eq_ignore_ascii_case(job))
+        .ok_or_else(|| Error::NotFound(format!("no job {job} in {pipeline}/{pc}/{stage}/{sc}")))?;
+    Ok(run.copied_from.unwrap_or(run.build_id))
+}
+
+/// `…/{job}.json`: the job's files as GoCD lists them, a tree of `{"name", "url", "type":
+/// "folder"|"file", "files"?}` with each file's download URL (absolute paths on this server).
+async fn listing(
+    State(state): State<AppState>,
+    Path((pipeline, pc, stage, sc, job_json)): Path<(String, String, String, String, String)>,
+) -> Result<axum::Json<serde_json::Value>> {
+    let job = job_json
+        .strip_suffix(".json")
+        .ok_or_else(|| Error::NotFound(format!("no file listing {job_json}")))?;
+    let build_id = job_build(&state, (&pipeline, &pc, &stage, &sc, job)).await?;
+    let files = state.artifacts.files(build_id).await?;
+    let base = format!("/files/{pipeline}/{pc}/{stage}/{sc}/{job}");
+    let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    Ok(axum::Json(serde_json::Value::Array(tree(
+        &base, "", &paths,
+    ))))
+}
+
+/// The entries directly under `prefix` (`""` or `a/b/`) among `paths`, folders first.
+fn tree(base: &str, prefix: &str, paths: &[&str]) -> Vec<serde_json::Value> {
+    let mut folders: Vec<&str> = Vec::new();
+    let mut files: Vec<&str> = Vec::new();
+    for path in paths.iter().filter_map(|p| p.strip_prefix(prefix)) {
+        match path.split_once('/') {
+            Some((folder, _)) if !folders.contains(&folder) => folders.push(folder),
+            Some(_) => {}
+            None => files.push(path),
+        }
+    }
+    let mut entries: Vec<serde_json::Value> = folders
+        .into_iter()
+        .map(|folder| {
+            let inner = format!("{prefix}{folder}/");
+            serde_json::json!({
+                "name": folder,
+                "url": format!("{base}/{prefix}{folder}"),
+                "type": "folder",
+                "files": tree(base, &inner, paths),
+            })
+        })
+        .collect();
+    entries.extend(files.into_iter().map(|file| {
+        serde_json::json!({"name": file, "url": format!("{base}/{prefix}{file}"), "type": "file"})
+    }));
+    entries
+}
+
 async fn download(
     State(state): State<AppState>,
     Path((pipeline, pc, stage, sc, job, path)): FilePath,
 ) -> Result<Response> {
-    let (pc, sc) = (pipeline_counter(&pc)?, pipeline_counter(&sc)?);
     let path = ArtifactPath::parse(&path).map_err(Error::NotFound)?;
-    let view = state.pipelines.stage(&pipeline, pc, &stage, sc).await?;
-    let run = view
-        .jobs
-        .iter()
-        .find(|j| j.job_name.eq_ignore_ascii_case(&job))
-        .ok_or_else(|| Error::NotFound(format!("no job {job} in {pipeline}/{pc}/{stage}/{sc}")))?;
-    let build_id = run.copied_from.unwrap_or(run.build_id);
+    let build_id = job_build(&state, (&pipeline, &pc, &stage, &sc, &job)).await?;
     let (file, on_disk) = state.artifacts.file(build_id, &path).await?;
     let opened = tokio::fs::File::open(&on_disk)
         .await
