@@ -558,7 +558,7 @@ fn read_repo(repo: ConfigRepo, files: Option<RepoFiles>) -> Read {
             read_at,
         }) => (revision, files, read_at),
     };
-    let short: String = revision.chars().take(8).collect();
+    let short = crate::domain::material::short_revision(&revision).to_string();
     let mut merged = ConfigDocument {
         format_version: 1,
         pipelines: Vec::new(),

@@ -151,6 +151,14 @@ pub struct Modification {
     pub files: Vec<String>,
 }
 
+/// A revision as people read it: its first 8 characters, as GoCD shows a git hash.
+pub fn short_revision(revision: &str) -> &str {
+    revision
+        .char_indices()
+        .nth(8)
+        .map_or(revision, |(end, _)| &revision[..end])
+}
+
 /// What an instance was built from, for one git material: the revision it runs, where the
 /// agent checks it out, and what the instance before it ran.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,6 +287,12 @@ fn glob_set(patterns: &[String]) -> Result<GlobSet, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_revisions_are_eight_characters_or_the_whole() {
+        assert_eq!(short_revision("0123456789abcdef"), "01234567");
+        assert_eq!(short_revision("abc"), "abc");
+    }
 
     #[test]
     fn spellings_of_one_repository_agree() {

@@ -995,17 +995,13 @@ async fn fan_in_wait(
                 return Ok(Some(format!(
                     "upstream {upstream} last passed {stage} at {} {}, not {}",
                     mine.material,
-                    short_revision(&theirs.revision),
-                    short_revision(&mine.revision)
+                    crate::domain::material::short_revision(&theirs.revision),
+                    crate::domain::material::short_revision(&mine.revision)
                 )));
             }
         }
     }
     Ok(None)
-}
-
-fn short_revision(revision: &str) -> String {
-    revision.chars().take(8).collect()
 }
 
 /// The revisions `downstream`'s own git materials take when `passed` triggers it: those

@@ -14,7 +14,7 @@ use super::dashboard::fragments::stage_block;
 use super::layout::{Section, page};
 use super::{PageResult, fragment};
 use crate::AppState;
-use crate::domain::material::{MaterialRevision, Modification};
+use crate::domain::material::{MaterialRevision, Modification, short_revision};
 use crate::error::Result;
 use crate::events::{DomainEvent, Topic};
 use crate::materials::Materials;
@@ -181,7 +181,7 @@ fn material(r: &MaterialRevision, modifications: &[Modification]) -> Markup {
                 (r.material) " "
                 @if r.changed { span.badge.changed { "changed" } } @else { span.badge.unchanged { "unchanged" } }
             }
-            p.material-source { code { (r.url) } " on " code { (r.branch) } " at " code title=(r.revision) { (short(&r.revision)) } }
+            p.material-source { code { (r.url) } " on " code { (r.branch) } " at " code title=(r.revision) { (short_revision(&r.revision)) } }
             @if modifications.is_empty() {
                 p.empty-hint { "The server has no record of this revision's commit." }
             } @else {
@@ -190,7 +190,7 @@ fn material(r: &MaterialRevision, modifications: &[Modification]) -> Markup {
                     tbody {
                         @for m in modifications {
                             tr.modification data-revision=(m.revision) {
-                                td { code title=(m.revision) { (short(&m.revision)) } }
+                                td { code title=(m.revision) { (short_revision(&m.revision)) } }
                                 td { (m.author) }
                                 td { (timestamp(m.time)) }
                                 td.message { pre { (m.message) } }
@@ -209,8 +209,4 @@ fn material(r: &MaterialRevision, modifications: &[Modification]) -> Markup {
             }
         }
     }
-}
-
-fn short(revision: &str) -> String {
-    revision.chars().take(8).collect()
 }

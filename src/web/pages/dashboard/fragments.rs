@@ -6,6 +6,7 @@
 use maud::{Markup, html};
 
 use crate::config_sources::Snapshot;
+use crate::domain::material::short_revision;
 use crate::domain::pipeline::{StageStatus, StageSummary};
 use crate::pipelines::PipelineView;
 use crate::web::format_time;
@@ -182,7 +183,7 @@ pub fn card(view: &PipelineView) -> Markup {
                         }
                         @for r in &latest.instance.material_revisions {
                             p.revision title=(r.summary) {
-                                (r.material) ": " code { (r.revision.chars().take(8).collect::<String>()) }
+                                (r.material) ": " code { (short_revision(&r.revision)) }
                                 @if !r.author.is_empty() { " by " (r.author) }
                             }
                         }

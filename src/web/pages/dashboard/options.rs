@@ -16,6 +16,7 @@ use maud::{Markup, html};
 use super::super::layout::{Section, page};
 use super::super::{PageResult, fragment};
 use crate::AppState;
+use crate::domain::material::short_revision;
 use crate::error::Error;
 use crate::materials::MaterialChoice;
 use crate::web::auth::CurrentUser;
@@ -124,7 +125,7 @@ fn form(options: &Options) -> Markup {
                             option value="" { "The newest revision polled" }
                             @for c in &m.commits {
                                 option value=(c.revision) {
-                                    (c.revision.chars().take(8).collect::<String>()) " · "
+                                    (short_revision(&c.revision)) " · "
                                     (c.message.lines().next().unwrap_or_default()) " · " (c.author)
                                 }
                             }
