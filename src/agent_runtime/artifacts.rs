@@ -5,6 +5,11 @@
 //! path below the glob's first wildcard segment). Each file is hashed, then streamed to the
 //! server with its SHA-256. A rule that matches nothing, a symlink leaving the working folder,
 //! or a refused upload fails the job, and the console says which file and why.
+//!
+//! A fetch task downloads the files the server found for it, each to a temporary name beside
+//! its place while its SHA-256 is counted, and renames it into place only once the checksum
+//! is the one the server recorded: a file that is there is whole. A missing file, a changed
+//! one or a path leaving the sandbox fails the task, saying which and why.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -14,7 +19,7 @@ use tokio::io::AsyncReadExt;
 use super::client::Client;
 use super::console::ConsoleWriter;
 use super::retry::ApiError;
-use super::wire::BuildId;
+use super::wire::{BuildId, Fetch};
 use crate::domain::pipeline_config::ArtifactConfig;
 
 /// How many times a file is sent before its upload counts as failed (a dropped connection).
@@ -82,6 +87,144 @@ pub async fn publish(
         }
     }
     true
+}
+
+/// Runs a fetch task: see the module's doc. `Err` says why it failed.
+pub async fn fetch(
+    client: &Client,
+    sandbox: &Path,
+    fetch: &Fetch,
+    console: &mut ConsoleWriter,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<(), String> {
+    if let Some(why) = &fetch.error {
+        return Err(format!("cannot fetch {}: {why}", fetch.source));
+    }
+    let (Some(build), Some(from)) = (fetch.from_build_id, fetch.from.as_deref()) else {
+        return Err(format!(
+            "cannot fetch {}: the server named no job to fetch from",
+            fetch.source
+        ));
+    };
+    let total: u64 = fetch.files.iter().map(|f| f.size).sum();
+    console
+        .marker(&format!(
+            "Fetching {} file(s), {total} bytes, from {from}",
+            fetch.files.len()
+        ))
+        .await;
+    for file in &fetch.files {
+        let target = inside(sandbox, &file.save_as)?;
+        let parent = target.parent().unwrap_or(sandbox);
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot make {}: {e}", parent.display()))?;
+        let root = sandbox
+            .canonicalize()
+            .map_err(|e| format!("cannot read the working folder: {e}"))?;
+        check_inside(&root, parent)?;
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let temp = parent.join(format!(".{name}.ferrocd-fetch"));
+        let mut last_error = String::new();
+        let mut fetched = false;
+        for _ in 0..ATTEMPTS {
+            let attempt = tokio::select! {
+                got = download(client, build, &file.path, file.size, &temp) => got,
+                _ = stop.cancelled() => {
+                    let _ = std::fs::remove_file(&temp);
+                    return Err("cancelled".into());
+                }
+            };
+            match attempt {
+                Ok(sum) if sum == file.sha256 => {
+                    std::fs::rename(&temp, &target)
+                        .map_err(|e| format!("cannot put {} in place: {e}", target.display()))?;
+                    fetched = true;
+                    break;
+                }
+                Ok(sum) => {
+                    last_error = format!(
+                        "it arrived with SHA-256 {sum}, not the {} recorded when it was published",
+                        file.sha256
+                    )
+                }
+                Err(Download::Server(
+                    error @ ApiError::Status {
+                        status: 400..=499, ..
+                    },
+                )) => {
+                    last_error = error.to_string();
+                    break;
+                }
+                Err(Download::Server(error)) => last_error = error.to_string(),
+                Err(Download::Local(error)) => {
+                    last_error = error;
+                    break;
+                }
+            }
+        }
+        if !fetched {
+            let _ = std::fs::remove_file(&temp);
+            return Err(format!(
+                "cannot fetch {} from {from}: {last_error}",
+                file.path
+            ));
+        }
+    }
+    console
+        .marker(&format!(
+            "Fetched {} file(s) from {from}, each checked against its SHA-256",
+            fetch.files.len()
+        ))
+        .await;
+    Ok(())
+}
+
+/// `relative` below `sandbox`, if it stays inside it.
+fn inside(sandbox: &Path, relative: &str) -> Result<PathBuf, String> {
+    let path = Path::new(relative);
+    if relative.is_empty()
+        || path.is_absolute()
+        || path.components().any(|c| matches!(c, Component::ParentDir))
+    {
+        return Err(format!("{relative:?} is outside the working folder"));
+    }
+    Ok(sandbox.join(path))
+}
+
+enum Download {
+    Server(ApiError),
+    Local(String),
+}
+
+/// One download of `path` of `build` into `temp`; the SHA-256 of what arrived.
+async fn download(
+    client: &Client,
+    build: i64,
+    path: &str,
+    size: u64,
+    temp: &Path,
+) -> Result<String, Download> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let response = client
+        .artifact(build, path, size)
+        .await
+        .map_err(Download::Server)?;
+    let local =
+        |e: std::io::Error| Download::Local(format!("cannot write {}: {e}", temp.display()));
+    let mut file = tokio::fs::File::create(temp).await.map_err(local)?;
+    let mut hasher = Sha256::new();
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| Download::Server(super::client::transport_error(e)))?;
+        hasher.update(&chunk);
+        file.write_all(&chunk).await.map_err(local)?;
+    }
+    file.flush().await.map_err(local)?;
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Every (local file, artifact path) the rules name, in rule order.

@@ -468,35 +468,47 @@ impl Client {
         file: &std::path::Path,
         sha256: &str,
     ) -> Result<u16, ApiError> {
-        let encoded: Vec<String> = path
-            .split('/')
-            .map(|segment| {
-                form_urlencoded::byte_serialize(segment.as_bytes())
-                    .collect::<String>()
-                    .replace('+', "%20")
-            })
-            .collect();
-        let url_path = format!(
-            "/builds/{}/artifacts/{}",
-            build.path_segment(),
-            encoded.join("/")
-        );
+        let url_path = artifact_path(&build.path_segment(), path);
+        let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
         let response = self
-            .call_with(reqwest::Method::PUT, &url_path, None, |r| {
-                let body = match std::fs::File::open(file) {
-                    Ok(opened) => reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(
-                        tokio::fs::File::from_std(opened),
-                    )),
-                    // Gone since it was hashed: the server sees an empty body and refuses
-                    // its checksum.
-                    Err(_) => reqwest::Body::from(Vec::new()),
-                };
-                r.header("X-Checksum-SHA256", sha256)
-                    .header("Content-Type", "application/octet-stream")
-                    .body(body)
-            })
+            .call_with(
+                reqwest::Method::PUT,
+                &url_path,
+                Some(transfer_timeout(size)),
+                |r| {
+                    let body = match std::fs::File::open(file) {
+                        Ok(opened) => reqwest::Body::wrap_stream(
+                            tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(opened)),
+                        ),
+                        // Gone since it was hashed: the server sees an empty body and refuses
+                        // its checksum.
+                        Err(_) => reqwest::Body::from(Vec::new()),
+                    };
+                    r.header("X-Checksum-SHA256", sha256)
+                        .header("Content-Type", "application/octet-stream")
+                        .body(body)
+                },
+            )
             .await?;
         Ok(response.status().as_u16())
+    }
+
+    /// Asks for artifact `path` of build `build_id` (about `size` bytes): the answer, its body
+    /// still to be read.
+    pub async fn artifact(
+        &self,
+        build_id: i64,
+        path: &str,
+        size: u64,
+    ) -> Result<reqwest::Response, ApiError> {
+        let url_path = artifact_path(&build_id.to_string(), path);
+        self.call_with(
+            reqwest::Method::GET,
+            &url_path,
+            Some(transfer_timeout(size)),
+            |r| r,
+        )
+        .await
     }
 
     pub async fn console(
@@ -594,6 +606,30 @@ fn transport(error: reqwest::Error) -> ApiError {
 }
 
 /// Success passes; an error status becomes `ApiError::Status` with the server's message.
+/// `/builds/{build}/artifacts/{path}`, each segment of `path` percent-encoded.
+fn artifact_path(build: &str, path: &str) -> String {
+    let encoded: Vec<String> = path
+        .split('/')
+        .map(|segment| {
+            form_urlencoded::byte_serialize(segment.as_bytes())
+                .collect::<String>()
+                .replace('+', "%20")
+        })
+        .collect();
+    format!("/builds/{build}/artifacts/{}", encoded.join("/"))
+}
+
+/// How long one artifact transfer of `size` bytes may take: the usual limit, plus a second
+/// per MiB (a slow link still moves a large file; a hung one is still given up on).
+fn transfer_timeout(size: u64) -> Duration {
+    REQUEST_TIMEOUT + Duration::from_secs(size / (1024 * 1024))
+}
+
+/// A transport error as the agent says it.
+pub fn transport_error(error: reqwest::Error) -> ApiError {
+    transport(error)
+}
+
 async fn check(response: reqwest::Response) -> Result<reqwest::Response, ApiError> {
     let status = response.status();
     if status.is_success() {

@@ -145,6 +145,7 @@ async fn run_job_within(
             match report(&client, &build, JobState::Building, None, patience).await {
                 Ok(()) => {
                     let mut job = JobTasks {
+                        client: &client,
                         sandbox: &sandbox,
                         env: &env,
                         console: &mut console,
@@ -265,6 +266,7 @@ enum Outcome {
 /// What the tasks of one job share: where they run, their environment, the console, and
 /// their processes.
 struct JobTasks<'a> {
+    client: &'a Client,
     sandbox: &'a Path,
     env: &'a [(String, String)],
     console: &'a mut ConsoleWriter,
@@ -340,6 +342,21 @@ impl JobTasks<'_> {
                 }
                 Err(problem) => return self.failed(&problem).await,
             },
+            TaskKind::Fetch(fetch) => {
+                return match super::artifacts::fetch(
+                    self.client,
+                    self.sandbox,
+                    fetch,
+                    self.console,
+                    stop,
+                )
+                .await
+                {
+                    Ok(()) => Outcome::Passed,
+                    Err(_) if stop.is_cancelled() => Outcome::Cancelled,
+                    Err(why) => self.failed(&why).await,
+                };
+            }
             TaskKind::Unsupported(task_type) => {
                 return self
                     .failed(&format!("ferrocd cannot run {task_type:?} tasks yet"))
@@ -392,6 +409,10 @@ fn describe(task: &Task) -> String {
             }
             format!("script: {shown}")
         }
+        TaskKind::Fetch(fetch) => match &fetch.from {
+            Some(from) => format!("fetch {} from {from}", fetch.source),
+            None => format!("fetch {}", fetch.source),
+        },
         TaskKind::Unsupported(task_type) => task_type.clone(),
     }
 }
@@ -629,7 +650,16 @@ mod tests {
         let (mut console, uploader) =
             console::start(Sink, Patience::until(&CancellationToken::new()));
         let mut processes = JobProcesses::new();
+        // No server: these tasks never call it.
+        let server = "http://127.0.0.1:9";
+        let client = Client::new(
+            super::super::client::Endpoint::new(server, None).unwrap(),
+            None,
+            super::super::identity::MachineFacts::gather(server, &sandbox, None, &[], &[]).await,
+            super::super::identity::IdentityStore::open(&sandbox.join(".agent")).unwrap(),
+        );
         let mut job = JobTasks {
+            client: &client,
             sandbox: &sandbox,
             env: &[],
             console: &mut console,

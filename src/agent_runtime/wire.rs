@@ -69,8 +69,30 @@ pub enum TaskKind {
     },
     /// A script run with `bash` from a file in the sandbox.
     Script { script: String },
+    /// Artifacts downloaded from the job the server found.
+    Fetch(Fetch),
     /// A task type this agent cannot run, by the name the server gave it.
     Unsupported(String),
+}
+
+/// A fetch task as the server resolved it: the files of build `from_build_id` (the job
+/// `from`) to download, each to its `save_as` in the sandbox, or why there are none.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Fetch {
+    pub source: String,
+    pub from: Option<String>,
+    pub from_build_id: Option<i64>,
+    pub files: Vec<FetchFile>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct FetchFile {
+    pub path: String,
+    #[serde(default)]
+    pub size: u64,
+    pub sha256: String,
+    pub save_as: String,
 }
 
 /// When a task runs, given how the tasks before it went (GoCD's `run_if`).
@@ -97,6 +119,16 @@ struct TaskShape {
     working_dir: Option<String>,
     #[serde(default)]
     script: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    from_build_id: Option<i64>,
+    #[serde(default)]
+    files: Option<Vec<FetchFile>>,
+    #[serde(default)]
+    error: Option<String>,
     #[serde(default)]
     run_if: Option<String>,
     #[serde(default)]
@@ -129,6 +161,14 @@ impl TryFrom<TaskShape> for Task {
             TaskKind::Script {
                 script: shape.script.ok_or("a script task needs a script")?,
             }
+        } else if task_type.eq_ignore_ascii_case("fetch") {
+            TaskKind::Fetch(Fetch {
+                source: shape.source.unwrap_or_default(),
+                from: shape.from,
+                from_build_id: shape.from_build_id,
+                files: shape.files.unwrap_or_default(),
+                error: shape.error,
+            })
         } else {
             TaskKind::Unsupported(task_type)
         };

@@ -71,13 +71,31 @@ pub enum TaskKind {
     },
     /// GoCD's script-executor: the text, written to a file in the sandbox, run with `bash`.
     Script { script: String },
-    /// A GoCD task type ferrocd accepts but cannot run yet (`fetch`, `plugin`, `ant`, `nant`,
-    /// `rake`): the job fails at it.
+    /// Downloads artifacts of an earlier stage of the same instance, or of the upstream
+    /// instance that `pipeline` (an ancestor path `a/b`, the parent last) leads to. The server
+    /// finds the files when it hands out the work; the agent checks each one's SHA-256.
+    Fetch(FetchTask),
+    /// A GoCD task type ferrocd accepts but cannot run (`plugin`, `ant`, `nant`, `rake`):
+    /// the job fails at it.
     Unsupported { task_type: String },
 }
 
+/// A `fetch` task, as configured (GoCD's `artifact_origin: gocd`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchTask {
+    /// This pipeline when `None`; else the path from the ancestor to this pipeline's parent.
+    pub pipeline: Option<String>,
+    pub stage: String,
+    pub job: String,
+    /// A file (`is_file`) or a folder of the job's artifacts.
+    pub source: String,
+    pub is_file: bool,
+    /// A folder below the sandbox (the sandbox itself when `None`).
+    pub destination: Option<String>,
+}
+
 /// The GoCD task types ferrocd knows of but cannot run.
-pub const UNSUPPORTED_TASK_TYPES: [&str; 5] = ["fetch", "plugin", "ant", "nant", "rake"];
+pub const UNSUPPORTED_TASK_TYPES: [&str; 4] = ["plugin", "ant", "nant", "rake"];
 
 impl Task {
     /// An exec task that runs while every task before it passed.
@@ -98,6 +116,7 @@ impl Task {
         match &self.kind {
             TaskKind::Exec { .. } => "exec",
             TaskKind::Script { .. } => "script",
+            TaskKind::Fetch(_) => "fetch",
             TaskKind::Unsupported { task_type } => task_type,
         }
     }
@@ -111,6 +130,20 @@ impl Task {
             TaskKind::Script { script } if script.trim().is_empty() => Err(Rejection::Invalid(
                 format!("{field}.script: must not be empty"),
             )),
+            TaskKind::Fetch(fetch) => {
+                for (name, value) in [
+                    ("stage", &fetch.stage),
+                    ("job", &fetch.job),
+                    ("source", &fetch.source),
+                ] {
+                    if value.trim().is_empty() {
+                        return Err(Rejection::Invalid(format!(
+                            "{field}.{name}: a fetch task needs it"
+                        )));
+                    }
+                }
+                Ok(())
+            }
             _ => match &self.on_cancel {
                 Some(task) => task.check(&format!("{field}.on_cancel")),
                 None => Ok(()),
@@ -136,6 +169,21 @@ impl From<&TaskConfig> for Task {
             ConfiguredKind::Script { script } => TaskKind::Script {
                 script: script.clone(),
             },
+            ConfiguredKind::Fetch {
+                pipeline,
+                stage,
+                job,
+                source,
+                is_file,
+                destination,
+            } => TaskKind::Fetch(FetchTask {
+                pipeline: pipeline.clone(),
+                stage: stage.clone(),
+                job: job.clone(),
+                source: source.clone(),
+                is_file: *is_file,
+                destination: destination.clone(),
+            }),
             other => TaskKind::Unsupported {
                 task_type: other.type_name().to_string(),
             },
@@ -161,6 +209,18 @@ struct TaskShape {
     working_dir: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     script: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pipeline: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    job: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    is_file: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    destination: Option<String>,
     #[serde(default)]
     run_if: RunIf,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -203,10 +263,27 @@ impl TryFrom<TaskShape> for Task {
                     script: shape.script.ok_or("a script task needs a script")?,
                 }
             }
+            "fetch" => {
+                refuse("command", shape.command.is_some())?;
+                refuse("script", shape.script.is_some())?;
+                let needed = |field: &str, value: Option<String>| {
+                    value.ok_or(format!(
+                        "a fetch task needs {field} (missing field `{field}`)"
+                    ))
+                };
+                TaskKind::Fetch(FetchTask {
+                    pipeline: shape.pipeline,
+                    stage: needed("stage", shape.stage)?,
+                    job: needed("job", shape.job)?,
+                    source: needed("source", shape.source)?,
+                    is_file: shape.is_file.unwrap_or(false),
+                    destination: shape.destination,
+                })
+            }
             other if UNSUPPORTED_TASK_TYPES.contains(&other) => TaskKind::Unsupported { task_type },
             other => {
                 return Err(format!(
-                    "type: {other:?} is not a task type (exec, script, {})",
+                    "type: {other:?} is not a task type (exec, script, fetch, {})",
                     UNSUPPORTED_TASK_TYPES.join(", ")
                 ));
             }
@@ -227,6 +304,12 @@ impl From<Task> for TaskShape {
             args: None,
             working_dir: None,
             script: None,
+            pipeline: None,
+            stage: None,
+            job: None,
+            source: None,
+            is_file: None,
+            destination: None,
             run_if: task.run_if,
             on_cancel: task.on_cancel,
         };
@@ -241,6 +324,14 @@ impl From<Task> for TaskShape {
                 shape.working_dir = working_dir;
             }
             TaskKind::Script { script } => shape.script = Some(script),
+            TaskKind::Fetch(fetch) => {
+                shape.pipeline = fetch.pipeline;
+                shape.stage = Some(fetch.stage);
+                shape.job = Some(fetch.job);
+                shape.source = Some(fetch.source);
+                shape.is_file = Some(fetch.is_file);
+                shape.destination = fetch.destination;
+            }
             TaskKind::Unsupported { .. } => {}
         }
         shape
@@ -848,9 +939,14 @@ mod tests {
         };
         assert_eq!(
             Task::from(&fetch).kind,
-            TaskKind::Unsupported {
-                task_type: "fetch".into()
-            }
+            TaskKind::Fetch(FetchTask {
+                pipeline: None,
+                stage: "s".into(),
+                job: "j".into(),
+                source: "a".into(),
+                is_file: true,
+                destination: None,
+            })
         );
     }
 

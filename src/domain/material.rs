@@ -183,6 +183,19 @@ pub struct MaterialRevision {
     pub summary: String,
 }
 
+/// What an instance was built from through one dependency material: the upstream instance
+/// whose stage passed (GoCD's dependency revision `pipeline/counter/stage/stage_counter`
+/// without the stage counter: fetches take the stage's newest run).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamRevision {
+    /// The material's name in the pipeline.
+    pub material: String,
+    pub pipeline: String,
+    pub counter: i64,
+    pub label: String,
+    pub stage: String,
+}
+
 /// What an agent checks out before a job's tasks: one git material at the instance's
 /// revision, with the credentials of the material as configured now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::job_run::{JobResult, JobState};
-use super::material::{MaterialRevision, revision_variables};
+use super::material::{MaterialRevision, UpstreamRevision, revision_variables};
 use super::pipeline_config::{JobConfig, PipelineConfig, RunInstances, StageConfig};
 
 /// A stage as the dashboard shows it (CONTRACT.md's `data-status`).
@@ -326,6 +326,8 @@ pub struct PipelineInstance {
     pub created_at: i64,
     /// What it was built from: per git material, its revision (the build cause).
     pub material_revisions: Vec<MaterialRevision>,
+    /// Per dependency material, the upstream instance it runs after.
+    pub upstream_revisions: Vec<UpstreamRevision>,
 }
 
 impl PipelineInstance {

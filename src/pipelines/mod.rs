@@ -15,8 +15,9 @@ use crate::audit;
 use crate::config_sources::{ConfigSources, Snapshot};
 use crate::db::{Conn, Db, WriteTx, now_millis};
 use crate::domain::agent::ConfigState;
-use crate::domain::job_run::{JobRun, Requirements, Task};
-use crate::domain::material::{Checkout, Fingerprint, split_credentials};
+use crate::domain::artifact::FetchOrigin;
+use crate::domain::job_run::{FetchTask, JobRun, Requirements, Task};
+use crate::domain::material::{Checkout, Fingerprint, UpstreamRevision, split_credentials};
 use crate::domain::pipeline::{
     AfterStage, InstanceFacts, PipelineInstance, StageRun, StageStatus, StageSummary, after_stage,
     is_running, may_run_stage, plan_jobs, render_label, stage_status, summarize_stages,
@@ -580,6 +581,103 @@ impl Pipelines {
             .unwrap_or_default())
     }
 
+    /// Where `fetch`, a task of `run`, takes its files from: job `fetch.job` of the newest
+    /// run of `fetch.stage` in the instance `fetch.pipeline` leads to (an ancestor path
+    /// `a/b`, walked from this instance up through its upstream revisions, the parent last;
+    /// none: this instance). `Ok(Err(why))` when there is no such job to fetch from.
+    pub async fn fetch_origin(
+        &self,
+        run: &JobRun,
+        fetch: &FetchTask,
+    ) -> Result<std::result::Result<FetchOrigin, String>> {
+        let mut read = self.db.reader().await?;
+        let Some(mut instance) =
+            store::instance(read.conn(), &run.pipeline_name, run.pipeline_counter).await?
+        else {
+            return Ok(Err(
+                "this job belongs to no pipeline instance to fetch from".into(),
+            ));
+        };
+        let path = fetch.pipeline.as_deref().map(str::trim).unwrap_or("");
+        let mut ancestors: Vec<&str> = path
+            .split('/')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if ancestors
+            .last()
+            .is_some_and(|last| last.eq_ignore_ascii_case(&instance.pipeline_name))
+        {
+            ancestors.pop();
+        }
+        for ancestor in ancestors.iter().rev() {
+            let Some(up) = instance
+                .upstream_revisions
+                .iter()
+                .find(|u| u.pipeline.eq_ignore_ascii_case(ancestor))
+                .cloned()
+            else {
+                return Ok(Err(format!(
+                    "pipeline: {path}: {}/{} runs after no instance of {ancestor} (is {ancestor} a dependency material of {}?)",
+                    instance.pipeline_name, instance.counter, instance.pipeline_name
+                )));
+            };
+            instance = match store::instance(read.conn(), &up.pipeline, up.counter).await? {
+                Some(found) => found,
+                None => {
+                    return Ok(Err(format!(
+                        "upstream instance {}/{} is gone",
+                        up.pipeline, up.counter
+                    )));
+                }
+            };
+        }
+        let same_instance = ancestors.is_empty();
+        if same_instance && fetch.stage.eq_ignore_ascii_case(&run.stage_name) {
+            return Ok(Err(format!(
+                "stage {}: a job fetches from an earlier stage, not its own",
+                fetch.stage
+            )));
+        }
+        let view = instance_view(read.conn(), &instance.pipeline_name, instance.counter).await?;
+        let name = format!("{}/{}", view.instance.pipeline_name, view.instance.counter);
+        let Some(stage) = view
+            .stages
+            .iter()
+            .find(|s| s.name.eq_ignore_ascii_case(&fetch.stage))
+        else {
+            return Ok(Err(format!("{name} has no stage {}", fetch.stage)));
+        };
+        let Some(stage_counter) = stage.counter else {
+            return Ok(Err(format!("stage {name}/{} has not run", stage.name)));
+        };
+        let jobs = job_runs::store::latest_of_stage(
+            read.conn(),
+            &view.instance.pipeline_name,
+            view.instance.counter,
+            &stage.name,
+            stage_counter,
+        )
+        .await?;
+        let locator = format!("{name}/{}/{stage_counter}", stage.name);
+        let Some(job) = jobs
+            .iter()
+            .find(|j| j.job_name.eq_ignore_ascii_case(&fetch.job))
+        else {
+            return Ok(Err(format!("{locator} has no job {}", fetch.job)));
+        };
+        if job.state != crate::domain::job_run::JobState::Completed {
+            return Ok(Err(format!(
+                "{locator}/{} has not completed (it is {})",
+                job.job_name, job.state
+            )));
+        }
+        Ok(Ok(FetchOrigin {
+            build_id: job.copied_from.unwrap_or(job.build_id),
+            locator: format!("{locator}/{}", job.job_name),
+        }))
+    }
+
     pub async fn checkouts(&self, run: &JobRun) -> Result<Vec<Checkout>> {
         let mut read = self.db.reader().await?;
         let Some(instance) =
@@ -838,8 +936,6 @@ async fn summarize(
         .collect())
 }
 
-/// Creates the next instance of `config` in `tx` and starts its first stage. `upstream` is
-/// the (pipeline, label) of the instance whose passed stage triggered it.
 /// The next firing of `config`'s timer after now.
 fn next_timer_firing(config: &PipelineConfig) -> Option<i64> {
     let timer = config.timer.as_ref()?;
@@ -848,13 +944,15 @@ fn next_timer_firing(config: &PipelineConfig) -> Option<i64> {
         .next_after(now_millis())
 }
 
+/// Creates the next instance of `config` in `tx` and starts its first stage. `upstream` is
+/// the instance whose passed stage triggered it.
 async fn trigger_in(
     tx: &mut WriteTx,
     snapshot: &Snapshot,
     config: &PipelineConfig,
     actor: &str,
     variables: BTreeMap<String, String>,
-    upstream: Option<(&str, &str)>,
+    upstream: Option<&PipelineInstance>,
     picked: &BTreeMap<String, String>,
 ) -> Result<i64> {
     let state = store::state(tx.conn(), &config.name).await?;
@@ -887,7 +985,11 @@ async fn trigger_in(
         .map(|i| i.material_revisions.as_slice())
         .unwrap_or_default();
     let material_revisions = crate::materials::revisions_in(tx, config, previous, picked).await?;
-    let mut labels = material_labels(tx, config, upstream).await?;
+    let upstream_revisions = upstream_revisions(tx, config, upstream).await?;
+    let mut labels: BTreeMap<String, String> = upstream_revisions
+        .iter()
+        .map(|u| (u.material.clone(), u.label.clone()))
+        .collect();
     for r in &material_revisions {
         labels.insert(r.material.clone(), r.revision.clone());
     }
@@ -909,6 +1011,7 @@ async fn trigger_in(
             trigger_variables: &variables,
             now: now_millis(),
             material_revisions: &material_revisions,
+            upstream_revisions: &upstream_revisions,
         },
     )
     .await?;
@@ -922,30 +1025,36 @@ async fn trigger_in(
     Ok(counter)
 }
 
-/// The labels `${material}` gives of dependency materials: the upstream label (the
-/// triggering instance's, or the newest instance whose stage passed). A git material's is
-/// its revision (the caller's).
-async fn material_labels(
+/// Per dependency material of `config`, the upstream instance it runs after: the triggering
+/// instance for its own pipeline, else the newest instance whose stage passed (none yet: the
+/// material has no revision). `${material}` labels give the upstream's label.
+async fn upstream_revisions(
     tx: &mut WriteTx,
     config: &PipelineConfig,
-    upstream: Option<(&str, &str)>,
-) -> Result<BTreeMap<String, String>> {
-    let mut labels = BTreeMap::new();
+    upstream: Option<&PipelineInstance>,
+) -> Result<Vec<UpstreamRevision>> {
+    let mut revisions = Vec::new();
     for material in &config.materials {
         if let MaterialSource::Dependency {
             pipeline, stage, ..
         } = &material.source
         {
-            let label = match upstream {
-                Some((up, label)) if up.eq_ignore_ascii_case(pipeline) => Some(label.to_string()),
-                _ => latest_passed(tx, pipeline, stage).await?.map(|i| i.label),
+            let found = match upstream {
+                Some(up) if up.pipeline_name.eq_ignore_ascii_case(pipeline) => Some(up.clone()),
+                _ => latest_passed(tx, pipeline, stage).await?,
             };
-            if let Some(label) = label {
-                labels.insert(material.name.clone(), label);
+            if let Some(found) = found {
+                revisions.push(UpstreamRevision {
+                    material: material.name.clone(),
+                    pipeline: found.pipeline_name,
+                    counter: found.counter,
+                    label: found.label,
+                    stage: stage.clone(),
+                });
             }
         }
     }
-    Ok(labels)
+    Ok(revisions)
 }
 
 /// The newest of `pipeline`'s latest 20 instances whose `stage` passed.
@@ -1165,7 +1274,7 @@ async fn stage_finished(
                 tracing::info!(pipeline = %downstream.name, "not triggered yet: {why}");
                 continue;
             }
-            let upstream = Some((instance.pipeline_name.as_str(), instance.label.as_str()));
+            let upstream = Some(&instance);
             let picked = revisions_shared_with(downstream, &instance);
             match trigger_in(
                 tx,

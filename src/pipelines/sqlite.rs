@@ -9,7 +9,7 @@ use sqlx::types::Json;
 
 use super::store::{NewInstance, PipelineState, StageKey};
 use crate::domain::job_run::JobResult;
-use crate::domain::material::MaterialRevision;
+use crate::domain::material::{MaterialRevision, UpstreamRevision};
 use crate::domain::pipeline::{JobFact, PipelineInstance, StageRun};
 use crate::domain::pipeline_config::PipelineConfig;
 use crate::error::{Error, Result};
@@ -30,6 +30,7 @@ struct InstanceRow {
     trigger_variables: Json<BTreeMap<String, String>>,
     created_at: i64,
     material_revisions: Json<Vec<MaterialRevision>>,
+    upstream_revisions: Json<Vec<UpstreamRevision>>,
 }
 
 impl From<InstanceRow> for PipelineInstance {
@@ -45,12 +46,14 @@ impl From<InstanceRow> for PipelineInstance {
             trigger_variables: row.trigger_variables.0,
             created_at: row.created_at,
             material_revisions: row.material_revisions.0,
+            upstream_revisions: row.upstream_revisions.0,
         }
     }
 }
 
 const INSTANCE_COLUMNS: &str = "pipeline_name, counter, label, plan, triggered_by, environment, \
-     environment_variables, trigger_variables, created_at, material_revisions";
+     environment_variables, trigger_variables, created_at, material_revisions, \
+     upstream_revisions";
 
 #[derive(sqlx::FromRow)]
 struct StageRow {
@@ -104,8 +107,8 @@ pub async fn next_counter(conn: &mut SqliteConnection, pipeline: &str) -> Result
 pub async fn insert_instance(conn: &mut SqliteConnection, new: NewInstance<'_>) -> Result<()> {
     sqlx::query(
         "INSERT INTO pipeline_instances (pipeline_name, counter, label, plan, triggered_by, \
-         environment, environment_variables, trigger_variables, created_at, material_revisions) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+         environment, environment_variables, trigger_variables, created_at, material_revisions, \
+         upstream_revisions) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(new.pipeline_name)
     .bind(new.counter)
@@ -117,6 +120,7 @@ pub async fn insert_instance(conn: &mut SqliteConnection, new: NewInstance<'_>) 
     .bind(Json(new.trigger_variables))
     .bind(new.now)
     .bind(Json(new.material_revisions))
+    .bind(Json(new.upstream_revisions))
     .execute(conn)
     .await?;
     Ok(())

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use super::sqlite;
 use crate::db::{Conn, backend};
 use crate::domain::job_run::JobResult;
-use crate::domain::material::MaterialRevision;
+use crate::domain::material::{MaterialRevision, UpstreamRevision};
 use crate::domain::pipeline::{JobFact, PipelineInstance, StageRun};
 use crate::domain::pipeline_config::PipelineConfig;
 use crate::error::Result;
@@ -23,6 +23,7 @@ pub struct NewInstance<'a> {
     pub trigger_variables: &'a BTreeMap<String, String>,
     pub now: i64,
     pub material_revisions: &'a [MaterialRevision],
+    pub upstream_revisions: &'a [UpstreamRevision],
 }
 
 /// A stage run's address.

@@ -15,6 +15,7 @@ mod connections;
 mod console_stream;
 mod cross_site;
 mod fan_in;
+mod fetch;
 mod gocd_shape;
 mod helpers;
 mod jobs;

@@ -1,7 +1,7 @@
 //! Artifacts over the API (the artifacts issue, its first part): the agent running a job
 //! uploads each file with its SHA-256, streamed (the body is never held whole: it is not
 //! under the API's 1 MiB body limit, which only buffered extractors apply); anyone who may
-//! read the pages lists a job's files.
+//! read the pages lists a job's files; any agent downloads them (fetch tasks).
 
 use axum::Json;
 use axum::body::Body;
@@ -23,6 +23,11 @@ pub fn router() -> Routes {
             "/builds/{build_id}/artifacts/{*path}",
             Credential::Agent,
             upload,
+        )
+        .get(
+            "/builds/{build_id}/artifacts/{*path}",
+            Credential::Agent,
+            download,
         )
         .get("/builds/{build_id}/artifacts", Credential::User, list)
 }
@@ -65,6 +70,17 @@ async fn upload(
         status,
         Json(json!({ "message": message, "path": path.as_str() })),
     ))
+}
+
+/// `GET /api/builds/{id}/artifacts/{path}`: a file, for an agent's fetch task (any agent:
+/// a job may fetch from any pipeline's, as in GoCD).
+async fn download(
+    State(state): State<AppState>,
+    Path((id, path)): Path<(String, String)>,
+    _caller: AuthenticatedAgent,
+) -> Result<axum::response::Response> {
+    let path = ArtifactPath::parse(&path).map_err(Error::NotFound)?;
+    crate::web::pages::files::attachment(&state, build_id(&id)?, &path).await
 }
 
 /// `GET /api/builds/{id}/artifacts`: `{"files": [{"path", "size", "sha256"}]}`, in path order.

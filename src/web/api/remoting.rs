@@ -19,6 +19,7 @@ use super::{ApiJson, name_list, parse_uuid};
 use crate::AppState;
 use crate::agents::{Ping, Registration};
 use crate::domain::agent::AgentState;
+use crate::domain::artifact::{FetchFile, fetch_files};
 use crate::domain::job_run::{JobResult, JobRun, JobState, RunIf, Task, TaskKind};
 use crate::domain::material::Checkout;
 use crate::error::{Error, Result};
@@ -180,10 +181,42 @@ async fn work(
             let mut work = WorkJson::from(&run);
             work.materials = state.pipelines.checkouts(&run).await?;
             work.artifacts = state.pipelines.artifact_rules(&run).await?;
+            resolve_fetches(&state, &run, &mut work).await?;
             Json(work).into_response()
         }
         None => StatusCode::NO_CONTENT.into_response(),
     })
+}
+
+/// Gives each fetch task of `work` (an `on_cancel` one too) the files it downloads and where
+/// from, or why there are none (the agent fails the job at it, saying so).
+async fn resolve_fetches(state: &AppState, run: &JobRun, work: &mut WorkJson) -> Result<()> {
+    for (task, json) in run.tasks.iter().zip(work.tasks.iter_mut()) {
+        let (mut task, mut json) = (Some(task), Some(json));
+        while let (Some(t), Some(j)) = (task, json) {
+            if let TaskKind::Fetch(fetch) = &t.kind {
+                match state.pipelines.fetch_origin(run, fetch).await? {
+                    Err(why) => j.error = Some(why),
+                    Ok(origin) => {
+                        let stored = state.artifacts.files(origin.build_id).await?;
+                        match fetch_files(
+                            &fetch.source,
+                            fetch.is_file,
+                            fetch.destination.as_deref(),
+                            &stored,
+                        ) {
+                            Ok(files) => j.files = Some(files),
+                            Err(why) => j.error = Some(format!("{}: {why}", origin.locator)),
+                        }
+                        j.from = Some(origin.locator);
+                        j.from_build_id = Some(origin.build_id);
+                    }
+                }
+            }
+            (task, json) = (t.on_cancel.as_deref(), j.on_cancel.as_deref_mut());
+        }
+    }
+    Ok(())
 }
 
 /// `WORK`: what an agent receives to run (`POST /api/agents/{uuid}/work`).
@@ -220,6 +253,29 @@ struct WorkTaskJson {
     working_dir: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     script: Option<String>,
+    /// A fetch task's fields as configured…
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pipeline: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stage: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    is_file: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    destination: Option<String>,
+    /// …and as the server found them: the job `p/pc/s/sc/job` and build it fetches from, the
+    /// files, or why it cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from_build_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    files: Option<Vec<FetchFile>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
     run_if: RunIf,
     #[serde(skip_serializing_if = "Option::is_none")]
     on_cancel: Option<Box<WorkTaskJson>>,
@@ -233,6 +289,16 @@ impl From<&Task> for WorkTaskJson {
             args: None,
             working_dir: None,
             script: None,
+            pipeline: None,
+            stage: None,
+            job: None,
+            source: None,
+            is_file: None,
+            destination: None,
+            from: None,
+            from_build_id: None,
+            files: None,
+            error: None,
             run_if: task.run_if,
             on_cancel: task
                 .on_cancel
@@ -250,6 +316,14 @@ impl From<&Task> for WorkTaskJson {
                 json.working_dir = working_dir.clone();
             }
             TaskKind::Script { script } => json.script = Some(script.clone()),
+            TaskKind::Fetch(fetch) => {
+                json.pipeline = fetch.pipeline.clone();
+                json.stage = Some(fetch.stage.clone());
+                json.job = Some(fetch.job.clone());
+                json.source = Some(fetch.source.clone());
+                json.is_file = Some(fetch.is_file);
+                json.destination = fetch.destination.clone();
+            }
             TaskKind::Unsupported { .. } => {}
         }
         json

@@ -111,6 +111,11 @@ async fn download(
 ) -> Result<Response> {
     let path = ArtifactPath::parse(&path).map_err(Error::NotFound)?;
     let build_id = job_build(&state, (&pipeline, &pc, &stage, &sc, &job)).await?;
+    attachment(&state, build_id, &path).await
+}
+
+/// Artifact `path` of `build_id`, streamed as a download that never runs in our origin.
+pub async fn attachment(state: &AppState, build_id: i64, path: &ArtifactPath) -> Result<Response> {
     let (file, on_disk) = state.artifacts.file(build_id, &path).await?;
     let opened = tokio::fs::File::open(&on_disk)
         .await
