@@ -116,7 +116,7 @@ async fn download(
 
 /// Artifact `path` of `build_id`, streamed as a download that never runs in our origin.
 pub async fn attachment(state: &AppState, build_id: i64, path: &ArtifactPath) -> Result<Response> {
-    let (file, on_disk) = state.artifacts.file(build_id, &path).await?;
+    let (file, on_disk) = state.artifacts.file(build_id, path).await?;
     let opened = tokio::fs::File::open(&on_disk)
         .await
         .map_err(|e| Error::NotFound(format!("artifact {path} is gone: {e}")))?;
