@@ -145,6 +145,11 @@ pub enum DomainEvent {
     /// The pipeline config was read again: pipelines may have come, gone or changed, and
     /// config errors with them.
     ConfigReloaded,
+    /// A run's artifacts changed: a file was stored (its test report read, if it is one), or
+    /// they were purged.
+    ArtifactsChanged {
+        build_id: i64,
+    },
 }
 
 impl DomainEvent {
@@ -162,6 +167,7 @@ impl DomainEvent {
             DomainEvent::ConsoleAppend { .. } => "console_append",
             DomainEvent::PipelineUpdated { .. } => "pipeline_updated",
             DomainEvent::ConfigReloaded => "config_reloaded",
+            DomainEvent::ArtifactsChanged { .. } => "artifacts_changed",
         }
     }
 }

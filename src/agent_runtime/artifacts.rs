@@ -20,7 +20,7 @@ use super::client::Client;
 use super::console::ConsoleWriter;
 use super::retry::ApiError;
 use super::wire::{BuildId, Fetch};
-use crate::domain::pipeline_config::ArtifactConfig;
+use crate::domain::pipeline_config::{ArtifactConfig, ArtifactKind};
 
 /// How many times a file is sent before its upload counts as failed (a dropped connection).
 const ATTEMPTS: usize = 3;
@@ -45,7 +45,7 @@ pub async fn publish(
     console
         .marker(&format!("Uploading {} artifact file(s)", files.len()))
         .await;
-    for (local, path) in files {
+    for (local, path, kind) in files {
         let sum = match sha256_of(&local).await {
             Ok(sum) => sum,
             Err(e) => {
@@ -61,7 +61,10 @@ pub async fn publish(
         let mut last_error = String::new();
         let mut stored = false;
         for _ in 0..ATTEMPTS {
-            match client.upload_artifact(build, &path, &local, &sum).await {
+            match client
+                .upload_artifact(build, (&path, kind), &local, &sum)
+                .await
+            {
                 Ok(200 | 201) => {
                     stored = true;
                     break;
@@ -227,8 +230,11 @@ async fn download(
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// Every (local file, artifact path) the rules name, in rule order.
-fn collect(sandbox: &Path, rules: &[ArtifactConfig]) -> Result<Vec<(PathBuf, String)>, String> {
+/// Every (local file, artifact path, kind) the rules name, in rule order.
+fn collect(
+    sandbox: &Path,
+    rules: &[ArtifactConfig],
+) -> Result<Vec<(PathBuf, String, ArtifactKind)>, String> {
     let root = sandbox
         .canonicalize()
         .map_err(|e| format!("cannot read the working folder: {e}"))?;
@@ -262,7 +268,7 @@ fn collect(sandbox: &Path, rules: &[ArtifactConfig]) -> Result<Vec<(PathBuf, Str
                 .map(|n| n.to_string_lossy().to_string())
                 .unwrap_or_default();
             check_inside(&root, &target)?;
-            found.push((target, under(&name)));
+            found.push((target, under(&name), rule.kind));
         } else if target.is_dir() {
             let folder = target
                 .file_name()
@@ -270,7 +276,7 @@ fn collect(sandbox: &Path, rules: &[ArtifactConfig]) -> Result<Vec<(PathBuf, Str
                 .unwrap_or_default();
             for (file, below) in files_under(&target)? {
                 check_inside(&root, &file)?;
-                found.push((file, under(&format!("{folder}/{below}"))));
+                found.push((file, under(&format!("{folder}/{below}")), rule.kind));
             }
         } else {
             let matcher = globset::GlobBuilder::new(source)
@@ -291,7 +297,7 @@ fn collect(sandbox: &Path, rules: &[ArtifactConfig]) -> Result<Vec<(PathBuf, Str
                         .unwrap_or(&relative)
                         .trim_start_matches('/')
                         .to_string();
-                    found.push((file, under(&below)));
+                    found.push((file, under(&below), rule.kind));
                 }
             }
         }

@@ -28,6 +28,7 @@ use super::tls;
 use super::wire::{
     BuildId, ConsoleAck, JobResult, JobState, PingReply, RegisterReply, Work, WorkOffer,
 };
+use crate::domain::pipeline_config::ArtifactKind;
 
 /// Longest wait for any one request (a hung server must not hang the agent).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -464,7 +465,7 @@ impl Client {
     pub async fn upload_artifact(
         &self,
         build: &BuildId,
-        path: &str,
+        (path, kind): (&str, ArtifactKind),
         file: &std::path::Path,
         sha256: &str,
     ) -> Result<u16, ApiError> {
@@ -485,6 +486,13 @@ impl Client {
                         Err(_) => reqwest::Body::from(Vec::new()),
                     };
                     r.header("X-Checksum-SHA256", sha256)
+                        .header(
+                            "X-Artifact-Kind",
+                            match kind {
+                                ArtifactKind::Build => "build",
+                                ArtifactKind::Test => "test",
+                            },
+                        )
                         .header("Content-Type", "application/octet-stream")
                         .body(body)
                 },

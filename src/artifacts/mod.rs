@@ -5,7 +5,8 @@
 //! place and recorded: a file that is listed is whole, and an interrupted upload leaves
 //! nothing that looks complete (its temporary file is removed; the agent sends it again).
 //! Only the agent running the job may upload to it, and the job's files together stay
-//! within `--max-artifact-bytes`.
+//! within `--max-artifact-bytes`. A `test` artifact that is a JUnit XML report is read as it
+//! comes in, and its summary recorded with it (the job and stage pages show them).
 
 mod sqlite;
 mod store;
@@ -20,9 +21,11 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use crate::db::{Db, now_millis};
-use crate::domain::artifact::{ArtifactFile, ArtifactPath, Sha256Hex};
+use crate::domain::artifact::{ArtifactFile, ArtifactKind, ArtifactPath, Sha256Hex};
 use crate::domain::job_run::JobState;
+use crate::domain::test_report::{TestSummary, read_junit};
 use crate::error::{Error, Result};
+use crate::events::{DomainEvent, Topic};
 use crate::job_runs::JobRuns;
 
 /// What an upload did.
@@ -74,21 +77,38 @@ impl Artifacts {
             .into_iter()
             .find(|f| f.path == path.as_str())
             .ok_or_else(|| Error::NotFound(format!("build {build_id} has no artifact {path}")))?;
-        let on_disk = self
-            .dir
-            .join(build_id.to_string())
-            .join("files")
-            .join(path.as_str());
-        Ok((found, on_disk))
+        Ok((found, self.on_disk(build_id, path)))
     }
 
-    /// Stores `body` as `path` of job run `build_id`, uploaded by `agent`, if its SHA-256 is
-    /// `checksum`. The same path again: `Unchanged` with the same checksum, else 409.
+    /// Where stored file `path` of `build_id` lies.
+    pub fn on_disk(&self, build_id: i64, path: &ArtifactPath) -> PathBuf {
+        self.dir
+            .join(build_id.to_string())
+            .join("files")
+            .join(path.as_str())
+    }
+
+    /// When the artifacts of `build_id` were purged (`--artifacts-keep`), if they were.
+    pub async fn purged_at(&self, build_id: i64) -> Result<Option<i64>> {
+        let mut read = self.db.reader().await?;
+        store::purged_at(read.conn(), build_id).await
+    }
+
+    /// The JUnit reports among the test artifacts of runs `build_ids`: (build, path,
+    /// summary), by build then path.
+    pub async fn test_reports(&self, build_ids: &[i64]) -> Result<Vec<(i64, String, TestSummary)>> {
+        let mut read = self.db.reader().await?;
+        store::test_reports(read.conn(), build_ids).await
+    }
+
+    /// Stores `body` as `path` (a `kind` artifact) of job run `build_id`, uploaded by `agent`,
+    /// if its SHA-256 is `checksum`. The same path again: `Unchanged` with the same checksum,
+    /// else 409.
     pub async fn upload<S, E>(
         &self,
         build_id: i64,
         agent: Uuid,
-        path: &ArtifactPath,
+        upload: (&ArtifactPath, ArtifactKind),
         checksum: &Sha256Hex,
         body: S,
     ) -> Result<Stored>
@@ -96,6 +116,7 @@ impl Artifacts {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        let (path, kind) = upload;
         let run = self.job_runs.get(build_id).await?;
         if run.agent_uuid != Some(agent) {
             return Err(Error::Forbidden(format!(
@@ -136,32 +157,44 @@ impl Artifacts {
                 checksum = checksum.as_str()
             )));
         }
+        let report = match kind {
+            ArtifactKind::Test if path.as_str().to_ascii_lowercase().ends_with(".xml") => {
+                test_report(&temp, path).await
+            }
+            _ => None,
+        };
+        let file = ArtifactFile {
+            path: path.to_string(),
+            size: size as i64,
+            sha256: checksum.as_str().to_string(),
+            created_at: now_millis(),
+            kind,
+        };
         let _one = self.finishing.lock().await;
-        let outcome = self.finish(build_id, path, checksum, size, &temp).await;
+        let outcome = self
+            .finish(build_id, (path, &file), report.as_ref(), &temp)
+            .await;
         if !matches!(outcome, Ok(Stored::Created)) {
             let _ = tokio::fs::remove_file(&temp).await;
         }
         outcome
     }
 
-    /// Puts a checked temporary file in place and records it (under `finishing`).
+    /// Puts a checked temporary file in place and records it, with its test report if it is
+    /// one (under `finishing`).
     async fn finish(
         &self,
         build_id: i64,
-        path: &ArtifactPath,
-        checksum: &Sha256Hex,
-        size: u64,
+        (path, file): (&ArtifactPath, &ArtifactFile),
+        report: Option<&TestSummary>,
         temp: &Path,
     ) -> Result<Stored> {
         let existing = self.files(build_id).await?;
-        if let Some(answer) = same_name(&existing, path, checksum) {
+        let checksum = Sha256Hex::parse(&file.sha256).map_err(Error::Unprocessable)?;
+        if let Some(answer) = same_name(&existing, path, &checksum) {
             return answer;
         }
-        let target = self
-            .dir
-            .join(build_id.to_string())
-            .join("files")
-            .join(path.as_str());
+        let target = self.on_disk(build_id, path);
         let conflict = |what: &str| {
             Error::Conflict(format!(
                 "{path}: {what} (a file and a folder of the same name?)"
@@ -178,15 +211,13 @@ impl Artifacts {
         tokio::fs::rename(temp, &target)
             .await
             .map_err(|e| conflict(&format!("cannot put it in place: {e}")))?;
-        let file = ArtifactFile {
-            path: path.to_string(),
-            size: size as i64,
-            sha256: checksum.as_str().to_string(),
-            created_at: now_millis(),
-        };
         let recorded = async {
             let mut tx = self.db.begin().await?;
-            store::insert(tx.conn(), build_id, &path.folded(), &file).await?;
+            store::insert(tx.conn(), build_id, &path.folded(), file).await?;
+            if let Some(report) = report {
+                store::insert_test_report(tx.conn(), build_id, path.as_str(), report).await?;
+            }
+            publish_changed(&mut tx, build_id);
             tx.commit().await
         }
         .await;
@@ -195,6 +226,35 @@ impl Artifacts {
             return Err(error);
         }
         Ok(Stored::Created)
+    }
+}
+
+/// Tells the run's page and its stage's that its artifacts changed.
+fn publish_changed(tx: &mut crate::db::WriteTx, build_id: i64) {
+    let changed = DomainEvent::ArtifactsChanged { build_id };
+    tx.publish(Topic::AgentJobRunConsole(build_id), changed.clone());
+    tx.publish(Topic::JobRunsUpdates, changed);
+}
+
+/// What the JUnit report in `file` says; `None` for one that is not a report (said in the
+/// log: a test artifact may be any file).
+async fn test_report(file: &Path, path: &ArtifactPath) -> Option<TestSummary> {
+    let file = file.to_path_buf();
+    let read = tokio::task::spawn_blocking(move || {
+        let opened = std::fs::File::open(&file).map_err(|e| e.to_string())?;
+        read_junit(std::io::BufReader::new(opened))
+    })
+    .await;
+    match read {
+        Ok(Ok(summary)) => summary,
+        Ok(Err(why)) => {
+            tracing::info!(%path, "a test artifact that is not a JUnit report: {why}");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(%path, %error, "reading a test report failed");
+            None
+        }
     }
 }
 

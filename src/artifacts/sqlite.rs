@@ -2,25 +2,82 @@
 
 use sqlx::SqliteConnection;
 
+use sqlx::types::Json;
+
 use crate::domain::artifact::ArtifactFile;
-use crate::error::Result;
+use crate::domain::pipeline_config::ArtifactKind;
+use crate::domain::test_report::TestSummary;
+use crate::error::{Error, Result};
 
 pub async fn files(conn: &mut SqliteConnection, build_id: i64) -> Result<Vec<ArtifactFile>> {
-    let rows: Vec<(String, i64, String, i64)> = sqlx::query_as(
-        "SELECT path, size, sha256, created_at FROM artifacts WHERE build_id = $1 ORDER BY path",
+    let rows: Vec<(String, i64, String, i64, String)> = sqlx::query_as(
+        "SELECT path, size, sha256, created_at, kind FROM artifacts WHERE build_id = $1 \
+         ORDER BY path",
     )
     .bind(build_id)
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(path, size, sha256, created_at)| ArtifactFile {
-            path,
-            size,
-            sha256,
-            created_at,
+    rows.into_iter()
+        .map(|(path, size, sha256, created_at, kind)| {
+            Ok(ArtifactFile {
+                path,
+                size,
+                sha256,
+                created_at,
+                kind: kind_of(&kind)?,
+            })
         })
-        .collect())
+        .collect()
+}
+
+fn kind_of(text: &str) -> Result<ArtifactKind> {
+    match text {
+        "build" => Ok(ArtifactKind::Build),
+        "test" => Ok(ArtifactKind::Test),
+        other => Err(Error::Database(sqlx::Error::Decode(
+            format!("artifact kind {other:?}").into(),
+        ))),
+    }
+}
+
+fn kind_text(kind: ArtifactKind) -> &'static str {
+    match kind {
+        ArtifactKind::Build => "build",
+        ArtifactKind::Test => "test",
+    }
+}
+
+pub async fn insert_test_report(
+    conn: &mut SqliteConnection,
+    build_id: i64,
+    path: &str,
+    summary: &TestSummary,
+) -> Result<()> {
+    sqlx::query("INSERT INTO test_reports (build_id, path, summary) VALUES ($1, $2, $3)")
+        .bind(build_id)
+        .bind(path)
+        .bind(Json(summary))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn test_reports(
+    conn: &mut SqliteConnection,
+    build_ids: &[i64],
+) -> Result<Vec<(i64, String, TestSummary)>> {
+    if build_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids = serde_json::to_string(build_ids).expect("ids serialise");
+    let rows: Vec<(i64, String, Json<TestSummary>)> = sqlx::query_as(
+        "SELECT build_id, path, summary FROM test_reports \
+         WHERE build_id IN (SELECT value FROM json_each($1)) ORDER BY build_id, path",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|(b, p, s)| (b, p, s.0)).collect())
 }
 
 pub async fn insert(
@@ -30,8 +87,8 @@ pub async fn insert(
     file: &ArtifactFile,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO artifacts (build_id, path, folded_path, size, sha256, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO artifacts (build_id, path, folded_path, size, sha256, created_at, kind) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(build_id)
     .bind(&file.path)
@@ -39,7 +96,17 @@ pub async fn insert(
     .bind(file.size)
     .bind(&file.sha256)
     .bind(file.created_at)
+    .bind(kind_text(file.kind))
     .execute(conn)
     .await?;
     Ok(())
+}
+
+pub async fn purged_at(conn: &mut SqliteConnection, build_id: i64) -> Result<Option<i64>> {
+    Ok(
+        sqlx::query_scalar("SELECT purged_at FROM artifact_purges WHERE build_id = $1")
+            .bind(build_id)
+            .fetch_optional(conn)
+            .await?,
+    )
 }

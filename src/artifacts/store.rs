@@ -4,6 +4,7 @@
 use super::sqlite;
 use crate::db::{Conn, backend};
 use crate::domain::artifact::ArtifactFile;
+use crate::domain::test_report::TestSummary;
 use crate::error::Result;
 
 /// A job run's files, in path order.
@@ -19,4 +20,27 @@ pub async fn insert(
     file: &ArtifactFile,
 ) -> Result<()> {
     backend!(conn, insert(build_id, folded_path, file))
+}
+
+/// Records what the JUnit report `path` of `build_id` says.
+pub async fn insert_test_report(
+    conn: Conn<'_>,
+    build_id: i64,
+    path: &str,
+    summary: &TestSummary,
+) -> Result<()> {
+    backend!(conn, insert_test_report(build_id, path, summary))
+}
+
+/// The test reports of the runs `build_ids`: (build, path, summary), by build then path.
+pub async fn test_reports(
+    conn: Conn<'_>,
+    build_ids: &[i64],
+) -> Result<Vec<(i64, String, TestSummary)>> {
+    backend!(conn, test_reports(build_ids))
+}
+
+/// When the artifacts of `build_id` were purged, if they were.
+pub async fn purged_at(conn: Conn<'_>, build_id: i64) -> Result<Option<i64>> {
+    backend!(conn, purged_at(build_id))
 }

@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+pub use super::pipeline_config::ArtifactKind;
+
 /// A file's path inside its job's artifacts: relative, `/`-separated, no `.` or `..`
 /// segment, no empty segment, no backslash or control character, at most 1,024 bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -77,6 +79,8 @@ pub struct ArtifactFile {
     pub size: i64,
     pub sha256: String,
     pub created_at: i64,
+    /// Published by a `build` or a `test` artifact rule.
+    pub kind: ArtifactKind,
 }
 
 /// Where a fetch task takes its files from: a job run (a copy's original) and its address
@@ -164,6 +168,7 @@ mod tests {
                 size: 1,
                 sha256: "0".repeat(64),
                 created_at: 0,
+                kind: ArtifactKind::Build,
             })
             .collect()
     }

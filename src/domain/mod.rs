@@ -38,6 +38,7 @@ pub mod job_run;
 pub mod material;
 pub mod pipeline;
 pub mod pipeline_config;
+pub mod test_report;
 pub mod timer;
 pub mod user;
 

@@ -23,7 +23,7 @@ use crate::domain::pipeline::{
     is_running, may_run_stage, plan_jobs, render_label, stage_status, summarize_stages,
 };
 use crate::domain::pipeline_config::{
-    ArtifactConfig, JobConfig, LockBehavior, MaterialSource, PipelineConfig, StageConfig,
+    JobConfig, LockBehavior, MaterialSource, PipelineConfig, StageConfig,
 };
 use crate::domain::user::User;
 use crate::error::{Error, Result};
@@ -564,21 +564,21 @@ impl Pipelines {
     /// What the agent of `run` checks out first: its instance's git materials at their
     /// revisions, with the credentials the config gives them now (a run of no instance, or
     /// of an instance without git materials, none).
-    /// The artifacts `run`'s job publishes, as its instance's plan says.
-    pub async fn artifact_rules(&self, run: &JobRun) -> Result<Vec<ArtifactConfig>> {
+    /// `run`'s job as its instance's plan has it (what it publishes, its tabs); `None` for a
+    /// run of no instance.
+    pub async fn job_config(&self, run: &JobRun) -> Result<Option<JobConfig>> {
         let mut read = self.db.reader().await?;
         let Some(instance) =
             store::instance(read.conn(), &run.pipeline_name, run.pipeline_counter).await?
         else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
         let job = crate::domain::pipeline::configured_job_name(&run.job_name);
         Ok(instance
             .plan
             .stage(&run.stage_name)
             .and_then(|s| s.jobs.iter().find(|j| j.name.eq_ignore_ascii_case(job)))
-            .map(|j| j.artifacts.clone())
-            .unwrap_or_default())
+            .cloned())
     }
 
     /// Where `fetch`, a task of `run`, takes its files from: job `fetch.job` of the newest

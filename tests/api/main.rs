@@ -28,4 +28,5 @@ mod registration;
 mod robustness;
 mod show_all;
 mod streams;
+mod test_reports;
 mod timers;

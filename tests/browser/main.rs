@@ -10,6 +10,7 @@
 mod helpers;
 
 mod agents_page;
+mod artifacts_convergence;
 mod convergence;
 mod cross_origin;
 mod dashboard;

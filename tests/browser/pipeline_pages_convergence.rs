@@ -39,7 +39,7 @@ const summarize = (root) => Array.from(root.querySelectorAll('[sse-swap]')).map(
 });
 "#;
 
-async fn summary(page: &Page, html: Option<&str>) -> Vec<String> {
+pub async fn summary(page: &Page, html: Option<&str>) -> Vec<String> {
     let value = match html {
         None => page.js(&format!("{SUMMARY} return summarize(document);"), vec![]).await,
         Some(html) => {

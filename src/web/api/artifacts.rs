@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::artifacts::Stored;
-use crate::domain::artifact::{ArtifactPath, Sha256Hex};
+use crate::domain::artifact::{ArtifactKind, ArtifactPath, Sha256Hex};
 use crate::error::{Error, Result};
 use crate::web::api::build_id;
 use crate::web::auth::{AuthenticatedAgent, Credential};
@@ -52,12 +52,23 @@ async fn upload(
         .and_then(|v| {
             Sha256Hex::parse(v).map_err(|e| Error::Unprocessable(format!("X-Checksum-SHA256: {e}")))
         })?;
+    let kind = match headers.get("x-artifact-kind").map(|v| v.to_str()) {
+        None => ArtifactKind::Build,
+        Some(Ok(v)) if v.eq_ignore_ascii_case("build") => ArtifactKind::Build,
+        Some(Ok(v)) if v.eq_ignore_ascii_case("test") => ArtifactKind::Test,
+        Some(other) => {
+            return Err(Error::Unprocessable(format!(
+                "X-Artifact-Kind: {:?} is not build or test",
+                other.unwrap_or("(not text)")
+            )));
+        }
+    };
     let stored = state
         .artifacts
         .upload(
             build_id,
             caller.0,
-            &path,
+            (&path, kind),
             &checksum,
             body.into_data_stream(),
         )
@@ -89,7 +100,7 @@ async fn list(State(state): State<AppState>, Path(id): Path<String>) -> Result<J
     Ok(Json(json!({
         "files": files
             .iter()
-            .map(|f| json!({"path": f.path, "size": f.size, "sha256": f.sha256}))
+            .map(|f| json!({"path": f.path, "size": f.size, "sha256": f.sha256, "kind": f.kind}))
             .collect::<Vec<_>>(),
     })))
 }

@@ -280,7 +280,8 @@ impl View for TopicRenderer {
                 DomainEvent::AgentDeleted { .. }
                 | DomainEvent::PendingCount { .. }
                 | DomainEvent::PipelineUpdated { .. }
-                | DomainEvent::ConfigReloaded => {}
+                | DomainEvent::ConfigReloaded
+                | DomainEvent::ArtifactsChanged { .. } => {}
             }
         }
         // Reads first: if one fails, nothing was sent and the runner tries it all again.
@@ -345,6 +346,9 @@ impl View for TopicRenderer {
                         .collect::<Vec<_>>(),
                 }))),
                 DomainEvent::ConfigReloaded => Some(to_json(&json!({}))),
+                DomainEvent::ArtifactsChanged { build_id } => {
+                    Some(to_json(&json!({ "build_id": build_id })))
+                }
             };
             // An agent gone before this view could read it: its uuid is all there is.
             let data = data.unwrap_or_else(|| match event {

@@ -180,7 +180,12 @@ async fn work(
         Some(run) => {
             let mut work = WorkJson::from(&run);
             work.materials = state.pipelines.checkouts(&run).await?;
-            work.artifacts = state.pipelines.artifact_rules(&run).await?;
+            work.artifacts = state
+                .pipelines
+                .job_config(&run)
+                .await?
+                .map(|job| job.artifacts)
+                .unwrap_or_default();
             resolve_fetches(&state, &run, &mut work).await?;
             Json(work).into_response()
         }

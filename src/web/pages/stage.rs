@@ -3,22 +3,26 @@
 //! `<tr id="job-{name}" data-state data-result>`); why each Scheduled job waits; cancel,
 //! re-run the stage, re-run its failed or selected jobs. Kept current by the `stage` event of
 //! `…/{sc}/events`: the card rendered once per change for everyone watching that run. It
-//! hears its instance's changes, its jobs' moves, and (while a job waits) every agent's.
+//! hears its instance's changes, its jobs' moves and artifacts, and (while a job waits) every
+//! agent's. What the jobs' JUnit reports say shows per job and added up.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
 use super::build::fragments::waiting_list;
+use super::build::tabs::test_summary;
 use super::dashboard::fragments::status_class;
 use super::layout::{Section, page};
 use super::{PageForm, PageResult, fragment};
 use crate::AppState;
 use crate::agents::Agents;
+use crate::artifacts::Artifacts;
 use crate::domain::agent::{WaitReason, why_waiting};
 use crate::domain::job_run::{JobResult, JobState};
+use crate::domain::test_report::TestSummary;
 use crate::error::{Error, Result};
 use crate::events::{DomainEvent, Topic};
 use crate::pipelines::{JobSelection, Pipelines, StageView};
@@ -66,18 +70,32 @@ pub fn router() -> Routes {
 
 type StagePath = Path<(String, String, String, String)>;
 
-/// A stage run as the page shows it: the run and, per Scheduled job, why it waits.
+/// A stage run as the page shows it: the run, per Scheduled job why it waits, and per job
+/// what its test reports say.
 struct Shown {
     view: StageView,
     waiting: Vec<(String, Vec<WaitReason>)>,
+    tests: HashMap<String, TestSummary>,
 }
 
 async fn read(
-    pipelines: &Pipelines,
-    agents: &Agents,
+    (pipelines, agents, artifacts): (&Pipelines, &Agents, &Artifacts),
     (name, pc, stage, sc): &(String, i64, String, i64),
 ) -> Result<Shown> {
     let view = pipelines.stage(name, *pc, stage, *sc).await?;
+    // A job not re-run shows its original's reports.
+    let builds: HashMap<i64, &str> = view
+        .jobs
+        .iter()
+        .map(|j| (j.copied_from.unwrap_or(j.build_id), j.job_name.as_str()))
+        .collect();
+    let ids: Vec<i64> = builds.keys().copied().collect();
+    let mut tests: HashMap<String, TestSummary> = HashMap::new();
+    for (build_id, _, report) in artifacts.test_reports(&ids).await? {
+        if let Some(job) = builds.get(&build_id) {
+            tests.entry(job.to_string()).or_default().add(&report);
+        }
+    }
     let scheduled: Vec<_> = view
         .jobs
         .iter()
@@ -92,7 +110,11 @@ async fn read(
             .map(|j| (j.job_name.clone(), why_waiting(&j.requirements(), &all)))
             .collect()
     };
-    Ok(Shown { view, waiting })
+    Ok(Shown {
+        view,
+        waiting,
+        tests,
+    })
 }
 
 fn counters(pc: &str, sc: &str) -> Result<(i64, i64)> {
@@ -105,7 +127,11 @@ async fn stage_page(
     Path((name, pc, stage, sc)): StagePath,
 ) -> PageResult<Markup> {
     let (pc, sc) = counters(&pc, &sc)?;
-    let shown = read(&state.pipelines, &state.agents, &(name, pc, stage, sc)).await?;
+    let shown = read(
+        (&state.pipelines, &state.agents, &state.artifacts),
+        &(name, pc, stage, sc),
+    )
+    .await?;
     let view = &shown.view;
     let pipeline = &view.instance.pipeline_name;
     let stage_name = &view.summary.name;
@@ -149,6 +175,7 @@ async fn events(
     let part = || StageCard {
         pipelines: state.pipelines.clone(),
         agents: state.agents.clone(),
+        artifacts: state.artifacts.clone(),
         names,
         build_ids: HashSet::new(),
         waits: false,
@@ -175,6 +202,7 @@ async fn events(
 struct StageCard {
     pipelines: Pipelines,
     agents: Agents,
+    artifacts: Artifacts,
     names: (String, i64, String, i64),
     build_ids: HashSet<i64>,
     waits: bool,
@@ -189,9 +217,9 @@ impl Part for StageCard {
             DomainEvent::PipelineUpdated {
                 pipeline, counter, ..
             } => pipeline.eq_ignore_ascii_case(&self.names.0) && *counter == Some(self.names.1),
-            DomainEvent::RunUpdated { build_id } | DomainEvent::RunCreated { build_id } => {
-                self.build_ids.contains(build_id)
-            }
+            DomainEvent::RunUpdated { build_id }
+            | DomainEvent::RunCreated { build_id }
+            | DomainEvent::ArtifactsChanged { build_id } => self.build_ids.contains(build_id),
             DomainEvent::AgentRegistered { .. }
             | DomainEvent::AgentUpdated { .. }
             | DomainEvent::AgentEnabled { .. }
@@ -202,7 +230,11 @@ impl Part for StageCard {
     }
 
     async fn render(&mut self) -> Result<String> {
-        let shown = read(&self.pipelines, &self.agents, &self.names).await?;
+        let shown = read(
+            (&self.pipelines, &self.agents, &self.artifacts),
+            &self.names,
+        )
+        .await?;
         self.build_ids = shown.view.jobs.iter().map(|j| j.build_id).collect();
         self.waits = !shown.waiting.is_empty();
         Ok(fragment(card(&shown)))
@@ -260,7 +292,7 @@ fn card(shown: &Shown) -> Markup {
             thead {
                 tr {
                     @if may_rerun { th { span.sr-only { "Select" } } }
-                    th { "Job" } th { "State" } th { "Result" } th { "Agent" } th { "Duration" }
+                    th { "Job" } th { "State" } th { "Result" } th { "Tests" } th { "Agent" } th { "Duration" }
                 }
             }
             tbody {
@@ -279,6 +311,15 @@ fn card(shown: &Shown) -> Markup {
                         }
                         td { (run.state) }
                         td { span class={ "result result-" (result_class(run)) } { (run.result) } }
+                        td.job-tests {
+                            @match shown.tests.get(&run.job_name) {
+                                Some(t) => {
+                                    (t.passed()) " passed"
+                                    @if t.failed() > 0 { ", " span.failed-count { (t.failed()) " failed" } }
+                                }
+                                None => "—",
+                            }
+                        }
                         td {
                             @match run.agent_uuid {
                                 Some(uuid) => a href=(format!("/agents/{uuid}/job_run_history")) { (uuid) },
@@ -290,6 +331,12 @@ fn card(shown: &Shown) -> Markup {
                 }
             }
         }
+        @if !shown.tests.is_empty() {
+            section #stage-tests {
+                h3 { "Tests" }
+                (test_summary(&stage_total(&shown.tests)))
+            }
+        }
         @for (job, reasons) in &shown.waiting {
             section.waiting id=(format!("waiting-{job}")) {
                 h3 { "Why is " (job) " waiting?" }
@@ -297,6 +344,17 @@ fn card(shown: &Shown) -> Markup {
             }
         }
     }
+}
+
+/// Every job's test reports added up, in job order.
+fn stage_total(tests: &HashMap<String, TestSummary>) -> TestSummary {
+    let mut jobs: Vec<_> = tests.iter().collect();
+    jobs.sort_by(|a, b| a.0.cmp(b.0));
+    let mut total = TestSummary::default();
+    for (_, summary) in jobs {
+        total.add(summary);
+    }
+    total
 }
 
 async fn cancel(

@@ -209,7 +209,8 @@ impl View for Renderer {
             | DomainEvent::RunUpdated { .. }
             | DomainEvent::ConsoleAppend { .. }
             | DomainEvent::PipelineUpdated { .. }
-            | DomainEvent::ConfigReloaded => {}
+            | DomainEvent::ConfigReloaded
+            | DomainEvent::ArtifactsChanged { .. } => {}
         }
     }
 

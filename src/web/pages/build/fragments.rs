@@ -2,7 +2,10 @@
 
 use maud::{Markup, PreEscaped, html};
 
+use std::collections::BTreeMap;
+
 use super::console_html;
+use super::tabs::{RunArtifacts, artifacts_panel, custom_panels, tab_strip, tests_panel};
 use crate::domain::agent::WaitReason;
 use crate::domain::job_run::{JobRun, JobState};
 use crate::web::pages::runs::{duration, result_class, timestamp};
@@ -23,7 +26,12 @@ pub struct StatusFacts {
     pub waiting: Vec<WaitReason>,
 }
 
-pub fn run_page(run: &JobRun, facts: &StatusFacts, console: &ConsoleTail) -> Markup {
+pub fn run_page(
+    run: &JobRun,
+    facts: &StatusFacts,
+    console: &ConsoleTail,
+    (artifacts, custom_tabs): (&RunArtifacts, &BTreeMap<String, String>),
+) -> Markup {
     let events = format!(
         "/builds/{}/console/events?from={}",
         run.build_id, console.end
@@ -37,7 +45,9 @@ pub fn run_page(run: &JobRun, facts: &StatusFacts, console: &ConsoleTail) -> Mar
                 }
                 div #run-summary sse-swap="status" { (summary(run, facts)) }
             }
-            section.card.console-card {
+            (tab_strip(custom_tabs))
+            div.tab-panels {
+            section #tab-console .tab-panel.card.console-card {
                 div.console-toolbar {
                     span.console-title { "Console log" }
                     label.follow { input #follow type="checkbox" checked; " Follow the tail" }
@@ -49,6 +59,16 @@ pub fn run_page(run: &JobRun, facts: &StatusFacts, console: &ConsoleTail) -> Mar
                 pre #console data-end=(console.end) sse-swap="console" hx-swap="beforeend" {
                     (PreEscaped(&console.html))
                 }
+            }
+            section #tab-tests .tab-panel.card {
+                h2.panel-title { "Tests" }
+                div #run-tests sse-swap="tests" { (tests_panel(artifacts)) }
+            }
+            section #tab-artifacts .tab-panel.card {
+                h2.panel-title { "Artifacts" }
+                div #run-artifacts sse-swap="artifacts" { (artifacts_panel(run, artifacts)) }
+            }
+            (custom_panels(run, custom_tabs))
             }
         }
     }

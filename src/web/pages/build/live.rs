@@ -1,7 +1,8 @@
 //! A build's live console: one view per watched build renders each batch of new complete
 //! lines once and shares it; each connection resumes from its own byte offset and re-reads
 //! the stored log whenever the shared frames don't line up with what it has sent (a resume
-//! point, a lag), so no byte goes twice and none is skipped.
+//! point, a lag), so no byte goes twice and none is skipped. The run's Tests and Artifacts
+//! panels are rendered here too, once per change, and go out beside the status.
 
 use std::sync::{Arc, RwLock};
 
@@ -12,8 +13,10 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::console_html::{complete_lines_end, render, safe_cut};
 use super::fragments::{StatusFacts, summary};
+use super::tabs::{RunArtifacts, artifacts_panel, tests_panel};
 use crate::AppState;
 use crate::agents::Agents;
+use crate::artifacts::Artifacts;
 use crate::domain::agent::why_waiting;
 use crate::domain::job_run::{JobRun, JobState};
 use crate::error::Result;
@@ -36,6 +39,15 @@ pub enum Change {
     Lines { start: i64, end: i64, html: Bytes },
     /// The status fragment changed.
     Status,
+    /// The Tests and Artifacts panels changed.
+    Artifacts,
+}
+
+/// The latest Tests and Artifacts panels (HTML).
+#[derive(Clone, Default)]
+pub struct Panels {
+    pub tests: Bytes,
+    pub artifacts: Bytes,
 }
 
 /// What the connections to one build's console share.
@@ -43,6 +55,7 @@ pub struct ConsoleView {
     out: Arc<Output<Change>>,
     /// The latest status fragment (HTML), framed per connection with its own offset as id.
     status: Arc<RwLock<Bytes>>,
+    panels: Arc<RwLock<Panels>>,
 }
 
 impl Watched for ConsoleView {
@@ -54,6 +67,31 @@ impl Watched for ConsoleView {
 impl ConsoleView {
     fn status(&self) -> Bytes {
         self.status.read().expect("status lock poisoned").clone()
+    }
+
+    fn panels(&self) -> Panels {
+        self.panels.read().expect("panels lock poisoned").clone()
+    }
+}
+
+/// What the run's Tests and Artifacts panels show, read now.
+pub async fn run_artifacts(artifacts: &Artifacts, build_id: i64) -> Result<RunArtifacts> {
+    Ok(RunArtifacts {
+        files: artifacts.files(build_id).await?,
+        reports: artifacts
+            .test_reports(&[build_id])
+            .await?
+            .into_iter()
+            .map(|(_, path, summary)| (path, summary))
+            .collect(),
+        purged_at: artifacts.purged_at(build_id).await?,
+    })
+}
+
+pub fn panels_html(run: &JobRun, artifacts: &RunArtifacts) -> Panels {
+    Panels {
+        tests: Bytes::from(fragment(tests_panel(artifacts))),
+        artifacts: Bytes::from(fragment(artifacts_panel(run, artifacts))),
     }
 }
 
@@ -131,15 +169,18 @@ impl Tail {
 struct Console {
     job_runs: JobRuns,
     agents: Agents,
+    artifacts: Artifacts,
     build_id: i64,
     run: JobRun,
     tail: Tail,
     status: Arc<RwLock<Bytes>>,
+    panels: Arc<RwLock<Panels>>,
     /// Bytes past `tail` are stored.
     unread: bool,
     /// The run, and any bytes past `tail`, must be read from storage.
     refresh: bool,
     status_changed: bool,
+    panels_changed: bool,
 }
 
 impl View for Console {
@@ -153,7 +194,10 @@ impl View for Console {
             DomainEvent::RunUpdated { .. } => {
                 self.refresh = true;
                 self.status_changed = true;
+                // "Published once the tasks end" becomes "published none".
+                self.panels_changed = true;
             }
+            DomainEvent::ArtifactsChanged { .. } => self.panels_changed = true,
             // Why a Scheduled run waits changes with any agent.
             DomainEvent::AgentRegistered { .. }
             | DomainEvent::AgentUpdated { .. }
@@ -171,10 +215,11 @@ impl View for Console {
     fn missed(&mut self, _: &Topic, _: u64) {
         self.refresh = true;
         self.status_changed = true;
+        self.panels_changed = true;
     }
 
     fn is_dirty(&self) -> bool {
-        self.unread || self.refresh || self.status_changed
+        self.unread || self.refresh || self.status_changed || self.panels_changed
     }
 
     async fn render(&mut self, out: &Output<Change>) -> Result<()> {
@@ -201,6 +246,13 @@ impl View for Console {
             *self.status.write().expect("status lock poisoned") = html;
             out.send(Change::Status);
             self.status_changed = false;
+        }
+        if self.panels_changed {
+            out.rendered("console.panels");
+            let read = run_artifacts(&self.artifacts, self.build_id).await?;
+            *self.panels.write().expect("panels lock poisoned") = panels_html(&self.run, &read);
+            out.send(Change::Artifacts);
+            self.panels_changed = false;
         }
         Ok(())
     }
@@ -234,6 +286,9 @@ pub fn connection_stream(
     async_stream::stream! {
         let mut pos = from.max(0);
         yield sse::frame("status", &pos.to_string(), &String::from_utf8_lossy(&view.status()));
+        for frame in panel_frames(&view, pos) {
+            yield frame;
+        }
         while let Some(frame) = catch_up_frame(&state, build_id, &mut pos, None).await {
             yield frame;
         }
@@ -256,16 +311,38 @@ pub fn connection_stream(
                 Ok(Change::Status) => {
                     yield sse::frame("status", &pos.to_string(), &String::from_utf8_lossy(&view.status()));
                 }
+                Ok(Change::Artifacts) => {
+                    for frame in panel_frames(&view, pos) {
+                        yield frame;
+                    }
+                }
                 Err(RecvError::Lagged(_)) => {
                     while let Some(frame) = catch_up_frame(&state, build_id, &mut pos, None).await {
                         yield frame;
                     }
                     yield sse::frame("status", &pos.to_string(), &String::from_utf8_lossy(&view.status()));
+                    for frame in panel_frames(&view, pos) {
+                        yield frame;
+                    }
                 }
                 Err(RecvError::Closed) => break,
             }
         }
     }
+}
+
+/// The `tests` and `artifacts` frames, with the connection's offset as id.
+fn panel_frames(view: &ConsoleView, pos: i64) -> [Bytes; 2] {
+    let panels = view.panels();
+    let id = pos.to_string();
+    [
+        sse::frame("tests", &id, &String::from_utf8_lossy(&panels.tests)),
+        sse::frame(
+            "artifacts",
+            &id,
+            &String::from_utf8_lossy(&panels.artifacts),
+        ),
+    ]
 }
 
 /// The next `console` frame of the stored log from `pos`: at most `CATCH_UP_EVENT` bytes,
@@ -328,13 +405,23 @@ pub async fn attach(
     );
     let run = state.job_runs.get(build_id).await?;
     let status = status_html(&state.agents, &run).await;
+    let panels = panels_html(&run, &run_artifacts(&state.artifacts, build_id).await?);
     // The view starts from the stored tail (its unfinished last line matters).
     let tail_from = (run.console_length - LONGEST_PENDING_LINE as i64).max(0);
     let (tail, _) = state.job_runs.read_console(build_id, tail_from).await?;
     let views = Arc::clone(&state.console_views);
     Ok(views.attach(
         build_id,
-        || start(state, build_id, events, run, status, (tail_from, tail)),
+        || {
+            start(
+                state,
+                build_id,
+                events,
+                run,
+                (status, panels),
+                (tail_from, tail),
+            )
+        },
         |view| (Arc::clone(view), view.out.subscribe()),
     ))
 }
@@ -345,7 +432,7 @@ fn start(
     build_id: i64,
     events: Subscription,
     run: JobRun,
-    status: Bytes,
+    (status, panels): (Bytes, Panels),
     stored_tail: (i64, Bytes),
 ) -> Arc<ConsoleView> {
     let (tail_start, tail_bytes) = stored_tail;
@@ -356,21 +443,29 @@ fn start(
         completed: run.is_completed(),
     };
     let status = Arc::new(RwLock::new(status));
+    let panels = Arc::new(RwLock::new(panels));
     let out = Output::new(Arc::clone(&state.renders));
     let view = Console {
         job_runs: state.job_runs.clone(),
         agents: state.agents.clone(),
+        artifacts: state.artifacts.clone(),
         build_id,
         run,
         tail,
         status: Arc::clone(&status),
+        panels: Arc::clone(&panels),
         unread: false,
         refresh: false,
         status_changed: false,
+        panels_changed: false,
     };
     let shutdown = state.shutdown.clone();
     state
         .console_views
         .spawn(build_id, view, events, Arc::clone(&out), shutdown);
-    Arc::new(ConsoleView { out, status })
+    Arc::new(ConsoleView {
+        out,
+        status,
+        panels,
+    })
 }

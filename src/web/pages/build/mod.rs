@@ -1,9 +1,11 @@
 //! The run page (`/builds/{id}`, `/agents/{uuid}/job_run_history/{id}` and GoCD's
-//! `/tab/build/detail/…`): status, timings, cancel, and the live console.
+//! `/tab/build/detail/…`): status, timings, cancel, the live console, and the tabs beside it
+//! (tests, artifacts, the job's own).
 
 mod console_html;
 pub mod fragments;
 pub mod live;
+pub mod tabs;
 
 use crate::web::pages::PageResult;
 use axum::body::Body;
@@ -97,6 +99,13 @@ async fn run_page(state: &AppState, viewer: &User, id: i64, all: bool) -> PageRe
         return Ok(Redirect::to(&format!("/builds/{original}{query}")).into_response());
     }
     let facts = live::status_facts(&state.agents, &run).await;
+    let artifacts = live::run_artifacts(&state.artifacts, id).await?;
+    let custom_tabs = state
+        .pipelines
+        .job_config(&run)
+        .await?
+        .map(|job| job.tabs)
+        .unwrap_or_default();
     let title = format!(
         "{} / {} / {}",
         run.pipeline_name, run.stage_name, run.job_name
@@ -107,7 +116,7 @@ async fn run_page(state: &AppState, viewer: &User, id: i64, all: bool) -> PageRe
             &title,
             Section::Agents,
             &["console.js", "durations.js"],
-            fragments::run_page(&run, &facts, console),
+            fragments::run_page(&run, &facts, console, (&artifacts, &custom_tabs)),
         )
     };
     // A live run shows complete lines; the stream brings the rest.

@@ -1,0 +1,241 @@
+//! The run and stage pages' Tests and Artifacts never stay wrong: pages on six jobs' runs and
+//! on their stage watch a seeded, random run of three agents taking jobs, uploading files and
+//! JUnit reports (some passing, some failing, some refused as a repeat with other bytes),
+//! writing console lines and finishing; the last uploads land on jobs still running (so only
+//! the artifacts' own events can bring them). Then every page must equal a fresh load of its
+//! own address. Seeds as in `convergence.rs`.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::convergence::{Rng, seed};
+use crate::helpers::{Registered, TestApp, spawn_app};
+use crate::pipeline_pages_convergence::summary;
+use crate::support::{Page, browser_test};
+
+const CHANGES: usize = 90;
+const CONVERGE_WITHIN: Duration = Duration::from_secs(60);
+const JOBS: &[&str] = &["a", "b", "c", "d", "e", "f"];
+
+fn config() -> String {
+    let jobs: Vec<String> = JOBS
+        .iter()
+        .map(|j| format!("{j}: {{tasks: [{{exec: {{command: make}}}}]}}"))
+        .collect();
+    format!(
+        "format_version: 10\npipelines:\n  suite:\n    group: g\n    stages:\n      - test: {{jobs: {{{}}}}}\n",
+        jobs.join(", ")
+    )
+}
+
+/// A JUnit report of `tests` cases, the first `failing` of them failed.
+fn junit(tests: usize, failing: usize, tag: u64) -> String {
+    let mut xml = String::from("<testsuites><testsuite name=\"s\">");
+    for i in 0..tests {
+        if i < failing {
+            xml.push_str(&format!(
+                "<testcase classname=\"suite_{tag}\" name=\"t{i}\"><failure message=\"boom {i} &lt;{tag}&gt;\"/></testcase>"
+            ));
+        } else {
+            xml.push_str(&format!(
+                "<testcase classname=\"suite_{tag}\" name=\"t{i}\"/>"
+            ));
+        }
+    }
+    xml.push_str("</testsuite></testsuites>");
+    xml
+}
+
+struct Agents<'a> {
+    app: &'a TestApp,
+    agents: Vec<Registered>,
+    rng: Rng,
+    completed: usize,
+}
+
+impl Agents<'_> {
+    /// Uploads one file to `build_id` as `agent`: a JUnit report or a plain file, under a
+    /// few names (so some repeat, the same or with other bytes).
+    async fn upload(&mut self, agent: usize, build_id: i64) {
+        let name = self.rng.below(4);
+        let (path, kind, body) = if self.rng.below(2) == 0 {
+            let tests = 1 + self.rng.below(6);
+            let failing = self.rng.below(tests + 1).min(2);
+            (
+                format!("reports/TEST-{name}.xml"),
+                "test",
+                junit(tests, failing, self.rng.next() % 3),
+            )
+        } else {
+            (
+                format!("dist/part-{name}/file.bin"),
+                "build",
+                format!("bytes {}", self.rng.next() % 3),
+            )
+        };
+        let sum = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()));
+        let reply = self
+            .app
+            .client
+            .put(
+                self.app
+                    .url(&format!("/api/builds/{build_id}/artifacts/{path}")),
+            )
+            .bearer_auth(&self.agents[agent].token)
+            .header("X-Checksum-SHA256", sum)
+            .header("X-Artifact-Kind", kind)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(reply.status().as_u16() < 500, "{path}: {}", reply.status());
+    }
+
+    /// One agent takes its job (or the one it holds) and does one thing with it.
+    async fn random_change(&mut self) {
+        let agent = self.rng.below(self.agents.len());
+        let reply = self.app.as_agent(&self.agents[agent]).work().await;
+        if reply.status != 200 {
+            return;
+        }
+        let build_id = reply.body["build_id"].as_i64().unwrap();
+        match self.rng.below(100) {
+            0..50 => self.upload(agent, build_id).await,
+            50..70 => {
+                self.app
+                    .as_agent(&self.agents[agent])
+                    .report(build_id, "Building", None)
+                    .await;
+            }
+            70..85 => {
+                let line = format!("line {}\n", self.rng.next() % 1000);
+                let length = self.app.build(build_id).await["console_length"]
+                    .as_u64()
+                    .unwrap_or(0);
+                self.app
+                    .as_agent(&self.agents[agent])
+                    .append(build_id, Some(length), line.as_bytes())
+                    .await;
+            }
+            // The last jobs each agent takes stay running.
+            _ if self.completed + self.agents.len() < JOBS.len() => {
+                self.completed += 1;
+                let result = if self.rng.below(2) == 0 {
+                    "Passed"
+                } else {
+                    "Failed"
+                };
+                self.app
+                    .as_agent(&self.agents[agent])
+                    .report(build_id, "Completed", Some(result))
+                    .await;
+            }
+            _ => self.upload(agent, build_id).await,
+        }
+    }
+}
+
+#[tokio::test]
+async fn run_and_stage_pages_show_what_was_uploaded_after_random_uploads() {
+    browser_test(
+        "run_and_stage_pages_show_what_was_uploaded_after_random_uploads",
+        |rig| async move {
+            let seed = seed();
+            eprintln!("artifacts convergence: seed {seed} (FERROCD_TEST_SEED={seed})");
+            let app = spawn_app().await;
+            app.put_config("suite", &config()).await.expect(201);
+            let mut agents = Agents {
+                app: &app,
+                agents: vec![
+                    app.register_enabled("one").await,
+                    app.register_enabled("two").await,
+                    app.register_enabled("three").await,
+                ],
+                rng: Rng(seed),
+                completed: 0,
+            };
+            app.call(
+                reqwest::Method::POST,
+                "/go/api/pipelines/suite/schedule",
+                json!({}),
+            )
+            .await;
+            let stage = crate::helpers::eventually("the six jobs are scheduled", || async {
+                let stage = app.get("/go/api/stages/suite/1/test/1").await;
+                (stage.body["jobs"].as_array().map(Vec::len) == Some(JOBS.len()))
+                    .then_some(stage.body)
+            })
+            .await;
+            let mut paths: Vec<String> = stage["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| format!("/builds/{}", j["id"]))
+                .collect();
+            paths.push("/pipelines/suite/1/test/1".into());
+            // Two browsers: one holds six connections to a host at most.
+            let mut pages: Vec<(Page, String)> = Vec::new();
+            for (i, path) in paths.iter().enumerate() {
+                let url = app.url(path);
+                let page = match i {
+                    0 | 4 => rig.open(path, &url).await,
+                    _ => {
+                        rig.open_window(&pages[if i < 4 { 0 } else { 4 }].0, path, &url)
+                            .await
+                    }
+                };
+                page.wait_live().await;
+                pages.push((page, path.clone()));
+            }
+            for _ in 0..CHANGES {
+                agents.random_change().await;
+                if agents.rng.below(5) == 0 {
+                    tokio::time::sleep(Duration::from_millis(agents.rng.below(20) as u64)).await;
+                }
+            }
+            // Last, every agent still holding a job uploads to it: only the artifacts' own
+            // events can bring these to the pages.
+            for agent in 0..agents.agents.len() {
+                let reply = app.as_agent(&agents.agents[agent]).work().await;
+                if reply.status == 200 {
+                    let build_id = reply.body["build_id"].as_i64().unwrap();
+                    agents.upload(agent, build_id).await;
+                }
+            }
+            let last_change = Instant::now();
+            let deadline = last_change + CONVERGE_WITHIN;
+            loop {
+                let mut report = Vec::new();
+                for (page, path) in &pages {
+                    let fresh_html = app.get(path).await.text();
+                    let fresh = summary(page, Some(&fresh_html)).await;
+                    let shown = summary(page, None).await;
+                    if shown != fresh {
+                        report.push(format!("{path}:\n  page:  {shown:#?}\n  fresh: {fresh:#?}"));
+                    }
+                }
+                if report.is_empty() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    panic!(
+                        "seed {seed}: {} of {} pages differ from a fresh load {CONVERGE_WITHIN:?} \
+                         after the last change:\n{}",
+                        report.len(),
+                        pages.len(),
+                        report.join("\n")
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            eprintln!(
+                "artifacts convergence: seed {seed}: every page equal to a fresh load {} ms \
+                 after the last change",
+                last_change.elapsed().as_millis()
+            );
+        },
+    )
+    .await;
+}
