@@ -59,7 +59,11 @@ impl Agents<'_> {
     /// Uploads one file to `build_id` as `agent`: a JUnit report or a plain file, under a
     /// few names (so some repeat, the same or with other bytes).
     async fn upload(&mut self, agent: usize, build_id: i64) {
-        let name = self.rng.below(4);
+        let name = self.rng.below(4).to_string();
+        self.upload_as(agent, build_id, &name).await
+    }
+
+    async fn upload_as(&mut self, agent: usize, build_id: i64, name: &str) {
         let (path, kind, body) = if self.rng.below(2) == 0 {
             let tests = 1 + self.rng.below(6);
             let failing = self.rng.below(tests + 1).min(2);
@@ -195,13 +199,13 @@ async fn run_and_stage_pages_show_what_was_uploaded_after_random_uploads() {
                     tokio::time::sleep(Duration::from_millis(agents.rng.below(20) as u64)).await;
                 }
             }
-            // Last, every agent still holding a job uploads to it: only the artifacts' own
-            // events can bring these to the pages.
+            // Last, every agent still holding a job uploads a new file to it: only the
+            // artifacts' own events can bring these to the pages.
             for agent in 0..agents.agents.len() {
                 let reply = app.as_agent(&agents.agents[agent]).work().await;
                 if reply.status == 200 {
                     let build_id = reply.body["build_id"].as_i64().unwrap();
-                    agents.upload(agent, build_id).await;
+                    agents.upload_as(agent, build_id, "last").await;
                 }
             }
             let last_change = Instant::now();
