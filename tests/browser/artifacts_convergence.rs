@@ -199,47 +199,56 @@ async fn run_and_stage_pages_show_what_was_uploaded_after_random_uploads() {
                     tokio::time::sleep(Duration::from_millis(agents.rng.below(20) as u64)).await;
                 }
             }
-            // Last, every agent still holding a job uploads a new file to it: only the
-            // artifacts' own events can bring these to the pages.
+            // Every agent still holding a job, once the pages have caught up with everything
+            // else, uploads a new file to it: only the artifacts' own events bring these.
+            let mut held = Vec::new();
             for agent in 0..agents.agents.len() {
                 let reply = app.as_agent(&agents.agents[agent]).work().await;
                 if reply.status == 200 {
-                    let build_id = reply.body["build_id"].as_i64().unwrap();
-                    agents.upload_as(agent, build_id, "last").await;
+                    held.push((agent, reply.body["build_id"].as_i64().unwrap()));
                 }
             }
-            let last_change = Instant::now();
-            let deadline = last_change + CONVERGE_WITHIN;
-            loop {
-                let mut report = Vec::new();
-                for (page, path) in &pages {
-                    let fresh_html = app.get(path).await.text();
-                    let fresh = summary(page, Some(&fresh_html)).await;
-                    let shown = summary(page, None).await;
-                    if shown != fresh {
-                        report.push(format!("{path}:\n  page:  {shown:#?}\n  fresh: {fresh:#?}"));
-                    }
-                }
-                if report.is_empty() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    panic!(
-                        "seed {seed}: {} of {} pages differ from a fresh load {CONVERGE_WITHIN:?} \
-                         after the last change:\n{}",
-                        report.len(),
-                        pages.len(),
-                        report.join("\n")
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(!held.is_empty(), "seed {seed}: some jobs stay running");
+            converge(&app, &pages, seed, "the random changes").await;
+            for (agent, build_id) in held {
+                agents.upload_as(agent, build_id, "last").await;
             }
-            eprintln!(
-                "artifacts convergence: seed {seed}: every page equal to a fresh load {} ms \
-                 after the last change",
-                last_change.elapsed().as_millis()
-            );
+            converge(&app, &pages, seed, "the last uploads").await;
         },
     )
     .await;
+}
+
+/// Waits until every page equals a fresh load of its address (panics past the deadline).
+async fn converge(app: &TestApp, pages: &[(Page, String)], seed: u64, after: &str) {
+    let last_change = Instant::now();
+    let deadline = last_change + CONVERGE_WITHIN;
+    loop {
+        let mut report = Vec::new();
+        for (page, path) in pages {
+            let fresh_html = app.get(path).await.text();
+            let fresh = summary(page, Some(&fresh_html)).await;
+            let shown = summary(page, None).await;
+            if shown != fresh {
+                report.push(format!("{path}:\n  page:  {shown:#?}\n  fresh: {fresh:#?}"));
+            }
+        }
+        if report.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "seed {seed}: {} of {} pages differ from a fresh load {CONVERGE_WITHIN:?} \
+                 after {after}:\n{}",
+                report.len(),
+                pages.len(),
+                report.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "artifacts convergence: seed {seed}: every page equal to a fresh load {} ms after {after}",
+        last_change.elapsed().as_millis()
+    );
 }
