@@ -51,6 +51,8 @@ fn junit(tests: usize, failing: usize, tag: u64) -> String {
 struct Agents<'a> {
     app: &'a TestApp,
     agents: Vec<Registered>,
+    /// The job each agent runs now (asking for work while running one would lose it).
+    held: Vec<Option<i64>>,
     rng: Rng,
     completed: usize,
 }
@@ -97,14 +99,16 @@ impl Agents<'_> {
         assert!(reply.status().as_u16() < 500, "{path}: {}", reply.status());
     }
 
-    /// One agent takes its job (or the one it holds) and does one thing with it.
+    /// One agent takes a job, or does one thing with the one it runs.
     async fn random_change(&mut self) {
         let agent = self.rng.below(self.agents.len());
-        let reply = self.app.as_agent(&self.agents[agent]).work().await;
-        if reply.status != 200 {
+        let Some(build_id) = self.held[agent] else {
+            let reply = self.app.as_agent(&self.agents[agent]).work().await;
+            if reply.status == 200 {
+                self.held[agent] = reply.body["build_id"].as_i64();
+            }
             return;
-        }
-        let build_id = reply.body["build_id"].as_i64().unwrap();
+        };
         match self.rng.below(100) {
             0..50 => self.upload(agent, build_id).await,
             50..70 => {
@@ -126,6 +130,7 @@ impl Agents<'_> {
             // The last jobs each agent takes stay running.
             _ if self.completed + self.agents.len() < JOBS.len() => {
                 self.completed += 1;
+                self.held[agent] = None;
                 let result = if self.rng.below(2) == 0 {
                     "Passed"
                 } else {
@@ -157,6 +162,7 @@ async fn run_and_stage_pages_show_what_was_uploaded_after_random_uploads() {
                     app.register_enabled("two").await,
                     app.register_enabled("three").await,
                 ],
+                held: vec![None; 3],
                 rng: Rng(seed),
                 completed: 0,
             };
@@ -201,13 +207,12 @@ async fn run_and_stage_pages_show_what_was_uploaded_after_random_uploads() {
             }
             // Every agent still holding a job, once the pages have caught up with everything
             // else, uploads a new file to it: only the artifacts' own events bring these.
-            let mut held = Vec::new();
-            for agent in 0..agents.agents.len() {
-                let reply = app.as_agent(&agents.agents[agent]).work().await;
-                if reply.status == 200 {
-                    held.push((agent, reply.body["build_id"].as_i64().unwrap()));
-                }
-            }
+            let held: Vec<(usize, i64)> = agents
+                .held
+                .iter()
+                .enumerate()
+                .filter_map(|(agent, build)| build.map(|b| (agent, b)))
+                .collect();
             assert!(!held.is_empty(), "seed {seed}: some jobs stay running");
             converge(&app, &pages, seed, "the random changes").await;
             for (agent, build_id) in held {
