@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::convergence::{Rng, seed};
-use crate::helpers::{Registered, TestApp, spawn_app};
+use crate::helpers::{Registered, TestApp, spawn_app_with};
 use crate::pipeline_pages_convergence::summary;
 use crate::support::{Page, browser_test};
 
@@ -62,10 +62,10 @@ impl Agents<'_> {
     /// few names (so some repeat, the same or with other bytes).
     async fn upload(&mut self, agent: usize, build_id: i64) {
         let name = self.rng.below(4).to_string();
-        self.upload_as(agent, build_id, &name).await
+        self.upload_as(agent, build_id, &name).await;
     }
 
-    async fn upload_as(&mut self, agent: usize, build_id: i64, name: &str) {
+    async fn upload_as(&mut self, agent: usize, build_id: i64, name: &str) -> u16 {
         let (path, kind, body) = if self.rng.below(2) == 0 {
             let tests = 1 + self.rng.below(6);
             let failing = self.rng.below(tests + 1).min(2);
@@ -97,6 +97,7 @@ impl Agents<'_> {
             .await
             .unwrap();
         assert!(reply.status().as_u16() < 500, "{path}: {}", reply.status());
+        reply.status().as_u16()
     }
 
     /// One agent takes a job, or does one thing with the one it runs.
@@ -153,7 +154,8 @@ async fn run_and_stage_pages_show_what_was_uploaded_after_random_uploads() {
         |rig| async move {
             let seed = seed();
             eprintln!("artifacts convergence: seed {seed} (FERROCD_TEST_SEED={seed})");
-            let app = spawn_app().await;
+            // The agents never ping: no liveness sweep may take their jobs away meanwhile.
+            let app = spawn_app_with(|c| c.lost_contact_after = Duration::from_secs(3600)).await;
             app.put_config("suite", &config()).await.expect(201);
             let mut agents = Agents {
                 app: &app,
@@ -216,7 +218,11 @@ async fn run_and_stage_pages_show_what_was_uploaded_after_random_uploads() {
             assert!(!held.is_empty(), "seed {seed}: some jobs stay running");
             converge(&app, &pages, seed, "the random changes").await;
             for (agent, build_id) in held {
-                agents.upload_as(agent, build_id, "last").await;
+                let status = agents.upload_as(agent, build_id, "last").await;
+                assert_eq!(
+                    status, 201,
+                    "seed {seed}: build {build_id} takes a new file"
+                );
             }
             converge(&app, &pages, seed, "the last uploads").await;
         },
