@@ -99,6 +99,11 @@ pub struct ServeArgs {
     /// The most bytes of artifacts one job may upload; past it an upload is refused (413).
     #[arg(long, env = "FERROCD_MAX_ARTIFACT_BYTES", default_value_t = 10 * 1024 * 1024 * 1024)]
     pub max_artifact_bytes: u64,
+    /// Keep the artifacts of each pipeline's newest N instances (and always those of its
+    /// latest passed one and of `keep_artifacts` stages); older ones are deleted, oldest
+    /// first. Default: keep all.
+    #[arg(long, env = "FERROCD_ARTIFACTS_KEEP", value_parser = clap::value_parser!(u32).range(1..))]
+    pub artifacts_keep: Option<u32>,
     /// A file holding the secret GitHub, GitLab and Bitbucket sign their webhooks with (or
     /// the secret itself in `FERROCD_WEBHOOK_SECRET`); without one, webhooks are refused.
     #[arg(long, env = "FERROCD_WEBHOOK_SECRET_FILE")]
@@ -175,6 +180,8 @@ pub struct Config {
     /// Where jobs' artifacts are kept.
     pub artifacts_dir: PathBuf,
     pub max_artifact_bytes: u64,
+    /// `--artifacts-keep`: `None` keeps all.
+    pub artifacts_keep: Option<u32>,
     /// From `FERROCD_WEBHOOK_SECRET` (never a flag: argv is visible to everyone).
     pub webhook_secret: Option<String>,
     pub max_console_bytes: u64,
@@ -223,6 +230,7 @@ impl From<ServeArgs> for Config {
             webhook_secret_file: args.webhook_secret_file,
             artifacts_dir,
             max_artifact_bytes: args.max_artifact_bytes,
+            artifacts_keep: args.artifacts_keep,
             webhook_secret: std::env::var("FERROCD_WEBHOOK_SECRET")
                 .ok()
                 .filter(|s| !s.trim().is_empty()),
@@ -263,6 +271,7 @@ impl Config {
             webhook_secret_file: None,
             webhook_secret: None,
             max_artifact_bytes: 10 * 1024 * 1024 * 1024,
+            artifacts_keep: None,
             max_console_bytes: 256 * 1024 * 1024,
             max_pending_agents: 200,
             registrations_per_second: 10,

@@ -228,6 +228,15 @@ impl Application {
             config.artifacts_dir.clone(),
             config.max_artifact_bytes,
         );
+        if let Some(keep) = config.artifacts_keep {
+            artifacts::purge::spawn_purge(
+                artifacts.clone(),
+                pipelines.clone(),
+                keep,
+                &hub,
+                shutdown.clone(),
+            );
+        }
         let state = AppState {
             db,
             audit,

@@ -8,6 +8,7 @@
 //! within `--max-artifact-bytes`. A `test` artifact that is a JUnit XML report is read as it
 //! comes in, and its summary recorded with it (the job and stage pages show them).
 
+pub mod purge;
 mod sqlite;
 mod store;
 
@@ -27,6 +28,7 @@ use crate::domain::test_report::{TestSummary, read_junit};
 use crate::error::{Error, Result};
 use crate::events::{DomainEvent, Topic};
 use crate::job_runs::JobRuns;
+use crate::pipelines::Pipelines;
 
 /// What an upload did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,6 +228,56 @@ impl Artifacts {
             return Err(error);
         }
         Ok(Stored::Created)
+    }
+}
+
+impl Artifacts {
+    /// Deletes what `--artifacts-keep keep` does not spare of `pipeline`'s artifacts
+    /// (see `Pipelines::artifacts_spared`), oldest instance first; answers how many runs'.
+    /// Each run's records go first, then its files: a listed file is always there.
+    pub async fn purge(&self, pipelines: &Pipelines, pipeline: &str, keep: u32) -> Result<usize> {
+        let counters = {
+            let mut read = self.db.reader().await?;
+            store::counters_with_files(read.conn(), pipeline).await?
+        };
+        if counters.len() <= keep as usize {
+            return Ok(0);
+        }
+        let mut purged = 0;
+        for (counter, spared) in pipelines
+            .artifacts_spared(pipeline, keep, &counters)
+            .await?
+        {
+            let Some(kept_stages) = spared else {
+                continue;
+            };
+            let builds = {
+                let mut read = self.db.reader().await?;
+                store::builds_with_files(read.conn(), pipeline, counter).await?
+            };
+            for (build_id, stage) in builds {
+                if kept_stages.iter().any(|s| s.eq_ignore_ascii_case(&stage)) {
+                    continue;
+                }
+                let _one = self.finishing.lock().await;
+                let mut tx = self.db.begin().await?;
+                store::mark_purged(tx.conn(), build_id, now_millis()).await?;
+                publish_changed(&mut tx, build_id);
+                tx.commit().await?;
+                let folder = self.dir.join(build_id.to_string());
+                if let Err(error) = tokio::fs::remove_dir_all(&folder).await {
+                    tracing::warn!(%error, build_id, "purged artifacts' folder not removed");
+                }
+                tracing::info!(
+                    pipeline,
+                    counter,
+                    build_id,
+                    "artifacts purged (--artifacts-keep)"
+                );
+                purged += 1;
+            }
+        }
+        Ok(purged)
     }
 }
 

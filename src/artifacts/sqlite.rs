@@ -110,3 +110,46 @@ pub async fn purged_at(conn: &mut SqliteConnection, build_id: i64) -> Result<Opt
             .await?,
     )
 }
+
+pub async fn counters_with_files(conn: &mut SqliteConnection, pipeline: &str) -> Result<Vec<i64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT r.pipeline_counter FROM artifacts a \
+         JOIN job_runs r ON r.build_id = a.build_id \
+         WHERE r.pipeline_name = $1 ORDER BY r.pipeline_counter",
+    )
+    .bind(pipeline)
+    .fetch_all(conn)
+    .await?)
+}
+
+pub async fn builds_with_files(
+    conn: &mut SqliteConnection,
+    pipeline: &str,
+    counter: i64,
+) -> Result<Vec<(i64, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT DISTINCT r.build_id, r.stage_name FROM artifacts a \
+         JOIN job_runs r ON r.build_id = a.build_id \
+         WHERE r.pipeline_name = $1 AND r.pipeline_counter = $2 ORDER BY r.build_id",
+    )
+    .bind(pipeline)
+    .bind(counter)
+    .fetch_all(conn)
+    .await?)
+}
+
+pub async fn mark_purged(conn: &mut SqliteConnection, build_id: i64, now: i64) -> Result<()> {
+    sqlx::query("DELETE FROM artifacts WHERE build_id = $1")
+        .bind(build_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO artifact_purges (build_id, purged_at) VALUES ($1, $2) \
+         ON CONFLICT (build_id) DO NOTHING",
+    )
+    .bind(build_id)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -44,3 +44,22 @@ pub async fn test_reports(
 pub async fn purged_at(conn: Conn<'_>, build_id: i64) -> Result<Option<i64>> {
     backend!(conn, purged_at(build_id))
 }
+
+/// The instances of `pipeline` that still have artifacts, oldest first.
+pub async fn counters_with_files(conn: Conn<'_>, pipeline: &str) -> Result<Vec<i64>> {
+    backend!(conn, counters_with_files(pipeline))
+}
+
+/// The runs of instance `counter` of `pipeline` that have artifacts, with their stage.
+pub async fn builds_with_files(
+    conn: Conn<'_>,
+    pipeline: &str,
+    counter: i64,
+) -> Result<Vec<(i64, String)>> {
+    backend!(conn, builds_with_files(pipeline, counter))
+}
+
+/// Forgets `build_id`'s files and records that they were purged.
+pub async fn mark_purged(conn: Conn<'_>, build_id: i64, now: i64) -> Result<()> {
+    backend!(conn, mark_purged(build_id, now))
+}

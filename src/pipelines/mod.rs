@@ -8,7 +8,7 @@
 mod sqlite;
 pub(crate) mod store;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use self::store::{NewInstance, PipelineState, StageKey};
 use crate::audit;
@@ -581,6 +581,42 @@ impl Pipelines {
             .cloned())
     }
 
+    /// For each of `counters` (instances of `pipeline` that still have artifacts), what
+    /// `--artifacts-keep keep` spares of it: `None` all of it (one of the newest `keep`, or
+    /// the latest passed instance), else the stages it keeps (`keep_artifacts: true`).
+    pub async fn artifacts_spared(
+        &self,
+        pipeline: &str,
+        keep: u32,
+        counters: &[i64],
+    ) -> Result<Vec<(i64, Option<Vec<String>>)>> {
+        let mut read = self.db.reader().await?;
+        let (newest, _) = store::history(read.conn(), pipeline, 0, i64::from(keep)).await?;
+        let mut spared: HashSet<i64> = newest.iter().map(|i| i.counter).collect();
+        if let Some(passed) = latest_passed_instance(read.conn(), pipeline).await? {
+            spared.insert(passed);
+        }
+        let mut answer = Vec::new();
+        for &counter in counters {
+            if spared.contains(&counter) {
+                answer.push((counter, None));
+                continue;
+            }
+            let kept = match store::instance(read.conn(), pipeline, counter).await? {
+                Some(instance) => instance
+                    .plan
+                    .stages
+                    .iter()
+                    .filter(|s| s.keep_artifacts)
+                    .map(|s| s.name.clone())
+                    .collect(),
+                None => Vec::new(),
+            };
+            answer.push((counter, Some(kept)));
+        }
+        Ok(answer)
+    }
+
     /// Where `fetch`, a task of `run`, takes its files from: job `fetch.job` of the newest
     /// run of `fetch.stage` in the instance `fetch.pipeline` leads to (an ancestor path
     /// `a/b`, walked from this instance up through its upstream revisions, the parent last;
@@ -1055,6 +1091,27 @@ async fn upstream_revisions(
         }
     }
     Ok(revisions)
+}
+
+/// The newest of `pipeline`'s latest 500 instances whose every stage passed.
+async fn latest_passed_instance(mut conn: Conn<'_>, pipeline: &str) -> Result<Option<i64>> {
+    const PAGE: i64 = 50;
+    for page in 0..10 {
+        let (instances, _) = store::history(conn.reborrow(), pipeline, page * PAGE, PAGE).await?;
+        if instances.is_empty() {
+            break;
+        }
+        let order: Vec<i64> = instances.iter().map(|i| i.counter).collect();
+        let views = instance_views_by_counter(conn.reborrow(), instances).await?;
+        for counter in order {
+            if views.get(&counter).is_some_and(|v| {
+                !v.stages.is_empty() && v.stages.iter().all(|s| s.status == StageStatus::Passed)
+            }) {
+                return Ok(Some(counter));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The newest of `pipeline`'s latest 20 instances whose `stage` passed.

@@ -402,3 +402,93 @@ pipelines:
         assert_eq!(none["files"], serde_json::json!([]), "{name}");
     }
 }
+
+/// `--artifacts-keep 2`: once instances pile up, the oldest instance's artifacts go, except
+/// those of the latest passed instance and of a `keep_artifacts` stage; the run page says they
+/// were purged, and the files are gone from the disk.
+#[tokio::test(flavor = "multi_thread")]
+async fn artifacts_keep_purges_the_oldest_but_spares_what_it_must() {
+    let app = spawn_app_with(|c| c.artifacts_keep = Some(2)).await;
+    let yaml = "format_version: 10\npipelines:\n  kept:\n    group: g\n    stages:\n      - build: {tasks: [{exec: {command: make}}]}\n      - release:\n          keep_artifacts: true\n          tasks: [{exec: {command: make}}]\n";
+    app.put_config("kept", yaml).await.expect(201);
+    let agent = app.register_enabled("builder").await;
+    let as_agent = app.as_agent(&agent);
+    // Takes the next job, stores one file, ends it with `result`.
+    let run_job = |result: &'static str| {
+        let as_agent = &as_agent;
+        let agent = &agent;
+        let app = &app;
+        async move {
+            let work = eventually("a job to take", || async {
+                let reply = as_agent.work().await;
+                (reply.status == 200).then_some(reply.body)
+            })
+            .await;
+            let build_id = work["build_id"].as_i64().unwrap();
+            let body = format!("{} of build {build_id}", work["stage_name"]).into_bytes();
+            let sum = sha256(&body);
+            let (status, _) = put(app, agent, build_id, "out/app.bin", body, &sum).await;
+            assert_eq!(status, 201);
+            as_agent
+                .report_ok(build_id, "Completed", Some(result))
+                .await;
+            build_id
+        }
+    };
+    let mut builds = Vec::new();
+    for (instance, result) in [(1, "Passed"), (2, "Passed"), (3, "Failed"), (4, "Failed")] {
+        app.post_json_ok("/go/api/pipelines/kept/schedule").await;
+        let build = run_job(result).await;
+        let release = if result == "Passed" {
+            Some(run_job("Passed").await)
+        } else {
+            None
+        };
+        builds.push((instance, build, release));
+        eventually(&format!("kept/{instance} ended"), || async {
+            let history = app.get("/go/api/pipelines/kept/history").await;
+            let stages = history.body["pipelines"][0]["stages"].clone();
+            (history.body["pipelines"][0]["counter"] == instance
+                && stages.as_array().is_some_and(|s| {
+                    s.iter()
+                        .all(|s| s["result"] != "Unknown" || s["status"] == "NotRun")
+                }))
+            .then_some(())
+        })
+        .await;
+    }
+    let (_, oldest_build, oldest_release) = builds[0];
+    let oldest_release = oldest_release.unwrap();
+    eventually(
+        "the oldest instance's build artifacts are purged",
+        || async { listed(&app, oldest_build).await.is_empty().then_some(()) },
+    )
+    .await;
+    assert!(
+        !app.data_dir()
+            .join("artifacts")
+            .join(oldest_build.to_string())
+            .exists(),
+        "the files are gone from the disk"
+    );
+    let page = app.get(&format!("/builds/{oldest_build}")).await.text();
+    assert!(page.contains("were purged"), "{page}");
+    // Spared: the keep_artifacts stage of the oldest, the latest passed instance (2, beyond
+    // the newest two) and the newest two.
+    assert_eq!(listed(&app, oldest_release).await.len(), 1);
+    for (instance, build, release) in &builds[1..] {
+        assert_eq!(listed(&app, *build).await.len(), 1, "kept/{instance}");
+        if let Some(release) = release {
+            assert_eq!(listed(&app, *release).await.len(), 1, "kept/{instance}");
+        }
+    }
+    for (instance, status) in [(1, 404), (2, 200)] {
+        let reply = app
+            .client
+            .get(app.url(&format!("/files/kept/{instance}/build/1/build/out/app.bin")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), status, "kept/{instance}");
+    }
+}
