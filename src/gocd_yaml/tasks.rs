@@ -149,7 +149,7 @@ fn read_task(reader: &mut Reader, item: &Node, path: &str) -> Option<TaskConfig>
     };
     fields.finish(reader, Leftovers::Refused, known);
     let task = task?;
-    if !matches!(task, TaskKind::Exec { .. }) {
+    if !matches!(task, TaskKind::Exec { .. } | TaskKind::Fetch { .. }) {
         reader.warn(&task_path, item.line, format!("the {kind} task is accepted, but ferrocd cannot run it yet: the job fails when it starts"));
     }
     Some(TaskConfig {

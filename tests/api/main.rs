@@ -14,6 +14,7 @@ mod config_repos;
 mod connections;
 mod console_stream;
 mod cross_site;
+mod examples;
 mod fan_in;
 mod fetch;
 mod gocd_shape;
