@@ -8,6 +8,7 @@ mod agent_tls;
 mod agents_api;
 mod architecture;
 mod artifacts;
+mod artifacts_memory;
 mod audit;
 mod build_cause;
 mod config_repos;
