@@ -96,6 +96,16 @@ impl Artifacts {
         store::purged_at(read.conn(), build_id).await
     }
 
+    /// The newest purge among the runs `build_ids`, if any of them was purged.
+    pub async fn last_purge_among(&self, build_ids: &[i64]) -> Result<Option<i64>> {
+        let mut read = self.db.reader().await?;
+        Ok(store::purges(read.conn(), build_ids)
+            .await?
+            .into_iter()
+            .map(|(_, at)| at)
+            .max())
+    }
+
     /// The JUnit reports among the test artifacts of runs `build_ids`: (build, path,
     /// summary), by build then path.
     pub async fn test_reports(&self, build_ids: &[i64]) -> Result<Vec<(i64, String, TestSummary)>> {

@@ -153,3 +153,17 @@ pub async fn mark_purged(conn: &mut SqliteConnection, build_id: i64, now: i64) -
     .await?;
     Ok(())
 }
+
+pub async fn purges(conn: &mut SqliteConnection, build_ids: &[i64]) -> Result<Vec<(i64, i64)>> {
+    if build_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids = serde_json::to_string(build_ids).expect("ids serialise");
+    Ok(sqlx::query_as(
+        "SELECT build_id, purged_at FROM artifact_purges \
+         WHERE build_id IN (SELECT value FROM json_each($1)) ORDER BY build_id",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await?)
+}

@@ -63,3 +63,8 @@ pub async fn builds_with_files(
 pub async fn mark_purged(conn: Conn<'_>, build_id: i64, now: i64) -> Result<()> {
     backend!(conn, mark_purged(build_id, now))
 }
+
+/// Which of `build_ids` were purged, and when.
+pub async fn purges(conn: Conn<'_>, build_ids: &[i64]) -> Result<Vec<(i64, i64)>> {
+    backend!(conn, purges(build_ids))
+}

@@ -482,6 +482,22 @@ async fn artifacts_keep_purges_the_oldest_but_spares_what_it_must() {
             assert_eq!(listed(&app, *release).await.len(), 1, "kept/{instance}");
         }
     }
+    let stage_page = app.get("/pipelines/kept/1/build/1").await.text();
+    assert!(
+        stage_page.contains("This stage run's artifacts were purged"),
+        "{stage_page}"
+    );
+    for (instance, stage, deleted) in [
+        (1, "build", true),
+        (1, "release", false),
+        (2, "build", false),
+    ] {
+        let stage = app
+            .get(&format!("/go/api/stages/kept/{instance}/{stage}/1"))
+            .await
+            .expect(200);
+        assert_eq!(stage["artifacts_deleted"], deleted, "kept/{instance}");
+    }
     for (instance, status) in [(1, 404), (2, 200)] {
         let reply = app
             .client

@@ -234,7 +234,19 @@ async fn stage(
             pipeline_counter(&sc)?,
         )
         .await?;
-    Ok(Json(stage_json(&view)))
+    let builds: Vec<i64> = view
+        .jobs
+        .iter()
+        .map(|j| j.copied_from.unwrap_or(j.build_id))
+        .collect();
+    let mut json = stage_json(&view);
+    json["artifacts_deleted"] = state
+        .artifacts
+        .last_purge_among(&builds)
+        .await?
+        .is_some()
+        .into();
+    Ok(Json(json))
 }
 
 /// A pipeline instance as GoCD's instance and history APIs show it.

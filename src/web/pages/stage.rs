@@ -76,6 +76,8 @@ struct Shown {
     view: StageView,
     waiting: Vec<(String, Vec<WaitReason>)>,
     tests: HashMap<String, TestSummary>,
+    /// When its jobs' artifacts were purged, if they were.
+    purged_at: Option<i64>,
 }
 
 async fn read(
@@ -110,10 +112,12 @@ async fn read(
             .map(|j| (j.job_name.clone(), why_waiting(&j.requirements(), &all)))
             .collect()
     };
+    let purged_at = artifacts.last_purge_among(&ids).await?;
     Ok(Shown {
         view,
         waiting,
         tests,
+        purged_at,
     })
 }
 
@@ -235,7 +239,14 @@ impl Part for StageCard {
             &self.names,
         )
         .await?;
-        self.build_ids = shown.view.jobs.iter().map(|j| j.build_id).collect();
+        // A copy's artifacts are its original's: their changes matter too.
+        self.build_ids = shown
+            .view
+            .jobs
+            .iter()
+            .flat_map(|j| [Some(j.build_id), j.copied_from])
+            .flatten()
+            .collect();
         self.waits = !shown.waiting.is_empty();
         Ok(fragment(card(&shown)))
     }
@@ -329,6 +340,12 @@ fn card(shown: &Shown) -> Markup {
                         td { (duration(run)) }
                     }
                 }
+            }
+        }
+        @if let Some(at) = shown.purged_at {
+            p.empty-hint.purged #stage-purged {
+                "This stage run's artifacts were purged " (timestamp(at))
+                " to keep the disk in check (" code { "--artifacts-keep" } ")."
             }
         }
         @if !shown.tests.is_empty() {
