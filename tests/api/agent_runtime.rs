@@ -164,6 +164,37 @@ async fn start_agent_keyed(
     (agent, uuid)
 }
 
+/// A `ferrocd agent` started with the registration key in folders of its own, registered and
+/// Enabled; it stops, and then its folders go, when dropped.
+pub(crate) struct EnabledAgent {
+    /// Declared first: it stops before its folders go.
+    _process: AgentProcess,
+    work_dir: TempDir,
+    _logs: TempDir,
+}
+
+impl EnabledAgent {
+    /// Its work dir (`pipelines/NAME` below it are the sandboxes).
+    pub fn path(&self) -> &Path {
+        self.work_dir.path()
+    }
+}
+
+/// Starts an agent with the key of `app` (see [`KEY`]) and waits until it is Enabled.
+pub(crate) async fn enabled_agent(app: &TestApp) -> EnabledAgent {
+    let work_dir = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let mut command = AgentProcess::command(&app.base, work_dir.path());
+    command.arg("--registration-key").arg(KEY);
+    let process = AgentProcess::spawn(command, work_dir.path(), &logs);
+    registered_enabled(app, &process).await;
+    EnabledAgent {
+        _process: process,
+        work_dir,
+        _logs: logs,
+    }
+}
+
 /// Waits until `agent` has registered and the server lists it Enabled; its uuid.
 pub async fn registered_enabled(app: &TestApp, agent: &AgentProcess) -> String {
     let uuid = eventually("the agent registers and saves its identity", || async {

@@ -230,7 +230,7 @@ async fn uploads_past_the_cap_or_broken_off_leave_nothing_behind() {
 /// working folder, fails the job and the console says which.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agent_publishes_files_folders_and_globs_after_the_tasks() {
-    use crate::agent_runtime::{AgentProcess, KEY, registered_enabled};
+    use crate::agent_runtime::{KEY, enabled_agent};
     let app = spawn_app_with(|c| c.agent_registration_key = Some(KEY.into())).await;
     let yaml = r#"format_version: 10
 pipelines:
@@ -260,12 +260,7 @@ pipelines:
                 - exec: {command: /bin/true}
 "#;
     app.put_config("pub", yaml).await.expect(201);
-    let agent_dir = tempfile::tempdir().unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    let mut command = AgentProcess::command(&app.base, agent_dir.path());
-    command.arg("--registration-key").arg(KEY);
-    let agent = AgentProcess::spawn(command, agent_dir.path(), &logs);
-    registered_enabled(&app, &agent).await;
+    let _agent = enabled_agent(&app).await;
     app.post_json_ok("/go/api/pipelines/pub/schedule").await;
     let jobs = eventually("the three jobs ended", || async {
         let stage = app.get("/go/api/stages/pub/1/build/1").await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::agent_runtime::{AgentProcess, KEY, registered_enabled};
+use crate::agent_runtime::{KEY, enabled_agent};
 use crate::helpers::{TestApp, spawn_app_with};
 
 /// The example's build sleeps a few seconds by design (the dashboard has something to show).
@@ -45,12 +45,7 @@ async fn the_example_pipelines_pass_one_build_down_as_artifacts() {
     )
     .unwrap();
     app.put_config("shop", &yaml).await.expect(201);
-    let agent_dir = tempfile::tempdir().unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    let mut command = AgentProcess::command(&app.base, agent_dir.path());
-    command.arg("--registration-key").arg(KEY);
-    let agent = AgentProcess::spawn(command, agent_dir.path(), &logs);
-    registered_enabled(&app, &agent).await;
+    let _agent = enabled_agent(&app).await;
     app.post_json_ok("/go/api/pipelines/shop-api/schedule")
         .await;
 

@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::agent_runtime::{AgentProcess, KEY, registered_enabled};
+use crate::agent_runtime::{KEY, enabled_agent};
 use crate::helpers::{TestApp, eventually, spawn_app_with};
 
 const PIPELINES: &str = r#"format_version: 10
@@ -93,12 +93,7 @@ async fn job_console(app: &TestApp, jobs: &[Value], name: &str) -> (String, Stri
 async fn fetch_tasks_get_the_published_bytes_from_this_instance_and_upstream_ones() {
     let app = spawn_app_with(|c| c.agent_registration_key = Some(KEY.into())).await;
     app.put_config("fetching", PIPELINES).await.expect(201);
-    let agent_dir = tempfile::tempdir().unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    let mut command = AgentProcess::command(&app.base, agent_dir.path());
-    command.arg("--registration-key").arg(KEY);
-    let agent = AgentProcess::spawn(command, agent_dir.path(), &logs);
-    registered_enabled(&app, &agent).await;
+    let agent = enabled_agent(&app).await;
     app.post_json_ok("/go/api/pipelines/app/schedule").await;
 
     let build = finished_jobs(&app, "app", "build").await;
@@ -160,7 +155,7 @@ async fn fetch_tasks_get_the_published_bytes_from_this_instance_and_upstream_one
         ),
         "{log}"
     );
-    let sandbox = agent_dir.path().join("pipelines/verify");
+    let sandbox = agent.path().join("pipelines/verify");
     assert!(
         !sandbox.join("t/docs/readme.txt").exists(),
         "a file that does not match its checksum is not left in place"
@@ -173,7 +168,7 @@ async fn fetch_tasks_get_the_published_bytes_from_this_instance_and_upstream_one
     let (log, result) = job_console(&app, &verify, "escape").await;
     assert_eq!(result, "Failed");
     assert!(log.contains("is outside the working folder"), "{log}");
-    assert!(!agent_dir.path().join("outside").exists());
+    assert!(!agent.path().join("outside").exists());
 }
 
 /// Every path under `dir`.

@@ -320,7 +320,7 @@ async fn a_trigger_may_poll_its_materials_first() {
 /// reusing the clone the previous job left (a fetch and a checkout, not a fresh clone).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agent_checks_out_the_instances_revision() {
-    use crate::agent_runtime::{AgentProcess, KEY, registered_enabled};
+    use crate::agent_runtime::{KEY, enabled_agent};
     let work = tempfile::tempdir().unwrap();
     let repo = new_repo(work.path());
     let first = commit(&repo, "src/a.rs", "first");
@@ -349,12 +349,7 @@ pipelines:
         repo = repo.display(),
     );
     app.put_config("shop", &yaml).await.expect(201);
-    let agent_dir = tempfile::tempdir().unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    let mut command = AgentProcess::command(&app.base, agent_dir.path());
-    command.arg("--registration-key").arg(KEY);
-    let agent = AgentProcess::spawn(command, agent_dir.path(), &logs);
-    registered_enabled(&app, &agent).await;
+    let agent = enabled_agent(&app).await;
 
     let console = |counter: i64| {
         let app = &app;
@@ -378,7 +373,7 @@ pipelines:
     let log = eventually("instance 2 ran", || console(2)).await;
     assert!(log.contains(&format!("at {second} for {second}")), "{log}");
     assert!(log.contains("b.rs"), "{log}");
-    let clone = agent_dir.path().join("pipelines/app/checkout");
+    let clone = agent.path().join("pipelines/app/checkout");
     assert!(
         clone.join("untracked-1").exists() && clone.join("untracked-2").exists(),
         "the clone is reused (fetch and checkout), not made afresh"

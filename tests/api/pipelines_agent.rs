@@ -5,7 +5,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::agent_runtime::{AgentProcess, KEY, registered_enabled};
+use crate::agent_runtime::{KEY, enabled_agent};
 use crate::helpers::{TestApp, eventually, spawn_app_with};
 use crate::pipelines::{stages, trigger};
 
@@ -64,12 +64,7 @@ async fn trigger_with(app: &TestApp, variables: serde_json::Value) -> i64 {
 async fn a_two_stage_pipeline_passes_fails_reruns_and_cancels_with_a_real_agent() {
     let app = spawn_app_with(|c| c.agent_registration_key = Some(KEY.into())).await;
     app.put_config("app", TWO_STAGES).await.expect(201);
-    let work = tempfile::tempdir().unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    let mut command = AgentProcess::command(&app.base, work.path());
-    command.arg("--registration-key").arg(KEY);
-    let agent = AgentProcess::spawn(command, work.path(), &logs);
-    registered_enabled(&app, &agent).await;
+    let agent = enabled_agent(&app).await;
 
     // Pass, wait for approval, approve, pass.
     assert_eq!(trigger(&app, "app").await, 1);

@@ -6,7 +6,7 @@
 
 use std::io::Read;
 
-use crate::agent_runtime::{AgentProcess, KEY, registered_enabled};
+use crate::agent_runtime::{KEY, enabled_agent};
 use crate::helpers::{eventually, spawn_app_with};
 
 /// A Python that has pytest (the agent's tasks find it on their PATH, or Debian's).
@@ -71,12 +71,7 @@ async fn a_real_test_runners_report_is_summarised_on_the_run_and_stage_pages() {
     app.put_config("shop", &PIPELINE.replace("PYTHON", python))
         .await
         .expect(201);
-    let agent_dir = tempfile::tempdir().unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    let mut command = AgentProcess::command(&app.base, agent_dir.path());
-    command.arg("--registration-key").arg(KEY);
-    let agent = AgentProcess::spawn(command, agent_dir.path(), &logs);
-    registered_enabled(&app, &agent).await;
+    let _agent = enabled_agent(&app).await;
     app.post_json_ok("/go/api/pipelines/shop/schedule").await;
     let job = eventually("the test stage ended", || async {
         let stage = app.get("/go/api/stages/shop/1/test/1").await;

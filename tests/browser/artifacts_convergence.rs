@@ -8,15 +8,13 @@
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::time::Instant;
 
 use crate::convergence::{Rng, seed};
 use crate::helpers::{Registered, TestApp, spawn_app_with};
-use crate::pipeline_pages_convergence::summary;
+use crate::pipeline_pages_convergence::converge;
 use crate::support::{Page, browser_test};
 
 const CHANGES: usize = 90;
-const CONVERGE_WITHIN: Duration = Duration::from_secs(60);
 const JOBS: &[&str] = &["a", "b", "c", "d", "e", "f"];
 
 fn config() -> String {
@@ -216,7 +214,7 @@ async fn run_and_stage_pages_show_what_was_uploaded_after_random_uploads() {
                 .filter_map(|(agent, build)| build.map(|b| (agent, b)))
                 .collect();
             assert!(!held.is_empty(), "seed {seed}: some jobs stay running");
-            converge(&app, &pages, seed, "the random changes").await;
+            converge(&app, &pages, seed, "artifacts", "the random changes").await;
             for (agent, build_id) in held {
                 let status = agents.upload_as(agent, build_id, "last").await;
                 assert_eq!(
@@ -224,42 +222,8 @@ async fn run_and_stage_pages_show_what_was_uploaded_after_random_uploads() {
                     "seed {seed}: build {build_id} takes a new file"
                 );
             }
-            converge(&app, &pages, seed, "the last uploads").await;
+            converge(&app, &pages, seed, "artifacts", "the last uploads").await;
         },
     )
     .await;
-}
-
-/// Waits until every page equals a fresh load of its address (panics past the deadline).
-async fn converge(app: &TestApp, pages: &[(Page, String)], seed: u64, after: &str) {
-    let last_change = Instant::now();
-    let deadline = last_change + CONVERGE_WITHIN;
-    loop {
-        let mut report = Vec::new();
-        for (page, path) in pages {
-            let fresh_html = app.get(path).await.text();
-            let fresh = summary(page, Some(&fresh_html)).await;
-            let shown = summary(page, None).await;
-            if shown != fresh {
-                report.push(format!("{path}:\n  page:  {shown:#?}\n  fresh: {fresh:#?}"));
-            }
-        }
-        if report.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "seed {seed}: {} of {} pages differ from a fresh load {CONVERGE_WITHIN:?} \
-                 after {after}:\n{}",
-                report.len(),
-                pages.len(),
-                report.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    eprintln!(
-        "artifacts convergence: seed {seed}: every page equal to a fresh load {} ms after {after}",
-        last_change.elapsed().as_millis()
-    );
 }

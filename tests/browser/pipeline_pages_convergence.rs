@@ -167,38 +167,49 @@ async fn history_and_stage_pages_end_equal_to_a_fresh_load_after_random_changes(
                     tokio::time::sleep(Duration::from_millis(changer.rng.below(20) as u64)).await;
                 }
             }
-            let last_change = Instant::now();
-            let deadline = last_change + CONVERGE_WITHIN;
-            loop {
-                let mut report = Vec::new();
-                for (page, path) in &pages {
-                    let fresh_html = app.get(path).await.text();
-                    let fresh = summary(page, Some(&fresh_html)).await;
-                    let shown = summary(page, None).await;
-                    if shown != fresh {
-                        report.push(format!("{path}:\n  page:  {shown:#?}\n  fresh: {fresh:#?}"));
-                    }
-                }
-                if report.is_empty() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    panic!(
-                        "seed {seed}: {} of {} pages differ from a fresh load {CONVERGE_WITHIN:?} \
-                         after the last change:\n{}",
-                        report.len(),
-                        pages.len(),
-                        report.join("\n")
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            eprintln!(
-                "pipeline pages convergence: seed {seed}: every page equal to a fresh load {} ms \
-                 after the last change",
-                last_change.elapsed().as_millis()
-            );
+            converge(&app, &pages, seed, "pipeline pages", "the last change").await;
         },
     )
     .await;
+}
+
+/// Waits until every page equals a fresh load of its address, within [`CONVERGE_WITHIN`]
+/// (else panics, showing each page that differs beside its fresh load).
+pub async fn converge(
+    app: &crate::helpers::TestApp,
+    pages: &[(Page, String)],
+    seed: u64,
+    test: &str,
+    after: &str,
+) {
+    let last_change = Instant::now();
+    let deadline = last_change + CONVERGE_WITHIN;
+    loop {
+        let mut report = Vec::new();
+        for (page, path) in pages {
+            let fresh_html = app.get(path).await.text();
+            let fresh = summary(page, Some(&fresh_html)).await;
+            let shown = summary(page, None).await;
+            if shown != fresh {
+                report.push(format!("{path}:\n  page:  {shown:#?}\n  fresh: {fresh:#?}"));
+            }
+        }
+        if report.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "seed {seed}: {} of {} pages differ from a fresh load {CONVERGE_WITHIN:?} \
+                 after {after}:\n{}",
+                report.len(),
+                pages.len(),
+                report.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "{test} convergence: seed {seed}: every page equal to a fresh load {} ms after {after}",
+        last_change.elapsed().as_millis()
+    );
 }
