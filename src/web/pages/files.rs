@@ -14,7 +14,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
-use crate::domain::artifact::ArtifactPath;
+use crate::domain::artifact::{ArtifactFile, ArtifactPath};
 use crate::error::{Error, Result};
 use crate::web::api::pipeline_counter;
 use crate::web::auth::Credential;
@@ -139,21 +139,13 @@ async fn inline(
 ) -> Result<Response> {
     let path = ArtifactPath::parse(&path).map_err(Error::NotFound)?;
     let build_id = job_build(&state, (&pipeline, &pc, &stage, &sc, &job)).await?;
-    let (file, on_disk) = state.artifacts.file(build_id, &path).await?;
-    let opened = tokio::fs::File::open(&on_disk)
-        .await
-        .map_err(|e| Error::NotFound(format!("artifact {path} is gone: {e}")))?;
+    let (_, mut response) = streamed(&state, build_id, &path).await?;
     let mime = mime_guess::from_path(path.as_str()).first_or_octet_stream();
-    let mut response = Body::from_stream(tokio_util::io::ReaderStream::new(opened)).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_str(mime.essence_str())
             .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream")),
-    );
-    headers.insert(
-        header::CONTENT_LENGTH,
-        HeaderValue::from(file.size.max(0) as u64),
     );
     unreachable_by_script(headers);
     // Framed by our own run page only.
@@ -166,6 +158,33 @@ async fn inline(
         HeaderValue::from_static("SAMEORIGIN"),
     );
     Ok(response)
+}
+
+/// The stored file `path` of `build_id` as a streamed body with its length.
+async fn streamed(
+    state: &AppState,
+    build_id: i64,
+    path: &ArtifactPath,
+) -> Result<(ArtifactFile, Response)> {
+    let (file, on_disk) = state.artifacts.file(build_id, path).await?;
+    let opened = tokio::fs::File::open(&on_disk)
+        .await
+        .map_err(|e| Error::NotFound(format!("artifact {path} is gone: {e}")))?;
+    let mut response = Body::from_stream(tokio_util::io::ReaderStream::new(opened)).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(file.size.max(0) as u64),
+    );
+    Ok((file, response))
+}
+
+/// `attachment; filename="NAME"` (quotes and backslashes in the name made `_`).
+fn disposition(name: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "attachment; filename=\"{}\"",
+        name.replace(['"', '\\'], "_")
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
 }
 
 /// A download: a sandbox of its own that loads nothing, framed by nobody.
@@ -233,11 +252,7 @@ async fn folder_zip(state: &AppState, build_id: i64, folder: &str) -> Result<Opt
     );
     headers.insert(
         header::CONTENT_DISPOSITION,
-        HeaderValue::from_str(&format!(
-            "attachment; filename=\"{}.zip\"",
-            folder_name.replace(['"', '\\'], "_")
-        ))
-        .unwrap_or_else(|_| HeaderValue::from_static("attachment")),
+        disposition(&format!("{folder_name}.zip")),
     );
     unreachable_by_script(headers);
     Ok(Some(response))
@@ -305,30 +320,14 @@ impl std::io::Write for ChannelWriter {
 
 /// Artifact `path` of `build_id`, streamed as a download that never runs in our origin.
 pub async fn attachment(state: &AppState, build_id: i64, path: &ArtifactPath) -> Result<Response> {
-    let (file, on_disk) = state.artifacts.file(build_id, path).await?;
-    let opened = tokio::fs::File::open(&on_disk)
-        .await
-        .map_err(|e| Error::NotFound(format!("artifact {path} is gone: {e}")))?;
+    let (file, mut response) = streamed(state, build_id, path).await?;
     let name = path.as_str().rsplit('/').next().unwrap_or("artifact");
-    let disposition = format!(
-        "attachment; filename=\"{}\"",
-        name.replace(['"', '\\'], "_")
-    );
-    let mut response = Body::from_stream(tokio_util::io::ReaderStream::new(opened)).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    headers.insert(
-        header::CONTENT_LENGTH,
-        HeaderValue::from(file.size.max(0) as u64),
-    );
-    headers.insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_str(&disposition)
-            .unwrap_or_else(|_| HeaderValue::from_static("attachment")),
-    );
+    headers.insert(header::CONTENT_DISPOSITION, disposition(name));
     unreachable_by_script(headers);
     headers.insert(
         "x-checksum-sha256",
