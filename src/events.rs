@@ -194,6 +194,10 @@ struct ChannelMap {
     by_topic: HashMap<Topic, broadcast::Sender<Published>>,
     /// Subscriptions since the last sweep of channels nobody listens to.
     since_sweep: usize,
+    /// Events published since start, by topic kind and event name (`/metrics`).
+    published: HashMap<(&'static str, &'static str), u64>,
+    /// Console bytes whose appends were published since start (`/metrics`).
+    console_bytes: u64,
 }
 
 /// Sweep abandoned channels after this many subscriptions (amortised; a topic that is
@@ -214,6 +218,18 @@ pub fn hub() -> (Arc<Hub>, Publisher) {
 }
 
 impl Topic {
+    /// The topic without its id: `agents:updates`, `agent_job_runs`, `agent_job_run_console`…
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Topic::AgentsUpdates => "agents:updates",
+            Topic::SchedulerUpdates => "scheduler:updates",
+            Topic::AgentJobRuns(_) => "agent_job_runs",
+            Topic::AgentJobRunConsole(_) => "agent_job_run_console",
+            Topic::PipelinesUpdates => "pipelines:updates",
+            Topic::JobRunsUpdates => "job_runs:updates",
+        }
+    }
+
     /// Per-agent and per-build topics carry far fewer events than the global ones.
     fn capacity(&self) -> usize {
         match self {
@@ -243,6 +259,15 @@ impl Hub {
             .subscribe()
     }
 
+    /// Events published since start: ((topic kind, event name), count), and the console
+    /// bytes whose appends were published.
+    pub fn published(&self) -> (Vec<((&'static str, &'static str), u64)>, u64) {
+        let channels = self.channels.lock().expect("hub lock poisoned");
+        let mut counts: Vec<_> = channels.published.iter().map(|(k, v)| (*k, *v)).collect();
+        counts.sort();
+        (counts, channels.console_bytes)
+    }
+
     /// How many topics have a channel now (for tests and metrics).
     pub fn channel_count(&self) -> usize {
         self.channels
@@ -263,6 +288,15 @@ impl Publisher {
     /// Sends `event` to everyone subscribed to `topic` now.
     pub fn send(&self, topic: &Topic, event: DomainEvent) {
         let mut channels = self.channels.lock().expect("hub lock poisoned");
+        *channels
+            .published
+            .entry((topic.kind(), event.name()))
+            .or_default() += 1;
+        if let (Topic::AgentJobRunConsole(_), DomainEvent::ConsoleAppend { start, end, .. }) =
+            (topic, &event)
+        {
+            channels.console_bytes += end.saturating_sub(*start).max(0) as u64;
+        }
         let nobody_listens = match channels.by_topic.get(topic) {
             Some(sender) => sender.send(Arc::new(event)).is_err(),
             None => false,

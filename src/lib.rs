@@ -91,6 +91,8 @@ pub struct AppState {
     pub topic_views: Arc<TopicViews>,
     /// How often each live fragment has been rendered (shared by every live view).
     pub renders: Arc<RenderCounts>,
+    /// `/metrics`: the request, stream and scrape-time figures.
+    pub metrics: Arc<web::metrics::Metrics>,
     /// Fires on SIGTERM/Ctrl-C: streams end, background tasks stop.
     pub shutdown: CancellationToken,
     /// The event streams open per client address, held to `--max-streams-per-address`.
@@ -265,6 +267,7 @@ impl Application {
             console_views: Arc::default(),
             topic_views: Arc::default(),
             renders,
+            metrics: web::metrics::Metrics::new(),
             shutdown,
             stream_slots: StreamSlots::new(config.max_streams_per_address),
         };

@@ -71,6 +71,19 @@ impl RenderCounts {
             .or_default() += 1;
     }
 
+    /// Every fragment's count, by name.
+    pub fn all(&self) -> Vec<(&'static str, u64)> {
+        let mut all: Vec<_> = self
+            .counts
+            .lock()
+            .expect("render counts lock poisoned")
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        all.sort();
+        all
+    }
+
     pub fn get(&self, fragment: &str) -> u64 {
         self.counts
             .lock()

@@ -8,6 +8,7 @@ pub mod cctray;
 pub mod gocd_media;
 pub mod hosts;
 pub mod live;
+pub mod metrics;
 pub mod pages;
 pub mod rate_limit;
 pub mod routes;
@@ -57,6 +58,7 @@ fn routes() -> Routes {
         .merge(pages::router())
         .merge(assets::router())
         .merge(cctray::router())
+        .merge(metrics::router())
 }
 
 /// What every route answers and the credential it needs (the router is built from it).
@@ -89,6 +91,11 @@ pub fn router(state: AppState) -> Router {
             HeaderValue::from_static(CONTENT_SECURITY_POLICY),
         ))
         .layer(TraceLayer::new_for_http())
+        // Outermost: every answer is counted, the refusals of the layers above too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .with_state(state)
 }
 

@@ -24,6 +24,7 @@ mod jobs;
 mod lifecycle;
 mod live_views;
 mod materials;
+mod metrics;
 mod pipelines;
 mod pipelines_agent;
 mod registration;
