@@ -55,13 +55,38 @@ pub trait View: Send + 'static {
 }
 
 /// How many times each fragment has been rendered since start, by name (e.g.
-/// `agents.table`). One registry per server, shared by every view.
+/// `agents.table`), and how many times a connection fell behind its view, by the kind of
+/// stream (`view`, `console`, `api_events`). One registry per server, shared by every view.
 #[derive(Default)]
 pub struct RenderCounts {
     counts: Mutex<HashMap<&'static str, u64>>,
+    lags: Mutex<HashMap<&'static str, u64>>,
 }
 
 impl RenderCounts {
+    /// A connection of a `stream` kind fell behind (it gets the whole state again).
+    pub fn lagged(&self, stream: &'static str) {
+        *self
+            .lags
+            .lock()
+            .expect("lag counts lock poisoned")
+            .entry(stream)
+            .or_default() += 1;
+    }
+
+    /// Every stream kind's lag count.
+    pub fn lags(&self) -> Vec<(&'static str, u64)> {
+        let mut all: Vec<_> = self
+            .lags
+            .lock()
+            .expect("lag counts lock poisoned")
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        all.sort();
+        all
+    }
+
     pub fn record(&self, fragment: &'static str) {
         *self
             .counts
@@ -136,6 +161,11 @@ impl<C: Clone + Send + 'static> Output<C> {
     pub fn rendered(&self, fragment: &'static str) {
         self.renders.record(fragment);
     }
+
+    /// Counts one connection of a `stream` kind falling behind.
+    pub fn lagged(&self, stream: &'static str) {
+        self.renders.lagged(stream);
+    }
 }
 
 impl Output<Bytes> {
@@ -151,6 +181,7 @@ impl Output<Bytes> {
         Fut: Future<Output = Vec<Bytes>> + Send,
     {
         let mut changes = self.subscribe();
+        let renders = Arc::clone(&self.renders);
         async_stream::stream! {
             for frame in state().await {
                 yield frame;
@@ -159,6 +190,7 @@ impl Output<Bytes> {
                 match changes.recv().await {
                     Ok(frame) => yield frame,
                     Err(RecvError::Lagged(_)) => {
+                        renders.lagged("view");
                         for frame in state().await {
                             yield frame;
                         }
@@ -525,6 +557,20 @@ mod tests {
             missed,
             shutdown,
         }
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_falls_behind_gets_the_state_again_and_is_counted() {
+        let renders = Arc::new(RenderCounts::default());
+        let out: Arc<Output<Bytes>> = Output::new(Arc::clone(&renders));
+        let frames = out.frames(|| async { vec![Bytes::from_static(b"state")] });
+        let mut frames = std::pin::pin!(frames);
+        assert_eq!(frames.next().await.unwrap(), Bytes::from_static(b"state"));
+        for n in 0..(CONNECTION_CAPACITY + 10) {
+            out.send(Bytes::from(n.to_string()));
+        }
+        assert_eq!(frames.next().await.unwrap(), Bytes::from_static(b"state"));
+        assert_eq!(renders.lags(), [("view", 1)]);
     }
 
     #[tokio::test]

@@ -33,7 +33,11 @@ const DURATION_BUCKETS: [f64; 14] = [
 ];
 
 /// Every metric and what it counts (its `# HELP` line; docs/API.md, "Metrics").
-pub const DESCRIBED: [(&str, &str); 10] = [
+pub const DESCRIBED: [(&str, &str); 11] = [
+    (
+        "ferrocd_lagged_connections_total",
+        "Times a connection fell behind its view and was sent the whole state again, by stream kind",
+    ),
     (
         "ferrocd_http_requests_total",
         "Requests answered, by matched route template, method and status class",
@@ -204,6 +208,11 @@ async fn scrape(State(state): State<AppState>) -> Result<Response> {
     for (view, count) in state.renders.all() {
         metrics
             .counter("ferrocd_renders_total", &[("view", view)])
+            .absolute(count);
+    }
+    for (stream, count) in state.renders.lags() {
+        metrics
+            .counter("ferrocd_lagged_connections_total", &[("stream", stream)])
             .absolute(count);
     }
     metrics

@@ -81,6 +81,7 @@ async fn events(
     for topic in &topics {
         let changes = attach(&state, topic).await?;
         let topic = topic.clone();
+        let renders = Arc::clone(&state.renders);
         followed.push(
             async_stream::stream! {
                 let mut changes = changes;
@@ -88,7 +89,10 @@ async fn events(
                     match changes.recv().await {
                         Ok(sent) => yield (topic.clone(), sent),
                         // This stream fell behind the view: say so (never a silent gap).
-                        Err(RecvError::Lagged(missed)) => yield (topic.clone(), Sent::Lagged { missed }),
+                        Err(RecvError::Lagged(missed)) => {
+                            renders.lagged("api_events");
+                            yield (topic.clone(), Sent::Lagged { missed })
+                        }
                         Err(RecvError::Closed) => break,
                     }
                 }

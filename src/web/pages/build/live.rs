@@ -317,6 +317,7 @@ pub fn connection_stream(
                     }
                 }
                 Err(RecvError::Lagged(_)) => {
+                    view.out.lagged("console");
                     while let Some(frame) = catch_up_frame(&state, build_id, &mut pos, None).await {
                         yield frame;
                     }
