@@ -174,6 +174,9 @@ impl DomainEvent {
 
 pub type Published = Arc<DomainEvent>;
 
+/// Events published since start: ((topic kind, event name), count), in order.
+pub type EventCounts = Vec<((&'static str, &'static str), u64)>;
+
 type Channels = Arc<Mutex<ChannelMap>>;
 
 /// The subscribing half of the hub.
@@ -261,7 +264,7 @@ impl Hub {
 
     /// Events published since start: ((topic kind, event name), count), and the console
     /// bytes whose appends were published.
-    pub fn published(&self) -> (Vec<((&'static str, &'static str), u64)>, u64) {
+    pub fn published(&self) -> (EventCounts, u64) {
         let channels = self.channels.lock().expect("hub lock poisoned");
         let mut counts: Vec<_> = channels.published.iter().map(|(k, v)| (*k, *v)).collect();
         counts.sort();
