@@ -23,6 +23,7 @@ mod helpers;
 mod jobs;
 mod lifecycle;
 mod live_views;
+mod loadgen;
 mod materials;
 mod metrics;
 mod pipelines;
