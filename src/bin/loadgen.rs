@@ -280,7 +280,7 @@ fn raise_file_limit() -> std::io::Result<u64> {
             return Err(std::io::Error::last_os_error());
         }
     }
-    Ok(limit.rlim_max as u64)
+    Ok(limit.rlim_max)
 }
 
 /// One subscriber: the counts it parsed, each with when.

@@ -161,8 +161,11 @@ pub async fn queue(conn: &mut SqliteConnection) -> Result<Vec<JobRun>> {
     load_runs(conn, "WHERE state = 'Scheduled' ORDER BY build_id", &[]).await
 }
 
+/// A queued run's build id, resources, environment and pinned agent, as stored.
+type RequirementsRow = (i64, Json<Vec<String>>, Option<String>, Option<String>);
+
 pub async fn queued_requirements(conn: &mut SqliteConnection) -> Result<Vec<(i64, Requirements)>> {
-    let rows: Vec<(i64, Json<Vec<String>>, Option<String>, Option<String>)> = sqlx::query_as(
+    let rows: Vec<RequirementsRow> = sqlx::query_as(
         "SELECT build_id, resources, environment, pinned_agent FROM job_runs \
          WHERE state = 'Scheduled' ORDER BY build_id",
     )
