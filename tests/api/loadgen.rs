@@ -1,39 +1,102 @@
-//! The load generator (`cargo run --release --bin loadgen`, BENCHMARKS.md) runs its scenarios
-//! end to end: against a `ferrocd serve` it starts itself and against its own bare floor
-//! server, every subscriber parses every change, and the report says so.
+//! The load generator (`cargo run --release --bin loadgen`, BENCHMARKS.md) runs each of its
+//! scenarios end to end at a small size, against a `ferrocd serve` it starts itself and
+//! against its floor server, and reports what BENCHMARKS.md reads: every subscriber got
+//! every change, nothing was handed out twice, every console byte arrived in order.
 
 use std::process::Command;
 
-fn loadgen(scenario: &str) -> String {
+fn loadgen(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
-            scenario,
-            "--subscribers",
-            "5",
-            "--changes",
-            "3",
-            "--interval-ms",
-            "20",
-        ])
+        .args(args)
         .output()
         .expect("the loadgen runs");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "{scenario}: {text}{}",
+        "{args:?}: {text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
     text
 }
 
+const SMALL: [&str; 6] = [
+    "--subscribers",
+    "5",
+    "--changes",
+    "3",
+    "--interval-ms",
+    "20",
+];
+
 #[test]
-fn the_queue_and_floor_scenarios_see_every_change_at_every_subscriber() {
-    for scenario in ["queue", "floor"] {
-        let report = loadgen(scenario);
+fn the_fan_out_scenarios_see_every_change_at_every_subscriber() {
+    for floor in [false, true] {
+        let mut args = vec!["queue"];
+        args.extend(SMALL);
+        if floor {
+            args.push("--floor");
+        }
+        let report = loadgen(&args);
         assert!(report.contains("missed: 0 of 15"), "{report}");
         assert!(report.contains("from the answer: min "), "{report}");
         assert!(report.contains("from the send:   min "), "{report}");
+        // Both servers are child processes whose memory can be read.
+        assert!(report.contains("server RSS: "), "{report}");
     }
-    // Only the server it started has a process to read.
-    assert!(loadgen("queue").contains("server RSS: "));
+    // Changes 20 ms apart fold into one render that sends several rows, in any order.
+    let mut args = vec!["agents", "--agents", "8"];
+    args.extend(SMALL);
+    let report = loadgen(&args);
+    assert!(report.contains("missed: 0 of 15"), "{report}");
+    assert!(
+        report.contains("bytes per change per subscriber: "),
+        "{report}"
+    );
+}
+
+#[test]
+fn idle_streams_are_measured_on_both_servers() {
+    for floor in [false, true] {
+        let mut args = vec!["idle", "--subscribers", "10"];
+        if floor {
+            args.push("--floor");
+        }
+        let report = loadgen(&args);
+        assert!(report.contains("idle: 10 open streams"), "{report}");
+        assert!(report.contains("per stream: "), "{report}");
+    }
+}
+
+#[test]
+fn the_scheduler_scenario_hands_every_job_out_once() {
+    let report = loadgen(&["scheduler", "--jobs", "60", "--agents", "6"]);
+    assert!(report.contains("assigned 60 in "), "{report}");
+    assert!(report.contains("assigned twice: 0"), "{report}");
+    assert!(report.contains("left unassigned: 0"), "{report}");
+}
+
+#[test]
+fn the_console_scenario_delivers_every_byte_in_order() {
+    let report = loadgen(&[
+        "console",
+        "--bytes",
+        "400000",
+        "--chunk",
+        "16384",
+        "--followers",
+        "3",
+        "--replay-bytes",
+        "200000",
+        "--replay-followers",
+        "4",
+    ]);
+    assert!(report.contains("ingest: "), "{report}");
+    assert!(
+        report.contains("followers missing bytes or out of order: 0 of 3"),
+        "{report}"
+    );
+    assert!(
+        report.contains("readers missing bytes or out of order: 0"),
+        "{report}"
+    );
 }

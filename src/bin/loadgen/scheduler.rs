@@ -1,0 +1,124 @@
+//! `scheduler`: J jobs queued, then A simulated agents polling for work at once. Each agent
+//! asks for work, and reports a run it was given `Completed` before it asks again (an agent
+//! holds one run at a time). Reports assignments per second over the whole drain, the work
+//! call's latency, and any build handed out twice (must be 0).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::json;
+
+use crate::PHASE_LIMIT;
+use crate::fanout::{client, register_agents_with_tokens};
+use crate::report::{self, Meter};
+use crate::target::Target;
+
+/// An agent told there is no work for it waits this long before asking again.
+const IDLE_POLL: Duration = Duration::from_millis(5);
+
+pub async fn scheduler(target: &Target, jobs: usize, agents: usize) -> Result<(), String> {
+    let client = client()?;
+    let registered = register_agents_with_tokens(&client, target, agents).await?;
+    let queued_at = Instant::now();
+    let scheduled: Vec<Result<(), String>> = futures::stream::iter(0..jobs)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                let reply = client
+                    .post(target.url("/api/jobs/schedule"))
+                    .json(&json!({
+                        "pipeline_name": "loadgen", "stage_name": "s",
+                        "job_name": format!("j{i:05}"), "tasks": [{"command": "true"}]
+                    }))
+                    .send()
+                    .await
+                    .map_err(|e| format!("schedule: {e}"))?;
+                match reply.status().is_success() {
+                    true => Ok(()),
+                    false => Err(format!("schedule answered {}", reply.status())),
+                }
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    scheduled.into_iter().collect::<Result<Vec<()>, String>>()?;
+    let queue_seconds = queued_at.elapsed().as_secs_f64();
+
+    let assigned = Arc::new(AtomicUsize::new(0));
+    let meter = Meter::start(target);
+    let started = Instant::now();
+    let deadline = started + PHASE_LIMIT * 2;
+    let pollers = registered.into_iter().map(|(uuid, token)| {
+        let client = client.clone();
+        let assigned = Arc::clone(&assigned);
+        let work_url = target.url(&format!("/api/agents/{uuid}/work"));
+        async move {
+            let mut mine = Vec::new();
+            let mut work_ms = Vec::new();
+            while assigned.load(Ordering::SeqCst) < jobs && Instant::now() < deadline {
+                let asked = Instant::now();
+                let reply = client
+                    .post(&work_url)
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .map_err(|e| format!("work: {e}"))?;
+                work_ms.push(report::ms_between(Instant::now(), asked));
+                match reply.status().as_u16() {
+                    200 => {
+                        let work: serde_json::Value =
+                            reply.json().await.map_err(|e| e.to_string())?;
+                        let build = work["build_id"].as_i64().ok_or("WORK without build_id")?;
+                        mine.push(build);
+                        assigned.fetch_add(1, Ordering::SeqCst);
+                        let done = client
+                            .post(target.url(&format!("/api/builds/{build}/status")))
+                            .bearer_auth(&token)
+                            .json(&json!({"job_state": "Completed", "result": "Passed"}))
+                            .send()
+                            .await
+                            .map_err(|e| format!("status: {e}"))?;
+                        if !done.status().is_success() {
+                            return Err(format!("status answered {}", done.status()));
+                        }
+                    }
+                    204 => tokio::time::sleep(IDLE_POLL).await,
+                    other => return Err(format!("work answered {other}")),
+                }
+            }
+            Ok::<_, String>((mine, work_ms))
+        }
+    });
+    let results = futures::future::join_all(pollers).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let usage = meter.end();
+    let (mut builds, mut work_ms) = (Vec::new(), Vec::new());
+    for result in results {
+        let (mine, times) = result?;
+        builds.extend(mine);
+        work_ms.extend(times);
+    }
+    let distinct: HashSet<i64> = builds.iter().copied().collect();
+    println!(
+        "scheduler: {jobs} jobs, {agents} agents polling, server {}",
+        target.addr
+    );
+    println!(
+        "  queued in {queue_seconds:.2} s ({:.0} schedule calls/s, 8 at a time)",
+        jobs as f64 / queue_seconds
+    );
+    println!(
+        "  assigned {} in {seconds:.2} s: {:.0} assignments/s (each run reported Completed too)",
+        builds.len(),
+        builds.len() as f64 / seconds
+    );
+    println!("  work call: {}", report::ms(&work_ms));
+    println!("  assigned twice: {}", builds.len() - distinct.len());
+    println!("  left unassigned: {}", jobs.saturating_sub(distinct.len()));
+    usage.print("while draining");
+    Ok(())
+}
