@@ -153,6 +153,11 @@ async fn serve_connection(
     shutdown: CancellationToken,
     drop_now: CancellationToken,
 ) {
+    // An event is one small write; Nagle's algorithm would hold it back while an earlier
+    // segment waits for its (delayed) acknowledgement.
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, %peer, "could not set TCP_NODELAY");
+    }
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         router.clone().oneshot(request)
