@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, SelectAll};
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
@@ -266,6 +266,22 @@ fn run<V: View>(
                 let now = Instant::now();
                 last_render.map_or(now, |at| (at + COALESCE).max(now))
             });
+            // Due now: render without a trip through the timer (a sleep until now waits for
+            // the timer driver's next turn, up to a millisecond later), taking in first the
+            // events already waiting, so that one write's several events make one render.
+            if due.is_some_and(|at| at <= Instant::now()) {
+                while let Some(Some(heard)) = events.topics.next().now_or_never() {
+                    match heard {
+                        Heard::Event(event) => view.note(&event),
+                        Heard::Missed(topic, count) => view.missed(&topic, count),
+                    }
+                }
+                last_render = Some(Instant::now());
+                if let Err(error) = view.render(&out).await {
+                    tracing::warn!(%error, view = std::any::type_name::<V>(), "live view could not render; retrying");
+                }
+                continue;
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 heard = events.topics.next() => match heard {
