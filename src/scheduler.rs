@@ -138,12 +138,23 @@ impl Scheduler {
             return Ok(Vec::new());
         }
         let offer = agent.offer();
-        let queue = job_runs::store::queued_requirements(read.conn()).await?;
-        Ok(queue
-            .into_iter()
-            .filter(|(_, needs)| offer.matches(needs))
-            .take(CANDIDATES)
-            .collect())
+        // A page at a time, oldest first, until enough match: a poll reads what it needs of
+        // the queue, not all of it (10,000 queued jobs made each poll read 10,000 rows).
+        let mut candidates = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = job_runs::store::queued_requirements(read.conn(), after, QUEUE_PAGE).await?;
+            let full = page.len() as i64 == QUEUE_PAGE;
+            after = page.last().map_or(after, |(build_id, _)| *build_id);
+            candidates.extend(
+                page.into_iter()
+                    .filter(|(_, needs)| offer.matches(needs))
+                    .take(CANDIDATES - candidates.len()),
+            );
+            if candidates.len() == CANDIDATES || !full {
+                return Ok(candidates);
+            }
+        }
     }
 
     /// An agent's report of its run's progress: forward only; repeating the current state is
@@ -439,3 +450,6 @@ fn run_target(run: &JobRun) -> String {
 /// How many matching runs a poll tries to claim; if others took them all meanwhile, the agent
 /// gets work on its next poll.
 const CANDIDATES: usize = 16;
+
+/// How many queued runs a poll reads at a time while it looks for candidates.
+const QUEUE_PAGE: i64 = 256;

@@ -164,11 +164,17 @@ pub async fn queue(conn: &mut SqliteConnection) -> Result<Vec<JobRun>> {
 /// A queued run's build id, resources, environment and pinned agent, as stored.
 type RequirementsRow = (i64, Json<Vec<String>>, Option<String>, Option<String>);
 
-pub async fn queued_requirements(conn: &mut SqliteConnection) -> Result<Vec<(i64, Requirements)>> {
+pub async fn queued_requirements(
+    conn: &mut SqliteConnection,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(i64, Requirements)>> {
     let rows: Vec<RequirementsRow> = sqlx::query_as(
         "SELECT build_id, resources, environment, pinned_agent FROM job_runs \
-         WHERE state = 'Scheduled' ORDER BY build_id",
+         WHERE state = 'Scheduled' AND build_id > $1 ORDER BY build_id LIMIT $2",
     )
+    .bind(after)
+    .bind(limit)
     .fetch_all(conn)
     .await?;
     rows.into_iter()

@@ -45,9 +45,14 @@ pub async fn queue(conn: Conn<'_>) -> Result<Vec<JobRun>> {
     backend!(conn, queue())
 }
 
-/// What matching needs of each Scheduled run, oldest first (a poll for work reads only this).
-pub async fn queued_requirements(conn: Conn<'_>) -> Result<Vec<(i64, Requirements)>> {
-    backend!(conn, queued_requirements())
+/// What matching needs of the Scheduled runs after build `after`, oldest first, at most
+/// `limit` of them (a poll for work reads only this, a page at a time).
+pub async fn queued_requirements(
+    conn: Conn<'_>,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(i64, Requirements)>> {
+    backend!(conn, queued_requirements(after, limit))
 }
 
 /// The runs an agent holds that are not Completed, oldest first.

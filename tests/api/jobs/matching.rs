@@ -85,6 +85,25 @@ async fn the_oldest_scheduled_job_goes_first() {
     assert_eq!(app.pending_count().await, 0);
 }
 
+/// A poll reads the queue a page at a time (256 runs); an agent that matches none of the
+/// oldest pages still gets the oldest run it does match, however deep in the queue.
+#[tokio::test]
+async fn a_matching_job_behind_many_that_do_not_match_is_still_found() {
+    let app = spawn_app().await;
+    for i in 0..600 {
+        let mut body = job_body("deep", &format!("gpu-{i}"));
+        body["resources"] = json!(["gpu"]);
+        app.schedule_ok(body).await;
+    }
+    let plain = app.schedule_job("deep", "plain").await;
+    let later = app.schedule_job("deep", "later").await;
+    let agent = app.register_enabled("no-gpu").await;
+    let work = app.as_agent(&agent).take_work().await;
+    assert_eq!(work["build_id"], plain, "{work}");
+    assert_eq!(app.build(later).await["state"], "Scheduled");
+    assert_eq!(app.pending_count().await, 601);
+}
+
 #[tokio::test]
 async fn an_agent_holding_a_run_gets_that_same_run_again_and_no_second_one() {
     let app = spawn_app().await;
