@@ -35,8 +35,9 @@ const CATCH_UP_EVENT: usize = 256 * 1024;
 
 #[derive(Clone)]
 pub enum Change {
-    /// Rendered lines covering log bytes `start..end`.
-    Lines { start: i64, end: i64, html: Bytes },
+    /// Rendered lines covering log bytes `start..end`, framed once as the `console` event
+    /// every connection at `start` sends (its id is `end`, the offset it reaches).
+    Lines { start: i64, end: i64, frame: Bytes },
     /// The status fragment changed.
     Status,
     /// The Tests and Artifacts panels changed.
@@ -236,9 +237,9 @@ impl View for Console {
         // Lines first: a run's final status follows its last lines.
         if let Some((start, bytes)) = self.tail.take_ready() {
             out.rendered("console.lines");
-            let html = Bytes::from(fragment_lines(&bytes, start));
             let end = start + bytes.len() as i64;
-            out.send(Change::Lines { start, end, html });
+            let frame = sse::frame("console", &end.to_string(), &fragment_lines(&bytes, start));
+            out.send(Change::Lines { start, end, frame });
         }
         if self.status_changed {
             out.rendered("console.status");
@@ -294,13 +295,13 @@ pub fn connection_stream(
         }
         loop {
             match changes.recv().await {
-                Ok(Change::Lines { start, end, html }) => {
+                Ok(Change::Lines { start, end, frame }) => {
                     if end <= pos {
                         continue;
                     }
                     if start == pos {
                         pos = end;
-                        yield sse::frame("console", &pos.to_string(), &String::from_utf8_lossy(&html));
+                        yield frame;
                     } else {
                         // Our position is not where this batch starts: read exactly what we lack.
                         while let Some(frame) = catch_up_frame(&state, build_id, &mut pos, Some(end)).await {
