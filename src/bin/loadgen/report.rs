@@ -57,6 +57,8 @@ pub struct Usage {
     pub rss_before: Option<u64>,
     pub rss_after: Option<u64>,
     pub cpu_seconds: Option<f64>,
+    /// The loadgen's own CPU time meanwhile: its clients share the machine with the server.
+    pub own_cpu_seconds: Option<f64>,
 }
 
 impl Usage {
@@ -67,6 +69,9 @@ impl Usage {
         if let Some(cpu) = self.cpu_seconds {
             println!("  server CPU {during}: {cpu:.3} s");
         }
+        if let Some(cpu) = self.own_cpu_seconds {
+            println!("  loadgen CPU {during}: {cpu:.3} s");
+        }
     }
 }
 
@@ -75,6 +80,7 @@ pub struct Meter<'a> {
     target: &'a crate::target::Target,
     rss_before: Option<u64>,
     cpu_before: Option<f64>,
+    own_cpu_before: Option<f64>,
 }
 
 impl<'a> Meter<'a> {
@@ -83,6 +89,7 @@ impl<'a> Meter<'a> {
             target,
             rss_before: target.rss_bytes(),
             cpu_before: target.cpu_seconds(),
+            own_cpu_before: crate::target::cpu_seconds_of("self"),
         }
     }
 
@@ -91,6 +98,10 @@ impl<'a> Meter<'a> {
             rss_before: self.rss_before,
             rss_after: self.target.rss_bytes(),
             cpu_seconds: match (self.cpu_before, self.target.cpu_seconds()) {
+                (Some(before), Some(after)) => Some(after - before),
+                _ => None,
+            },
+            own_cpu_seconds: match (self.own_cpu_before, crate::target::cpu_seconds_of("self")) {
                 (Some(before), Some(after)) => Some(after - before),
                 _ => None,
             },
