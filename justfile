@@ -16,3 +16,17 @@ e2e:
 check:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings
+
+# The load generator's quick set (BENCHMARKS.md, "The load generator"): each scenario once at
+# a small size against a release server it starts itself, and the floor beside the fan-out
+bench:
+    cargo build --release --bin ferrocd --bin loadgen
+    ./target/release/loadgen queue --subscribers 100
+    ./target/release/loadgen queue --floor --subscribers 100
+    ./target/release/loadgen queue --subscribers 1000
+    ./target/release/loadgen queue --floor --subscribers 1000
+    ./target/release/loadgen agents --subscribers 100
+    ./target/release/loadgen idle --subscribers 1000
+    ./target/release/loadgen idle --floor --subscribers 1000
+    ./target/release/loadgen scheduler --jobs 2000 --agents 100
+    ./target/release/loadgen console --bytes 20971520 --replay-followers 20
