@@ -53,29 +53,18 @@ pub async fn queue(target: &Target, args: &Fanout) -> Result<(), String> {
     .await?;
     let client = client()?;
     let meter = Meter::start(target);
-    let mut changes = Vec::with_capacity(args.changes);
-    for i in 0..args.changes {
-        let sent = Instant::now();
-        let reply = client
-            .post(target.url("/api/jobs/schedule"))
-            .json(&json!({
+    let changes = make_changes(
+        args,
+        "schedule",
+        |i| {
+            client.post(target.url("/api/jobs/schedule")).json(&json!({
                 "pipeline_name": "loadgen", "stage_name": "s", "job_name": format!("j{i}"),
                 "tasks": [{"command": "true"}], "resources": ["no-agent-has-this"]
             }))
-            .send()
-            .await
-            .map_err(|e| format!("schedule: {e}"))?;
-        let answered = Instant::now();
-        if !reply.status().is_success() {
-            return Err(format!("schedule answered {}", reply.status()));
-        }
-        changes.push(Change {
-            key: base + i as u64 + 1,
-            sent,
-            answered,
-        });
-        tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
-    }
+        },
+        |i| base + i as u64 + 1,
+    )
+    .await?;
     let seen = sse::collect(tasks).await;
     let usage = meter.end();
     println!(
@@ -85,6 +74,35 @@ pub async fn queue(target: &Target, args: &Fanout) -> Result<(), String> {
     print_delays(&changes, &seen, true);
     usage.print("during the changes");
     Ok(())
+}
+
+/// Makes `args.changes` changes one at a time, `interval_ms` apart: change `i` is the call
+/// `request(i)`, which subscribers see as `key(i)`.
+async fn make_changes(
+    args: &Fanout,
+    what: &str,
+    request: impl Fn(usize) -> reqwest::RequestBuilder,
+    key: impl Fn(usize) -> u64,
+) -> Result<Vec<Change>, String> {
+    let mut changes = Vec::with_capacity(args.changes);
+    for i in 0..args.changes {
+        let sent = Instant::now();
+        let reply = request(i)
+            .send()
+            .await
+            .map_err(|e| format!("{what}: {e}"))?;
+        let answered = Instant::now();
+        if !reply.status().is_success() {
+            return Err(format!("{what} answered {}", reply.status()));
+        }
+        changes.push(Change {
+            key: key(i),
+            sent,
+            answered,
+        });
+        tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
+    }
+    Ok(changes)
 }
 
 /// The pending count now: 0 on a fresh server; the floor's count is read from its stream.
@@ -148,26 +166,17 @@ pub async fn agents(target: &Target, args: &Fanout, agents: usize) -> Result<(),
     )
     .await?;
     let meter = Meter::start(target);
-    let mut changes = Vec::with_capacity(args.changes);
-    for (i, uuid) in uuids.iter().take(args.changes).enumerate() {
-        let sent = Instant::now();
-        let reply = client
-            .patch(target.url(&format!("/api/agents/{uuid}")))
-            .json(&json!({"agent_config_state": "Disabled"}))
-            .send()
-            .await
-            .map_err(|e| format!("disable: {e}"))?;
-        let answered = Instant::now();
-        if !reply.status().is_success() {
-            return Err(format!("disable answered {}", reply.status()));
-        }
-        changes.push(Change {
-            key: i as u64 + 1,
-            sent,
-            answered,
-        });
-        tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
-    }
+    let changes = make_changes(
+        args,
+        "disable",
+        |i| {
+            client
+                .patch(target.url(&format!("/api/agents/{}", uuids[i])))
+                .json(&json!({"agent_config_state": "Disabled"}))
+        },
+        |i| i as u64 + 1,
+    )
+    .await?;
     let seen = sse::collect(tasks).await;
     let usage = meter.end();
     println!(
