@@ -47,6 +47,9 @@ impl InstanceView {
     }
 }
 
+/// The results `/metrics` counts instances by.
+const INSTANCE_RESULTS: [&str; 5] = ["Building", "Passed", "Failed", "Cancelled", "Waiting"];
+
 /// A configured pipeline as the dashboard shows it.
 #[derive(Debug, Clone)]
 pub struct PipelineView {
@@ -773,6 +776,24 @@ pub struct FeedProject {
 }
 
 impl Pipelines {
+    /// How many instances of all pipelines there are by result, every result named (0 for
+    /// one no instance has): `Building`, `Passed`, `Failed`, `Cancelled`, `Waiting` (a manual
+    /// stage's turn came and nobody approved it yet). One query, for `/metrics`.
+    pub async fn instance_results(&self) -> Result<Vec<(&'static str, u64)>> {
+        let mut read = self.db.reader().await?;
+        let counted = store::instance_results(read.conn()).await?;
+        Ok(INSTANCE_RESULTS
+            .iter()
+            .map(|result| {
+                let count = counted
+                    .iter()
+                    .find(|(r, _)| r == result)
+                    .map_or(0, |(_, n)| (*n).max(0) as u64);
+                (*result, count)
+            })
+            .collect())
+    }
+
     /// The CCTray projects: one per stage that has run and one per job of it, in config
     /// order; from a fixed number of queries.
     pub async fn feed(&self) -> Result<Vec<FeedProject>> {

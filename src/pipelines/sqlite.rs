@@ -435,3 +435,31 @@ pub async fn last_finished_stage_runs(
         })
         .collect()
 }
+
+pub async fn instance_results(conn: &mut SqliteConnection) -> Result<Vec<(String, i64)>> {
+    // Per instance, the newest run of each stage that ran: one still running makes it
+    // Building; else a failed one Failed, a cancelled one Cancelled; every planned stage
+    // passed makes it Passed; else it waits (a manual stage not approved yet).
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "WITH latest AS ( \
+           SELECT s.pipeline_name, s.pipeline_counter, s.result FROM stage_runs s \
+           WHERE s.stage_counter = (SELECT MAX(t.stage_counter) FROM stage_runs t \
+             WHERE t.pipeline_name = s.pipeline_name AND t.pipeline_counter = s.pipeline_counter \
+             AND t.stage_name = s.stage_name)), \
+         per_instance AS ( \
+           SELECT COUNT(l.pipeline_name) AS ran, \
+             COALESCE(SUM(l.pipeline_name IS NOT NULL AND l.result IS NULL), 0) AS running, \
+             COALESCE(SUM(l.result = 'Failed'), 0) AS failed, \
+             COALESCE(SUM(l.result = 'Cancelled'), 0) AS cancelled, \
+             json_array_length(i.plan, '$.stages') AS planned \
+           FROM pipeline_instances i LEFT JOIN latest l \
+             ON l.pipeline_name = i.pipeline_name AND l.pipeline_counter = i.counter \
+           GROUP BY i.pipeline_name, i.counter) \
+         SELECT CASE WHEN running > 0 THEN 'Building' WHEN failed > 0 THEN 'Failed' \
+           WHEN cancelled > 0 THEN 'Cancelled' WHEN ran >= planned THEN 'Passed' \
+           ELSE 'Waiting' END AS result, COUNT(*) FROM per_instance GROUP BY result",
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows)
+}

@@ -144,3 +144,9 @@ pub async fn last_finished_stage_runs(
 ) -> Result<Vec<((String, i64), String, StageRun)>> {
     backend!(conn, last_finished_stage_runs())
 }
+
+/// How many instances there are by result (`Building`, `Passed`, `Failed`, `Cancelled`,
+/// `Waiting`); results no instance has are left out.
+pub async fn instance_results(conn: Conn<'_>) -> Result<Vec<(String, i64)>> {
+    backend!(conn, instance_results())
+}

@@ -33,7 +33,7 @@ const DURATION_BUCKETS: [f64; 14] = [
 ];
 
 /// Every metric and what it counts (its `# HELP` line; docs/API.md, "Metrics").
-pub const DESCRIBED: [(&str, &str); 11] = [
+pub const DESCRIBED: [(&str, &str); 12] = [
     (
         "ferrocd_lagged_connections_total",
         "Times a connection fell behind its view and was sent the whole state again, by stream kind",
@@ -71,6 +71,10 @@ pub const DESCRIBED: [(&str, &str); 11] = [
         "Jobs scheduled and waiting for an agent",
     ),
     ("ferrocd_agents", "Agents, by agent state and config state"),
+    (
+        "ferrocd_pipeline_instances",
+        "Pipeline instances, by result (Building, Passed, Failed, Cancelled, Waiting)",
+    ),
     ("ferrocd_scrapes_total", "Scrapes of /metrics"),
 ];
 
@@ -218,6 +222,11 @@ async fn scrape(State(state): State<AppState>) -> Result<Response> {
     metrics
         .gauge("ferrocd_queue_length", &[])
         .set(state.scheduler.pending_count().await? as f64);
+    for (result, count) in state.pipelines.instance_results().await? {
+        metrics
+            .gauge("ferrocd_pipeline_instances", &[("result", result)])
+            .set(count as f64);
+    }
     let mut by_state: std::collections::BTreeMap<(String, String), u64> = Default::default();
     for agent in state.agents.list().await? {
         *by_state

@@ -1,10 +1,13 @@
 //! `GET /metrics`: Prometheus text that a Prometheus parser reads whole, with counters that
 //! rise by exactly what happened: one registration, one scheduled job, one console append of
-//! N bytes, each request under its route template (never its raw path).
+//! N bytes, each request under its route template (never its raw path); and pipeline
+//! instances counted by result as their stages run, pass, fail, wait and are cancelled.
 
 use std::collections::HashMap;
 
 use openmetrics_parser::PrometheusValue;
+use reqwest::Method;
+use serde_json::json;
 
 use crate::helpers::{TestApp, spawn_app};
 
@@ -134,4 +137,83 @@ async fn metrics_count_exactly_what_happened() {
         "{after_append:#?}"
     );
     assert_eq!(rise(&before, &after_append, "ferrocd_scrapes_total{}"), 2.0);
+}
+
+const BUILD_THEN_MANUAL: &str = r#"
+format_version: 10
+pipelines:
+  counted:
+    group: metrics
+    stages:
+      - build:
+          jobs:
+            compile:
+              tasks:
+                - exec: {command: make}
+      - deploy:
+          approval: manual
+          jobs:
+            prod:
+              tasks:
+                - exec: {command: ./deploy.sh}
+"#;
+
+/// The gauge of pipeline instances by result, as a scrape reads it: every result named.
+async fn instances_by_result(app: &TestApp) -> [f64; 5] {
+    let now = scrape(app).await;
+    ["Building", "Passed", "Failed", "Cancelled", "Waiting"].map(|result| {
+        now.get(&format!(
+            r#"ferrocd_pipeline_instances{{result="{result}"}}"#
+        ))
+        .copied()
+        .unwrap_or_else(|| panic!("no {result} in {now:#?}"))
+    })
+}
+
+#[tokio::test]
+async fn pipeline_instances_are_counted_by_result() {
+    use crate::pipelines::{finish_next, trigger};
+    let app = spawn_app().await;
+    app.put_config("metrics", BUILD_THEN_MANUAL)
+        .await
+        .expect(201);
+    assert_eq!(instances_by_result(&app).await, [0.0; 5]);
+    let agent = app.register_enabled("counting").await;
+
+    // Building while its first stage runs; waiting once that passed and the next is manual.
+    trigger(&app, "counted").await;
+    assert_eq!(instances_by_result(&app).await, [1.0, 0.0, 0.0, 0.0, 0.0]);
+    finish_next(&app, &agent, "Passed").await;
+    assert_eq!(instances_by_result(&app).await, [0.0, 0.0, 0.0, 0.0, 1.0]);
+    // Approved and passed: every planned stage passed.
+    app.call(
+        Method::POST,
+        "/go/api/stages/counted/1/deploy/run",
+        json!({}),
+    )
+    .await
+    .expect(202);
+    finish_next(&app, &agent, "Passed").await;
+    assert_eq!(instances_by_result(&app).await, [0.0, 1.0, 0.0, 0.0, 0.0]);
+
+    trigger(&app, "counted").await;
+    finish_next(&app, &agent, "Failed").await;
+    trigger(&app, "counted").await;
+    app.call(
+        Method::POST,
+        "/go/api/stages/counted/3/build/1/cancel",
+        json!({}),
+    )
+    .await
+    .expect(200);
+    assert_eq!(instances_by_result(&app).await, [0.0, 1.0, 1.0, 1.0, 0.0]);
+    // A failed stage run again: the newest run of each stage decides.
+    app.call(
+        Method::POST,
+        "/go/api/stages/counted/2/build/run",
+        json!({}),
+    )
+    .await
+    .expect(202);
+    assert_eq!(instances_by_result(&app).await, [1.0, 1.0, 0.0, 1.0, 0.0]);
 }
