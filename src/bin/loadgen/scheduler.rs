@@ -59,6 +59,7 @@ pub async fn scheduler(target: &Target, jobs: usize, agents: usize) -> Result<()
         async move {
             let mut mine = Vec::new();
             let mut work_ms = Vec::new();
+            let mut no_work = 0;
             while assigned.load(Ordering::SeqCst) < jobs && Instant::now() < deadline {
                 let asked = Instant::now();
                 let reply = client
@@ -86,21 +87,25 @@ pub async fn scheduler(target: &Target, jobs: usize, agents: usize) -> Result<()
                             return Err(format!("status answered {}", done.status()));
                         }
                     }
-                    204 => tokio::time::sleep(IDLE_POLL).await,
+                    204 => {
+                        no_work += 1;
+                        tokio::time::sleep(IDLE_POLL).await;
+                    }
                     other => return Err(format!("work answered {other}")),
                 }
             }
-            Ok::<_, String>((mine, work_ms))
+            Ok::<_, String>((mine, work_ms, no_work))
         }
     });
     let results = futures::future::join_all(pollers).await;
     let seconds = started.elapsed().as_secs_f64();
     let usage = meter.end();
-    let (mut builds, mut work_ms) = (Vec::new(), Vec::new());
+    let (mut builds, mut work_ms, mut no_work) = (Vec::new(), Vec::new(), 0);
     for result in results {
-        let (mine, times) = result?;
+        let (mine, times, empty) = result?;
         builds.extend(mine);
         work_ms.extend(times);
+        no_work += empty;
     }
     let distinct: HashSet<i64> = builds.iter().copied().collect();
     println!(
@@ -117,6 +122,8 @@ pub async fn scheduler(target: &Target, jobs: usize, agents: usize) -> Result<()
         builds.len() as f64 / seconds
     );
     println!("  work call: {}", report::ms(&work_ms));
+    // While jobs are queued, a 204 means the agent lost every candidate it read to others.
+    println!("  answered no work (204): {no_work}");
     println!("  assigned twice: {}", builds.len() - distinct.len());
     println!("  left unassigned: {}", jobs.saturating_sub(distinct.len()));
     usage.print("while draining");
