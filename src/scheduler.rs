@@ -11,9 +11,7 @@ use crate::audit;
 use crate::config_sources::ConfigSources;
 use crate::db::{Db, WriteTx, now_millis};
 use crate::domain::agent::{Agent, AgentState, ConfigState};
-use crate::domain::job_run::{
-    Cancel, JobResult, JobRun, JobState, NewJob, Report, Requirements, check_report,
-};
+use crate::domain::job_run::{Cancel, JobResult, JobRun, JobState, NewJob, Report, check_report};
 use crate::error::Result;
 use crate::events::{DomainEvent, Topic};
 use crate::job_runs::{self, store::NewRun};
@@ -88,9 +86,6 @@ impl Scheduler {
     /// has not started gets the same run (its first answer may have been lost); a run it had
     /// started is given up on (the agent restarted) and rescheduled.
     pub async fn try_assign_work(&self, agent_uuid: Uuid) -> Result<Option<JobRun>> {
-        // Matching reads the whole queue: it happens on a reader, outside the one writer, and
-        // the write below only claims, each claim a compare-and-set.
-        let candidates = self.candidates_for(agent_uuid).await?;
         let mut tx = self.db.begin().await?;
         let (before, mut agent) = agents::record_work_request(&mut tx, agent_uuid).await?;
         let mut queue_changed = false;
@@ -110,7 +105,7 @@ impl Scheduler {
                     agent = agents::fetch(&mut tx, agent_uuid).await?.unwrap_or(agent);
                 }
                 if agent.can_take_work()
-                    && let Some(assigned) = claim_first(&mut tx, &agent, &candidates).await?
+                    && let Some(assigned) = claim_oldest_matching(&mut tx, &agent).await?
                 {
                     agents::set_agent_state(&mut tx, agent_uuid, AgentState::Building).await?;
                     job_runs::publish_assigned(&mut tx, &assigned);
@@ -126,35 +121,6 @@ impl Scheduler {
         }
         tx.commit().await?;
         Ok(work)
-    }
-
-    /// The oldest queued runs `agent_uuid` could take, read outside any write.
-    async fn candidates_for(&self, agent_uuid: Uuid) -> Result<Vec<(i64, Requirements)>> {
-        let mut read = self.db.reader().await?;
-        let Some(agent) = agents::read(&mut read, agent_uuid).await? else {
-            return Ok(Vec::new());
-        };
-        if agent.agent_config_state != ConfigState::Enabled {
-            return Ok(Vec::new());
-        }
-        let offer = agent.offer();
-        // A page at a time, oldest first, until enough match: a poll reads what it needs of
-        // the queue, not all of it (10,000 queued jobs made each poll read 10,000 rows).
-        let mut candidates = Vec::new();
-        let mut after = 0;
-        loop {
-            let page = job_runs::store::queued_requirements(read.conn(), after, QUEUE_PAGE).await?;
-            let full = page.len() as i64 == QUEUE_PAGE;
-            after = page.last().map_or(after, |(build_id, _)| *build_id);
-            candidates.extend(
-                page.into_iter()
-                    .filter(|(_, needs)| offer.matches(needs))
-                    .take(CANDIDATES - candidates.len()),
-            );
-            if candidates.len() == CANDIDATES || !full {
-                return Ok(candidates);
-            }
-        }
     }
 
     /// An agent's report of its run's progress: forward only; repeating the current state is
@@ -411,27 +377,30 @@ async fn give_up(tx: &mut WriteTx, run: &JobRun, configs: &ConfigSources) -> Res
     pipelines::after_run(tx, &ended, configs).await
 }
 
-/// Assigns `agent` the oldest Scheduled run it matches, if any: a compare-and-set on the
-/// run's state, so a run another writer took meanwhile is skipped, not given twice.
-/// Claims the oldest candidate still Scheduled for `agent`. The agent is as the write sees it:
-/// a candidate it no longer matches (an admin just removed a resource) is passed over.
-async fn claim_first(
-    tx: &mut WriteTx,
-    agent: &Agent,
-    candidates: &[(i64, Requirements)],
-) -> Result<Option<JobRun>> {
-    if candidates.is_empty() {
-        return Ok(None);
-    }
+/// Claims for `agent` the oldest Scheduled run it matches, reading the queue inside the
+/// write, so no other poll can take what it read meanwhile. (Read before the write, the
+/// candidates of agents polling at once were the same few runs: 5 of 6 polls lost all of
+/// theirs to others and answered "no work" while thousands of jobs waited.) A page at a
+/// time, oldest first: a poll reads what it needs of the queue, not all of it.
+async fn claim_oldest_matching(tx: &mut WriteTx, agent: &Agent) -> Result<Option<JobRun>> {
     let offer = agent.offer();
-    for (build_id, _) in candidates.iter().filter(|(_, needs)| offer.matches(needs)) {
-        if job_runs::assign_run(tx, *build_id, agent.uuid).await? {
-            return Ok(Some(
-                job_runs::fetch_run_or_404(tx.conn(), *build_id).await?,
-            ));
+    let mut after = 0;
+    loop {
+        let page = job_runs::store::queued_requirements(tx.conn(), after, QUEUE_PAGE).await?;
+        let full = page.len() as i64 == QUEUE_PAGE;
+        after = page.last().map_or(after, |(build_id, _)| *build_id);
+        for (build_id, _) in page.iter().filter(|(_, needs)| offer.matches(needs)) {
+            // Within the write nothing else claims; the compare-and-set still guards it.
+            if job_runs::assign_run(tx, *build_id, agent.uuid).await? {
+                return Ok(Some(
+                    job_runs::fetch_run_or_404(tx.conn(), *build_id).await?,
+                ));
+            }
+        }
+        if !full {
+            return Ok(None);
         }
     }
-    Ok(None)
 }
 
 /// A run as the audit trail names it.
@@ -446,10 +415,6 @@ fn run_target(run: &JobRun) -> String {
         run.job_name
     )
 }
-
-/// How many matching runs a poll tries to claim; if others took them all meanwhile, the agent
-/// gets work on its next poll.
-const CANDIDATES: usize = 16;
 
 /// How many queued runs a poll reads at a time while it looks for candidates.
 const QUEUE_PAGE: i64 = 256;

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::secrets::{constant_time_eq, hash_token, random_token};
 
 use crate::audit;
-use crate::db::{Db, ReadConn, WriteTx, now_millis};
+use crate::db::{Db, WriteTx, now_millis};
 use crate::domain::agent::{
     Agent, AgentState, BuildState, ConfigState, ListChange, NameKind, admin_config_state,
     bounded_text, names, required_text,
@@ -468,17 +468,12 @@ pub(crate) fn publish_change(tx: &mut WriteTx, before: Option<&Agent>, after: &A
     tx.publish(Topic::AgentsUpdates, event);
 }
 
-/// The agent as `tx` sees it (for the other contexts, inside their writes).
-/// An agent as a reader sees it, for another context's read before its write.
-pub(crate) async fn read(read: &mut ReadConn, uuid: Uuid) -> Result<Option<Agent>> {
-    store::fetch(read.conn(), uuid).await
-}
-
 /// Every agent as `tx` sees it (a stage's `run_instances: all` jobs count the matching ones).
 pub(crate) async fn list_in(tx: &mut WriteTx) -> Result<Vec<Agent>> {
     store::list(tx.conn()).await
 }
 
+/// The agent as `tx` sees it (for the other contexts, inside their writes).
 pub(crate) async fn fetch(tx: &mut WriteTx, uuid: Uuid) -> Result<Option<Agent>> {
     store::fetch(tx.conn(), uuid).await
 }
