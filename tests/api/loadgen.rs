@@ -100,3 +100,82 @@ fn the_console_scenario_delivers_every_byte_in_order() {
         "{report}"
     );
 }
+
+#[test]
+fn every_churn_subscriber_ends_equal_to_a_fresh_load_even_beside_slow_readers() {
+    let report = loadgen(&[
+        "churn",
+        "--subscribers",
+        "5",
+        "--rate",
+        "20",
+        "--seconds",
+        "2",
+        "--slow-readers",
+        "3",
+    ]);
+    assert!(
+        report.contains("ended equal to a fresh load (21 rows and the counts): 5 of 5"),
+        "{report}"
+    );
+    assert!(report.contains("missed: 0 of 205"), "{report}");
+    assert!(
+        report.contains("server RSS peak during the churn: "),
+        "{report}"
+    );
+}
+
+#[test]
+fn the_dashboard_scenario_sees_every_trigger_at_every_subscriber() {
+    let report = loadgen(&[
+        "dashboard",
+        "--pipelines",
+        "20",
+        "--subscribers",
+        "4",
+        "--changes",
+        "30",
+        "--rate",
+        "50",
+    ]);
+    // 30 triggers of 20 pipelines: ten of them run a second instance.
+    assert!(report.contains("missed: 0 of 120"), "{report}");
+    assert!(report.contains("GET /pipelines ("), "{report}");
+}
+
+#[test]
+fn the_fleet_scenario_measures_pings_and_polls_of_every_agent() {
+    let report = loadgen(&[
+        "fleet",
+        "--agents",
+        "20",
+        "--interval-ms",
+        "500",
+        "--seconds",
+        "2",
+    ]);
+    // Each agent has 4 turns in 2 s, its first spread over the first 500 ms.
+    assert!(
+        report.contains("calls: 80 pings, 80 work polls"),
+        "{report}"
+    );
+    assert!(report.contains("% of one core"), "{report}");
+}
+
+#[test]
+fn a_real_agent_s_lines_reach_the_follower_in_order() {
+    let report = loadgen(&[
+        "lines",
+        "--lines",
+        "100",
+        "--every-ms",
+        "5",
+        "--followers",
+        "2",
+    ]);
+    assert!(
+        report.contains("followers with every line in order: 2 of 2"),
+        "{report}"
+    );
+    assert!(report.contains("print to parse: min "), "{report}");
+}

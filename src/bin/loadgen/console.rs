@@ -156,6 +156,7 @@ pub async fn console(target: &Target, args: &Console) -> Result<(), String> {
         matcher(),
         Arc::new(move |seen| seen.last().is_some_and(|(reached, _)| *reached >= total)),
         PHASE_LIMIT * 2,
+        sse::Settle::NONE,
     )
     .await?;
     let meter = Meter::start(target);
@@ -211,6 +212,7 @@ pub async fn console(target: &Target, args: &Console) -> Result<(), String> {
                 .is_some_and(|(reached, _)| *reached >= replay_total)
         }),
         PHASE_LIMIT * 2,
+        sse::Settle::NONE,
     )
     .await?;
     let seen = sse::collect(tasks).await;

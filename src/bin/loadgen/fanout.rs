@@ -19,10 +19,10 @@ use crate::target::{REGISTRATION_KEY, Target};
 use crate::{Fanout, PHASE_LIMIT};
 
 /// One change made: its key (what subscribers see), when its call was sent and answered.
-struct Change {
-    key: u64,
-    sent: Instant,
-    answered: Instant,
+pub struct Change {
+    pub key: u64,
+    pub sent: Instant,
+    pub answered: Instant,
 }
 
 pub async fn queue(target: &Target, args: &Fanout) -> Result<(), String> {
@@ -49,6 +49,7 @@ pub async fn queue(target: &Target, args: &Fanout) -> Result<(), String> {
         matcher,
         Arc::new(move |seen| seen.last().is_some_and(|(count, _)| *count >= last)),
         PHASE_LIMIT * 2,
+        sse::Settle::NONE,
     )
     .await?;
     let client = client()?;
@@ -163,6 +164,7 @@ pub async fn agents(target: &Target, args: &Fanout, agents: usize) -> Result<(),
         matcher,
         Arc::new(move |seen| seen.len() >= expected),
         PHASE_LIMIT * 2,
+        sse::Settle::NONE,
     )
     .await?;
     let meter = Meter::start(target);
@@ -244,7 +246,7 @@ pub fn client() -> Result<reqwest::Client, String> {
 
 /// Each change's delay to every subscriber, from the answer and from the send; `cumulative`:
 /// a later key also shows an earlier change (counts), else only the change's own key counts.
-fn print_delays(changes: &[Change], seen: &[sse::Seen], cumulative: bool) {
+pub fn print_delays(changes: &[Change], seen: &[sse::Seen], cumulative: bool) {
     let (mut from_answer, mut from_send, mut missed) = (Vec::new(), Vec::new(), 0);
     for change in changes {
         for one in seen {

@@ -25,6 +25,7 @@ pub async fn idle(target: &Target, args: &Fanout) -> Result<(), String> {
         matcher,
         Arc::new(|_: &[_]| false),
         PHASE_LIMIT * 2,
+        sse::Settle::NONE,
     )
     .await?;
     let open_now = target.rss_bytes();

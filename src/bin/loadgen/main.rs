@@ -12,9 +12,13 @@
 //! (change, subscriber), how many subscribers missed a change (must be 0), the calls' own
 //! answer time, and the server's RSS and CPU time from `/proc`.
 
+mod churn;
 mod console;
+mod dashboard;
 mod fanout;
+mod fleet;
 mod idle;
+mod lines;
 mod report;
 mod scheduler;
 mod sse;
@@ -64,12 +68,93 @@ enum Scenario {
     },
     /// One build's log uploaded while F subscribers follow it; then R readers of a whole log.
     Console(Console),
+    /// Agents registering and being deleted while N subscribers follow /agents/events; each
+    /// must end equal to a fresh load. `--slow-readers`: some that never read.
+    Churn(Churn),
+    /// P pipelines, triggered at a steady rate, N subscribers of /pipelines/events.
+    Dashboard(Dashboard),
+    /// Agents at scale: A simulated agents pinging and polling for work: server CPU, ping time.
+    Fleet(Fleet),
+    /// Line latency: a real `ferrocd agent` runs a task printing a stamped line every 10 ms.
+    Lines(Lines),
     /// The floor's own server (started by `--floor`; not a scenario).
     #[command(hide = true)]
     FloorServer {
         #[arg(long)]
         port: u16,
     },
+    /// The `lines` scenario's task: numbered lines stamped with the monotonic clock.
+    #[command(hide = true)]
+    Ticker {
+        #[arg(long)]
+        lines: u64,
+        #[arg(long)]
+        every_ms: u64,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+pub struct Churn {
+    /// Subscribers that read and keep the table.
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Registrations a second; each agent is deleted a second after it registered.
+    #[arg(long, default_value_t = 20)]
+    rate: u64,
+    /// How long the churn lasts.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// Subscribers that never read a byte.
+    #[arg(long, default_value_t = 0)]
+    slow_readers: usize,
+    #[command(flatten)]
+    target: Server,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct Dashboard {
+    /// Pipelines in the config (one stage, one job each).
+    #[arg(long, default_value_t = 500)]
+    pipelines: usize,
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Triggers, one pipeline after another.
+    #[arg(long, default_value_t = 500)]
+    changes: usize,
+    /// Triggers a second (each puts a stage into Building).
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    #[command(flatten)]
+    target: Server,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct Fleet {
+    #[arg(long, default_value_t = 2000)]
+    agents: usize,
+    /// Each agent pings and then polls for work once every interval.
+    #[arg(long, default_value_t = 5000)]
+    interval_ms: u64,
+    /// How long it runs.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    #[command(flatten)]
+    target: Server,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct Lines {
+    /// Lines the task prints.
+    #[arg(long, default_value_t = 3000)]
+    lines: u64,
+    /// Between two lines.
+    #[arg(long, default_value_t = 10)]
+    every_ms: u64,
+    /// Subscribers following the build's console.
+    #[arg(long, default_value_t = 1)]
+    followers: usize,
+    #[command(flatten)]
+    target: Server,
 }
 
 #[derive(clap::Args, Clone)]
@@ -123,9 +208,12 @@ pub struct Console {
 async fn main() {
     let args = Args::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    if let Scenario::FloorServer { port } = args.scenario {
-        target::floor::serve(port).await;
-        return;
+    match args.scenario {
+        Scenario::FloorServer { port } => return target::floor::serve(port).await,
+        Scenario::Ticker { lines, every_ms } => {
+            return lines::ticker(lines, std::time::Duration::from_millis(every_ms));
+        }
+        _ => {}
     }
     let (name, streams) = match &args.scenario {
         Scenario::Queue(f) | Scenario::Idle(f) | Scenario::Agents { fanout: f, .. } => {
@@ -133,7 +221,11 @@ async fn main() {
         }
         Scenario::Scheduler { agents, .. } => ("scheduler", *agents),
         Scenario::Console(c) => ("console", c.followers.max(c.replay_followers)),
-        Scenario::FloorServer { .. } => unreachable!("handled above"),
+        Scenario::Churn(c) => ("churn", c.subscribers + c.slow_readers),
+        Scenario::Dashboard(d) => ("dashboard", d.subscribers),
+        Scenario::Fleet(f) => ("fleet", f.agents),
+        Scenario::Lines(l) => ("lines", l.followers),
+        Scenario::FloorServer { .. } | Scenario::Ticker { .. } => unreachable!("handled above"),
     };
     let needed = streams as u64 + 64;
     match target::raise_file_limit() {
@@ -166,7 +258,13 @@ async fn run(scenario: &Scenario) -> Result<(), String> {
             server: s,
         } => scheduler::scheduler(&server(s).await?, *jobs, *agents).await,
         Scenario::Console(c) => console::console(&server(&c.target).await?, c).await,
-        Scenario::FloorServer { .. } => unreachable!("handled in main"),
+        Scenario::Churn(c) => churn::churn(&server(&c.target).await?, c).await,
+        Scenario::Dashboard(d) => dashboard::dashboard(&server(&d.target).await?, d).await,
+        Scenario::Fleet(f) => fleet::fleet(&server(&f.target).await?, f).await,
+        Scenario::Lines(l) => lines::lines(&server(&l.target).await?, l).await,
+        Scenario::FloorServer { .. } | Scenario::Ticker { .. } => {
+            unreachable!("handled in main")
+        }
     }
 }
 

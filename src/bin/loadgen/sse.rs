@@ -39,8 +39,19 @@ pub struct Seen {
     pub bytes: u64,
 }
 
+/// How long a follower goes on reading once it has every change it waits for: until the
+/// stream has been quiet this long (zero: it stops at once). A scenario that compares each
+/// connection's final state with a fresh load lets the last render's events all arrive.
+#[derive(Clone, Copy)]
+pub struct Settle(pub Duration);
+
+impl Settle {
+    pub const NONE: Settle = Settle(Duration::ZERO);
+}
+
 /// Opens `path` on `addr` and follows it: tells `ready` once its first state has arrived,
-/// then records every change until `done` says it has all it waits for, or `limit` passes.
+/// then records every change until `done` says it has all it waits for (and the stream has
+/// then been quiet for `settle`), or `limit` passes.
 pub async fn follow(
     addr: SocketAddr,
     path: String,
@@ -48,6 +59,7 @@ pub async fn follow(
     ready: tokio::sync::mpsc::Sender<()>,
     done: Done,
     limit: Duration,
+    settle: Settle,
 ) -> std::io::Result<Seen> {
     let mut stream = connect(addr).await?;
     stream
@@ -73,9 +85,14 @@ pub async fn follow(
     let mut seen = Seen::default();
     let mut following = false;
     let mut reading = matcher();
+    let mut finished = false;
     loop {
         line.clear();
-        let read = match tokio::time::timeout_at(deadline, reader.read_line(&mut line)).await {
+        let until = match finished {
+            true => deadline.min(tokio::time::Instant::now() + settle.0),
+            false => deadline,
+        };
+        let read = match tokio::time::timeout_at(until, reader.read_line(&mut line)).await {
             Ok(Ok(0)) | Err(_) => break,
             Ok(read) => read?,
         };
@@ -96,9 +113,13 @@ pub async fn follow(
                 }
                 Heard::Ready => {}
                 Heard::Change(key) if following => {
+                    // While settling, changes the last render sent in another order count too.
                     seen.changes.push((key, now));
-                    if done(&seen.changes) {
-                        break;
+                    if !finished && done(&seen.changes) {
+                        if settle.0.is_zero() {
+                            break;
+                        }
+                        finished = true;
                     }
                 }
                 Heard::Change(_) => {}
@@ -141,6 +162,7 @@ pub async fn followers(
     matcher: Matcher,
     done: Done,
     limit: Duration,
+    settle: Settle,
 ) -> Result<Vec<tokio::task::JoinHandle<std::io::Result<Seen>>>, String> {
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(count.max(1));
     let tasks: Vec<_> = (0..count)
@@ -152,6 +174,7 @@ pub async fn followers(
                 ready_tx.clone(),
                 Arc::clone(&done),
                 limit,
+                settle,
             ))
         })
         .collect();

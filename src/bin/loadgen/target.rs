@@ -130,21 +130,26 @@ impl Target {
 
     /// The server's resident memory now, when its process is known.
     pub fn rss_bytes(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        let kb: u64 = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
-        Some(kb * 1024)
+        rss_of(self.pid()?)
     }
 
     /// The server's CPU time (user and system) so far, in seconds.
     pub fn cpu_seconds(&self) -> Option<f64> {
         cpu_seconds_of(&self.pid()?.to_string())
     }
+}
+
+/// The resident memory of process `pid` now.
+pub fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 /// The CPU time (user and system) so far of `/proc/{pid}` (`self`: the loadgen), in seconds.
