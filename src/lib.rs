@@ -164,6 +164,7 @@ impl Application {
             db.clone(),
             config.agent_registration_key.clone(),
             config.max_pending_agents,
+            agents::Contacts::new(config.lost_contact_after),
         );
         // Nobody has been heard from in this process yet.
         agents.mark_all_missing().await?;
@@ -175,7 +176,7 @@ impl Application {
             &config.data_dir,
         );
         configs.reload().await?;
-        let scheduler = Scheduler::new(db.clone(), configs.clone());
+        let scheduler = Scheduler::new(db.clone(), configs.clone(), agents.contacts().clone());
         let pipelines = Pipelines::new(db.clone(), configs.clone());
         let materials = Materials::new(db.clone(), pipelines.clone(), &config.data_dir);
         materials.restore_config_repos().await?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::agents;
+use crate::agents::{self, Contacts};
 use crate::audit;
 use crate::config_sources::ConfigSources;
 use crate::db::{Db, WriteTx, now_millis};
@@ -22,11 +22,17 @@ pub struct Scheduler {
     db: Db,
     /// Where a passed stage looks for the pipelines it triggers.
     configs: ConfigSources,
+    /// When each agent's contact was last written (a work request is contact).
+    contacts: Contacts,
 }
 
 impl Scheduler {
-    pub fn new(db: Db, configs: ConfigSources) -> Self {
-        Scheduler { db, configs }
+    pub fn new(db: Db, configs: ConfigSources, contacts: Contacts) -> Self {
+        Scheduler {
+            db,
+            configs,
+            contacts,
+        }
     }
 
     /// Creates a Scheduled run; an ad-hoc job gets the next counter of its pipeline name.
@@ -86,8 +92,12 @@ impl Scheduler {
     /// has not started gets the same run (its first answer may have been lost); a run it had
     /// started is given up on (the agent restarted) and rescheduled.
     pub async fn try_assign_work(&self, agent_uuid: Uuid) -> Result<Option<JobRun>> {
+        let now = now_millis();
+        if self.contacts.heard(agent_uuid, now) && self.nothing_for(agent_uuid).await? {
+            return Ok(None);
+        }
         let mut tx = self.db.begin().await?;
-        let (before, mut agent) = agents::record_work_request(&mut tx, agent_uuid).await?;
+        let (before, mut agent) = agents::record_work_request(&mut tx, agent_uuid, now).await?;
         let mut queue_changed = false;
         let mut work = None;
         if agent.agent_config_state == ConfigState::Enabled {
@@ -114,13 +124,38 @@ impl Scheduler {
                 }
             }
         }
-        let after = agents::fetch(&mut tx, agent_uuid).await?.unwrap_or(agent);
+        // Only an assignment or a run given up changed the agent since it was read.
+        let after = match queue_changed || work.is_some() {
+            true => agents::fetch(&mut tx, agent_uuid).await?.unwrap_or(agent),
+            false => agent,
+        };
         agents::publish_change(&mut tx, Some(&before), &after);
         if queue_changed {
             publish_pending(&mut tx).await?;
         }
         tx.commit().await?;
+        self.contacts.wrote(agent_uuid, now);
         Ok(work)
+    }
+
+    /// Whether a work request from this agent would change nothing and find nothing, as a
+    /// read: an Enabled agent that holds no run and whose state a request leaves as it is,
+    /// with nothing queued. A run scheduled a moment later is the next request's.
+    async fn nothing_for(&self, agent_uuid: Uuid) -> Result<bool> {
+        let mut conn = self.db.reader().await?;
+        let Some(agent) = agents::read(conn.conn(), agent_uuid).await? else {
+            return Ok(false);
+        };
+        if agent.agent_config_state != ConfigState::Enabled
+            || agent.after_work_request().is_some()
+            || agent.build_details.is_some()
+        {
+            return Ok(false);
+        }
+        Ok(job_runs::store::active_runs_of(conn.conn(), agent_uuid)
+            .await?
+            .is_empty()
+            && job_runs::store::pending_count(conn.conn()).await? == 0)
     }
 
     /// An agent's report of its run's progress: forward only; repeating the current state is

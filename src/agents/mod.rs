@@ -4,8 +4,11 @@
 //! changed agent on `agents:updates` (none when nothing shown changed). Its SQL is in the
 //! store (`store.rs`, `sqlite.rs`); its token crypto in `tokens.rs`.
 
+mod contacts;
 mod sqlite;
 mod store;
+
+pub use contacts::Contacts;
 
 use uuid::Uuid;
 
@@ -74,14 +77,21 @@ pub struct Agents {
     registration_key: Option<String>,
     /// New agents without the key are refused once this many wait for approval.
     max_pending: i64,
+    contacts: Contacts,
 }
 
 impl Agents {
-    pub fn new(db: Db, registration_key: Option<String>, max_pending: u32) -> Self {
+    pub fn new(
+        db: Db,
+        registration_key: Option<String>,
+        max_pending: u32,
+        contacts: Contacts,
+    ) -> Self {
         Agents {
             db,
             registration_key,
             max_pending: i64::from(max_pending),
+            contacts,
         }
     }
 
@@ -253,25 +263,34 @@ impl Agents {
     }
 
     /// Records contact and the state the agent reports. Publishes only when the state shown
-    /// changes (a new free space is stored silently).
+    /// changes (a new free space is stored silently). A ping that changes nothing while the
+    /// agent's contact is fresh (see `Contacts`) is only read.
     pub async fn ping(&self, uuid: Uuid, ping: Ping) -> Result<Agent> {
+        let now = now_millis();
+        if self.contacts.heard(uuid, now) {
+            let mut conn = self.db.reader().await?;
+            let before = store::fetch(conn.conn(), uuid)
+                .await?
+                .ok_or_else(|| not_found(uuid))?;
+            let agent = pinged(&before, &ping)?;
+            if agent == before {
+                return Ok(agent);
+            }
+        }
         let mut tx = self.db.begin().await?;
         let before = store::fetch(tx.conn(), uuid)
             .await?
             .ok_or_else(|| not_found(uuid))?;
-        let mut agent = before.clone();
-        let state = before.after_ping(ping.agent_state, ping.build_id.is_some())?;
-        agent.agent_state = state;
-        agent.build_state = BuildState::of(state);
-        if ping.free_space.is_some() {
-            agent.free_space = ping.free_space;
+        let agent = pinged(&before, &ping)?;
+        if agent != before {
+            store::save(tx.conn(), &agent).await?;
         }
-        store::save(tx.conn(), &agent).await?;
-        touch(&mut tx, uuid).await?;
+        store::touch(tx.conn(), uuid, now).await?;
         if before.agent_state != agent.agent_state {
             tx.publish(Topic::AgentsUpdates, DomainEvent::AgentUpdated { uuid });
         }
         tx.commit().await?;
+        self.contacts.wrote(uuid, now);
         Ok(agent)
     }
 
@@ -398,7 +417,14 @@ impl Agents {
             tx.publish(Topic::AgentsUpdates, DomainEvent::AgentDeleted { uuid });
         }
         tx.commit().await?;
+        let gone: Vec<Uuid> = doomed.iter().map(|a| a.uuid).collect();
+        self.contacts.forget(&gone);
         Ok(doomed.len())
+    }
+
+    /// The contact ledger, shared with the scheduler's work requests.
+    pub fn contacts(&self) -> &Contacts {
+        &self.contacts
     }
 
     /// At start every known agent is Missing until it is heard from in this process.
@@ -412,11 +438,19 @@ impl Agents {
     /// since the epoch) become LostContact.
     pub async fn mark_lost_contact(&self, silent_since: i64) -> Result<Vec<Uuid>> {
         let mut tx = self.db.begin().await?;
+        // Agents heard since the cutoff whose stored contact trails (see `Contacts`).
+        let heard = self.contacts.unwritten_since(silent_since);
+        for &(uuid, at) in &heard {
+            store::touch(tx.conn(), uuid, at).await?;
+        }
         let lost = store::mark_lost_contact(tx.conn(), silent_since).await?;
         for &uuid in &lost {
             tx.publish(Topic::AgentsUpdates, DomainEvent::AgentUpdated { uuid });
         }
         tx.commit().await?;
+        for (uuid, at) in heard {
+            self.contacts.wrote(uuid, at);
+        }
         Ok(lost)
     }
 }
@@ -494,18 +528,28 @@ pub(crate) async fn set_agent_state(
     Ok((before != after).then_some((before, after)))
 }
 
-/// A work request is contact: an agent that was Missing or LostContact is back, Idle.
-/// Returns the agent before and after.
-pub(crate) async fn record_work_request(tx: &mut WriteTx, uuid: Uuid) -> Result<(Agent, Agent)> {
+/// A work request is contact (at `now`): an agent that was Missing or LostContact is back,
+/// Idle. Returns the agent before and after.
+pub(crate) async fn record_work_request(
+    tx: &mut WriteTx,
+    uuid: Uuid,
+    now: i64,
+) -> Result<(Agent, Agent)> {
     let before = fetch(tx, uuid).await?.ok_or_else(|| not_found(uuid))?;
-    touch(tx, uuid).await?;
+    store::touch(tx.conn(), uuid, now).await?;
     // Asking for work means it is not building anything, unless it holds a run (which the
     // scheduler sorts out).
-    if let Some(state) = before.after_work_request() {
-        store::set_state(tx.conn(), uuid, state).await?;
-    }
+    let Some(state) = before.after_work_request() else {
+        return Ok((before.clone(), before));
+    };
+    store::set_state(tx.conn(), uuid, state).await?;
     let after = fetch(tx, uuid).await?.ok_or_else(|| not_found(uuid))?;
     Ok((before, after))
+}
+
+/// An agent as read through another context's reader connection.
+pub(crate) async fn read(conn: crate::db::Conn<'_>, uuid: Uuid) -> Result<Option<Agent>> {
+    store::fetch(conn, uuid).await
 }
 
 /// A registration, ping or work request is contact (and so is a build's status report or
@@ -516,4 +560,17 @@ pub(crate) async fn touch(tx: &mut WriteTx, uuid: Uuid) -> Result<()> {
 
 fn not_found(uuid: Uuid) -> Error {
     Error::NotFound(format!("no agent with uuid {uuid}"))
+}
+
+/// The agent as a ping leaves it: the state it reports (as the domain allows), and its free
+/// space when it sent one.
+fn pinged(before: &Agent, ping: &Ping) -> Result<Agent> {
+    let mut agent = before.clone();
+    let state = before.after_ping(ping.agent_state, ping.build_id.is_some())?;
+    agent.agent_state = state;
+    agent.build_state = BuildState::of(state);
+    if ping.free_space.is_some() {
+        agent.free_space = ping.free_space;
+    }
+    Ok(agent)
 }

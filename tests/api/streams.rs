@@ -183,6 +183,66 @@ async fn lost_contact_is_published_without_any_request() {
         .await;
 }
 
+/// Contact from a busy fleet is written at most once per lag (see `agents::Contacts`): an
+/// agent that keeps pinging and asking for work must never be shown silent, through many
+/// sweeps, while one that stopped is lost on time.
+#[tokio::test]
+async fn an_agent_that_keeps_calling_is_never_shown_lost_while_a_silent_one_is() {
+    let app = spawn_app_with(|config| config.lost_contact_after = Duration::from_secs(1)).await;
+    let live = app.register_enabled("keeps-calling").await;
+    let silent = app.register_enabled("goes-silent").await;
+    let mut stream = app.subscribe("/agents/events").await;
+    let started = tokio::time::Instant::now();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let live_shown_lost = std::sync::atomic::AtomicBool::new(false);
+    let live_row = row_event(&live.uuid);
+    // Any change of the calling agent's row that shows it lost is the failure.
+    let note = |e: &SseEvent| {
+        if e.event == live_row && e.data.contains("data-agent-state=\"LostContact\"") {
+            live_shown_lost.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    };
+    let calls = async {
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            app.as_agent(&live)
+                .ping(json!({"agent_state": "Idle"}))
+                .await
+                .expect(200);
+            let (status, _) = app.as_agent(&live).work().await.parts();
+            assert!(status == 200 || status == 204, "work request: {status}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let watch = async {
+        let lost = shows(&silent.uuid, "data-agent-state=\"LostContact\"");
+        stream
+            .wait_for("the silent agent lost", |e| {
+                note(e);
+                lost(e)
+            })
+            .await;
+        // Three lost-contact periods of calls in all: many sweeps, many calls that write
+        // nothing. Then a change of the silent agent marks the end of what is watched.
+        tokio::time::sleep_until(started + Duration::from_secs(3)).await;
+        app.put(&format!("/api/agents/{}/disable", silent.uuid))
+            .await;
+        let disabled = shows(&silent.uuid, "data-config-state=\"Disabled\"");
+        stream
+            .wait_for("the silent agent disabled", |e| {
+                note(e);
+                disabled(e)
+            })
+            .await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    tokio::join!(calls, watch);
+    assert!(
+        !live_shown_lost.load(std::sync::atomic::Ordering::SeqCst),
+        "the agent that kept calling was shown LostContact"
+    );
+    assert_eq!(app.agent(&live.uuid).await["agent_state"], "Idle");
+}
+
 #[tokio::test]
 async fn a_burst_of_changes_ends_with_the_final_state_on_every_subscriber() {
     let app = spawn_app().await;
