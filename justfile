@@ -30,3 +30,7 @@ bench:
     ./target/release/loadgen idle --floor --subscribers 1000
     ./target/release/loadgen scheduler --jobs 2000 --agents 100
     ./target/release/loadgen console --bytes 20971520 --replay-followers 20
+    ./target/release/loadgen dashboard --pipelines 100 --subscribers 200 --changes 100
+    ./target/release/loadgen churn --subscribers 100 --seconds 5 --slow-readers 10
+    ./target/release/loadgen fleet --agents 500 --seconds 15
+    ./target/release/loadgen lines --lines 500

@@ -126,14 +126,20 @@ impl Db {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        // A pool pings a connection before handing it out, by default; for SQLite each ping is
+        // a round trip to the connection's worker thread (two thread switches) on every read and
+        // write, and an open file does not go stale. (sqlx still pings on release.) A fleet of
+        // 2,000 agents: 20.5 → 16.1 context switches per call.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&write).await?;
         restrict_to_owner(url);
         let read = SqlitePoolOptions::new()
             .max_connections(8)
+            .test_before_acquire(false)
             .connect_with(options.read_only(true))
             .await?;
         Ok(Db {

@@ -91,9 +91,11 @@ impl Scheduler {
     /// nothing. A work request is contact. An agent asking again for a run it was given but
     /// has not started gets the same run (its first answer may have been lost); a run it had
     /// started is given up on (the agent restarted) and rescheduled.
-    pub async fn try_assign_work(&self, agent_uuid: Uuid) -> Result<Option<JobRun>> {
+    /// `known` is the agent as its authentication read it.
+    pub async fn try_assign_work(&self, known: &Agent) -> Result<Option<JobRun>> {
+        let agent_uuid = known.uuid;
         let now = now_millis();
-        if self.contacts.heard(agent_uuid, now) && self.nothing_for(agent_uuid).await? {
+        if self.contacts.heard(agent_uuid, now) && self.nothing_for(known).await? {
             return Ok(None);
         }
         let mut tx = self.db.begin().await?;
@@ -139,23 +141,17 @@ impl Scheduler {
     }
 
     /// Whether a work request from this agent would change nothing and find nothing, as a
-    /// read: an Enabled agent that holds no run and whose state a request leaves as it is,
-    /// with nothing queued. A run scheduled a moment later is the next request's.
-    async fn nothing_for(&self, agent_uuid: Uuid) -> Result<bool> {
-        let mut conn = self.db.reader().await?;
-        let Some(agent) = agents::read(conn.conn(), agent_uuid).await? else {
-            return Ok(false);
-        };
+    /// read: an Enabled agent that holds no run (no `build_details`: no run not Completed)
+    /// and whose state a request leaves as it is, with nothing queued. A run scheduled a moment later is the next request's.
+    async fn nothing_for(&self, agent: &Agent) -> Result<bool> {
         if agent.agent_config_state != ConfigState::Enabled
             || agent.after_work_request().is_some()
             || agent.build_details.is_some()
         {
             return Ok(false);
         }
-        Ok(job_runs::store::active_runs_of(conn.conn(), agent_uuid)
-            .await?
-            .is_empty()
-            && job_runs::store::pending_count(conn.conn()).await? == 0)
+        let mut conn = self.db.reader().await?;
+        Ok(job_runs::store::pending_count(conn.conn()).await? == 0)
     }
 
     /// An agent's report of its run's progress: forward only; repeating the current state is
@@ -272,14 +268,19 @@ impl Scheduler {
 
     /// What a ping answers: `CANCEL` while the agent holds a run whose cancel was asked
     /// for, or when the build it says it runs is no longer its to run (cancelled before it
-    /// started, or taken away after it lost contact).
+    /// started, or taken away after it lost contact). `agent` is as the ping left it: its
+    /// `build_details` is its newest run not Completed, so without one it holds no run and
+    /// nothing more need be read.
     pub async fn instruction_for(
         &self,
-        agent_uuid: Uuid,
+        agent: &Agent,
         building: Option<i64>,
     ) -> Result<&'static str> {
+        if agent.build_details.is_none() {
+            return Ok(if building.is_some() { "CANCEL" } else { "NONE" });
+        }
         let mut conn = self.db.reader().await?;
-        let runs = job_runs::store::active_runs_of(conn.conn(), agent_uuid).await?;
+        let runs = job_runs::store::active_runs_of(conn.conn(), agent.uuid).await?;
         if runs.iter().any(|r| r.cancel_requested) {
             return Ok("CANCEL");
         }

@@ -114,19 +114,21 @@ impl Agents {
     }
 
     /// The agent a bearer token belongs to. The first use of a new token retires the one
-    /// it replaced (kept until then for a retried re-registration).
-    pub async fn authenticate(&self, token: &str) -> Result<Uuid> {
+    /// it replaced (kept until then for a retried re-registration). The agent is read whole,
+    /// as it is at that moment: a ping or work request that changes nothing needs no other
+    /// read.
+    pub async fn authenticate(&self, token: &str) -> Result<Agent> {
         let mut conn = self.db.reader().await?;
-        let (uuid, has_previous) = store::by_token(conn.conn(), &hash_token(token))
+        let (agent, has_previous) = store::by_token(conn.conn(), &hash_token(token))
             .await?
             .ok_or_else(|| Error::Unauthorized("unknown agent token".into()))?;
         drop(conn);
         if has_previous {
             let mut tx = self.db.begin().await?;
-            store::forget_previous_token(tx.conn(), uuid).await?;
+            store::forget_previous_token(tx.conn(), agent.uuid).await?;
             tx.commit().await?;
         }
-        Ok(uuid)
+        Ok(agent)
     }
 
     /// Whether `key` is the server's registration key.
@@ -263,17 +265,15 @@ impl Agents {
     }
 
     /// Records contact and the state the agent reports. Publishes only when the state shown
-    /// changes (a new free space is stored silently). A ping that changes nothing while the
-    /// agent's contact is fresh (see `Contacts`) is only read.
-    pub async fn ping(&self, uuid: Uuid, ping: Ping) -> Result<Agent> {
+    /// changes (a new free space is stored silently). `known` is the agent as its
+    /// authentication read it: a ping that changes nothing of it while its contact is fresh
+    /// (see `Contacts`) writes nothing and reads nothing more.
+    pub async fn ping(&self, known: &Agent, ping: Ping) -> Result<Agent> {
+        let uuid = known.uuid;
         let now = now_millis();
         if self.contacts.heard(uuid, now) {
-            let mut conn = self.db.reader().await?;
-            let before = store::fetch(conn.conn(), uuid)
-                .await?
-                .ok_or_else(|| not_found(uuid))?;
-            let agent = pinged(&before, &ping)?;
-            if agent == before {
+            let agent = pinged(known, &ping)?;
+            if agent == *known {
                 return Ok(agent);
             }
         }
@@ -545,11 +545,6 @@ pub(crate) async fn record_work_request(
     store::set_state(tx.conn(), uuid, state).await?;
     let after = fetch(tx, uuid).await?.ok_or_else(|| not_found(uuid))?;
     Ok((before, after))
-}
-
-/// An agent as read through another context's reader connection.
-pub(crate) async fn read(conn: crate::db::Conn<'_>, uuid: Uuid) -> Result<Option<Agent>> {
-    store::fetch(conn, uuid).await
 }
 
 /// A registration, ping or work request is contact (and so is a build's status report or

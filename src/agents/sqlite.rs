@@ -76,12 +76,21 @@ impl TryFrom<AgentRow> for Agent {
 }
 
 /// An agent with the run it holds (the newest not Completed), if any.
-const SELECT_AGENT: &str = "SELECT a.uuid, a.hostname, a.ip_address, a.sandbox, \
-     a.operating_system, a.free_space, a.agent_version, a.agent_config_state, a.agent_state, \
-     a.resources, a.environments, r.build_id AS build_id, r.pipeline_name AS build_pipeline, \
-     r.stage_name AS build_stage, r.job_name AS build_job, a.last_changed_by \
-     FROM agents a LEFT JOIN job_runs r ON r.build_id = (SELECT MAX(j.build_id) FROM job_runs j \
-     WHERE j.agent_uuid = a.uuid AND j.state != 'Completed')";
+macro_rules! select_agent {
+    () => {
+        "SELECT a.uuid, a.hostname, a.ip_address, a.sandbox, \
+         a.operating_system, a.free_space, a.agent_version, a.agent_config_state, a.agent_state, \
+         a.resources, a.environments, r.build_id AS build_id, r.pipeline_name AS build_pipeline, \
+         r.stage_name AS build_stage, r.job_name AS build_job, a.last_changed_by"
+    };
+}
+macro_rules! from_agents {
+    () => {
+        "FROM agents a LEFT JOIN job_runs r ON r.build_id = (SELECT MAX(j.build_id) \
+         FROM job_runs j WHERE j.agent_uuid = a.uuid AND j.state != 'Completed')"
+    };
+}
+const SELECT_AGENT: &str = concat!(select_agent!(), " ", from_agents!());
 
 pub async fn fetch(conn: &mut SqliteConnection, uuid: Uuid) -> Result<Option<Agent>> {
     let row: Option<AgentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -205,23 +214,29 @@ pub async fn count_pending(conn: &mut SqliteConnection) -> Result<i64> {
     )
 }
 
+/// The agent a token belongs to, read whole (an agent's call needs it next), and whether it
+/// still has a previous token to forget.
 pub async fn by_token(
     conn: &mut SqliteConnection,
     token_hash: &str,
-) -> Result<Option<(Uuid, bool)>> {
-    let found: Option<(String, bool)> = sqlx::query_as(
-        "SELECT uuid, previous_token_hash IS NOT NULL FROM agents WHERE token_hash = $1",
-    )
+) -> Result<Option<(Agent, bool)>> {
+    #[derive(sqlx::FromRow)]
+    struct TokenRow {
+        #[sqlx(flatten)]
+        agent: AgentRow,
+        has_previous: bool,
+    }
+    let found: Option<TokenRow> = sqlx::query_as(concat!(
+        select_agent!(),
+        ", a.previous_token_hash IS NOT NULL AS has_previous ",
+        from_agents!(),
+        " WHERE a.token_hash = $1"
+    ))
     .bind(token_hash)
     .fetch_optional(conn)
     .await?;
     found
-        .map(|(uuid, has_previous)| {
-            let uuid = uuid
-                .parse()
-                .map_err(|e: uuid::Error| corrupt(e.to_string()))?;
-            Ok((uuid, has_previous))
-        })
+        .map(|row| Ok((Agent::try_from(row.agent)?, row.has_previous)))
         .transpose()
 }
 

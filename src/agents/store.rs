@@ -51,7 +51,7 @@ pub async fn count_pending(conn: Conn<'_>) -> Result<i64> {
 
 /// The agent whose current token hashes to `token_hash`, and whether it still has a previous
 /// token.
-pub async fn by_token(conn: Conn<'_>, token_hash: &str) -> Result<Option<(Uuid, bool)>> {
+pub async fn by_token(conn: Conn<'_>, token_hash: &str) -> Result<Option<(Agent, bool)>> {
     backend!(conn, by_token(token_hash))
 }
 

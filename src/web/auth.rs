@@ -20,6 +20,7 @@ use base64::Engine;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::domain::agent::Agent;
 use crate::domain::user::User;
 use crate::error::Error;
 use crate::web::pages::PageError;
@@ -282,13 +283,18 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// An agent that proved who it is. Handlers still check that it acts on its own record.
-pub struct AuthenticatedAgent(pub Uuid);
+/// An agent that proved who it is, as it was read then. Handlers still check that it acts on
+/// its own record.
+pub struct AuthenticatedAgent(pub Agent);
 
 impl AuthenticatedAgent {
+    pub fn uuid(&self) -> Uuid {
+        self.0.uuid
+    }
+
     /// An agent may act only on its own record: another agent's token is 403.
     pub fn require(&self, uuid: Uuid) -> Result<(), Error> {
-        if self.0 == uuid {
+        if self.0.uuid == uuid {
             Ok(())
         } else {
             Err(Error::Forbidden(format!(

@@ -67,7 +67,7 @@ async fn upload(
         .artifacts
         .upload(
             build_id,
-            caller.0,
+            caller.uuid(),
             (&path, kind),
             &checksum,
             body.into_data_stream(),

@@ -160,8 +160,11 @@ async fn ping(
         build_id: body.build_id,
         free_space: free_space(body.free_space.as_ref())?,
     };
-    let agent = state.agents.ping(uuid, ping).await?;
-    let instruction = state.scheduler.instruction_for(uuid, body.build_id).await?;
+    let agent = state.agents.ping(&caller.0, ping).await?;
+    let instruction = state
+        .scheduler
+        .instruction_for(&agent, body.build_id)
+        .await?;
     Ok(Json(json!({
         "agent_config_state": agent.agent_config_state,
         "instruction": instruction,
@@ -176,7 +179,7 @@ async fn work(
 ) -> Result<Response> {
     let uuid = agent_uuid(&uuid)?;
     caller.require(uuid)?;
-    Ok(match state.scheduler.try_assign_work(uuid).await? {
+    Ok(match state.scheduler.try_assign_work(&caller.0).await? {
         Some(run) => {
             let mut work = WorkJson::from(&run);
             work.materials = state.pipelines.checkouts(&run).await?;
@@ -383,7 +386,7 @@ async fn status(
         .transpose()?;
     let run = state
         .scheduler
-        .report_status(build_id(&id)?, caller.0, job_state, result)
+        .report_status(build_id(&id)?, caller.uuid(), job_state, result)
         .await?;
     Ok(Json(RunJson(run)))
 }
@@ -436,7 +439,7 @@ async fn append_console(
     Ok(Json(
         match state
             .job_runs
-            .append_console(build_id, caller.0, offset, bytes)
+            .append_console(build_id, caller.uuid(), offset, bytes)
             .await?
         {
             Appended::Stored(offset) => json!({ "offset": offset }),
