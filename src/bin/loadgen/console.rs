@@ -156,7 +156,7 @@ pub async fn console(target: &Target, args: &Console) -> Result<(), String> {
         matcher(),
         Arc::new(move |seen| seen.last().is_some_and(|(reached, _)| *reached >= total)),
         PHASE_LIMIT * 2,
-        sse::Settle::NONE,
+        sse::Settle::AFTER_LAST,
     )
     .await?;
     let meter = Meter::start(target);
@@ -212,7 +212,7 @@ pub async fn console(target: &Target, args: &Console) -> Result<(), String> {
                 .is_some_and(|(reached, _)| *reached >= replay_total)
         }),
         PHASE_LIMIT * 2,
-        sse::Settle::NONE,
+        sse::Settle::AFTER_LAST,
     )
     .await?;
     let seen = sse::collect(tasks).await;

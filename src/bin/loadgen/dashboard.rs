@@ -84,7 +84,7 @@ pub async fn dashboard(target: &Target, args: &Dashboard) -> Result<(), String> 
         matcher,
         Arc::new(move |seen| seen.len() >= changes),
         PHASE_LIMIT * 2,
-        Settle::NONE,
+        Settle::AFTER_LAST,
     )
     .await?;
     let meter = Meter::start(target);

@@ -49,7 +49,7 @@ pub async fn queue(target: &Target, args: &Fanout) -> Result<(), String> {
         matcher,
         Arc::new(move |seen| seen.last().is_some_and(|(count, _)| *count >= last)),
         PHASE_LIMIT * 2,
-        sse::Settle::NONE,
+        sse::Settle::AFTER_LAST,
     )
     .await?;
     let client = client()?;
@@ -164,7 +164,7 @@ pub async fn agents(target: &Target, args: &Fanout, agents: usize) -> Result<(),
         matcher,
         Arc::new(move |seen| seen.len() >= expected),
         PHASE_LIMIT * 2,
-        sse::Settle::NONE,
+        sse::Settle::AFTER_LAST,
     )
     .await?;
     let meter = Meter::start(target);

@@ -169,7 +169,7 @@ pub async fn lines(target: &Target, args: &Lines) -> Result<(), String> {
         matcher,
         Arc::new(move |seen| seen.last().is_some_and(|(n, _)| *n >= last)),
         run_limit,
-        Settle::NONE,
+        Settle::AFTER_LAST,
     )
     .await?;
     let meter = Meter::start(target);
