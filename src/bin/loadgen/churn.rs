@@ -25,7 +25,7 @@ use serde_json::json;
 use crate::fanout::{Change, client, print_delays};
 use crate::report::{Meter, mb};
 use crate::sse::{self, Heard, Matcher, Settle};
-use crate::target::{REGISTRATION_KEY, Target};
+use crate::target::Target;
 use crate::{Churn, PHASE_LIMIT};
 
 /// How long a subscriber's stream must be quiet, once it has the marker, before its table
@@ -295,21 +295,9 @@ async fn register(
     target: &Target,
     hostname: &str,
 ) -> Result<String, String> {
-    let reply = client
-        .post(target.url("/api/agents/register"))
-        .header("X-Agent-Registration-Key", REGISTRATION_KEY)
-        .json(&json!({ "hostname": hostname }))
-        .send()
+    crate::fanout::register_agent(client, target, hostname)
         .await
-        .map_err(|e| format!("register: {e}"))?;
-    if !reply.status().is_success() {
-        return Err(format!("register answered {}", reply.status()));
-    }
-    let body: serde_json::Value = reply.json().await.map_err(|e| e.to_string())?;
-    body["uuid"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| "register answered no uuid".into())
+        .map(|(uuid, _)| uuid)
 }
 
 /// Disables the agent (only Disabled agents may be deleted, as in GoCD), then deletes it.

@@ -214,27 +214,34 @@ pub async fn register_agents_with_tokens(
 ) -> Result<Vec<(String, String)>, String> {
     use futures::StreamExt;
     let registered: Vec<Result<(String, String), String>> = futures::stream::iter(0..count)
-        .map(|i| async move {
-            let reply = client
-                .post(target.url("/api/agents/register"))
-                .header("X-Agent-Registration-Key", REGISTRATION_KEY)
-                .json(&json!({"hostname": format!("loadgen-{i:05}")}))
-                .send()
-                .await
-                .map_err(|e| format!("register: {e}"))?;
-            if !reply.status().is_success() {
-                return Err(format!("register answered {}", reply.status()));
-            }
-            let body: serde_json::Value = reply.json().await.map_err(|e| e.to_string())?;
-            Ok((
-                body["uuid"].as_str().unwrap_or_default().to_string(),
-                body["token"].as_str().unwrap_or_default().to_string(),
-            ))
-        })
+        .map(|i| async move { register_agent(client, target, &format!("loadgen-{i:05}")).await })
         .buffered(16)
         .collect()
         .await;
     registered.into_iter().collect()
+}
+
+/// Registers one agent with the key (so it starts Enabled): its uuid and token.
+pub async fn register_agent(
+    client: &reqwest::Client,
+    target: &Target,
+    hostname: &str,
+) -> Result<(String, String), String> {
+    let reply = client
+        .post(target.url("/api/agents/register"))
+        .header("X-Agent-Registration-Key", REGISTRATION_KEY)
+        .json(&json!({ "hostname": hostname }))
+        .send()
+        .await
+        .map_err(|e| format!("register: {e}"))?;
+    if !reply.status().is_success() {
+        return Err(format!("register answered {}", reply.status()));
+    }
+    let body: serde_json::Value = reply.json().await.map_err(|e| e.to_string())?;
+    match (body["uuid"].as_str(), body["token"].as_str()) {
+        (Some(uuid), Some(token)) => Ok((uuid.to_string(), token.to_string())),
+        _ => Err(format!("register answered no uuid or token: {body}")),
+    }
 }
 
 pub fn client() -> Result<reqwest::Client, String> {
