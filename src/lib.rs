@@ -415,12 +415,15 @@ fn spawn_liveness(
                     // One cutoff for both steps: an agent whose run is taken away is one
                     // this tick marked LostContact, never one it judged a moment earlier.
                     let silent_since = crate::db::now_millis() - after.as_millis() as i64;
-                    if let Err(error) = agents.mark_lost_contact(silent_since).await {
+                    // Runs are taken away only after a sweep that stored every contact heard:
+                    // without it, stored contact may trail by up to a lag (`agents::Contacts`).
+                    let swept = agents.mark_lost_contact(silent_since).await;
+                    if let Err(error) = &swept {
                         tracing::warn!(%error, "liveness check failed");
                     }
                     // After a restart, agents get a full period to be heard from before their
                     // runs are taken away (the server's own downtime is not their silence).
-                    if started.elapsed() >= after
+                    if swept.is_ok() && started.elapsed() >= after
                         && let Err(error) = scheduler.reschedule_abandoned(silent_since).await {
                             tracing::warn!(%error, "could not reschedule the runs of silent agents");
                         }

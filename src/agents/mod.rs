@@ -271,11 +271,13 @@ impl Agents {
     pub async fn ping(&self, known: &Agent, ping: Ping) -> Result<Agent> {
         let uuid = known.uuid;
         let now = now_millis();
-        if self.contacts.heard(uuid, now) {
-            let agent = pinged(known, &ping)?;
-            if agent == *known {
-                return Ok(agent);
-            }
+        // A ping refused (a state an agent may not report) is not contact: it is checked
+        // before the ledger hears of it, here or, when it changes something, in the write.
+        if let Ok(agent) = pinged(known, &ping)
+            && agent == *known
+            && self.contacts.heard(uuid, now)
+        {
+            return Ok(agent);
         }
         let mut tx = self.db.begin().await?;
         let before = store::fetch(tx.conn(), uuid)

@@ -289,8 +289,10 @@ pub async fn set_state(conn: &mut SqliteConnection, uuid: Uuid, state: AgentStat
     Ok(())
 }
 
+/// Contact only moves forward: the sweep writes contact the ledger heard, which may be older
+/// than a status report's or a console upload's written since.
 pub async fn touch(conn: &mut SqliteConnection, uuid: Uuid, now: i64) -> Result<()> {
-    sqlx::query("UPDATE agents SET last_contact_at = $1 WHERE uuid = $2")
+    sqlx::query("UPDATE agents SET last_contact_at = MAX(last_contact_at, $1) WHERE uuid = $2")
         .bind(now)
         .bind(uuid.to_string())
         .execute(conn)

@@ -243,6 +243,35 @@ async fn an_agent_that_keeps_calling_is_never_shown_lost_while_a_silent_one_is()
     assert_eq!(app.agent(&live.uuid).await["agent_state"], "Idle");
 }
 
+/// A call the server refuses is not contact: an agent that only sends pings it cannot accept
+/// (a state an agent may not report) is lost like a silent one.
+#[tokio::test]
+async fn an_agent_whose_pings_are_all_refused_is_lost_like_a_silent_one() {
+    let app = spawn_app_with(|config| config.lost_contact_after = Duration::from_secs(1)).await;
+    let agent = app.register_enabled("refused").await;
+    app.as_agent(&agent)
+        .ping(json!({"agent_state": "Idle"}))
+        .await
+        .expect(200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = app
+            .as_agent(&agent)
+            .ping(json!({"agent_state": "LostContact"}))
+            .await
+            .parts();
+        assert_eq!(status, 422, "{body}");
+        if app.agent(&agent.uuid).await["agent_state"] == "LostContact" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "refused pings kept the agent from being lost"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_burst_of_changes_ends_with_the_final_state_on_every_subscriber() {
     let app = spawn_app().await;
