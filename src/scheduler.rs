@@ -127,9 +127,10 @@ impl Scheduler {
             }
         }
         // Only an assignment or a run given up changed the agent since it was read.
-        let after = match queue_changed || work.is_some() {
-            true => agents::fetch(&mut tx, agent_uuid).await?.unwrap_or(agent),
-            false => agent,
+        let after = if queue_changed || work.is_some() {
+            agents::fetch(&mut tx, agent_uuid).await?.unwrap_or(agent)
+        } else {
+            agent
         };
         agents::publish_change(&mut tx, Some(&before), &after);
         if queue_changed {
@@ -142,16 +143,13 @@ impl Scheduler {
 
     /// Whether a work request from this agent would change nothing and find nothing, as a
     /// read: an Enabled agent that holds no run (no `build_details`: no run not Completed)
-    /// and whose state a request leaves as it is, with nothing queued. A run scheduled a moment later is the next request's.
+    /// and whose state a request leaves as it is, with nothing queued. A run scheduled a
+    /// moment later is the next request's.
     async fn nothing_for(&self, agent: &Agent) -> Result<bool> {
-        if agent.agent_config_state != ConfigState::Enabled
-            || agent.after_work_request().is_some()
-            || agent.build_details.is_some()
-        {
-            return Ok(false);
-        }
-        let mut conn = self.db.reader().await?;
-        Ok(job_runs::store::pending_count(conn.conn()).await? == 0)
+        Ok(agent.agent_config_state == ConfigState::Enabled
+            && agent.after_work_request().is_none()
+            && agent.build_details.is_none()
+            && self.pending_count().await? == 0)
     }
 
     /// An agent's report of its run's progress: forward only; repeating the current state is

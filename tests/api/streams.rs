@@ -1,5 +1,6 @@
 //! The event streams, read as `curl -N` shows them.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use reqwest::Method;
@@ -193,17 +194,17 @@ async fn an_agent_that_keeps_calling_is_never_shown_lost_while_a_silent_one_is()
     let silent = app.register_enabled("goes-silent").await;
     let mut stream = app.subscribe("/agents/events").await;
     let started = tokio::time::Instant::now();
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let live_shown_lost = std::sync::atomic::AtomicBool::new(false);
+    let stop = AtomicBool::new(false);
+    let live_shown_lost = AtomicBool::new(false);
     let live_row = row_event(&live.uuid);
     // Any change of the calling agent's row that shows it lost is the failure.
     let note = |e: &SseEvent| {
         if e.event == live_row && e.data.contains("data-agent-state=\"LostContact\"") {
-            live_shown_lost.store(true, std::sync::atomic::Ordering::SeqCst);
+            live_shown_lost.store(true, Ordering::SeqCst);
         }
     };
     let calls = async {
-        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        while !stop.load(Ordering::SeqCst) {
             app.as_agent(&live)
                 .ping(json!({"agent_state": "Idle"}))
                 .await
@@ -224,8 +225,10 @@ async fn an_agent_that_keeps_calling_is_never_shown_lost_while_a_silent_one_is()
         // Three lost-contact periods of calls in all: many sweeps, many calls that write
         // nothing. Then a change of the silent agent marks the end of what is watched.
         tokio::time::sleep_until(started + Duration::from_secs(3)).await;
-        app.put(&format!("/api/agents/{}/disable", silent.uuid))
+        let (status, body) = app
+            .put(&format!("/api/agents/{}/disable", silent.uuid))
             .await;
+        assert_eq!(status, 200, "disable: {body}");
         let disabled = shows(&silent.uuid, "data-config-state=\"Disabled\"");
         stream
             .wait_for("the silent agent disabled", |e| {
@@ -233,11 +236,11 @@ async fn an_agent_that_keeps_calling_is_never_shown_lost_while_a_silent_one_is()
                 disabled(e)
             })
             .await;
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        stop.store(true, Ordering::SeqCst);
     };
     tokio::join!(calls, watch);
     assert!(
-        !live_shown_lost.load(std::sync::atomic::Ordering::SeqCst),
+        !live_shown_lost.load(Ordering::SeqCst),
         "the agent that kept calling was shown LostContact"
     );
     assert_eq!(app.agent(&live.uuid).await["agent_state"], "Idle");
