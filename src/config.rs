@@ -63,8 +63,10 @@ pub struct ServeArgs {
     /// users) needs --password-file, or --insecure-open.
     #[arg(long, env = "FERROCD_LISTEN", default_value = "127.0.0.1:8153")]
     pub listen: SocketAddr,
-    /// `sqlite://…` (embedded, created on first start). Defaults to `sqlite://DATA_DIR/ferrocd.db`.
-    #[arg(long, env = "DATABASE_URL")]
+    /// `sqlite://…` (embedded, created on first start; the default is
+    /// `sqlite://DATA_DIR/ferrocd.db`) or `postgres://user:password@host:port/db` (several nodes
+    /// may share one). Its value is never shown in `--help`, as it may hold a password.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Where the embedded database and any files live.
     #[arg(long, env = "FERROCD_DATA_DIR", default_value = "ferrocd-data")]

@@ -7,40 +7,97 @@
 //! [`backend!`]. A second backend adds a `Conn` variant, an arm in `backend!` and a module per
 //! store beside `sqlite.rs`; the compiler then names every store function it lacks.
 //!
-//! SQLite today (embedded): a pool of readers and one writer connection, which serialises
-//! every write transaction, so a read-then-write never meets SQLITE_BUSY on an upgraded
-//! snapshot (sqlx's `begin()` is DEFERRED); WAL lets readers go on while it writes. With
-//! `synchronous=NORMAL` an acknowledged write survives a process crash; a power loss may take
-//! the last moments.
+//! The URL chooses the backend at start: `sqlite:` (embedded, the default) or `postgres:`.
+//!
+//! SQLite: a pool of readers and one writer connection, which serialises every write
+//! transaction, so a read-then-write never meets SQLITE_BUSY on an upgraded snapshot (sqlx's
+//! `begin()` is DEFERRED); WAL lets readers go on while it writes. With `synchronous=NORMAL`
+//! an acknowledged write survives a process crash; a power loss may take the last moments.
+//!
+//! PostgreSQL: a pool of readers and a pool of writers, and every write transaction first takes
+//! one transaction-scoped advisory lock, the same on every node. So writes are serial across
+//! every node sharing the database, as on SQLite: a read-then-write inside a write sees
+//! everything committed before it and nothing commits in between, which is what the contexts'
+//! writes were written for. Reads run beside the writes (READ COMMITTED: each statement sees
+//! what was committed when it started).
 
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool, Transaction};
+
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::events::{DomainEvent, Publisher, Topic};
 
+pub mod dialect;
+mod duty;
+mod notify;
+
+pub use duty::Duty;
+
 #[derive(Clone)]
 pub struct Db {
-    /// Readers: many connections, WAL snapshots.
-    read: SqlitePool,
-    /// The one writer, reached only through [`Db::begin`].
-    write: SqlitePool,
+    pools: Pools,
     /// Where committed writes publish.
     publisher: Arc<Publisher>,
+    /// This process among the nodes sharing a PostgreSQL database (it skips its own notices).
+    node: Uuid,
 }
+
+/// The backend a [`Db`] is on, as `/go/about` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "SQLite (embedded)",
+            Backend::Postgres => "PostgreSQL",
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Pools {
+    Sqlite {
+        /// Readers: many connections, WAL snapshots.
+        read: SqlitePool,
+        /// The one writer, reached only through [`Db::begin`].
+        write: SqlitePool,
+    },
+    Postgres {
+        read: PgPool,
+        /// Writers, reached only through [`Db::begin`], which takes [`WRITE_LOCK`].
+        write: PgPool,
+        /// The one connection that listens to the other nodes (`db/notify.rs`).
+        listen: PgPool,
+        /// The one connection that holds or contends for duty (`db/duty.rs`).
+        duty: PgPool,
+    },
+}
+
+/// The advisory lock every PostgreSQL write holds until it commits or rolls back: one number,
+/// the same on every node ("ferrocd" in ASCII, so no other program's lock is likely to match).
+const WRITE_LOCK: i64 = i64::from_be_bytes(*b"\0ferrocd");
 
 /// One write: a transaction on the writer connection and the events it will publish. They go
 /// out only if [`WriteTx::commit`] succeeds, after the commit and in commit order; a write
 /// dropped without committing rolls back and publishes nothing.
 pub struct WriteTx {
-    tx: Transaction<'static, Sqlite>,
+    tx: Tx,
     events: Vec<(Topic, DomainEvent)>,
     publisher: Arc<Publisher>,
+    node: Uuid,
 }
 
 impl WriteTx {
@@ -50,15 +107,29 @@ impl WriteTx {
     }
 
     /// Commits, then publishes the queued events, in order; no other write publishes between
-    /// this commit and its events.
+    /// this commit and its events. On PostgreSQL the events also go to the other nodes, as
+    /// notices sent inside the transaction: they hear of it once it has committed.
     pub async fn commit(self) -> Result<()> {
         let WriteTx {
             tx,
             events,
             publisher,
+            node,
         } = self;
         let _turn = publisher.turn().await;
-        tx.commit().await?;
+        match tx {
+            Tx::Sqlite(tx) => tx.commit().await?,
+            Tx::Postgres(mut tx) => {
+                for payload in notify::payloads(node, &events) {
+                    sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(notify::CHANNEL)
+                        .bind(payload)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?
+            }
+        }
         for (topic, event) in events {
             publisher.send(&topic, event);
         }
@@ -69,13 +140,22 @@ impl WriteTx {
 impl WriteTx {
     /// The write's connection, for a store.
     pub fn conn(&mut self) -> Conn<'_> {
-        Conn::Sqlite(&mut self.tx)
+        match &mut self.tx {
+            Tx::Sqlite(tx) => Conn::Sqlite(tx),
+            Tx::Postgres(tx) => Conn::Postgres(tx),
+        }
     }
+}
+
+enum Tx {
+    Sqlite(Transaction<'static, Sqlite>),
+    Postgres(Transaction<'static, Postgres>),
 }
 
 /// A connection of the backend in use, handed to a store.
 pub enum Conn<'c> {
     Sqlite(&'c mut SqliteConnection),
+    Postgres(&'c mut PgConnection),
 }
 
 impl Conn<'_> {
@@ -83,29 +163,35 @@ impl Conn<'_> {
     pub fn reborrow(&mut self) -> Conn<'_> {
         match self {
             Conn::Sqlite(c) => Conn::Sqlite(c),
+            Conn::Postgres(c) => Conn::Postgres(c),
         }
     }
 }
 
 /// A reader connection (a consistent snapshot per statement; several reads through one
 /// connection are not one snapshot).
-pub struct ReadConn {
-    conn: PoolConnection<Sqlite>,
+pub enum ReadConn {
+    Sqlite(PoolConnection<Sqlite>),
+    Postgres(PoolConnection<Postgres>),
 }
 
 impl ReadConn {
     pub fn conn(&mut self) -> Conn<'_> {
-        Conn::Sqlite(&mut self.conn)
+        match self {
+            ReadConn::Sqlite(c) => Conn::Sqlite(c),
+            ReadConn::Postgres(c) => Conn::Postgres(c),
+        }
     }
 }
 
 /// Calls the store function `f` of the backend `conn` belongs to: `backend!(conn, f(a, b))`
-/// is `sqlite::f(c, a, b).await` for a SQLite connection `c`. The backend modules sit beside
-/// the store that uses this.
+/// is `sqlite::f(c, a, b).await` for a SQLite connection `c` and `postgres::f(c, a, b).await`
+/// for a PostgreSQL one. The backend modules sit beside the store that uses this.
 macro_rules! backend {
     ($conn:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
         match $conn {
             $crate::db::Conn::Sqlite(c) => sqlite::$f(c $(, $arg)*).await,
+            $crate::db::Conn::Postgres(c) => postgres::$f(c $(, $arg)*).await,
         }
     };
 }
@@ -115,11 +201,48 @@ impl Db {
     /// Opens (creating and migrating) the database at `url`; committed writes publish through
     /// `publisher`.
     pub async fn connect(url: &str, publisher: Publisher) -> Result<Db> {
-        if !url.starts_with("sqlite:") {
+        let pools = if url.starts_with("sqlite:") {
+            Self::connect_sqlite(url).await?
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Self::connect_postgres(url).await?
+        } else {
             return Err(Error::Unprocessable(format!(
-                "database-url: only sqlite:// URLs are supported so far, got {url:?}"
+                "database-url: expected a sqlite:// or postgres:// URL, got {:?}",
+                redact_password(url)
             )));
+        };
+        Ok(Db {
+            pools,
+            publisher: Arc::new(publisher),
+            node: Uuid::new_v4(),
+        })
+    }
+
+    /// Whether this node does the work one node at a time does, now and from now on, until
+    /// `shutdown` (`db/duty.rs`).
+    pub async fn duty(&self, shutdown: CancellationToken) -> Duty {
+        match &self.pools {
+            Pools::Sqlite { .. } => Duty::always(),
+            Pools::Postgres { duty, .. } => Duty::contend(duty.clone(), shutdown).await,
         }
+    }
+
+    /// On PostgreSQL, hears the other nodes' writes from now on and publishes their events
+    /// here until `shutdown`; it listens before this returns. Nothing to do on SQLite.
+    pub async fn listen_to_other_nodes(&self, shutdown: CancellationToken) -> Result<()> {
+        if let Pools::Postgres { listen, .. } = &self.pools {
+            notify::listen(
+                listen.clone(),
+                self.node,
+                Arc::clone(&self.publisher),
+                shutdown,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn connect_sqlite(url: &str) -> Result<Pools> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -142,41 +265,121 @@ impl Db {
             .test_before_acquire(false)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Db {
+        Ok(Pools::Sqlite { read, write })
+    }
+
+    async fn connect_postgres(url: &str) -> Result<Pools> {
+        let options = PgConnectOptions::from_str(url)?;
+        // sqlx's migrator holds an advisory lock while it runs, so nodes starting together
+        // migrate once.
+        let write = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("migrations/postgres").run(&write).await?;
+        let read = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(options.clone())
+            .await?;
+        let dedicated = || {
+            PgPoolOptions::new()
+                .max_connections(1)
+                .max_lifetime(None)
+                .idle_timeout(None)
+                .connect_lazy_with(options.clone())
+        };
+        Ok(Pools::Postgres {
             read,
             write,
-            publisher: Arc::new(publisher),
+            listen: dedicated(),
+            duty: dedicated(),
         })
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.pools {
+            Pools::Sqlite { .. } => Backend::Sqlite,
+            Pools::Postgres { .. } => Backend::Postgres,
+        }
     }
 
     /// A reader connection.
     pub async fn reader(&self) -> Result<ReadConn> {
-        Ok(ReadConn {
-            conn: self.read.acquire().await?,
+        Ok(match &self.pools {
+            Pools::Sqlite { read, .. } => ReadConn::Sqlite(read.acquire().await?),
+            Pools::Postgres { read, .. } => ReadConn::Postgres(read.acquire().await?),
         })
     }
 
-    /// Starts a write (waiting for the writer connection).
+    /// Starts a write (waiting for the writer connection, and on PostgreSQL for every other
+    /// node's write in progress).
     pub async fn begin(&self) -> Result<WriteTx> {
+        let tx = match &self.pools {
+            Pools::Sqlite { write, .. } => Tx::Sqlite(write.begin().await?),
+            Pools::Postgres { write, .. } => {
+                let mut tx = write.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(WRITE_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                Tx::Postgres(tx)
+            }
+        };
         Ok(WriteTx {
-            tx: self.write.begin().await?,
+            tx,
             events: Vec::new(),
             publisher: Arc::clone(&self.publisher),
+            node: self.node,
         })
     }
 
     /// The newest applied migration, shown on `/go/about` as the schema version.
     pub async fn schema_version(&self) -> Result<i64> {
-        let version: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
-                .fetch_one(&self.read)
-                .await?;
+        const NEWEST: &str = "SELECT MAX(version) FROM _sqlx_migrations WHERE success";
+        let version: Option<i64> = match &self.pools {
+            Pools::Sqlite { read, .. } => sqlx::query_scalar(NEWEST).fetch_one(read).await?,
+            Pools::Postgres { read, .. } => sqlx::query_scalar(NEWEST).fetch_one(read).await?,
+        };
         Ok(version.unwrap_or(0))
     }
 
     pub async fn close(&self) {
-        self.read.close().await;
-        self.write.close().await;
+        match &self.pools {
+            Pools::Sqlite { read, write } => {
+                read.close().await;
+                write.close().await;
+            }
+            Pools::Postgres {
+                read,
+                write,
+                listen,
+                duty,
+            } => {
+                duty.close().await;
+                listen.close().await;
+                read.close().await;
+                write.close().await;
+            }
+        }
+    }
+}
+
+/// The URL as it may be shown: without its password.
+fn redact_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
     }
 }
 

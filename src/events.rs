@@ -150,6 +150,10 @@ pub enum DomainEvent {
     ArtifactsChanged {
         build_id: i64,
     },
+    /// Events may have been lost (this node could not hear the other nodes for a while):
+    /// whoever hears this re-reads everything it shows, as after a lag. Sent by the hub on
+    /// every topic (`Publisher::resync`), never by a write.
+    Resync,
 }
 
 impl DomainEvent {
@@ -168,6 +172,7 @@ impl DomainEvent {
             DomainEvent::PipelineUpdated { .. } => "pipeline_updated",
             DomainEvent::ConfigReloaded => "config_reloaded",
             DomainEvent::ArtifactsChanged { .. } => "artifacts_changed",
+            DomainEvent::Resync => "resync",
         }
     }
 }
@@ -286,6 +291,18 @@ impl Publisher {
     /// then [`Publisher::send`] the write's events, then drop the guard.
     pub async fn turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.order.lock().await
+    }
+
+    /// Tells everyone subscribed to any topic that they may have missed events
+    /// ([`DomainEvent::Resync`]).
+    pub fn resync(&self) {
+        let topics: Vec<Topic> = {
+            let channels = self.channels.lock().expect("hub lock poisoned");
+            channels.by_topic.keys().cloned().collect()
+        };
+        for topic in topics {
+            self.send(&topic, DomainEvent::Resync);
+        }
     }
 
     /// Sends `event` to everyone subscribed to `topic` now.

@@ -60,6 +60,8 @@ use crate::web::sse::StreamSlots;
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
+    /// Whether this node does the work one node at a time does (`db/duty.rs`).
+    pub duty: db::Duty,
     pub accounts: Accounts,
     pub audit: Audit,
     /// The `Host` names pages, streams and the user API answer to.
@@ -155,6 +157,9 @@ impl Application {
         }
         let (hub, publisher) = events::hub();
         let db = Db::connect(&config.database_url, publisher).await?;
+        let shutdown = CancellationToken::new();
+        // Before any view reads its first state, so nothing another node commits is missed.
+        db.listen_to_other_nodes(shutdown.clone()).await?;
         let accounts = Accounts::new(
             db.clone(),
             config.password_file.as_deref(),
@@ -190,7 +195,6 @@ impl Application {
             None => config.webhook_secret.clone(),
         }
         .filter(|secret| !secret.is_empty());
-        let shutdown = CancellationToken::new();
         let renders = Arc::new(RenderCounts::default());
         let agents_view = AgentsView::start(
             agents.clone(),
@@ -208,10 +212,15 @@ impl Application {
         )
         .await?;
         spawn_config_reload_on_hangup(configs, shutdown.clone());
-        materials::timers::spawn_timers(materials.clone(), shutdown.clone());
+        // What one node at a time does; the liveness sweep is not among it: every node's
+        // sweep judges by the contact stored in the shared database, and each of its steps is
+        // a compare-and-set, so two sweeps agree.
+        let duty = db.duty(shutdown.clone()).await;
+        materials::timers::spawn_timers(materials.clone(), duty.clone(), shutdown.clone());
         spawn_material_polls(
             materials.clone(),
             config.material_poll_interval,
+            duty.clone(),
             shutdown.clone(),
         );
         spawn_liveness(
@@ -237,11 +246,13 @@ impl Application {
                 pipelines.clone(),
                 keep,
                 &hub,
+                duty.clone(),
                 shutdown.clone(),
             );
         }
         let state = AppState {
             db,
+            duty,
             audit,
             accounts,
             hosts: Arc::new(hosts),
@@ -363,9 +374,14 @@ fn spawn_config_reload_on_hangup(configs: ConfigSources, shutdown: CancellationT
 }
 
 /// Polls the config repositories and then the git materials every `every` (zero: never),
-/// the first time right after start;
+/// the first time right after start, while this node is on duty;
 /// a round waits for the last to end, so a slow repository never piles polls up.
-fn spawn_material_polls(materials: Materials, every: Duration, shutdown: CancellationToken) {
+fn spawn_material_polls(
+    materials: Materials,
+    every: Duration,
+    duty: db::Duty,
+    shutdown: CancellationToken,
+) {
     if every.is_zero() {
         return;
     }
@@ -376,6 +392,9 @@ fn spawn_material_polls(materials: Materials, every: Duration, shutdown: Cancell
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {
+                    if !duty.is_mine() {
+                        continue;
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         // Config repositories first: the pipelines they add poll this round.

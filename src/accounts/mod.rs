@@ -7,6 +7,7 @@
 //! everyone is [`User::anonymous`], an admin.
 
 mod password_file;
+mod postgres;
 mod sqlite;
 mod store;
 mod throttle;

@@ -1,6 +1,6 @@
 //! The accounts store: sessions and personal access tokens, whichever backend holds them.
 
-use super::sqlite;
+use super::{postgres, sqlite};
 use crate::db::{Conn, backend};
 use crate::domain::user::AccessToken;
 use crate::error::Result;

@@ -5,6 +5,7 @@
 //! store (`store.rs`, `sqlite.rs`); its token crypto in `tokens.rs`.
 
 mod contacts;
+mod postgres;
 mod sqlite;
 mod store;
 

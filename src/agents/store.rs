@@ -4,7 +4,7 @@
 
 use uuid::Uuid;
 
-use super::sqlite;
+use super::{postgres, sqlite};
 use crate::db::{Conn, backend};
 use crate::domain::agent::{Agent, AgentState};
 use crate::error::Result;

@@ -8,6 +8,7 @@
 //! within `--max-artifact-bytes`. A `test` artifact that is a JUnit XML report is read as it
 //! comes in, and its summary recorded with it (the job and stage pages show them).
 
+mod postgres;
 pub mod purge;
 mod sqlite;
 mod store;

@@ -8,6 +8,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use super::Artifacts;
+use crate::db::Duty;
 use crate::events::{DomainEvent, Hub, Topic};
 use crate::pipelines::Pipelines;
 
@@ -16,6 +17,7 @@ pub fn spawn_purge(
     pipelines: Pipelines,
     keep: u32,
     hub: &Hub,
+    duty: Duty,
     shutdown: CancellationToken,
 ) {
     let mut changes = hub.subscribe(&Topic::PipelinesUpdates);
@@ -28,6 +30,10 @@ pub fn spawn_purge(
             .map(|p| p.name.clone())
             .collect();
         loop {
+            // Off duty, another node purges (this one keeps nothing to do later).
+            if !duty.is_mine() {
+                due.clear();
+            }
             for pipeline in std::mem::take(&mut due) {
                 if let Err(error) = artifacts.purge(&pipelines, &pipeline, keep).await {
                     tracing::warn!(%error, pipeline, "purging artifacts failed; tried again on its next change");
@@ -37,20 +43,30 @@ pub fn spawn_purge(
                 _ = shutdown.cancelled() => return,
                 event = changes.recv() => event,
             };
-            match event {
-                Ok(event) => {
-                    if let DomainEvent::PipelineUpdated { pipeline, .. } = &*event {
-                        due.insert(pipeline.clone());
-                    }
-                }
-                // Missed some: every pipeline may have changed.
-                Err(RecvError::Lagged(_)) => due.extend(
+            // Missed some (here, or this node did not hear the others): every pipeline may
+            // have changed.
+            let missed = match &event {
+                Err(RecvError::Lagged(_)) => true,
+                Ok(event) => **event == DomainEvent::Resync,
+                Err(RecvError::Closed) => false,
+            };
+            if missed {
+                due.extend(
                     pipelines
                         .configs()
                         .snapshot()
                         .pipelines()
                         .map(|p| p.name.clone()),
-                ),
+                );
+                continue;
+            }
+            match event {
+                Err(RecvError::Lagged(_)) => {}
+                Ok(event) => {
+                    if let DomainEvent::PipelineUpdated { pipeline, .. } = &*event {
+                        due.insert(pipeline.clone());
+                    }
+                }
                 Err(RecvError::Closed) => return,
             }
             // Gather what else came meanwhile.

@@ -1,7 +1,7 @@
 //! The artifacts store: what the artifacts context asks of the database, whichever backend
 //! it is. Each function hands its connection to the same-named function of `sqlite.rs`.
 
-use super::sqlite;
+use super::{postgres, sqlite};
 use crate::db::{Conn, backend};
 use crate::domain::artifact::ArtifactFile;
 use crate::domain::test_report::TestSummary;

@@ -2,6 +2,7 @@
 //! that makes the change (so a change and its entry commit together); this module reads the
 //! trail back, newest first.
 
+mod postgres;
 mod sqlite;
 mod store;
 

@@ -1,36 +1,12 @@
-//! The audit store on SQLite: every statement that touches `audit`.
+//! The audit store on SQLite: the statements of `sql.rs` on a SQLite connection, with
+//! SQLite's spelling where the two engines differ (`db::dialect::sqlite`).
 
-use sqlx::SqliteConnection;
+use sqlx::SqliteConnection as Connection;
 
-use crate::domain::audit::AuditEntry;
-use crate::error::Result;
-
-pub async fn insert(c: &mut SqliteConnection, entry: &AuditEntry) -> Result<()> {
-    sqlx::query("INSERT INTO audit (at, actor, action, target) VALUES ($1, $2, $3, $4)")
-        .bind(entry.at)
-        .bind(&entry.actor)
-        .bind(&entry.action)
-        .bind(&entry.target)
-        .execute(c)
-        .await?;
-    Ok(())
-}
-
-pub async fn page(c: &mut SqliteConnection, offset: i64, limit: i64) -> Result<Vec<AuditEntry>> {
-    let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
-        "SELECT at, actor, action, target FROM audit ORDER BY id DESC LIMIT $1 OFFSET $2",
-    )
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(c)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(at, actor, action, target)| AuditEntry {
-            at,
-            actor,
-            action,
-            target,
-        })
-        .collect())
-}
+#[path = "sql.rs"]
+#[allow(
+    clippy::duplicate_mod,
+    reason = "sql.rs is compiled once per backend, on purpose"
+)]
+mod sql;
+pub use sql::*;

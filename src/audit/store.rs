@@ -1,6 +1,6 @@
 //! The audit store: the trail, whichever backend holds it.
 
-use super::sqlite;
+use super::{postgres, sqlite};
 use crate::db::{Conn, backend};
 use crate::domain::audit::AuditEntry;
 use crate::error::Result;

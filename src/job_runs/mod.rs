@@ -2,6 +2,7 @@
 //! console. The scheduler creates, assigns and ends runs through the crate-internal functions
 //! here, inside its own writes; every statement is in the store (`store.rs`, `sqlite.rs`).
 
+mod postgres;
 mod sqlite;
 pub(crate) mod store;
 

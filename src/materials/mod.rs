@@ -9,6 +9,7 @@
 
 mod config_repos;
 pub mod git;
+mod postgres;
 mod sqlite;
 pub(crate) mod store;
 pub mod timers;

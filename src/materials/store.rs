@@ -1,7 +1,7 @@
 //! The materials store: what the materials context asks of the database, whichever backend
 //! it is. Each function hands its connection to the same-named function of `sqlite.rs`.
 
-use super::sqlite;
+use super::{postgres, sqlite};
 use crate::db::{Conn, backend};
 use crate::domain::material::Modification;
 use crate::error::Result;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{Materials, store};
-use crate::db::now_millis;
+use crate::db::{Duty, now_millis};
 use crate::domain::material::Fingerprint;
 use crate::domain::pipeline_config::MaterialSource;
 use crate::domain::timer::TimerSpec;
@@ -26,8 +26,9 @@ pub const TIMER: &str = "timer";
 /// away, or none).
 const LONGEST_SLEEP: Duration = Duration::from_secs(3600);
 
-/// Runs the timers until `shutdown`.
-pub fn spawn_timers(materials: Materials, shutdown: CancellationToken) {
+/// Runs the timers until `shutdown`; they fire on the node on duty only (a firing missed
+/// while no node was on duty is not made up).
+pub fn spawn_timers(materials: Materials, duty: Duty, shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut changes = materials.pipelines.configs().changes();
         let mut checked = now_millis();
@@ -35,7 +36,8 @@ pub fn spawn_timers(materials: Materials, shutdown: CancellationToken) {
             let now = now_millis();
             let timers = configured_timers(&materials);
             for (pipeline, spec, only_on_changes) in &timers {
-                if spec.next_after(checked).is_some_and(|at| at <= now)
+                if duty.is_mine()
+                    && spec.next_after(checked).is_some_and(|at| at <= now)
                     && let Err(error) = materials.fire_timer(pipeline, *only_on_changes).await
                 {
                     tracing::warn!(%pipeline, %error, "timer firing failed");

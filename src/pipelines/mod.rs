@@ -5,6 +5,7 @@
 //! its stage, and the instance, on: the next stage, a wait for approval, the end, and the
 //! downstream pipelines a passed stage triggers. Every change publishes `pipeline_updated`.
 
+mod postgres;
 mod sqlite;
 pub(crate) mod store;
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::sqlite;
+use super::{postgres, sqlite};
 use crate::db::{Conn, backend};
 use crate::domain::job_run::JobResult;
 use crate::domain::material::{MaterialRevision, UpstreamRevision};

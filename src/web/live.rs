@@ -223,6 +223,8 @@ impl Subscription {
             async_stream::stream! {
                 loop {
                     match events.recv().await {
+                        // Events were lost elsewhere (another node's): as for a lag here.
+                        Ok(event) if *event == DomainEvent::Resync => yield Heard::Missed(topic.clone(), 0),
                         Ok(event) => yield Heard::Event(event),
                         Err(RecvError::Lagged(count)) => yield Heard::Missed(topic.clone(), count),
                         Err(RecvError::Closed) => break,

@@ -33,7 +33,7 @@ const DURATION_BUCKETS: [f64; 14] = [
 ];
 
 /// Every metric and what it counts (its `# HELP` line; docs/API.md, "Metrics").
-pub const DESCRIBED: [(&str, &str); 12] = [
+pub const DESCRIBED: [(&str, &str); 13] = [
     (
         "ferrocd_lagged_connections_total",
         "Times a connection fell behind its view and was sent the whole state again, by stream kind",
@@ -76,6 +76,10 @@ pub const DESCRIBED: [(&str, &str); 12] = [
         "Pipeline instances, by result (Building, Passed, Failed, Cancelled, Waiting)",
     ),
     ("ferrocd_scrapes_total", "Scrapes of /metrics"),
+    (
+        "ferrocd_on_duty",
+        "1 while this node polls materials, fires timers and purges artifacts (one node at a time does)",
+    ),
 ];
 
 pub fn router() -> Routes {
@@ -219,6 +223,9 @@ async fn scrape(State(state): State<AppState>) -> Result<Response> {
             .counter("ferrocd_lagged_connections_total", &[("stream", stream)])
             .absolute(count);
     }
+    metrics
+        .gauge("ferrocd_on_duty", &[])
+        .set(if state.duty.is_mine() { 1.0 } else { 0.0 });
     metrics
         .gauge("ferrocd_queue_length", &[])
         .set(state.scheduler.pending_count().await? as f64);

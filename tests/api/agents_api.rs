@@ -588,7 +588,7 @@ async fn version_and_health_answer() {
 }
 
 #[tokio::test]
-async fn the_about_page_shows_the_server_and_schema_versions() {
+async fn the_about_page_shows_the_server_and_schema_versions_and_the_database() {
     let app = spawn_app().await;
     let reply = app.get("/go/about").await;
     let (status, content_type, html) = (
@@ -613,7 +613,22 @@ async fn the_about_page_shows_the_server_and_schema_versions() {
         .trim()
         .parse()
         .unwrap_or_else(|_| panic!("the schema version is a number, got {:?}", &cell[..end]));
-    let _ = schema;
+    // The newest migration, the same number on both backends.
+    let newest = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
+        .unwrap()
+        .filter_map(|entry| {
+            entry
+                .ok()?
+                .file_name()
+                .to_str()?
+                .get(..4)?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap();
+    assert_eq!(schema, newest, "{html}");
+    expect_backend(&app).await;
 }
 
 #[tokio::test]

@@ -174,14 +174,19 @@ fn no_room_names_a_module_its_layer_may_not_reach() {
 }
 
 #[test]
-fn only_the_database_module_and_the_stores_touch_sqlite_connections() {
+fn only_the_database_module_and_the_stores_touch_database_connections() {
     let mut violations = Vec::new();
     for (path, _, code) in sources() {
-        let store = path.file_name().is_some_and(|n| n == "sqlite.rs");
-        let database = path.ends_with("src/db.rs");
+        let store = path
+            .file_name()
+            .is_some_and(|n| n == "sql.rs" || n == "sqlite.rs" || n == "postgres.rs");
+        let database =
+            path.ends_with("src/db.rs") || path.parent().is_some_and(|d| d.ends_with("src/db"));
         if !store
             && !database
-            && (code.contains("SqliteConnection") || code.contains("sqlx::query"))
+            && (code.contains("SqliteConnection")
+                || code.contains("PgConnection")
+                || code.contains("sqlx::query"))
         {
             violations.push(path.display().to_string());
         }

@@ -3,7 +3,6 @@
 //! in the next (checked by its SHA-256), and the peak resident memory of each process grows by
 //! less than [`GROWTH_BOUND`] while they do (read from `/proc/PID/status`, `VmHWM`).
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -89,13 +88,10 @@ async fn a_200_mb_artifact_goes_up_and_down_in_bounded_memory_on_both_sides() {
         .port();
     let base = format!("http://127.0.0.1:{port}");
     let server_logs = tempfile::tempdir().unwrap();
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_ferrocd"));
+    let mut serve = crate::helpers::serve_command(&dir.path().join("data"));
     serve
-        .arg("serve")
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
         .arg("--config")
         .arg(&config)
         .arg("--agent-registration-key")
@@ -109,6 +105,7 @@ async fn a_200_mb_artifact_goes_up_and_down_in_bounded_memory_on_both_sides() {
             .map(|_| ())
     })
     .await;
+    crate::helpers::expect_backend(&crate::helpers::Api::new(base.clone())).await;
     let agent_dir = dir.path().join("agent");
     let agent_logs = tempfile::tempdir().unwrap();
     let mut command = AgentProcess::command(&base, &agent_dir);

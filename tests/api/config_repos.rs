@@ -6,10 +6,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ferrocd::config::Config;
 use serde_json::Value;
 
-use crate::helpers::{Api, Server, eventually};
+use crate::helpers::{Api, Server, eventually, test_config};
 use crate::materials::{commit, new_repo};
 
 fn write(repo: &Path, file: &str, text: &str) {
@@ -54,7 +53,7 @@ async fn a_config_repository_adds_pipelines_and_keeps_its_last_good_revision() {
     let first = commit(&repo, "notes.txt", "alpha");
     let data = tempfile::tempdir().unwrap();
     let settings = |interval: Duration| {
-        let mut config = Config::for_data_dir(data.path());
+        let mut config = test_config(data.path());
         config.config_repos = vec![format!("file://{}#main", repo.display()).parse().unwrap()];
         config.material_poll_interval = interval;
         config

@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ferrocd::Application;
 use ferrocd::config::Config;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -389,9 +388,9 @@ async fn start_timed(
     tempfile::TempDir,
 ) {
     let data = tempfile::tempdir().unwrap();
-    let mut config = Config::for_data_dir(data.path());
+    let mut config = test_config(data.path());
     configure(&mut config);
-    let app = Application::build(config).await.expect("the server builds");
+    let app = build_app(config).await;
     let api = Api::new(format!("http://{}", app.local_addr()));
     let stop = app.shutdown_token();
     let running = tokio::spawn(app.run_until_stopped());

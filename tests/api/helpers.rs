@@ -61,13 +61,115 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// The variable naming a PostgreSQL cluster (an admin URL, `postgres://user@host:port/db`)
+/// for the Postgres pass: every test server then gets a database of its own in it.
+pub const TEST_DATABASE_URL: &str = "FERROCD_TEST_DATABASE_URL";
+
+/// A server's configuration on the data directory `dir`, on the database this pass of the
+/// suite runs on: SQLite in `dir`, or under [`TEST_DATABASE_URL`] a PostgreSQL database named
+/// after `dir`, created on first use, so a server started again on the same `dir` finds its
+/// data as it would in its SQLite file.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut config = Config::for_data_dir(dir);
+    if let Ok(admin_url) = std::env::var(TEST_DATABASE_URL) {
+        config.database_url = postgres_database_for(&admin_url, dir);
+    }
+    config
+}
+
+/// The URL of `dir`'s database in the cluster at `admin_url`, created if it does not exist.
+/// On a thread of its own with its own runtime, so sync code (a config closure) can call it.
+fn postgres_database_for(admin_url: &str, dir: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    use sqlx::Connection;
+    let digest = Sha256::digest(dir.as_os_str().as_encoded_bytes());
+    let name = format!("ferrocd_test_{}", &hex::encode(digest)[..16]);
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .unwrap_or_else(|| panic!("{TEST_DATABASE_URL} is postgres://user@host:port/db"));
+    let url = format!("{base}/{name}");
+    let admin_url = admin_url.to_string();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let mut admin = sqlx::PgConnection::connect(&admin_url)
+                .await
+                .unwrap_or_else(|e| panic!("{TEST_DATABASE_URL}={admin_url}: {e}"));
+            let exists: Option<i32> =
+                sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+                    .bind(&name)
+                    .fetch_optional(&mut admin)
+                    .await
+                    .expect("pg_database reads");
+            if exists.is_none() {
+                // The name is ours (hex), so it needs no quoting.
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut admin)
+                    .await
+                    .expect("the test database is created");
+            }
+            admin.close().await.ok();
+        })
+    })
+    .join()
+    .expect("the database is made");
+    url
+}
+
+/// Builds the server, and checks it runs on the database this pass of the suite is for, so a
+/// Postgres pass cannot quietly test SQLite.
+pub async fn build_app(config: Config) -> Application {
+    let app = Application::build(config).await.expect("the server builds");
+    assert_eq!(
+        app.state().db.backend(),
+        expected_backend(),
+        "the server's database"
+    );
+    app
+}
+
+/// The database this pass of the suite is for.
+fn expected_backend() -> ferrocd::db::Backend {
+    if std::env::var(TEST_DATABASE_URL).is_ok() {
+        ferrocd::db::Backend::Postgres
+    } else {
+        ferrocd::db::Backend::Sqlite
+    }
+}
+
+/// `ferrocd serve --data-dir DIR` as a process of its own, on this pass's database; the caller
+/// adds the other flags.
+pub fn serve_command(data_dir: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ferrocd"));
+    command.arg("serve").arg("--data-dir").arg(data_dir);
+    let config = test_config(data_dir);
+    command.env("DATABASE_URL", config.database_url);
+    command
+}
+
+/// Checks that a server started as a process runs on this pass's database: `/go/about` names
+/// it.
+pub async fn expect_backend(api: &Api) {
+    let reply = api.get("/go/about").await;
+    assert_eq!(reply.status, 200, "/go/about");
+    let about = reply.text();
+    let name = expected_backend().name();
+    assert!(
+        about.contains(&format!("<td>Database</td><td>{name}</td>")),
+        "/go/about names {name}: {about}"
+    );
+}
+
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let data = tempfile::tempdir().expect("temp dir");
-    let mut config = Config::for_data_dir(data.path());
+    let mut config = test_config(data.path());
     // Tests register hundreds of agents from one address; the limit's own test sets it.
     config.registrations_per_second = 0;
     configure(&mut config);
-    let app = Application::build(config).await.expect("the server builds");
+    let app = build_app(config).await;
     let api = Api::new(format!("http://{}", app.local_addr()));
     let state = app.state();
     let shutdown = app.shutdown_token();
@@ -90,7 +192,7 @@ pub struct Server {
 
 impl Server {
     pub async fn start(config: Config) -> Server {
-        let app = Application::build(config).await.expect("the server builds");
+        let app = build_app(config).await;
         let base = format!("http://{}", app.local_addr());
         let stop = app.shutdown_token();
         let running = Some(tokio::spawn(app.run_until_stopped()));

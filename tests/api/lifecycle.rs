@@ -1,19 +1,17 @@
 //! Starting, stopping and restarting the server.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use ferrocd::config::Config;
 use serde_json::json;
 
 use crate::helpers::*;
 
 /// Runs the real binary on a free port, returns it and the address it printed.
 fn start_binary(data_dir: &std::path::Path) -> (std::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrocd"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
+    let mut child = serve_command(data_dir)
+        .args(["--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
@@ -43,6 +41,7 @@ fn start_binary(data_dir: &std::path::Path) -> (std::process::Child, String) {
 async fn sigterm_with_streams_open_exits_promptly() {
     let data = tempfile::tempdir().unwrap();
     let (mut child, base) = start_binary(data.path());
+    expect_backend(&Api::new(base.clone())).await;
     let mut page_stream = SseClient::connect(&format!("{base}/agents/events"), None).await;
     let mut api_stream =
         SseClient::connect(&format!("{base}/api/events?topics=agents:updates"), None).await;
@@ -75,7 +74,7 @@ async fn sigterm_with_streams_open_exits_promptly() {
 #[tokio::test]
 async fn an_agent_not_heard_from_since_a_restart_is_missing() {
     let data = tempfile::tempdir().unwrap();
-    let first = Server::start(Config::for_data_dir(data.path())).await;
+    let first = Server::start(test_config(data.path())).await;
     let (status, registered) = first
         .api()
         .register_with(json!({"hostname": "survivor"}), None)
@@ -85,7 +84,7 @@ async fn an_agent_not_heard_from_since_a_restart_is_missing() {
     first.stop().await;
 
     // Same data directory, new process: the agent is remembered, but Missing.
-    let second = Server::start(Config::for_data_dir(data.path())).await;
+    let second = Server::start(test_config(data.path())).await;
     let api = second.api();
     let shown = api.agent(&agent.uuid).await;
     assert_eq!(shown["hostname"], "survivor");
@@ -111,6 +110,11 @@ async fn the_data_dir_and_the_database_are_the_owners_alone() {
         |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(app.data_dir()), 0o700, "the data dir");
     let db = app.data_dir().join("ferrocd.db");
+    if std::env::var(TEST_DATABASE_URL).is_ok() {
+        // The database is the PostgreSQL server's to guard.
+        assert!(!db.exists(), "no SQLite file beside a PostgreSQL database");
+        return;
+    }
     assert_eq!(mode(&db), 0o600, "the database");
     let wal = app.data_dir().join("ferrocd.db-wal");
     if wal.exists() {

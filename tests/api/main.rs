@@ -26,6 +26,7 @@ mod live_views;
 mod loadgen;
 mod materials;
 mod metrics;
+mod nodes;
 mod pipelines;
 mod pipelines_agent;
 mod registration;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{Api, eventually, spawn_app_with};
+use crate::helpers::{Api, eventually, spawn_app_with, test_config};
 
 /// `git` in `dir`, with a fixed identity.
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -584,7 +584,7 @@ async fn a_restart_keeps_the_recorded_modifications() {
     commit(&repo, "a.txt", "first");
     let data = tempfile::tempdir().unwrap();
     let settings = || {
-        let mut config = ferrocd::config::Config::for_data_dir(data.path());
+        let mut config = test_config(data.path());
         config.material_poll_interval = Duration::from_millis(300);
         config
     };

@@ -6,8 +6,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{Api, Registered, Server, eventually, spawn_app};
-use ferrocd::config::Config;
+use crate::helpers::{Api, Registered, Server, eventually, spawn_app, test_config};
 
 pub async fn trigger(api: &Api, pipeline: &str) -> i64 {
     let body = api
@@ -432,7 +431,7 @@ async fn an_instance_carries_on_after_a_restart() {
     std::fs::create_dir_all(&config_dir).unwrap();
     std::fs::write(config_dir.join("shop.gocd.yaml"), THREE_STAGES).unwrap();
     let settings = || {
-        let mut config = Config::for_data_dir(data.path());
+        let mut config = test_config(data.path());
         config.config_paths = vec![config_dir.clone()];
         config.registrations_per_second = 0;
         config

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use ferrocd::config::Config;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -10,7 +9,7 @@ use crate::helpers::*;
 #[tokio::test]
 async fn a_run_held_by_an_agent_missing_since_a_restart_is_rescheduled() {
     let data = tempfile::tempdir().unwrap();
-    let mut config = Config::for_data_dir(data.path());
+    let mut config = test_config(data.path());
     config.lost_contact_after = Duration::from_secs(1);
     let first = Server::start(config.clone()).await;
     let (agent, build_id) = first.api().assigned_build("goes-away").await;
@@ -214,7 +213,7 @@ async fn a_building_ping_for_a_run_already_completed_leaves_the_agent_idle_for_w
 #[tokio::test]
 async fn after_a_long_restart_agents_get_a_full_period_before_their_runs_are_taken() {
     let data = tempfile::tempdir().unwrap();
-    let mut config = Config::for_data_dir(data.path());
+    let mut config = test_config(data.path());
     config.lost_contact_after = Duration::from_secs(1);
     let first = Server::start(config.clone()).await;
     let (agent, build_id) = first.api().assigned_build("goes-away").await;

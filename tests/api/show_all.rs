@@ -3,7 +3,7 @@
 //! real `ferrocd serve` process of its own, whose peak resident size (`VmHWM`) no other test
 //! can move.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use futures::StreamExt;
 
@@ -45,14 +45,8 @@ async fn show_all_of_a_60_mb_log_streams_it_whole_with_flat_memory() {
         .unwrap()
         .port();
     let server = ServeProcess(
-        Command::new(env!("CARGO_BIN_EXE_ferrocd"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(data.path())
+        serve_command(data.path())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -65,6 +59,7 @@ async fn show_all_of_a_60_mb_log_streams_it_whole_with_flat_memory() {
         health.status().is_success().then_some(())
     })
     .await;
+    expect_backend(&api).await;
 
     let (agent, build) = api.running_build("loud").await;
     let agent = api.as_agent(&agent);

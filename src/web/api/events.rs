@@ -286,6 +286,8 @@ impl View for TopicRenderer {
                 | DomainEvent::PipelineUpdated { .. }
                 | DomainEvent::ConfigReloaded
                 | DomainEvent::ArtifactsChanged { .. } => {}
+                // A miss by the time a view hears it (`live::Subscription`).
+                DomainEvent::Resync => {}
             }
         }
         // Reads first: if one fails, nothing was sent and the runner tries it all again.
@@ -353,6 +355,8 @@ impl View for TopicRenderer {
                 DomainEvent::ArtifactsChanged { build_id } => {
                     Some(to_json(&json!({ "build_id": build_id })))
                 }
+                // A miss by the time a view hears it (`live::Subscription`).
+                DomainEvent::Resync => None,
             };
             // An agent gone before this view could read it: its uuid is all there is.
             let data = data.unwrap_or_else(|| match event {

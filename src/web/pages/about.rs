@@ -23,7 +23,7 @@ async fn about(
         ("Server Version", GOCD_VERSION.to_string()),
         ("ferrocd Version", env!("CARGO_PKG_VERSION").to_string()),
         ("Database schema version", schema.to_string()),
-        ("Database", "SQLite (embedded)".to_string()),
+        ("Database", state.db.backend().name().to_string()),
     ];
     Ok(page(
         Some(&viewer),

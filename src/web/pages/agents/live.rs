@@ -211,6 +211,8 @@ impl View for Renderer {
             | DomainEvent::PipelineUpdated { .. }
             | DomainEvent::ConfigReloaded
             | DomainEvent::ArtifactsChanged { .. } => {}
+            // A miss by the time a view hears it (`live::Subscription`).
+            DomainEvent::Resync => {}
         }
     }
 

@@ -1,0 +1,50 @@
+//! Where SQLite and PostgreSQL spell the same thing differently: each store's `sql.rs` is
+//! compiled once per backend, and takes these fragments from the backend module it is compiled
+//! in (`use super::dialect`), so one statement text serves both engines.
+//!
+//! Everything else the statements use reads alike on both: `$1…` binds, `ON CONFLICT`,
+//! `RETURNING`, `COALESCE`, `CAST(… AS BIGINT)`, and a `rowid` column (SQLite's own; an
+//! identity column in the PostgreSQL schema).
+
+pub mod sqlite {
+    /// The larger of several values (`GREATEST` on PostgreSQL).
+    pub const GREATEST: &str = "MAX";
+
+    /// The integers of the JSON array bound at `param`, as a sub-select.
+    pub fn json_ints(param: &str) -> String {
+        format!("SELECT value FROM json_each({param})")
+    }
+
+    /// The `[name, counter]` pairs of the JSON array bound at `param`, as a table of `name`
+    /// and `counter` to join with.
+    pub fn json_pairs(param: &str) -> String {
+        format!(
+            "(SELECT json_extract(value, '$[0]') AS name, json_extract(value, '$[1]') AS counter \
+             FROM json_each({param}))"
+        )
+    }
+
+    /// The length of the array under `key` in the JSON object `column`.
+    pub fn json_array_length(column: &str, key: &str) -> String {
+        format!("json_array_length({column}, '$.{key}')")
+    }
+}
+
+pub mod postgres {
+    pub const GREATEST: &str = "GREATEST";
+
+    pub fn json_ints(param: &str) -> String {
+        format!("SELECT CAST(value AS BIGINT) FROM jsonb_array_elements_text({param}) AS t(value)")
+    }
+
+    pub fn json_pairs(param: &str) -> String {
+        format!(
+            "(SELECT value->>0 AS name, CAST(value->>1 AS BIGINT) AS counter \
+             FROM jsonb_array_elements({param}) AS t(value))"
+        )
+    }
+
+    pub fn json_array_length(column: &str, key: &str) -> String {
+        format!("CAST(jsonb_array_length({column}->'{key}') AS BIGINT)")
+    }
+}

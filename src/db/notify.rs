@@ -1,0 +1,217 @@
+//! Events between nodes on PostgreSQL. A write's events travel as `NOTIFY` payloads sent
+//! inside its transaction, so another node hears of a change only once it has committed, and
+//! in commit order. Each node publishes what it hears from the others into its own hub, as if
+//! the write had been its own (views re-read what an event names, from the shared database);
+//! its own notices it skips, having published those at its commit.
+//!
+//! A node that lost its listening connection cannot know what it missed meanwhile: once it
+//! listens again, every view and stream on it re-reads ([`Publisher::resync`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::events::{DomainEvent, Publisher, Topic};
+
+/// The one channel every node sends on and listens to.
+pub const CHANNEL: &str = "ferrocd_events";
+
+/// PostgreSQL refuses a payload of 8000 bytes or more.
+const MAX_PAYLOAD: usize = 7_900;
+
+/// One notification: some of a write's events, in order, from the node that wrote; or, for
+/// an event too large for any payload, the word that everything must be re-read.
+#[derive(Serialize, Deserialize)]
+struct Notice<E> {
+    node: Uuid,
+    #[serde(default = "Vec::new")]
+    events: Vec<E>,
+    #[serde(default)]
+    resync: bool,
+}
+
+/// The payloads carrying `events`, written by `node`: as few as fit, in order.
+pub fn payloads(node: Uuid, events: &[(Topic, DomainEvent)]) -> Vec<String> {
+    let empty = |resync| {
+        serde_json::to_string(&Notice::<()> {
+            node,
+            events: Vec::new(),
+            resync,
+        })
+        .expect("a notice serialises")
+    };
+    // `{"node":"…","events":[` + items + `],"resync":false}`
+    let overhead = empty(false).len();
+    let mut payloads = Vec::new();
+    let mut items: Vec<String> = Vec::new();
+    let mut size = overhead;
+    let flush = |items: &mut Vec<String>, payloads: &mut Vec<String>| {
+        if !items.is_empty() {
+            payloads.push(format!(
+                r#"{{"node":"{node}","events":[{}],"resync":false}}"#,
+                items.join(",")
+            ));
+            items.clear();
+        }
+    };
+    for event in events {
+        let item = serde_json::to_string(event).expect("an event serialises");
+        if overhead + item.len() > MAX_PAYLOAD {
+            flush(&mut items, &mut payloads);
+            size = overhead;
+            payloads.push(empty(true));
+            continue;
+        }
+        if size + item.len() + 1 > MAX_PAYLOAD {
+            flush(&mut items, &mut payloads);
+            size = overhead;
+        }
+        size += item.len() + 1;
+        items.push(item);
+    }
+    flush(&mut items, &mut payloads);
+    payloads
+}
+
+/// Listens to the other nodes from now on (the first `LISTEN` has been answered when this
+/// returns, so nothing committed afterwards is missed), publishing what they write here,
+/// until `shutdown`.
+pub async fn listen(
+    pool: PgPool,
+    node: Uuid,
+    publisher: Arc<Publisher>,
+    shutdown: CancellationToken,
+) -> sqlx::Result<()> {
+    let mut listener = connect(&pool).await?;
+    tokio::spawn(async move {
+        loop {
+            let heard = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                heard = listener.try_recv() => heard,
+            };
+            match heard {
+                Ok(Some(notification)) => deliver(&publisher, node, notification.payload()).await,
+                // The connection was lost and has been made again (listening again).
+                Ok(None) => {
+                    tracing::warn!(
+                        "the database connection for other nodes' events was lost and is back: every view re-reads"
+                    );
+                    publisher.resync();
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "lost the database connection for other nodes' events; connecting again");
+                    listener = match reconnect(&pool, &shutdown).await {
+                        Some(listener) => listener,
+                        None => return,
+                    };
+                    tracing::info!("hearing other nodes' events again: every view re-reads");
+                    publisher.resync();
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn connect(pool: &PgPool) -> sqlx::Result<PgListener> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Tries again until it listens (`None`: shut down first), at most every 2 s.
+async fn reconnect(pool: &PgPool, shutdown: &CancellationToken) -> Option<PgListener> {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        match connect(pool).await {
+            Ok(listener) => return Some(listener),
+            Err(error) => tracing::debug!(%error, "not listening yet"),
+        }
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn deliver(publisher: &Publisher, node: Uuid, payload: &str) {
+    match serde_json::from_str::<Notice<(Topic, DomainEvent)>>(payload) {
+        Ok(notice) if notice.node == node => {}
+        Ok(notice) if notice.resync => publisher.resync(),
+        Ok(notice) => {
+            let _turn = publisher.turn().await;
+            for (topic, event) in notice.events {
+                publisher.send(&topic, event);
+            }
+        }
+        Err(error) => {
+            // Another version of ferrocd, or a stray NOTIFY: we cannot tell what changed.
+            tracing::warn!(%error, "a notice on {CHANNEL} did not parse: every view re-reads");
+            publisher.resync();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(payload: &str) -> Notice<(Topic, DomainEvent)> {
+        assert!(payload.len() < 8000, "{} bytes", payload.len());
+        serde_json::from_str(payload).unwrap()
+    }
+
+    #[test]
+    fn a_write_s_events_travel_in_order_in_as_few_payloads_as_fit() {
+        let node = Uuid::new_v4();
+        let events: Vec<(Topic, DomainEvent)> = (0..500)
+            .map(|n| {
+                (
+                    Topic::JobRunsUpdates,
+                    DomainEvent::RunUpdated { build_id: n },
+                )
+            })
+            .collect();
+        let sent = payloads(node, &events);
+        assert!(sent.len() > 1 && sent.len() < 10, "{}", sent.len());
+        let heard: Vec<_> = sent
+            .iter()
+            .flat_map(|p| {
+                let notice = parse(p);
+                assert_eq!(notice.node, node);
+                assert!(!notice.resync);
+                notice.events
+            })
+            .collect();
+        assert_eq!(heard, events);
+        assert!(payloads(node, &[]).is_empty(), "no events, no notice");
+    }
+
+    #[test]
+    fn an_event_too_large_for_a_payload_becomes_a_resync_between_the_others() {
+        let node = Uuid::new_v4();
+        let huge = DomainEvent::PipelineUpdated {
+            pipeline: "p".repeat(9000),
+            counter: Some(1),
+            stages: Vec::new(),
+        };
+        let small = |n| {
+            (
+                Topic::JobRunsUpdates,
+                DomainEvent::RunUpdated { build_id: n },
+            )
+        };
+        let sent = payloads(node, &[small(1), (Topic::PipelinesUpdates, huge), small(2)]);
+        let notices: Vec<_> = sent.iter().map(|p| parse(p)).collect();
+        assert_eq!(notices.len(), 3);
+        assert_eq!(notices[0].events, vec![small(1)]);
+        assert!(notices[1].resync && notices[1].events.is_empty());
+        assert_eq!(notices[2].events, vec![small(2)]);
+    }
+}

@@ -1,0 +1,215 @@
+//! Several `ferrocd serve` nodes on one PostgreSQL database act as one server: a change made
+//! through one node reaches the streams of the other, and work is handed out once. These need
+//! PostgreSQL: in the SQLite pass each says it is skipped (the Postgres pass of `.ci/run` runs
+//! them, and fails if it ran nothing on PostgreSQL).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use tempfile::TempDir;
+
+use crate::helpers::*;
+use crate::pipelines::trigger;
+
+/// Two nodes on one database, sharing their `--config` folder and `--artifacts-dir` as a
+/// deployment must (docs/deploy.md), each with a data dir of its own.
+struct TwoNodes {
+    a: Server,
+    b: Server,
+    _dirs: [TempDir; 3],
+}
+
+const RELAY: &str = r#"
+format_version: 10
+pipelines:
+  relay:
+    group: nodes
+    stages:
+      - build:
+          jobs:
+            compile:
+              tasks:
+                - exec: {command: make}
+"#;
+
+/// Two nodes, or `None` (having said so) when this pass is not on PostgreSQL.
+async fn two_nodes() -> Option<TwoNodes> {
+    if std::env::var(TEST_DATABASE_URL).is_err() {
+        eprintln!("skipped: several nodes need PostgreSQL ({TEST_DATABASE_URL})");
+        return None;
+    }
+    let shared = tempfile::tempdir().unwrap();
+    let config_dir = shared.path().join("config");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(config_dir.join("relay.gocd.yaml"), RELAY).unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let node = |dir: &TempDir, database_url: Option<String>| {
+        let mut config = test_config(dir.path());
+        if let Some(url) = database_url {
+            config.database_url = url;
+        }
+        config.config_paths = vec![config_dir.clone()];
+        config.artifacts_dir = shared.path().join("artifacts");
+        config.registrations_per_second = 0;
+        config
+    };
+    let config_a = node(&dir_a, None);
+    let config_b = node(&dir_b, Some(config_a.database_url.clone()));
+    let a = Server::start(config_a).await;
+    let b = Server::start(config_b).await;
+    Some(TwoNodes {
+        a,
+        b,
+        _dirs: [shared, dir_a, dir_b],
+    })
+}
+
+#[tokio::test]
+async fn a_change_through_one_node_reaches_the_other_node_s_streams() {
+    let Some(nodes) = two_nodes().await else {
+        return;
+    };
+    let (a, b) = (nodes.a.api(), nodes.b.api());
+
+    // The agents page on B hears of an agent that registered with A.
+    let mut agents_on_b = b.subscribe("/agents/events").await;
+    agents_on_b
+        .wait_for("the agents table", |e| e.event == "agents")
+        .await;
+    let agent = a.register("registered-on-a").await;
+    let row = agents_on_b
+        .wait_for("the new agent's row", |e| e.event == "agent-added")
+        .await;
+    assert!(row.data.contains("registered-on-a"), "{}", row.data);
+    assert!(row.data.contains(&agent.uuid), "{}", row.data);
+
+    // A console followed on B gets every byte its agent uploads to A, in order, once.
+    let (builder, build_id) = a.running_build("builds-on-a").await;
+    let mut console_on_b = b
+        .subscribe(&format!("/builds/{build_id}/console/events"))
+        .await;
+    let mut offset = 0;
+    let mut expected = String::new();
+    for n in 0..20 {
+        let line = format!("line {n} from node A\n");
+        expected.push_str(&line);
+        offset = a
+            .as_agent(&builder)
+            .append_ok(build_id, offset, line.as_bytes())
+            .await as usize;
+    }
+    let mut shown = String::new();
+    let mut at = 0;
+    while at < offset {
+        let event = console_on_b
+            .wait_for("console lines", |e| e.event == "console")
+            .await;
+        let id: usize = event
+            .id
+            .parse()
+            .expect("a console event's id is its offset");
+        assert!(id > at, "offsets only grow: {id} after {at}");
+        at = id;
+        shown.push_str(&text_content(&event.data));
+    }
+    assert_eq!(shown, expected);
+
+    // The dashboard on B shows a run triggered through A.
+    let mut dashboard_on_b = b.subscribe("/pipelines/events").await;
+    dashboard_on_b
+        .wait_for("the dashboard", |e| e.event == "dashboard")
+        .await;
+    let counter = trigger(&a, "relay").await;
+    let card = dashboard_on_b
+        .wait_for("relay's card", |e| e.event == "pipeline-relay")
+        .await;
+    assert!(
+        card.data.contains(&format!("/pipelines/relay/{counter}/")),
+        "{}",
+        card.data
+    );
+}
+
+#[tokio::test]
+async fn two_nodes_with_ten_pollers_each_never_hand_out_a_job_twice() {
+    let Some(nodes) = two_nodes().await else {
+        return;
+    };
+    let (a, b) = (nodes.a.api(), nodes.b.api());
+    const JOBS: usize = 200;
+    for n in 0..JOBS {
+        let node = if n % 2 == 0 { &a } else { &b };
+        node.schedule_job("many", &format!("job-{n}")).await;
+    }
+    // build id → the agents it was handed to
+    let handed: Arc<Mutex<BTreeMap<i64, Vec<String>>>> = Arc::default();
+    let mut pollers = Vec::new();
+    for n in 0..20 {
+        let api = if n % 2 == 0 { a.clone() } else { b.clone() };
+        let handed = Arc::clone(&handed);
+        pollers.push(tokio::spawn(async move {
+            let agent = api.register_enabled(&format!("poller-{n}")).await;
+            let deadline = std::time::Instant::now() + DEADLINE * 3;
+            while handed.lock().unwrap().len() < JOBS {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the queue never emptied"
+                );
+                let work = api.as_agent(&agent).work().await;
+                if work.status != 200 {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                let build_id = work.body["build_id"].as_i64().expect("a build id");
+                handed
+                    .lock()
+                    .unwrap()
+                    .entry(build_id)
+                    .or_default()
+                    .push(agent.uuid.clone());
+                let me = api.as_agent(&agent);
+                me.report_ok(build_id, "Building", None).await;
+                me.report_ok(build_id, "Completed", Some("Passed")).await;
+            }
+        }));
+    }
+    for poller in pollers {
+        poller.await.expect("a poller");
+    }
+    let handed = handed.lock().unwrap().clone();
+    assert_eq!(handed.len(), JOBS, "every job handed out");
+    let twice: Vec<_> = handed.iter().filter(|(_, to)| to.len() > 1).collect();
+    assert!(twice.is_empty(), "handed out more than once: {twice:?}");
+    assert_eq!(a.pending_count().await, 0);
+    assert_eq!(b.pending_count().await, 0);
+}
+
+/// This node's `ferrocd_on_duty` gauge.
+async fn on_duty(api: &Api) -> u8 {
+    let metrics = api.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    let text = metrics.text();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("ferrocd_on_duty "))
+        .unwrap_or_else(|| panic!("no ferrocd_on_duty in {text}"));
+    line["ferrocd_on_duty ".len()..]
+        .trim()
+        .parse()
+        .expect("0 or 1")
+}
+
+#[tokio::test]
+async fn one_node_at_a_time_is_on_duty_and_another_takes_it_when_that_one_stops() {
+    let Some(TwoNodes { a, b, _dirs }) = two_nodes().await else {
+        return;
+    };
+    let (api_a, api_b) = (a.api(), b.api());
+    // A started first and took it; B waits.
+    assert_eq!((on_duty(&api_a).await, on_duty(&api_b).await), (1, 0));
+    a.stop().await;
+    eventually("B takes the duty A left", || async {
+        (on_duty(&api_b).await == 1).then_some(())
+    })
+    .await;
+}
