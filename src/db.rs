@@ -272,13 +272,18 @@ impl Db {
         let options = PgConnectOptions::from_str(url)?;
         // sqlx's migrator holds an advisory lock while it runs, so nodes starting together
         // migrate once.
+        // A request waits this long for a connection while the database is away, then is
+        // answered 503 (sqlx's default is 30 s, long past what an agent or a browser waits).
+        const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
         let write = PgPoolOptions::new()
             .max_connections(4)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("migrations/postgres").run(&write).await?;
         let read = PgPoolOptions::new()
             .max_connections(8)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
             .await?;
         let dedicated = || {

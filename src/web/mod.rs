@@ -160,6 +160,9 @@ impl Error {
             Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::MisdirectedRequest(_) => StatusCode::MISDIRECTED_REQUEST,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Database(error) if database_unreachable(error) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::Database(_) | Error::Migrate(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -167,9 +170,29 @@ impl Error {
     /// What the client is told: the message for its own mistakes, nothing internal otherwise.
     pub fn public_message(&self) -> String {
         match self {
+            Error::Database(error) if database_unreachable(error) => {
+                "the database is unavailable; try again shortly".to_string()
+            }
             Error::Database(_) | Error::Migrate(_) => "internal server error".to_string(),
             other => other.to_string(),
         }
+    }
+}
+
+/// The database cannot be reached (PostgreSQL restarting, the network to it down): the server
+/// is fine and the request may be sent again once the database is back, so a 503, not a 500.
+fn database_unreachable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // Connection exceptions (08…) and an operator's shutdown or restart (57P01–57P03).
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
     }
 }
 
@@ -181,6 +204,8 @@ impl IntoResponse for Error {
         // flood the log too; only internal failures are errors.
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self, "request failed");
+        } else if matches!(self, Error::Database(_)) {
+            tracing::warn!(error = %self, "request failed: the database is unavailable");
         }
         let body = match &self {
             // The agent resends from the stored length, so it is a field, not just prose.

@@ -3,7 +3,7 @@
 //! PostgreSQL: in the SQLite pass each says it is skipped (the Postgres pass of `.ci/run` runs
 //! them, and fails if it ran nothing on PostgreSQL).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use tempfile::TempDir;
@@ -212,4 +212,160 @@ async fn one_node_at_a_time_is_on_duty_and_another_takes_it_when_that_one_stops(
         (on_duty(&api_b).await == 1).then_some(())
     })
     .await;
+}
+
+/// A PostgreSQL cluster of the test's own (`.ci/postgres`), for a test that stops it: the
+/// pass's shared cluster serves every other test meanwhile. Deleted when dropped.
+struct PrivateCluster {
+    dir: std::path::PathBuf,
+    url: String,
+}
+
+impl PrivateCluster {
+    fn start() -> PrivateCluster {
+        // Under /tmp itself: the postgres user must reach it, and a TempDir is its owner's only.
+        let dir = std::env::temp_dir().join(format!("ferrocd-test-pg-{}", uuid::Uuid::new_v4()));
+        let out = Self::script("start", &dir);
+        let url = String::from_utf8(out).unwrap().trim().to_string();
+        PrivateCluster { dir, url }
+    }
+
+    fn script(action: &str, dir: &std::path::Path) -> Vec<u8> {
+        let out = std::process::Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/postgres"))
+            .arg(action)
+            .arg(dir)
+            .output()
+            .expect("bash runs");
+        assert!(
+            out.status.success(),
+            ".ci/postgres {action}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    fn pause(&self) {
+        Self::script("pause", &self.dir);
+    }
+
+    fn resume(&self) {
+        Self::script("resume", &self.dir);
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        Self::script("stop", &self.dir);
+    }
+}
+
+#[tokio::test]
+async fn after_postgres_restarts_under_load_every_node_recovers_and_its_streams_converge() {
+    if std::env::var(TEST_DATABASE_URL).is_err() {
+        eprintln!("skipped: needs PostgreSQL ({TEST_DATABASE_URL})");
+        return;
+    }
+    let cluster = PrivateCluster::start();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let node = |dir: &TempDir| {
+        let mut config = test_config(dir.path());
+        let (server, _) = cluster.url.rsplit_once('/').expect("a database in the URL");
+        config.database_url = format!("{server}/restarted");
+        config.registrations_per_second = 0;
+        config.max_pending_agents = 100_000;
+        config
+    };
+    {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&cluster.url).await.unwrap();
+        sqlx::query("CREATE DATABASE restarted")
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    let a = Server::start(node(&dirs[0])).await;
+    let b = Server::start(node(&dirs[1])).await;
+    let (api_a, api_b) = (a.api(), b.api());
+    let mut agents_on_b = api_b.subscribe("/agents/events").await;
+    agents_on_b
+        .wait_for("the agents table", |e| e.event == "agents")
+        .await;
+
+    // Registrations through A, one after another, while the database goes away and comes back.
+    let stop_load = tokio_util::sync::CancellationToken::new();
+    let load = {
+        let api = api_a.clone();
+        let stop = stop_load.clone();
+        tokio::spawn(async move {
+            let (mut acknowledged, mut refused) = (Vec::new(), Vec::new());
+            let mut n = 0;
+            while !stop.is_cancelled() {
+                n += 1;
+                let (status, body) = api
+                    .register_with(serde_json::json!({"hostname": format!("load-{n}")}), None)
+                    .await;
+                match status {
+                    201 => acknowledged.push(Registered::from_body(&body).uuid),
+                    _ => refused.push((status, body)),
+                }
+            }
+            (acknowledged, refused)
+        })
+    };
+    eventually("some registrations before the restart", || async {
+        (api_a.agent_uuids().await.len() >= 3).then_some(())
+    })
+    .await;
+    cluster.pause();
+    eventually(
+        "a call while the database is away is answered 503",
+        || async {
+            let reply = api_b.get("/go/api/agents").await;
+            (reply.status == 503).then_some(reply)
+        },
+    )
+    .await;
+    cluster.resume();
+    eventually("A registers again", || async {
+        let (status, body) = api_a
+            .register_with(serde_json::json!({"hostname": "after"}), None)
+            .await;
+        (status == 201).then_some(body)
+    })
+    .await;
+    stop_load.cancel();
+    let (acknowledged, refused) = load.await.unwrap();
+    for (status, body) in &refused {
+        assert_eq!(
+            *status, 503,
+            "a refusal while the database was away: {body}"
+        );
+    }
+
+    // Every acknowledged registration is stored, and B's stream shows it: the rows it missed
+    // while it could not hear A arrive once it hears again.
+    eventually("B reads from the database again", || async {
+        (api_b.get("/go/api/agents").await.status == 200).then_some(())
+    })
+    .await;
+    let stored: BTreeSet<String> = api_b.agent_uuids().await.into_iter().collect();
+    for uuid in &acknowledged {
+        assert!(stored.contains(uuid), "acknowledged {uuid} was lost");
+    }
+    let after = api_a.register("after-recovery").await;
+    let mut shown = String::new();
+    while let Some(lacking) = stored
+        .iter()
+        .chain([&after.uuid])
+        .find(|uuid| !shown.contains(uuid.as_str()))
+    {
+        let event = agents_on_b
+            .wait_for(&format!("a row with {lacking}"), |e| {
+                e.event.starts_with("agent")
+            })
+            .await;
+        shown.push_str(&event.data);
+    }
+    drop((a, b));
 }
