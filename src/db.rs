@@ -36,6 +36,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::events::{DomainEvent, Publisher, Topic};
 
+pub mod copy;
 pub mod dialect;
 mod duty;
 mod notify;

@@ -1,0 +1,1 @@
+//! `ferrocd db copy`: moves an embedded (SQLite) installation's data into PostgreSQL.
