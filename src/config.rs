@@ -28,6 +28,33 @@ pub enum Command {
     Serve(ServeArgs),
     /// Start an agent that registers, polls for work, runs tasks and streams their console.
     Agent(AgentArgs),
+    /// Database tools: `ferrocd db copy` moves an embedded installation to PostgreSQL.
+    Db(DbArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    #[command(subcommand)]
+    pub command: DbCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum DbCommand {
+    /// Copy every row of an embedded (SQLite) database into an empty PostgreSQL database, in
+    /// one transaction; then start `ferrocd serve --database-url postgres://…`. Stop the
+    /// server first. Both are migrated to this version's schema before the copy.
+    Copy(CopyArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CopyArgs {
+    /// The embedded database to read: `sqlite://PATH`, e.g. `sqlite://ferrocd-data/ferrocd.db`.
+    #[arg(long, env = "FERROCD_COPY_FROM")]
+    pub from: String,
+    /// The empty PostgreSQL database to fill: `postgres://user:password@host:port/db`. Its
+    /// value is never shown in `--help`, as it may hold a password.
+    #[arg(long, env = "FERROCD_COPY_TO", hide_env_values = true)]
+    pub to: String,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -87,6 +87,10 @@ enum Pools {
     },
 }
 
+/// How a node names its PostgreSQL connections (then its uuid), so each can tell which nodes
+/// are running.
+const NODE_PREFIX: &str = "ferrocd node ";
+
 /// The advisory lock every PostgreSQL write holds until it commits or rolls back: one number,
 /// the same on every node ("ferrocd" in ASCII, so no other program's lock is likely to match).
 const WRITE_LOCK: i64 = i64::from_be_bytes(*b"\0ferrocd");
@@ -202,10 +206,11 @@ impl Db {
     /// Opens (creating and migrating) the database at `url`; committed writes publish through
     /// `publisher`.
     pub async fn connect(url: &str, publisher: Publisher) -> Result<Db> {
+        let node = Uuid::new_v4();
         let pools = if url.starts_with("sqlite:") {
             Self::connect_sqlite(url).await?
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Self::connect_postgres(url).await?
+            Self::connect_postgres(url, node).await?
         } else {
             return Err(Error::Unprocessable(format!(
                 "database-url: expected a sqlite:// or postgres:// URL, got {:?}",
@@ -215,8 +220,33 @@ impl Db {
         Ok(Db {
             pools,
             publisher: Arc::new(publisher),
-            node: Uuid::new_v4(),
+            node,
         })
+    }
+
+    /// This process among the nodes sharing the database.
+    pub fn node(&self) -> String {
+        self.node.to_string()
+    }
+
+    /// The nodes connected to the database now, this one included: on PostgreSQL those with a
+    /// connection open (each names its connections `ferrocd node {uuid}`); on SQLite this one.
+    pub async fn live_nodes(&self) -> Result<Vec<String>> {
+        match &self.pools {
+            Pools::Sqlite { .. } => Ok(vec![self.node()]),
+            Pools::Postgres { read, .. } => {
+                let names: Vec<String> = sqlx::query_scalar(
+                    "SELECT DISTINCT application_name FROM pg_stat_activity \
+                     WHERE datname = current_database() AND application_name LIKE 'ferrocd node %'",
+                )
+                .fetch_all(read)
+                .await?;
+                Ok(names
+                    .iter()
+                    .filter_map(|name| name.strip_prefix(NODE_PREFIX).map(String::from))
+                    .collect())
+            }
+        }
     }
 
     /// Whether this node does the work one node at a time does, now and from now on, until
@@ -269,8 +299,9 @@ impl Db {
         Ok(Pools::Sqlite { read, write })
     }
 
-    async fn connect_postgres(url: &str) -> Result<Pools> {
-        let options = PgConnectOptions::from_str(url)?;
+    async fn connect_postgres(url: &str, node: Uuid) -> Result<Pools> {
+        let options =
+            PgConnectOptions::from_str(url)?.application_name(&format!("{NODE_PREFIX}{node}"));
         // sqlx's migrator holds an advisory lock while it runs, so nodes starting together
         // migrate once.
         // A request waits this long for a connection while the database is away, then is

@@ -145,6 +145,9 @@ pub enum DomainEvent {
     /// The pipeline config was read again: pipelines may have come, gone or changed, and
     /// config errors with them.
     ConfigReloaded,
+    /// A config document stored through the API was stored or deleted: every node reads its
+    /// sources again (and then publishes `ConfigReloaded`).
+    ConfigChanged,
     /// A run's artifacts changed: a file was stored (its test report read, if it is one), or
     /// they were purged.
     ArtifactsChanged {
@@ -171,6 +174,7 @@ impl DomainEvent {
             DomainEvent::ConsoleAppend { .. } => "console_append",
             DomainEvent::PipelineUpdated { .. } => "pipeline_updated",
             DomainEvent::ConfigReloaded => "config_reloaded",
+            DomainEvent::ConfigChanged => "config_changed",
             DomainEvent::ArtifactsChanged { .. } => "artifacts_changed",
             DomainEvent::Resync => "resync",
         }

@@ -180,7 +180,9 @@ impl Application {
             config.config_repos.clone(),
             &config.data_dir,
         );
+        configs.move_old_api_files_in().await?;
         configs.reload().await?;
+        configs.compare_config_files_with_other_nodes().await?;
         let scheduler = Scheduler::new(db.clone(), configs.clone(), agents.contacts().clone());
         let pipelines = Pipelines::new(db.clone(), configs.clone());
         let materials = Materials::new(db.clone(), pipelines.clone(), &config.data_dir);
@@ -211,6 +213,7 @@ impl Application {
             shutdown.clone(),
         )
         .await?;
+        config_sources::spawn_reload_on_change(configs.clone(), &hub, shutdown.clone());
         spawn_config_reload_on_hangup(configs, shutdown.clone());
         // What one node at a time does; the liveness sweep is not among it: every node's
         // sweep judges by the contact stored in the shared database, and each of its steps is
@@ -374,8 +377,10 @@ fn spawn_config_reload_on_hangup(configs: ConfigSources, shutdown: CancellationT
 }
 
 /// Polls the config repositories and then the git materials every `every` (zero: never),
-/// the first time right after start, while this node is on duty;
-/// a round waits for the last to end, so a slow repository never piles polls up.
+/// the first time right after start; a round waits for the last to end, so a slow repository
+/// never piles polls up. Every node polls the config repositories (into mirrors of its own,
+/// writing nothing shared, so each has the pipelines they hold); only the node on duty polls
+/// the materials, whose new revisions trigger pipelines.
 fn spawn_material_polls(
     materials: Materials,
     every: Duration,
@@ -392,15 +397,16 @@ fn spawn_material_polls(
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {
-                    if !duty.is_mine() {
-                        continue;
-                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         // Config repositories first: the pipelines they add poll this round.
                         polled = async {
                             materials.poll_config_repos().await;
-                            materials.poll_all().await
+                            if duty.is_mine() {
+                                materials.poll_all().await
+                            } else {
+                                Ok(())
+                            }
                         } => if let Err(error) = polled {
                             tracing::warn!(%error, "material polls failed");
                         },

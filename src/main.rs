@@ -4,7 +4,7 @@ use tracing_subscriber::EnvFilter;
 use ferrocd::Application;
 use tokio_util::sync::CancellationToken;
 
-use ferrocd::config::{AgentArgs, Cli, Command, Config};
+use ferrocd::config::{AgentArgs, Cli, Command, Config, CopyArgs, DbCommand};
 
 #[tokio::main]
 async fn main() {
@@ -18,6 +18,9 @@ async fn main() {
         Some(Command::Serve(args)) => serve(Config::from(args)).await,
         None => serve(Config::from(cli.serve)).await,
         Some(Command::Agent(args)) => agent(args).await,
+        Some(Command::Db(db)) => match db.command {
+            DbCommand::Copy(args) => db_copy(args).await,
+        },
     };
     if let Err(error) = outcome {
         eprintln!("ferrocd: {error}");
@@ -34,6 +37,18 @@ async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error + Send +
         stop.cancel();
     });
     ferrocd::agent_runtime::run(args, shutdown).await
+}
+
+/// `ferrocd db copy`: a line per table as it is written, then the outcome.
+async fn db_copy(args: CopyArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let summary = ferrocd::db::copy::copy(&args.from, &args.to, |table| {
+        let rows = if table.rows == 1 { "row" } else { "rows" };
+        println!("{:>10} {rows:<4}  {}", table.rows, table.table);
+    })
+    .await
+    .map_err(|error| format!("db copy: {error}; nothing was copied"))?;
+    println!("{summary}");
+    Ok(())
 }
 
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

@@ -1,4 +1,5 @@
-//! The accounts store's statements, the same on SQLite and PostgreSQL (`sqlite.rs`, `postgres.rs` compile this file once each): every statement that touches `sessions` and `access_tokens`.
+//! The accounts store's statements, the same on SQLite and PostgreSQL (`sqlite.rs`, `postgres.rs`
+//! compile this file once each): every statement that touches `sessions` and `access_tokens`.
 //! Binds are `$1, $2, …` in order of first appearance, so they read the same on PostgreSQL.
 
 use super::Connection;

@@ -1,7 +1,8 @@
-//! The agents store's statements, the same on SQLite and PostgreSQL (`sqlite.rs`, `postgres.rs` compile this file once each): every statement that touches `agents`.
+//! The agents store's statements, the same on SQLite and PostgreSQL (`sqlite.rs`, `postgres.rs`
+//! compile this file once each): every statement that touches `agents`.
 //!
-//! Binds are `$1, $2, …` in the order they first appear (SQLite numbers named parameters by
-//! first appearance), so the statements read the same on PostgreSQL.
+//! Binds are `$1, $2, …` in the order they first appear (SQLite numbers named parameters by first
+//! appearance), so the statements read the same on PostgreSQL.
 
 use super::{Connection, dialect};
 use sqlx::types::Json;

@@ -1,4 +1,5 @@
-//! The artifacts store's statements, the same on SQLite and PostgreSQL (`sqlite.rs`, `postgres.rs` compile this file once each).
+//! The artifacts store's statements, the same on SQLite and PostgreSQL (`sqlite.rs`, `postgres.rs`
+//! compile this file once each).
 
 use super::{Connection, dialect};
 

@@ -1,4 +1,5 @@
-//! The audit store's statements, the same on SQLite and PostgreSQL (`sqlite.rs`, `postgres.rs` compile this file once each): every statement that touches `audit`.
+//! The audit store's statements, the same on SQLite and PostgreSQL (`sqlite.rs`, `postgres.rs`
+//! compile this file once each): every statement that touches `audit`.
 
 use super::Connection;
 

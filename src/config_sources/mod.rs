@@ -1,17 +1,20 @@
 //! The config sources context: the GoCD YAML documents pipelines come from (files named with
-//! `--config`, and documents stored through the API as files of the server's own under the
-//! data dir), read and checked together, and the snapshot of them in effect.
+//! `--config`, and documents stored through the API, whole, as rows of `config_documents`),
+//! read and checked together, and the snapshot of them in effect.
 //!
 //! A config repository (`--config-repo URL[#branch]`, GoCD's config repos) is one source:
 //! every `*.gocd.yaml|yml` file of one of its revisions, read together, so the repository is
 //! in effect at one revision or kept at its last good one. The materials context polls it
 //! and hands its files here (`set_repo_files`); this context knows no git.
 //!
-//! Files are the one truth; the database holds instances, never config. A source that fails
-//! to parse or validate keeps its last good document, and its errors are shown beside it: a
-//! broken commit to the config never takes running pipelines away. Readers take the snapshot
-//! (an `Arc`, swapped whole on reload); reloads run one at a time and publish
-//! `ConfigReloaded` once the new snapshot is in place.
+//! The texts are the one truth: the database holds the API documents' texts, never a parsed
+//! config. A source that fails to parse or validate keeps its last good document, and its
+//! errors are shown beside it: a broken commit to the config never takes running pipelines
+//! away. Readers take the snapshot (an `Arc`, swapped whole on reload); reloads run one at a
+//! time and publish `ConfigReloaded` once the new snapshot is in place. Storing or deleting an
+//! API document publishes `ConfigChanged` in its write, and every node (this one too) reads
+//! its sources again on hearing it (`spawn_reload_on_change`), so nodes sharing a PostgreSQL
+//! database show the same pipelines.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,14 +22,19 @@ use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
 
-use crate::db::Db;
+use crate::db::{Db, now_millis};
 use crate::domain::pipeline_config::{
     ConfigDocument, ConfigIssue, EnvironmentConfig, GitMaterial, MaterialSource, PipelineConfig,
     SourcedIssue,
 };
 use crate::error::{Error, Result};
-use crate::events::{DomainEvent, Topic};
+use crate::events::{DomainEvent, Hub, Topic};
 use crate::gocd_yaml;
+use tokio_util::sync::CancellationToken;
+
+mod postgres;
+mod sqlite;
+mod store;
 
 /// Where a source's text lives.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -221,8 +229,8 @@ struct Inner {
     /// `--config-repo`s, in the order named, and what was last read of each.
     repos: Vec<ConfigRepo>,
     repo_files: std::sync::Mutex<HashMap<ConfigRepo, RepoFiles>>,
-    /// Where API documents are kept.
-    api_dir: PathBuf,
+    /// Where API documents were kept as files, before they were rows: moved in at start.
+    old_api_dir: PathBuf,
     current: RwLock<Arc<Snapshot>>,
     /// One reload (or store, or delete) at a time.
     reloading: tokio::sync::Mutex<()>,
@@ -249,7 +257,7 @@ impl ConfigSources {
                 paths,
                 repos,
                 repo_files: std::sync::Mutex::default(),
-                api_dir: data_dir.join("config"),
+                old_api_dir: data_dir.join("config"),
                 current: RwLock::new(Arc::new(Snapshot::default())),
                 reloading: tokio::sync::Mutex::new(()),
                 changed: tokio::sync::watch::Sender::new(()),
@@ -310,7 +318,7 @@ impl ConfigSources {
     async fn reload_locked(&self) -> Result<Arc<Snapshot>> {
         let previous = self.snapshot();
         let paths = self.inner.paths.clone();
-        let api_dir = self.inner.api_dir.clone();
+        let api_documents = store::documents(self.inner.db.reader().await?.conn()).await?;
         let repos: Vec<(ConfigRepo, Option<RepoFiles>)> = {
             let files = self.inner.repo_files.lock().expect("repo files lock");
             self.inner
@@ -320,7 +328,7 @@ impl ConfigSources {
                 .collect()
         };
         let snapshot = tokio::task::spawn_blocking(move || {
-            let mut reads = read_sources(&paths, &api_dir);
+            let mut reads = read_sources(&paths, api_documents);
             reads.extend(
                 repos
                     .into_iter()
@@ -369,9 +377,11 @@ impl ConfigSources {
         if !problems.is_empty() {
             return Err(invalid(&kind_name(&kind), problems));
         }
-        let path = self.api_path(name);
-        let created = !path.exists();
-        write_atomically(&path, text)?;
+        let mut tx = self.inner.db.begin().await?;
+        let created = !store::exists(tx.conn(), name).await?;
+        store::put(tx.conn(), name, text, now_millis()).await?;
+        tx.publish(Topic::PipelinesUpdates, DomainEvent::ConfigChanged);
+        tx.commit().await?;
         self.reload_locked().await?;
         Ok(Stored {
             created,
@@ -404,16 +414,102 @@ impl ConfigSources {
                 }
             }
         }
-        std::fs::remove_file(self.api_path(name)).map_err(|e| {
-            Error::Unavailable(format!("cannot remove config document {name}: {e}"))
-        })?;
+        let mut tx = self.inner.db.begin().await?;
+        store::remove(tx.conn(), name).await?;
+        tx.publish(Topic::PipelinesUpdates, DomainEvent::ConfigChanged);
+        tx.commit().await?;
         self.reload_locked().await?;
         Ok(())
     }
 
-    fn api_path(&self, name: &str) -> PathBuf {
-        self.inner.api_dir.join(format!("{name}.gocd.yaml"))
+    /// Records what `--config` files this node started with (a hash of their names and
+    /// texts) and warns if another running node started with different ones: every node must
+    /// read the same pipelines from them. Forgets the nodes no longer running.
+    pub async fn compare_config_files_with_other_nodes(&self) -> Result<()> {
+        let paths = self.inner.paths.clone();
+        let hash = tokio::task::spawn_blocking(move || config_files_hash(&paths))
+            .await
+            .map_err(|e| Error::Unavailable(format!("hashing the config files failed: {e}")))?;
+        let db = &self.inner.db;
+        let me = db.node();
+        let live = db.live_nodes().await?;
+        let mut tx = db.begin().await?;
+        store::forget_nodes_but(tx.conn(), &live).await?;
+        store::put_node_config(tx.conn(), &me, &hash, now_millis()).await?;
+        let others = store::node_configs(tx.conn()).await?;
+        tx.commit().await?;
+        for (node, their_hash, _) in others.iter().filter(|(node, _, _)| *node != me) {
+            if *their_hash != hash {
+                tracing::warn!(
+                    other_node = %node,
+                    "this node's --config files differ from those node {node} started with: \
+                     every node must have the same files, or they show different pipelines"
+                );
+            }
+        }
+        Ok(())
     }
+
+    /// Moves API documents kept as files by an older ferrocd (`DATA_DIR/config/*.gocd.yaml`)
+    /// into the database, unless one of that name is there already, and renames the folder
+    /// to `config.moved-to-database` so nothing is moved twice. Before the first reload.
+    pub async fn move_old_api_files_in(&self) -> Result<()> {
+        let dir = &self.inner.old_api_dir;
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(());
+        };
+        let mut files: Vec<(String, PathBuf)> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let file_name = entry.file_name().to_string_lossy().to_string();
+                let name = file_name.strip_suffix(".gocd.yaml")?.to_string();
+                Some((name, entry.path()))
+            })
+            .collect();
+        files.sort();
+        let mut tx = self.inner.db.begin().await?;
+        for (name, path) in &files {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::Unavailable(format!("cannot read {}: {e}", path.display())))?;
+            if !store::exists(tx.conn(), name).await? {
+                store::put(tx.conn(), name, &text, now_millis()).await?;
+            }
+        }
+        tx.publish(Topic::PipelinesUpdates, DomainEvent::ConfigChanged);
+        tx.commit().await?;
+        let moved = dir.with_file_name("config.moved-to-database");
+        std::fs::rename(dir, &moved)
+            .map_err(|e| Error::Unavailable(format!("cannot rename {}: {e}", dir.display())))?;
+        tracing::info!(
+            documents = files.len(),
+            "config documents stored through the API are rows now; the old files are in {}",
+            moved.display()
+        );
+        Ok(())
+    }
+}
+
+/// Reads the sources again whenever a config document was stored or deleted, on any node, or
+/// events may have been missed, until `shutdown`.
+pub fn spawn_reload_on_change(configs: ConfigSources, hub: &Hub, shutdown: CancellationToken) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut changes = hub.subscribe(&Topic::PipelinesUpdates);
+    tokio::spawn(async move {
+        loop {
+            let heard = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                heard = changes.recv() => heard,
+            };
+            let again = match heard {
+                Ok(event) => matches!(*event, DomainEvent::ConfigChanged | DomainEvent::Resync),
+                Err(RecvError::Lagged(_)) => true,
+                Err(RecvError::Closed) => return,
+            };
+            if again && let Err(error) = configs.reload().await {
+                tracing::warn!(%error, "reading the config again failed");
+            }
+        }
+    });
 }
 
 fn kind_name(kind: &SourceKind) -> String {
@@ -453,17 +549,6 @@ fn check_document_name(name: &str) -> Result<()> {
              at most 255; not starting with '.')"
         )))
     }
-}
-
-fn write_atomically(path: &Path, text: &str) -> Result<()> {
-    let unavailable =
-        |e: std::io::Error| Error::Unavailable(format!("cannot store {}: {e}", path.display()));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(unavailable)?;
-    }
-    let temp = path.with_extension("yaml.tmp");
-    std::fs::write(&temp, text).map_err(unavailable)?;
-    std::fs::rename(&temp, path).map_err(unavailable)
 }
 
 /// A source as read now: its document, or why it does not read (`None`: nothing new to read,
@@ -620,8 +705,9 @@ fn read_repo(repo: ConfigRepo, files: Option<RepoFiles>) -> Read {
     }
 }
 
-/// The `--config` files (directories searched, in name order) and then the API documents.
-fn read_sources(paths: &[PathBuf], api_dir: &Path) -> Vec<Read> {
+/// The `--config` files (directories searched, in name order) and then the API documents
+/// (`(name, text)`, by name).
+fn read_sources(paths: &[PathBuf], api_documents: Vec<(String, String)>) -> Vec<Read> {
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {
@@ -643,24 +729,42 @@ fn read_sources(paths: &[PathBuf], api_dir: &Path) -> Vec<Read> {
             repo: None,
         })
         .collect();
-    let mut api = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(api_dir) {
-        for entry in entries.flatten() {
-            let file_name = entry.file_name().to_string_lossy().to_string();
-            if let Some(name) = file_name.strip_suffix(".gocd.yaml") {
-                api.push((name.to_string(), entry.path()));
-            }
-        }
-    }
-    api.sort();
-    reads.extend(api.into_iter().map(|(name, path)| Read {
-        parsed: parse_text(
-            std::fs::read_to_string(&path).map_err(|e| format!("cannot read the file: {e}")),
-        ),
+    reads.extend(api_documents.into_iter().map(|(name, text)| Read {
+        parsed: parse_text(Ok(text)),
         kind: SourceKind::Api { name },
         repo: None,
     }));
     reads
+}
+
+/// SHA-256 over the `--config` files' names (relative to the path named) and texts, in
+/// order; a file that cannot be read counts as its error.
+fn config_files_hash(paths: &[PathBuf]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for path in paths {
+        let mut files = Vec::new();
+        if path.is_dir() {
+            find_config_files(path, &mut files);
+            files.sort();
+        } else {
+            files.push(path.clone());
+        }
+        for file in files {
+            let name = match file.strip_prefix(path) {
+                Ok(relative) if path.is_dir() => relative,
+                _ => Path::new(file.file_name().unwrap_or_default()),
+            };
+            hasher.update(name.as_os_str().as_encoded_bytes());
+            hasher.update([0]);
+            match std::fs::read(&file) {
+                Ok(bytes) => hasher.update(&bytes),
+                Err(error) => hasher.update(error.to_string()),
+            }
+            hasher.update([0]);
+        }
+    }
+    hex::encode(hasher.finalize())
 }
 
 fn find_config_files(dir: &Path, found: &mut Vec<PathBuf>) {

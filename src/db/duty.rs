@@ -1,6 +1,7 @@
-//! Work that one node at a time does: polling materials and config repositories, firing
-//! timers, purging artifacts. Done by two nodes at once, a commit could trigger a pipeline
-//! twice and a timer fire twice.
+//! Work that one node at a time does: polling materials, firing timers, purging artifacts.
+//! Done by two nodes at once, a commit could trigger a pipeline twice and a timer fire twice.
+//! (Config repositories are polled by every node, into mirrors of its own: that writes
+//! nothing shared.)
 //!
 //! On SQLite this process is the only node, always on duty. On PostgreSQL the node on duty is
 //! the one holding a session-level advisory lock, on a connection of its own: PostgreSQL lets

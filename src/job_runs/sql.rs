@@ -1,12 +1,13 @@
-//! The job runs store's statements, the same on SQLite and PostgreSQL (`sqlite.rs`, `postgres.rs` compile this file once each): every statement that touches `job_runs`,
-//! `job_state_transitions` and `console_chunks`.
+//! The job runs store's statements, the same on SQLite and PostgreSQL (`sqlite.rs`, `postgres.rs`
+//! compile this file once each): every statement that touches `job_runs`, `job_state_transitions`
+//! and `console_chunks`.
 //!
-//! Binds are `$1, $2, …` in the order they first appear (SQLite numbers named parameters by
-//! first appearance), so the statements read the same on PostgreSQL.
+//! Binds are `$1, $2, …` in the order they first appear (SQLite numbers named parameters by first
+//! appearance), so the statements read the same on PostgreSQL.
 //!
-//! Console logs are append-only chunks addressed by byte offset. An append writes the chunk
-//! and the run's new length, never the log; a read from offset N touches only the chunks that
-//! end past N. Bytes are kept exactly as the agent sent them.
+//! Console logs are append-only chunks addressed by byte offset. An append writes the chunk and
+//! the run's new length, never the log; a read from offset N touches only the chunks that end past
+//! N. Bytes are kept exactly as the agent sent them.
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,6 @@
-//! The materials store's statements, the same on SQLite and PostgreSQL (`sqlite.rs`, `postgres.rs` compile this file once each): every statement that touches `materials` and
-//! `modifications`. Binds are `$1, $2, …` in order of first appearance, as in the other stores.
+//! The materials store's statements, the same on SQLite and PostgreSQL (`sqlite.rs`, `postgres.rs`
+//! compile this file once each): every statement that touches `materials` and `modifications`.
+//! Binds are `$1, $2, …` in order of first appearance, as in the other stores.
 
 use super::Connection;
 use sqlx::types::Json;

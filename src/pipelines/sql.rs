@@ -1,6 +1,7 @@
-//! The pipelines store's statements, the same on SQLite and PostgreSQL (`sqlite.rs`, `postgres.rs` compile this file once each): every statement that touches `pipeline_instances`,
-//! `stage_runs` and `pipeline_states`, and the reads of `job_runs` that stage statuses need.
-//! Binds are `$1, $2, …` in order of first appearance, as in the other stores.
+//! The pipelines store's statements, the same on SQLite and PostgreSQL (`sqlite.rs`, `postgres.rs`
+//! compile this file once each): every statement that touches `pipeline_instances`, `stage_runs`
+//! and `pipeline_states`, and the reads of `job_runs` that stage statuses need. Binds are `$1, $2,
+//! …` in order of first appearance, as in the other stores.
 
 use std::collections::BTreeMap;
 

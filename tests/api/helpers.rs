@@ -150,6 +150,67 @@ pub fn serve_command(data_dir: &std::path::Path) -> std::process::Command {
     command
 }
 
+/// `ferrocd serve` as a process of its own, listening on a free loopback port; killed
+/// (SIGKILL, as a crash would) when dropped or by [`NodeProcess::kill`].
+pub struct NodeProcess {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    /// What it logged until it said where it listens.
+    pub log: String,
+}
+
+impl NodeProcess {
+    /// Starts `command` (from [`serve_command`]; `--listen` is added here) and waits until it
+    /// says where it listens.
+    pub fn start(mut command: std::process::Command) -> NodeProcess {
+        use std::io::{BufRead, BufReader};
+        let mut child = command
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the server starts");
+        let stdout = child.stdout.take().expect("its output");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut log = String::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                log.push_str(&line);
+                log.push('\n');
+                if let Some(at) = line.find("listening on http://") {
+                    let base: String = line[at + "listening on ".len()..]
+                        .chars()
+                        .take_while(|c| !c.is_whitespace())
+                        .collect();
+                    let _ = tx.send((base, log.clone()));
+                }
+            }
+        });
+        let (base, log) = rx
+            .recv_timeout(DEADLINE)
+            .expect("the node says where it listens");
+        NodeProcess { child, base, log }
+    }
+
+    pub fn api(&self) -> Api {
+        Api::new(self.base.clone())
+    }
+
+    /// SIGKILL, and waits for it to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Checks that a server started as a process runs on this pass's database: `/go/about` names
 /// it.
 pub async fn expect_backend(api: &Api) {

@@ -15,6 +15,7 @@ mod config_repos;
 mod connections;
 mod console_stream;
 mod cross_site;
+mod db_copy;
 mod examples;
 mod fan_in;
 mod fetch;

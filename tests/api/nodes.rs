@@ -369,3 +369,72 @@ async fn after_postgres_restarts_under_load_every_node_recovers_and_its_streams_
     }
     drop((a, b));
 }
+
+#[tokio::test]
+async fn a_config_document_stored_through_one_node_is_in_effect_on_the_other() {
+    let Some(nodes) = two_nodes().await else {
+        return;
+    };
+    let (a, b) = (nodes.a.api(), nodes.b.api());
+    let mut dashboard_on_b = b.subscribe("/pipelines/events").await;
+    dashboard_on_b
+        .wait_for("the dashboard", |e| e.event == "dashboard")
+        .await;
+    let yaml = RELAY.replace("relay:", "stored-on-a:");
+    a.put_config("from-a", &yaml).await.expect(201);
+    dashboard_on_b
+        .wait_for("the new pipeline's card on B", |e| {
+            e.data.contains("pipeline-stored-on-a")
+        })
+        .await;
+    // B runs it as its own.
+    let counter = trigger(&b, "stored-on-a").await;
+    assert_eq!(counter, 1);
+    // And a deletion through B takes it away on A.
+    let deleted = b
+        .call(
+            reqwest::Method::DELETE,
+            "/api/config/from-a",
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    eventually("A no longer has it", || async {
+        let reply = a.get("/api/pipelines/stored-on-a/config").await;
+        (reply.status == 404).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_node_started_with_other_config_files_than_a_running_one_says_so() {
+    if std::env::var(TEST_DATABASE_URL).is_err() {
+        eprintln!("skipped: several nodes need PostgreSQL ({TEST_DATABASE_URL})");
+        return;
+    }
+    let dirs: Vec<TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let database_url = test_config(dirs[0].path()).database_url;
+    let same = dirs[3].path().join("same.gocd.yaml");
+    std::fs::write(&same, RELAY).unwrap();
+    let other = dirs[3].path().join("other.gocd.yaml");
+    std::fs::write(&other, RELAY.replace("make", "make -j4")).unwrap();
+    let node = |dir: &TempDir, config: &std::path::Path| {
+        let mut command = serve_command(dir.path());
+        command
+            .env("DATABASE_URL", &database_url)
+            .arg("--config")
+            .arg(config);
+        NodeProcess::start(command)
+    };
+    let a = node(&dirs[0], &same);
+    expect_backend(&a.api()).await;
+    assert!(!a.log.contains("differ"), "{}", a.log);
+    let b = node(&dirs[1], &same);
+    assert!(!b.log.contains("differ"), "the same files: {}", b.log);
+    let c = node(&dirs[2], &other);
+    assert!(
+        c.log.contains("--config files differ from those node"),
+        "other files: {}",
+        c.log
+    );
+}

@@ -1001,3 +1001,30 @@ async fn gocd_calls_answer_in_gocds_media_types() {
         "application/vnd.go.cd.v1+json; charset=utf-8"
     );
 }
+
+#[tokio::test]
+async fn documents_an_older_server_kept_as_files_are_moved_into_the_database() {
+    let data = tempfile::tempdir().unwrap();
+    let old = data.path().join("config");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("shop.gocd.yaml"), THREE_STAGES).unwrap();
+    let first = Server::start(test_config(data.path())).await;
+    let api = first.api();
+    assert_eq!(trigger(&api, "shop").await, 1);
+    let sources = api.get("/api/config").await.expect(200);
+    assert_eq!(sources["sources"][0]["kind"], "api", "{sources}");
+    assert_eq!(sources["sources"][0]["name"], "shop", "{sources}");
+    assert!(!old.exists(), "the folder is moved aside");
+    let moved = data.path().join("config.moved-to-database/shop.gocd.yaml");
+    assert_eq!(std::fs::read_to_string(moved).unwrap(), THREE_STAGES);
+    first.stop().await;
+    // The document is a row now: a restart has it without the files.
+    let second = Server::start(test_config(data.path())).await;
+    let config = second
+        .api()
+        .get("/api/pipelines/shop/config")
+        .await
+        .expect(200);
+    assert_eq!(config["stages"].as_array().unwrap().len(), 3);
+    second.stop().await;
+}

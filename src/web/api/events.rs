@@ -285,6 +285,7 @@ impl View for TopicRenderer {
                 | DomainEvent::PendingCount { .. }
                 | DomainEvent::PipelineUpdated { .. }
                 | DomainEvent::ConfigReloaded
+                | DomainEvent::ConfigChanged
                 | DomainEvent::ArtifactsChanged { .. } => {}
                 // A miss by the time a view hears it (`live::Subscription`).
                 DomainEvent::Resync => {}
@@ -351,7 +352,9 @@ impl View for TopicRenderer {
                         .map(|(name, status)| json!({ "name": name, "status": status.as_str() }))
                         .collect::<Vec<_>>(),
                 }))),
-                DomainEvent::ConfigReloaded => Some(to_json(&json!({}))),
+                DomainEvent::ConfigReloaded | DomainEvent::ConfigChanged => {
+                    Some(to_json(&json!({})))
+                }
                 DomainEvent::ArtifactsChanged { build_id } => {
                     Some(to_json(&json!({ "build_id": build_id })))
                 }

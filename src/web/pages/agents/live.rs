@@ -210,6 +210,7 @@ impl View for Renderer {
             | DomainEvent::ConsoleAppend { .. }
             | DomainEvent::PipelineUpdated { .. }
             | DomainEvent::ConfigReloaded
+            | DomainEvent::ConfigChanged
             | DomainEvent::ArtifactsChanged { .. } => {}
             // A miss by the time a view hears it (`live::Subscription`).
             DomainEvent::Resync => {}
