@@ -16,6 +16,7 @@ mod cross_origin;
 mod dashboard;
 mod dashboard_convergence;
 mod listener_gap;
+mod nodes;
 mod pipeline_pages_convergence;
 mod run_page;
 mod support;
