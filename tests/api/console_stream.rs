@@ -5,7 +5,7 @@ use crate::helpers::*;
 
 /// Reads `console` events until `until` bytes of the log have been shown; returns their
 /// concatenated text and every event id seen.
-async fn read_console_until(stream: &mut SseClient, until: i64) -> (String, Vec<i64>) {
+pub(crate) async fn read_console_until(stream: &mut SseClient, until: i64) -> (String, Vec<i64>) {
     let mut text = String::new();
     let mut ids = Vec::new();
     while ids.last().copied().unwrap_or(-1) < until {

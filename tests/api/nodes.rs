@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use tempfile::TempDir;
 
+use crate::console_stream::read_console_until;
 use crate::helpers::*;
 use crate::pipelines::trigger;
 
@@ -98,20 +99,11 @@ async fn a_change_through_one_node_reaches_the_other_node_s_streams() {
             .append_ok(build_id, offset, line.as_bytes())
             .await as usize;
     }
-    let mut shown = String::new();
-    let mut at = 0;
-    while at < offset {
-        let event = console_on_b
-            .wait_for("console lines", |e| e.event == "console")
-            .await;
-        let id: usize = event
-            .id
-            .parse()
-            .expect("a console event's id is its offset");
-        assert!(id > at, "offsets only grow: {id} after {at}");
-        at = id;
-        shown.push_str(&text_content(&event.data));
-    }
+    let (shown, offsets) = read_console_until(&mut console_on_b, offset as i64).await;
+    assert!(
+        offsets.windows(2).all(|w| w[0] < w[1]),
+        "offsets only grow: {offsets:?}"
+    );
     assert_eq!(shown, expected);
 
     // The dashboard on B shows a run triggered through A.
