@@ -132,7 +132,12 @@ impl WriteTx {
                         .execute(&mut *tx)
                         .await?;
                 }
-                tx.commit().await?
+                if let Err(error) = tx.commit().await {
+                    // The commit may have happened (the answer lost with the connection): the
+                    // other nodes would hear of it, this one would not; re-read everything.
+                    publisher.resync();
+                    return Err(error.into());
+                }
             }
         }
         for (topic, event) in events {

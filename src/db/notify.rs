@@ -87,12 +87,12 @@ pub async fn listen(
     publisher: Arc<Publisher>,
     shutdown: CancellationToken,
 ) -> sqlx::Result<()> {
-    let mut listener = connect(&pool).await?;
+    let mut listener = Some(connect(&pool).await?);
     tokio::spawn(async move {
-        loop {
+        while let Some(current) = listener.as_mut() {
             let heard = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                heard = listener.try_recv() => heard,
+                heard = current.try_recv() => heard,
             };
             match heard {
                 Ok(Some(notification)) => deliver(&publisher, node, notification.payload()).await,
@@ -105,10 +105,12 @@ pub async fn listen(
                 }
                 Err(error) => {
                     tracing::warn!(%error, "lost the database connection for other nodes' events; connecting again");
-                    listener = match reconnect(&pool, &shutdown).await {
-                        Some(listener) => listener,
-                        None => return,
-                    };
+                    // Let the broken connection go first: the pool has room for one.
+                    drop(listener.take());
+                    listener = reconnect(&pool, &shutdown).await;
+                    if listener.is_none() {
+                        return;
+                    }
                     tracing::info!("hearing other nodes' events again: every view re-reads");
                     publisher.resync();
                 }
