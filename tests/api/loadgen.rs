@@ -5,6 +5,8 @@
 
 use std::process::Command;
 
+use crate::helpers::{Server, TEST_DATABASE_URL, test_config};
+
 fn loadgen(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args(args)
@@ -178,4 +180,90 @@ fn a_real_agent_s_lines_reach_the_follower_in_order() {
         "{report}"
     );
     assert!(report.contains("print to parse: min "), "{report}");
+}
+
+/// `--subscribe-to` and `--also-server` drive two running nodes. On PostgreSQL they are two
+/// nodes on one database (changes through one, subscribers and half the agents on the other);
+/// in the SQLite pass one server is given as both, which runs the same code in the loadgen.
+#[tokio::test]
+async fn the_two_node_flags_drive_a_second_running_node() {
+    let failed = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["queue", "--subscribe-to", "http://127.0.0.1:1"])
+        .output()
+        .expect("the loadgen runs");
+    assert!(!failed.status.success());
+    let error = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        error.contains("--subscribe-to needs --server too"),
+        "{error}"
+    );
+
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let node = |dir: &tempfile::TempDir, database_url: Option<String>| {
+        let mut config = test_config(dir.path());
+        if let Some(url) = database_url {
+            config.database_url = url;
+        }
+        config.agent_registration_key = Some("loadgen-key".into());
+        config.registrations_per_second = 0;
+        config.max_streams_per_address = 0;
+        config
+    };
+    let config_a = node(&dir_a, None);
+    let shared = config_a.database_url.clone();
+    let a = Server::start(config_a).await;
+    let b = match std::env::var(TEST_DATABASE_URL) {
+        Ok(_) => Some(Server::start(node(&dir_b, Some(shared))).await),
+        Err(_) => None,
+    };
+    let url_a = a.base.clone();
+    let url_b = b.as_ref().map_or(url_a.clone(), |b| b.base.clone());
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            loadgen(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+    };
+    let two = |scenario: &[&str], flag: &str| {
+        let mut args: Vec<String> = scenario.iter().map(|s| s.to_string()).collect();
+        args.extend(["--server".into(), url_a.clone(), flag.into(), url_b.clone()]);
+        args
+    };
+
+    let mut queue = vec!["queue"];
+    queue.extend(SMALL);
+    let report = run(two(&queue, "--subscribe-to")).await.unwrap();
+    assert!(report.contains("missed: 0 of 15"), "{report}");
+    let mut agents = vec!["agents", "--agents", "8"];
+    agents.extend(SMALL);
+    let report = run(two(&agents, "--subscribe-to")).await.unwrap();
+    assert!(report.contains("missed: 0 of 15"), "{report}");
+    let console = [
+        "console",
+        "--bytes",
+        "200000",
+        "--chunk",
+        "16384",
+        "--followers",
+        "2",
+        "--replay-bytes",
+        "100000",
+        "--replay-followers",
+        "2",
+    ];
+    let report = run(two(&console, "--subscribe-to")).await.unwrap();
+    assert!(
+        report.contains("followers missing bytes or out of order: 0 of 2"),
+        "{report}"
+    );
+    assert!(
+        report.contains("readers missing bytes or out of order: 0"),
+        "{report}"
+    );
+    let scheduler = ["scheduler", "--jobs", "40", "--agents", "4"];
+    let report = run(two(&scheduler, "--also-server")).await.unwrap();
+    assert!(report.contains("assigned 40 in "), "{report}");
+    assert!(report.contains("assigned twice: 0"), "{report}");
+    assert!(report.contains("left unassigned: 0"), "{report}");
+    // Servers the loadgen did not start: their memory is not known.
+    assert!(!report.contains("server RSS"), "{report}");
 }

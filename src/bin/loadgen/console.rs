@@ -3,13 +3,17 @@
 //! whole log from offset 0. Every line of the log is numbered and of one length, so each
 //! subscriber checks that it got every byte, in order, once: it counts only lines that
 //! continue exactly where the last one ended.
+//!
+//! The agent uploads to `target`; followers and readers connect to `subscribers`: the same
+//! server, or with `--subscribe-to` another node on its database, whose console view re-reads
+//! the shared log when NOTIFY tells it of an append.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::json;
 
-use crate::fanout::{client, register_agents_with_tokens};
+use crate::fanout::{client, register_agents_with_tokens, servers};
 use crate::report::{self, Meter};
 use crate::sse::{self, Heard, Matcher};
 use crate::target::Target;
@@ -143,7 +147,7 @@ async fn upload(
     Ok((started, answered))
 }
 
-pub async fn console(target: &Target, args: &Console) -> Result<(), String> {
+pub async fn console(target: &Target, subscribers: &Target, args: &Console) -> Result<(), String> {
     let client = client()?;
     let total = args.bytes / LINE as u64 * LINE as u64;
 
@@ -151,7 +155,7 @@ pub async fn console(target: &Target, args: &Console) -> Result<(), String> {
     let (build, token) = building(&client, target, "live").await?;
     let tasks = sse::followers(
         args.followers,
-        target.addr,
+        subscribers.addr,
         &format!("/builds/{build}/console/events"),
         matcher(),
         Arc::new(move |seen| seen.last().is_some_and(|(reached, _)| *reached >= total)),
@@ -173,11 +177,11 @@ pub async fn console(target: &Target, args: &Console) -> Result<(), String> {
         }
     }
     println!(
-        "console: {} in {} B chunks, {} followers, server {}",
+        "console: {} in {} B chunks, {} followers, {}",
         report::mb(total),
         args.chunk,
         args.followers,
-        target.addr
+        servers(target, subscribers)
     );
     println!(
         "  ingest: {:.1} MB/s ({seconds:.2} s)",
@@ -204,7 +208,7 @@ pub async fn console(target: &Target, args: &Console) -> Result<(), String> {
     let opened = Instant::now();
     let tasks = sse::followers(
         args.replay_followers,
-        target.addr,
+        subscribers.addr,
         &format!("/builds/{build}/console/events"),
         matcher(),
         Arc::new(move |seen| {

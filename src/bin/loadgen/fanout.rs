@@ -6,6 +6,10 @@
 //! - `agents`: 500 agents registered; changes disable a different agent each; each
 //!   subscriber parses that agent's `agent-{uuid}` row showing Disabled, and the bytes that
 //!   reached it are counted.
+//!
+//! The changes go through `target`; the subscribers connect to `subscribers`: the same
+//! server, or with `--subscribe-to` another node on its database, which hears of each change
+//! through PostgreSQL's NOTIFY once it has committed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,7 +29,7 @@ pub struct Change {
     pub answered: Instant,
 }
 
-pub async fn queue(target: &Target, args: &Fanout) -> Result<(), String> {
+pub async fn queue(target: &Target, subscribers: &Target, args: &Fanout) -> Result<(), String> {
     // A connection's first `queued` is its state (ready); every later one a change.
     let matcher: Matcher = Arc::new(|| {
         let mut ready = false;
@@ -44,7 +48,7 @@ pub async fn queue(target: &Target, args: &Fanout) -> Result<(), String> {
     let last = base + args.changes as u64;
     let tasks = sse::followers(
         args.subscribers,
-        target.addr,
+        subscribers.addr,
         "/agents/events",
         matcher,
         Arc::new(move |seen| seen.last().is_some_and(|(count, _)| *count >= last)),
@@ -69,8 +73,11 @@ pub async fn queue(target: &Target, args: &Fanout) -> Result<(), String> {
     let seen = sse::collect(tasks).await;
     let usage = meter.end();
     println!(
-        "queue: {} subscribers, {} changes {} ms apart, server {}",
-        args.subscribers, args.changes, args.interval_ms, target.addr
+        "queue: {} subscribers, {} changes {} ms apart, {}",
+        args.subscribers,
+        args.changes,
+        args.interval_ms,
+        servers(target, subscribers)
     );
     print_delays(&changes, &seen, true);
     usage.print("during the changes");
@@ -121,7 +128,12 @@ async fn current_queue(target: &Target) -> Result<u64, String> {
     Ok(body["pending_count"].as_u64().unwrap_or(0))
 }
 
-pub async fn agents(target: &Target, args: &Fanout, agents: usize) -> Result<(), String> {
+pub async fn agents(
+    target: &Target,
+    subscribers: &Target,
+    args: &Fanout,
+    agents: usize,
+) -> Result<(), String> {
     if args.changes > agents {
         return Err(format!("--changes {} > --agents {agents}", args.changes));
     }
@@ -159,7 +171,7 @@ pub async fn agents(target: &Target, args: &Fanout, agents: usize) -> Result<(),
     });
     let tasks = sse::followers(
         args.subscribers,
-        target.addr,
+        subscribers.addr,
         "/agents/events",
         matcher,
         Arc::new(move |seen| seen.len() >= expected),
@@ -182,8 +194,11 @@ pub async fn agents(target: &Target, args: &Fanout, agents: usize) -> Result<(),
     let seen = sse::collect(tasks).await;
     let usage = meter.end();
     println!(
-        "agents: {agents} agents, {} subscribers, {} changes {} ms apart, server {}",
-        args.subscribers, args.changes, args.interval_ms, target.addr
+        "agents: {agents} agents, {} subscribers, {} changes {} ms apart, {}",
+        args.subscribers,
+        args.changes,
+        args.interval_ms,
+        servers(target, subscribers)
     );
     print_delays(&changes, &seen, false);
     let bytes: u64 = seen.iter().map(|s| s.bytes).sum();
@@ -241,6 +256,17 @@ pub async fn register_agent(
     match (body["uuid"].as_str(), body["token"].as_str()) {
         (Some(uuid), Some(token)) => Ok((uuid.to_string(), token.to_string())),
         _ => Err(format!("register answered no uuid or token: {body}")),
+    }
+}
+
+/// `server A`, or `server A, subscribers on B` when they connect to another node.
+pub fn servers(target: &Target, subscribers: &Target) -> String {
+    match target.addr == subscribers.addr {
+        true => format!("server {}", target.addr),
+        false => format!(
+            "server {}, subscribers on {}",
+            target.addr, subscribers.addr
+        ),
     }
 }
 

@@ -11,6 +11,11 @@
 //! its send, to the moment each subscriber has parsed the event: min/p50/p99/max over every
 //! (change, subscriber), how many subscribers missed a change (must be 0), the calls' own
 //! answer time, and the server's RSS and CPU time from `/proc`.
+//!
+//! Across two nodes on one PostgreSQL database: `--subscribe-to` (`queue`, `agents`,
+//! `console`) has the subscribers connect to a second node while the changes go through
+//! `--server`, and `--also-server` (`scheduler`) has half the agents poll the second one. The
+//! loadgen starts no server then: both are given, and neither's RSS or CPU is known.
 
 mod churn;
 mod console;
@@ -63,6 +68,11 @@ enum Scenario {
         jobs: usize,
         #[arg(long, default_value_t = 100)]
         agents: usize,
+        /// Another node on the same database (loopback, like `--server`, which must be given
+        /// too): every other agent polls it, and reports its runs to it; jobs are scheduled
+        /// through `--server`.
+        #[arg(long)]
+        also_server: Option<String>,
         #[command(flatten)]
         server: Server,
     },
@@ -179,6 +189,11 @@ pub struct Fanout {
     /// Against the bare floor server instead of ferrocd (`queue` and `idle`).
     #[arg(long, conflicts_with = "server")]
     floor: bool,
+    /// Another node on the same database (loopback, like `--server`, which must be given
+    /// too): the subscribers connect there while the changes go through `--server`
+    /// (`queue` and `agents`).
+    #[arg(long, conflicts_with = "floor")]
+    subscribe_to: Option<String>,
     #[command(flatten)]
     target: Server,
 }
@@ -200,6 +215,11 @@ pub struct Console {
     /// Readers of the stored log (0: no replay).
     #[arg(long, default_value_t = 100)]
     replay_followers: usize,
+    /// Another node on the same database (loopback, like `--server`, which must be given
+    /// too): the followers and the readers connect there while the agent uploads to
+    /// `--server`.
+    #[arg(long)]
+    subscribe_to: Option<String>,
     #[command(flatten)]
     target: Server,
 }
@@ -244,20 +264,54 @@ async fn main() {
 
 async fn run(scenario: &Scenario) -> Result<(), String> {
     match scenario {
-        Scenario::Queue(f) => fanout::queue(&fanout_target(f).await?, f).await,
-        Scenario::Idle(f) => idle::idle(&fanout_target(f).await?, f).await,
+        Scenario::Queue(f) if f.subscribe_to.is_none() => {
+            let target = fanout_target(f).await?;
+            fanout::queue(&target, &target, f).await
+        }
+        Scenario::Queue(f) => {
+            let (target, other) = two_nodes(&f.target, "--subscribe-to", &f.subscribe_to)?;
+            fanout::queue(&target, &other, f).await
+        }
+        Scenario::Idle(f) => {
+            if f.subscribe_to.is_some() {
+                return Err("idle has no --subscribe-to: nothing changes its streams".into());
+            }
+            idle::idle(&fanout_target(f).await?, f).await
+        }
         Scenario::Agents { fanout: f, agents } => {
             if f.floor {
                 return Err("agents has no floor: compare with queue --floor".into());
             }
-            fanout::agents(&server(&f.target).await?, f, *agents).await
+            if f.subscribe_to.is_none() {
+                let target = server(&f.target).await?;
+                return fanout::agents(&target, &target, f, *agents).await;
+            }
+            let (target, other) = two_nodes(&f.target, "--subscribe-to", &f.subscribe_to)?;
+            fanout::agents(&target, &other, f, *agents).await
         }
         Scenario::Scheduler {
             jobs,
             agents,
+            also_server: None,
             server: s,
-        } => scheduler::scheduler(&server(s).await?, *jobs, *agents).await,
-        Scenario::Console(c) => console::console(&server(&c.target).await?, c).await,
+        } => scheduler::scheduler(&server(s).await?, None, *jobs, *agents).await,
+        Scenario::Scheduler {
+            jobs,
+            agents,
+            also_server,
+            server: s,
+        } => {
+            let (target, other) = two_nodes(s, "--also-server", also_server)?;
+            scheduler::scheduler(&target, Some(&other), *jobs, *agents).await
+        }
+        Scenario::Console(c) if c.subscribe_to.is_none() => {
+            let target = server(&c.target).await?;
+            console::console(&target, &target, c).await
+        }
+        Scenario::Console(c) => {
+            let (target, other) = two_nodes(&c.target, "--subscribe-to", &c.subscribe_to)?;
+            console::console(&target, &other, c).await
+        }
         Scenario::Churn(c) => churn::churn(&server(&c.target).await?, c).await,
         Scenario::Dashboard(d) => dashboard::dashboard(&server(&d.target).await?, d).await,
         Scenario::Fleet(f) => fleet::fleet(&server(&f.target).await?, f).await,
@@ -278,7 +332,22 @@ async fn fanout_target(f: &Fanout) -> Result<Target, String> {
 
 async fn server(s: &Server) -> Result<Target, String> {
     match &s.server {
-        Some(url) => Target::running(url),
+        Some(url) => Target::running("--server", url),
         None => Target::ferrocd(&[]).await,
+    }
+}
+
+/// `--server` and the second node `flag` names (`--subscribe-to`, `--also-server`), both
+/// already running on one database: across two nodes the loadgen starts neither.
+fn two_nodes(s: &Server, flag: &str, other: &Option<String>) -> Result<(Target, Target), String> {
+    match (&s.server, other) {
+        (Some(server), Some(other)) => Ok((
+            Target::running("--server", server)?,
+            Target::running(flag, other)?,
+        )),
+        _ => Err(format!(
+            "{flag} needs --server too: across two nodes the loadgen starts no server; start \
+             both on one database (`ferrocd serve --database-url postgres://…`) and give both"
+        )),
     }
 }

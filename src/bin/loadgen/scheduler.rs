@@ -2,6 +2,11 @@
 //! asks for work, and reports a run it was given `Completed` before it asks again (an agent
 //! holds one run at a time). Reports assignments per second over the whole drain, the work
 //! call's latency, and any build handed out twice (must be 0).
+//!
+//! With `--also-server` (another node on the same database) every other agent polls that node
+//! and reports its runs to it; the jobs are scheduled and the agents registered through
+//! `target`. A build handed out twice is counted across both, and each node's share and work
+//! call latency is reported too.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,7 +24,12 @@ use crate::target::Target;
 /// An agent told there is no work for it waits this long before asking again.
 const IDLE_POLL: Duration = Duration::from_millis(5);
 
-pub async fn scheduler(target: &Target, jobs: usize, agents: usize) -> Result<(), String> {
+pub async fn scheduler(
+    target: &Target,
+    also: Option<&Target>,
+    jobs: usize,
+    agents: usize,
+) -> Result<(), String> {
     let client = client()?;
     let registered = register_agents_with_tokens(&client, target, agents).await?;
     let queued_at = Instant::now();
@@ -52,10 +62,15 @@ pub async fn scheduler(target: &Target, jobs: usize, agents: usize) -> Result<()
     let meter = Meter::start(target);
     let started = Instant::now();
     let deadline = started + PHASE_LIMIT * 2;
-    let pollers = registered.into_iter().map(|(uuid, token)| {
+    // Node 0 is `target`, node 1 `also`: agents take turns.
+    let nodes: Vec<&Target> = std::iter::once(target).chain(also).collect();
+    let turns = registered.into_iter().enumerate();
+    let pollers = turns.map(|(i, (uuid, token))| {
         let client = client.clone();
         let assigned = Arc::clone(&assigned);
-        let work_url = target.url(&format!("/api/agents/{uuid}/work"));
+        let node = i % nodes.len();
+        let polled = nodes[node];
+        let work_url = polled.url(&format!("/api/agents/{uuid}/work"));
         async move {
             let mut mine = Vec::new();
             let mut work_ms = Vec::new();
@@ -77,7 +92,7 @@ pub async fn scheduler(target: &Target, jobs: usize, agents: usize) -> Result<()
                         mine.push(build);
                         assigned.fetch_add(1, Ordering::SeqCst);
                         let done = client
-                            .post(target.url(&format!("/api/builds/{build}/status")))
+                            .post(polled.url(&format!("/api/builds/{build}/status")))
                             .bearer_auth(&token)
                             .json(&json!({"job_state": "Completed", "result": "Passed"}))
                             .send()
@@ -94,24 +109,35 @@ pub async fn scheduler(target: &Target, jobs: usize, agents: usize) -> Result<()
                     other => return Err(format!("work answered {other}")),
                 }
             }
-            Ok::<_, String>((mine, work_ms, no_work))
+            Ok::<_, String>((node, mine, work_ms, no_work))
         }
     });
     let results = futures::future::join_all(pollers).await;
     let seconds = started.elapsed().as_secs_f64();
     let usage = meter.end();
     let (mut builds, mut work_ms, mut no_work) = (Vec::new(), Vec::new(), 0);
+    // Per node: its assignments and its work calls' times.
+    let mut by_node = vec![(0, Vec::new()); nodes.len()];
     for result in results {
-        let (mine, times, empty) = result?;
+        let (node, mine, times, empty) = result?;
+        by_node[node].0 += mine.len();
+        by_node[node].1.extend_from_slice(&times);
         builds.extend(mine);
         work_ms.extend(times);
         no_work += empty;
     }
     let distinct: HashSet<i64> = builds.iter().copied().collect();
-    println!(
-        "scheduler: {jobs} jobs, {agents} agents polling, server {}",
-        target.addr
-    );
+    match also {
+        None => println!(
+            "scheduler: {jobs} jobs, {agents} agents polling, server {}",
+            target.addr
+        ),
+        Some(also) => println!(
+            "scheduler: {jobs} jobs, {agents} agents polling, server {} and {} (every other \
+             agent)",
+            target.addr, also.addr
+        ),
+    }
     println!(
         "  queued in {queue_seconds:.2} s ({:.0} schedule calls/s, 8 at a time)",
         jobs as f64 / queue_seconds
@@ -122,6 +148,15 @@ pub async fn scheduler(target: &Target, jobs: usize, agents: usize) -> Result<()
         builds.len() as f64 / seconds
     );
     println!("  work call: {}", report::ms(&work_ms));
+    if nodes.len() > 1 {
+        for (node, (count, times)) in nodes.iter().zip(&by_node) {
+            println!(
+                "  through {}: assigned {count}, work call {}",
+                node.addr,
+                report::ms(times)
+            );
+        }
+    }
     // While jobs are queued, a 204 means the agent lost every candidate it read to others.
     println!("  answered no work (204): {no_work}");
     println!("  assigned twice: {}", builds.len() - distinct.len());

@@ -35,14 +35,14 @@ impl Drop for Target {
 }
 
 impl Target {
-    /// A server already running, at `http://IP:PORT` on loopback.
-    pub fn running(url: &str) -> Result<Target, String> {
+    /// A server already running, at `http://IP:PORT` on loopback, as `flag` gave it.
+    pub fn running(flag: &str, url: &str) -> Result<Target, String> {
         let host = url.trim_start_matches("http://").trim_end_matches('/');
         let addr: SocketAddr = host
             .parse()
-            .map_err(|_| format!("--server: {url} is not http://IP:PORT"))?;
+            .map_err(|_| format!("{flag}: {url} is not http://IP:PORT"))?;
         if !addr.ip().is_loopback() {
-            return Err("--server: loopback only".into());
+            return Err(format!("{flag}: loopback only"));
         }
         Ok(Target {
             addr,
