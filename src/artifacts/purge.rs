@@ -22,13 +22,12 @@ pub fn spawn_purge(
 ) {
     let mut changes = hub.subscribe(&Topic::PipelinesUpdates);
     tokio::spawn(async move {
+        let every_pipeline = || -> Vec<String> {
+            let snapshot = pipelines.configs().snapshot();
+            snapshot.pipelines().map(|p| p.name.clone()).collect()
+        };
         // Every pipeline once at start: a lower N, or changes while the server was down.
-        let mut due: BTreeSet<String> = pipelines
-            .configs()
-            .snapshot()
-            .pipelines()
-            .map(|p| p.name.clone())
-            .collect();
+        let mut due: BTreeSet<String> = every_pipeline().into_iter().collect();
         loop {
             // Off duty, another node purges (this one keeps nothing to do later).
             if !duty.is_mine() {
@@ -43,25 +42,11 @@ pub fn spawn_purge(
                 _ = shutdown.cancelled() => return,
                 event = changes.recv() => event,
             };
-            // Missed some (here, or this node did not hear the others): every pipeline may
-            // have changed.
-            let missed = match &event {
-                Err(RecvError::Lagged(_)) => true,
-                Ok(event) => **event == DomainEvent::Resync,
-                Err(RecvError::Closed) => false,
-            };
-            if missed {
-                due.extend(
-                    pipelines
-                        .configs()
-                        .snapshot()
-                        .pipelines()
-                        .map(|p| p.name.clone()),
-                );
-                continue;
-            }
             match event {
-                Err(RecvError::Lagged(_)) => {}
+                // Missed some (here, or this node did not hear the others): every pipeline
+                // may have changed.
+                Err(RecvError::Lagged(_)) => due.extend(every_pipeline()),
+                Ok(event) if *event == DomainEvent::Resync => due.extend(every_pipeline()),
                 Ok(event) => {
                     if let DomainEvent::PipelineUpdated { pipeline, .. } = &*event {
                         due.insert(pipeline.clone());
