@@ -38,6 +38,9 @@ const PARALLEL_POLLS: usize = 4;
 /// How long one poll may take before its git is killed.
 const POLL_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// How many times one poll starts over after losing the race to store its revision.
+const POLL_ATTEMPTS: usize = 3;
+
 /// One polled repository and branch, and the pipelines that use it.
 #[derive(Debug, Clone)]
 pub struct Polling {
@@ -269,6 +272,15 @@ pub struct Materials {
     /// One poll of a fingerprint at a time (a webhook's and the round's), so a new revision
     /// triggers once.
     polling: Arc<std::sync::Mutex<HashMap<Fingerprint, Arc<tokio::sync::Mutex<()>>>>>,
+    polls: Arc<PollCounts>,
+}
+
+/// Polls of git materials since start, by outcome (`/metrics`).
+#[derive(Default)]
+struct PollCounts {
+    stored: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+    superseded: std::sync::atomic::AtomicU64,
 }
 
 impl Materials {
@@ -280,7 +292,21 @@ impl Materials {
             mirrors: data_dir.join("materials"),
             config_mirrors: data_dir.join("config-repos"),
             polling: Arc::default(),
+            polls: Arc::default(),
         }
+    }
+
+    /// Polls of git materials since start, by outcome: `stored` (a revision, new or not, was
+    /// recorded), `failed` (the fetch failed; its error was recorded) and `superseded` (another
+    /// poll recorded a revision while this one fetched, so this one polled again).
+    pub fn poll_counts(&self) -> [(&'static str, u64); 3] {
+        let read =
+            |count: &std::sync::atomic::AtomicU64| count.load(std::sync::atomic::Ordering::Relaxed);
+        [
+            ("stored", read(&self.polls.stored)),
+            ("failed", read(&self.polls.failed)),
+            ("superseded", read(&self.polls.superseded)),
+        ]
     }
 
     /// The lock one poll of `fingerprint` holds.
@@ -383,9 +409,30 @@ impl Materials {
 
     /// Polls one repository and triggers what its new revision should, except `except` (a
     /// pipeline about to be triggered by hand anyway).
+    ///
+    /// Several polls of one repository can overlap: a webhook's on one node while the node on
+    /// duty polls, or two nodes across a duty handover. Each stores its revision only if the
+    /// stored one is still the one it started from, and only the poll that stored a new one
+    /// triggers, so one commit triggers once. A poll that lost the race polls again from the
+    /// revision the winner stored, since its own head may be newer than the winner's.
     async fn poll_one(&self, polling: &Polling, except: Option<&str>) -> Result<()> {
         let lock = self.poll_lock(&polling.fingerprint);
         let _one_at_a_time = lock.lock().await;
+        for _ in 0..POLL_ATTEMPTS {
+            if self.poll_once(polling, except).await? {
+                return Ok(());
+            }
+            self.polls
+                .superseded
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        tracing::warn!(url = %without_credentials(&polling.remote.url), "other polls kept storing revisions first: the next poll tries again");
+        Ok(())
+    }
+
+    /// One attempt of [`Self::poll_one`]: answers `false` if another poll stored a revision
+    /// while this one fetched, and nothing was stored or triggered.
+    async fn poll_once(&self, polling: &Polling, except: Option<&str>) -> Result<bool> {
         let fingerprint = polling.fingerprint.as_str();
         let (known, known_error) = {
             let mut read = self.db.reader().await?;
@@ -416,21 +463,34 @@ impl Materials {
                 if changed {
                     publish_users(&mut tx, polling);
                 }
-                return tx.commit().await;
+                tx.commit().await?;
+                self.polls
+                    .failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(true);
             }
         };
         row.last_revision = Some(polled.revision.clone());
         let mut tx = self.db.begin().await?;
-        store::record_revision(tx.conn(), &row, &polled.modifications).await?;
+        if !store::record_revision(tx.conn(), &row, known.as_deref(), &polled.modifications).await?
+        {
+            return Ok(false); // dropping the transaction rolls it back
+        }
         if known_error.is_some() {
             publish_users(&mut tx, polling); // the error beside them goes
         }
         tx.commit().await?;
-        if known.as_deref() != Some(polled.revision.as_str()) {
+        let triggered = if known.as_deref() != Some(polled.revision.as_str()) {
             self.trigger_users(polling, known.is_none(), &polled, except)
-                .await?;
-        }
-        Ok(())
+                .await
+        } else {
+            Ok(())
+        };
+        // Counted once what it triggers is triggered, so a count means the poll is over.
+        self.polls
+            .stored
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        triggered.map(|()| true)
     }
 
     /// A new revision triggers each pipeline using it whose filter lets one of the changed

@@ -63,21 +63,29 @@ pub async fn last_revision(conn: &mut Connection, fingerprint: &str) -> Result<O
 pub async fn record_revision(
     conn: &mut Connection,
     row: &MaterialRow,
+    known: Option<&str>,
     modifications: &[Modification],
-) -> Result<()> {
-    sqlx::query(
+) -> Result<bool> {
+    let recorded = sqlx::query(
         "INSERT INTO materials (fingerprint, url, branch, last_revision, last_polled_at, error) \
          VALUES ($1, $2, $3, $4, $5, NULL) \
          ON CONFLICT (fingerprint) DO UPDATE SET url = $2, branch = $3, last_revision = $4, \
-         last_polled_at = $5, error = NULL",
+         last_polled_at = $5, error = NULL \
+         WHERE materials.last_revision IS NOT DISTINCT FROM $6",
     )
     .bind(&row.fingerprint)
     .bind(&row.url)
     .bind(&row.branch)
     .bind(&row.last_revision)
     .bind(row.last_polled_at)
+    .bind(known)
     .execute(&mut *conn)
-    .await?;
+    .await?
+    .rows_affected()
+        > 0;
+    if !recorded {
+        return Ok(false);
+    }
     for m in modifications {
         sqlx::query(
             "INSERT INTO modifications (fingerprint, revision, author, committed_at, message, files) \
@@ -92,7 +100,7 @@ pub async fn record_revision(
         .execute(&mut *conn)
         .await?;
     }
-    Ok(())
+    Ok(true)
 }
 
 pub async fn record_error(conn: &mut Connection, row: &MaterialRow) -> Result<()> {

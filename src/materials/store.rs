@@ -30,13 +30,16 @@ pub async fn last_revision(conn: Conn<'_>, fingerprint: &str) -> Result<Option<S
     backend!(conn, last_revision(fingerprint))
 }
 
-/// A poll that worked: the head it found and the commits new to it.
+/// A poll that worked: the head it found and the commits new to it, stored only if the
+/// revision stored is still `known`, the one the poll started from. Answers whether it was:
+/// `false` means another poll (on this node or another) recorded a revision meanwhile.
 pub async fn record_revision(
     conn: Conn<'_>,
     row: &MaterialRow,
+    known: Option<&str>,
     modifications: &[Modification],
-) -> Result<()> {
-    backend!(conn, record_revision(row, modifications))
+) -> Result<bool> {
+    backend!(conn, record_revision(row, known, modifications))
 }
 
 /// A poll that failed: its error, the last good revision kept.

@@ -33,7 +33,7 @@ const DURATION_BUCKETS: [f64; 14] = [
 ];
 
 /// Every metric and what it counts (its `# HELP` line; docs/API.md, "Metrics").
-pub const DESCRIBED: [(&str, &str); 13] = [
+pub const DESCRIBED: [(&str, &str); 14] = [
     (
         "ferrocd_lagged_connections_total",
         "Times a connection fell behind its view and was sent the whole state again, by stream kind",
@@ -76,6 +76,10 @@ pub const DESCRIBED: [(&str, &str); 13] = [
         "Pipeline instances, by result (Building, Passed, Failed, Cancelled, Waiting)",
     ),
     ("ferrocd_scrapes_total", "Scrapes of /metrics"),
+    (
+        "ferrocd_material_polls_total",
+        "Polls of git materials since start, by outcome (stored, failed, superseded)",
+    ),
     (
         "ferrocd_on_duty",
         "1 while this node polls materials, fires timers and purges artifacts (one node at a time does)",
@@ -221,6 +225,11 @@ async fn scrape(State(state): State<AppState>) -> Result<Response> {
     for (stream, count) in state.renders.lags() {
         metrics
             .counter("ferrocd_lagged_connections_total", &[("stream", stream)])
+            .absolute(count);
+    }
+    for (outcome, count) in state.materials.poll_counts() {
+        metrics
+            .counter("ferrocd_material_polls_total", &[("outcome", outcome)])
             .absolute(count);
     }
     metrics

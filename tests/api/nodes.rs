@@ -10,6 +10,7 @@ use tempfile::TempDir;
 
 use crate::console_stream::read_console_until;
 use crate::helpers::*;
+use crate::materials::{commit, instances, new_repo};
 use crate::pipelines::trigger;
 
 /// Two nodes on one database, sharing their `--config` folder and `--artifacts-dir` as a
@@ -176,19 +177,74 @@ async fn two_nodes_with_ten_pollers_each_never_hand_out_a_job_twice() {
     assert_eq!(b.pending_count().await, 0);
 }
 
-/// This node's `ferrocd_on_duty` gauge.
-async fn on_duty(api: &Api) -> u8 {
+/// One series of this node's `/metrics`, by its whole name and labels as exposed (0 if absent).
+async fn metric(api: &Api, series: &str) -> f64 {
     let metrics = api.get("/metrics").await;
     assert_eq!(metrics.status, 200);
     let text = metrics.text();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("ferrocd_on_duty "))
-        .unwrap_or_else(|| panic!("no ferrocd_on_duty in {text}"));
-    line["ferrocd_on_duty ".len()..]
-        .trim()
-        .parse()
-        .expect("0 or 1")
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().expect("a number"))
+}
+
+/// This node's `ferrocd_on_duty` gauge.
+async fn on_duty(api: &Api) -> u8 {
+    metric(api, "ferrocd_on_duty").await as u8
+}
+
+/// Polls that ended (stored or failed) on this node since it started.
+async fn polls_ended(api: &Api) -> f64 {
+    metric(api, "ferrocd_material_polls_total{outcome=\"stored\"}").await
+        + metric(api, "ferrocd_material_polls_total{outcome=\"failed\"}").await
+}
+
+#[tokio::test]
+async fn a_commit_notified_through_both_nodes_at_once_triggers_its_pipeline_once() {
+    let Some(nodes) = two_nodes().await else {
+        return;
+    };
+    let (a, b) = (nodes.a.api(), nodes.b.api());
+    let work = tempfile::tempdir().unwrap();
+    let repo = new_repo(work.path());
+    commit(&repo, "a.txt", "first");
+    // auto_update: false, so no round polls it: only the notifications below do.
+    let yaml = format!(
+        "format_version: 10\npipelines:\n  notified:\n    group: nodes\n    materials:\n      code: {{git: {repo}, branch: main, auto_update: false}}\n    stages:\n      - build: {{tasks: [{{exec: {{command: make}}}}]}}\n",
+        repo = repo.display()
+    );
+    a.put_config("notified", &yaml).await.expect(201);
+    eventually("B has the pipeline", || async {
+        let reply = b.get("/api/pipelines/notified/config").await;
+        (reply.status == 200).then_some(())
+    })
+    .await;
+    let notify = serde_json::json!({"repository_url": repo.display().to_string()});
+    let mut notified = 0.0;
+    // Round 0 is the first poll (which triggers a pipeline that never ran), then a commit each.
+    for round in 0..5i64 {
+        if round > 0 {
+            commit(&repo, &format!("{round}.txt"), &format!("change {round}"));
+        }
+        let sends = (0..10).map(|i| {
+            let (api, notify) = (if i % 2 == 0 { &a } else { &b }, notify.clone());
+            async move {
+                api.call(reqwest::Method::POST, "/go/api/material/notify/git", notify)
+                    .await
+                    .expect(202);
+            }
+        });
+        futures::future::join_all(sends).await;
+        notified += 10.0;
+        eventually("every notified poll has ended", || async {
+            (polls_ended(&a).await + polls_ended(&b).await >= notified).then_some(())
+        })
+        .await;
+        assert_eq!(
+            instances(&a, "notified").await,
+            round + 1,
+            "round {round}: one instance per commit, however many polls saw it"
+        );
+    }
 }
 
 #[tokio::test]
