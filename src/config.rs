@@ -185,6 +185,11 @@ pub struct ServeArgs {
     /// may wait for its next request, before it is closed.
     #[arg(long, env = "FERROCD_HEADER_READ_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout: u64,
+    /// On PostgreSQL, how often (seconds) a node checks the connection it hears other nodes'
+    /// events on; a check unanswered for as long drops the connection (a NAT or firewall can
+    /// drop an idle one without a word), and the node connects again and re-reads every view.
+    #[arg(long, env = "FERROCD_DATABASE_HEARTBEAT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub database_heartbeat: u64,
 }
 
 /// The settings the server runs with, resolved from flags (or built directly by tests).
@@ -229,6 +234,7 @@ pub struct Config {
     pub max_streams_per_address: usize,
     /// How long a request's headers, or a kept-alive connection's next request, may take.
     pub header_read_timeout: Duration,
+    pub database_heartbeat: Duration,
     /// How long shutdown lets in-flight requests finish before it drops their connections.
     pub shutdown_deadline: Duration,
 }
@@ -276,6 +282,7 @@ impl From<ServeArgs> for Config {
             max_streams_per_address: usize::try_from(args.max_streams_per_address)
                 .unwrap_or(usize::MAX),
             header_read_timeout: Duration::from_secs(args.header_read_timeout),
+            database_heartbeat: Duration::from_secs(args.database_heartbeat),
             shutdown_deadline: SHUTDOWN_DEADLINE,
         }
     }
@@ -313,6 +320,7 @@ impl Config {
             max_connections: 20_000,
             max_streams_per_address: 2000,
             header_read_timeout: Duration::from_secs(10),
+            database_heartbeat: Duration::from_secs(10),
             shutdown_deadline: SHUTDOWN_DEADLINE,
         }
     }

@@ -255,22 +255,29 @@ impl Db {
     }
 
     /// Whether this node does the work one node at a time does, now and from now on, until
-    /// `shutdown` (`db/duty.rs`).
-    pub async fn duty(&self, shutdown: CancellationToken) -> Duty {
+    /// `shutdown` (`db/duty.rs`); a check of the duty's connection unanswered for `heartbeat`
+    /// counts as the duty lost.
+    pub async fn duty(&self, heartbeat: Duration, shutdown: CancellationToken) -> Duty {
         match &self.pools {
             Pools::Sqlite { .. } => Duty::always(),
-            Pools::Postgres { duty, .. } => Duty::contend(duty.clone(), shutdown).await,
+            Pools::Postgres { duty, .. } => Duty::contend(duty.clone(), heartbeat, shutdown).await,
         }
     }
 
     /// On PostgreSQL, hears the other nodes' writes from now on and publishes their events
-    /// here until `shutdown`; it listens before this returns. Nothing to do on SQLite.
-    pub async fn listen_to_other_nodes(&self, shutdown: CancellationToken) -> Result<()> {
+    /// here until `shutdown`, checking its connection every `heartbeat`; it listens before
+    /// this returns. Nothing to do on SQLite.
+    pub async fn listen_to_other_nodes(
+        &self,
+        heartbeat: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
         if let Pools::Postgres { listen, .. } = &self.pools {
             notify::listen(
                 listen.clone(),
                 self.node,
                 Arc::clone(&self.publisher),
+                heartbeat,
                 shutdown,
             )
             .await?;
@@ -323,18 +330,24 @@ impl Db {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
             .await?;
-        let dedicated = || {
+        // Connections held for as long as they live: the one other nodes' events arrive on,
+        // and the one holding the duty.
+        let dedicated = |connections| {
             PgPoolOptions::new()
-                .max_connections(1)
+                .max_connections(connections)
                 .max_lifetime(None)
                 .idle_timeout(None)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect_lazy_with(options.clone())
         };
         Ok(Pools::Postgres {
             read,
             write,
-            listen: dedicated(),
-            duty: dedicated(),
+            // Room for more than one: a listener let go sends `UNLISTEN` before its connection
+            // goes back, and on a connection gone silent that waits until the OS gives up on it
+            // (minutes), while the new listener must connect at once.
+            listen: dedicated(3),
+            duty: dedicated(1),
         })
     }
 
@@ -385,26 +398,38 @@ impl Db {
         Ok(version.unwrap_or(0))
     }
 
+    /// Closes every pool, waiting at most [`CLOSE_DEADLINE`]: closing waits for connections in
+    /// use to come back, and one stuck on a database that went silent never would.
     pub async fn close(&self) {
-        match &self.pools {
-            Pools::Sqlite { read, write } => {
-                read.close().await;
-                write.close().await;
+        let close = async {
+            match &self.pools {
+                Pools::Sqlite { read, write } => {
+                    read.close().await;
+                    write.close().await;
+                }
+                Pools::Postgres {
+                    read,
+                    write,
+                    listen,
+                    duty,
+                } => {
+                    duty.close().await;
+                    listen.close().await;
+                    read.close().await;
+                    write.close().await;
+                }
             }
-            Pools::Postgres {
-                read,
-                write,
-                listen,
-                duty,
-            } => {
-                duty.close().await;
-                listen.close().await;
-                read.close().await;
-                write.close().await;
-            }
+        };
+        if tokio::time::timeout(CLOSE_DEADLINE, close).await.is_err() {
+            tracing::warn!(
+                "the database connections did not close within {CLOSE_DEADLINE:?}; leaving them"
+            );
         }
     }
 }
+
+/// How long [`Db::close`] waits for connections in use.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The URL as it may be shown: without its password.
 fn redact_password(url: &str) -> String {

@@ -159,7 +159,8 @@ impl Application {
         let db = Db::connect(&config.database_url, publisher).await?;
         let shutdown = CancellationToken::new();
         // Before any view reads its first state, so nothing another node commits is missed.
-        db.listen_to_other_nodes(shutdown.clone()).await?;
+        db.listen_to_other_nodes(config.database_heartbeat, shutdown.clone())
+            .await?;
         let accounts = Accounts::new(
             db.clone(),
             config.password_file.as_deref(),
@@ -218,7 +219,7 @@ impl Application {
         // What one node at a time does; the liveness sweep is not among it: every node's
         // sweep judges by the contact stored in the shared database, and each of its steps is
         // a compare-and-set, so two sweeps agree.
-        let duty = db.duty(shutdown.clone()).await;
+        let duty = db.duty(config.database_heartbeat, shutdown.clone()).await;
         materials::timers::spawn_timers(materials.clone(), duty.clone(), shutdown.clone());
         spawn_material_polls(
             materials.clone(),

@@ -7,7 +7,9 @@
 //! the one holding a session-level advisory lock, on a connection of its own: PostgreSQL lets
 //! it go when that connection closes, so when a node stops or dies (its sockets close with its
 //! process) another takes the duty within [`CHECK`]. The holder checks its connection every
-//! [`CHECK`] and stops counting itself on duty as soon as a check fails.
+//! [`CHECK`] and stops counting itself on duty as soon as a check fails or goes unanswered
+//! for the heartbeat (`--database-heartbeat`): a connection dropped without a word by a NAT
+//! would otherwise hang the check, and the node would go on counting itself on duty.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,12 +44,13 @@ impl Duty {
 
     /// Takes the duty whenever no other node has it, until `shutdown`. Tries once before it
     /// returns, so a node starting alone is on duty from its first round.
-    pub async fn contend(pool: PgPool, shutdown: CancellationToken) -> Duty {
+    pub async fn contend(pool: PgPool, heartbeat: Duration, shutdown: CancellationToken) -> Duty {
         let duty = Duty {
             mine: Arc::new(AtomicBool::new(false)),
         };
         let mut holder = Holder {
             pool,
+            heartbeat,
             conn: None,
             mine: Arc::clone(&duty.mine),
         };
@@ -73,6 +76,8 @@ impl Duty {
 
 struct Holder {
     pool: PgPool,
+    /// How long a query on the duty's connection may go unanswered.
+    heartbeat: Duration,
     conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
     mine: Arc<AtomicBool>,
 }
@@ -89,10 +94,12 @@ impl Holder {
             }
         }
         let conn = self.conn.as_mut().expect("a connection");
-        match sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+        let take = sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
             .bind(DUTY_LOCK)
-            .fetch_one(&mut **conn)
+            .fetch_one(&mut **conn);
+        match tokio::time::timeout(self.heartbeat, take)
             .await
+            .unwrap_or(Err(sqlx::Error::PoolTimedOut))
         {
             Ok(true) => {
                 tracing::info!(
@@ -110,7 +117,10 @@ impl Holder {
 
     async fn check(&mut self) {
         let alive = match self.conn.as_mut() {
-            Some(conn) => sqlx::query("SELECT 1").execute(&mut **conn).await.is_ok(),
+            Some(conn) => {
+                let ask = sqlx::query("SELECT 1").execute(&mut **conn);
+                matches!(tokio::time::timeout(self.heartbeat, ask).await, Ok(Ok(_)))
+            }
             None => false,
         };
         if !alive {

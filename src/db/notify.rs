@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgNotification};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -78,46 +78,77 @@ pub fn payloads(node: Uuid, events: &[(Topic, DomainEvent)]) -> Vec<String> {
     payloads
 }
 
+/// What the listener heard next.
+enum Heard {
+    Notice(sqlx::Result<Option<PgNotification>>),
+    /// The heartbeat's answer: `Err` if the connection did not answer within the beat.
+    Beat(std::result::Result<(), String>),
+}
+
 /// Listens to the other nodes from now on (the first `LISTEN` has been answered when this
 /// returns, so nothing committed afterwards is missed), publishing what they write here,
 /// until `shutdown`.
+///
+/// Every `heartbeat` it asks its connection `SELECT 1` and waits as long for the answer: a
+/// connection a NAT or firewall dropped without a word would otherwise leave this node deaf
+/// for good. A check unanswered counts as a lost connection. (`try_recv` may be interrupted
+/// by the beat: it takes a notification off the socket only once it has all of it.)
 pub async fn listen(
     pool: PgPool,
     node: Uuid,
     publisher: Arc<Publisher>,
+    heartbeat: Duration,
     shutdown: CancellationToken,
 ) -> sqlx::Result<()> {
     let mut listener = Some(connect(&pool).await?);
     tokio::spawn(async move {
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while let Some(current) = listener.as_mut() {
             let heard = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                heard = current.try_recv() => heard,
+                heard = current.try_recv() => Heard::Notice(heard),
+                _ = beat.tick() => Heard::Beat(answer(current, heartbeat).await),
             };
-            match heard {
-                Ok(Some(notification)) => deliver(&publisher, node, notification.payload()).await,
+            let lost = match heard {
+                Heard::Notice(Ok(Some(notification))) => {
+                    deliver(&publisher, node, notification.payload()).await;
+                    continue;
+                }
                 // The connection was lost and has been made again (listening again).
-                Ok(None) => {
+                Heard::Notice(Ok(None)) => {
                     tracing::warn!(
                         "the database connection for other nodes' events was lost and is back: every view re-reads"
                     );
                     publisher.resync();
+                    continue;
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "lost the database connection for other nodes' events; connecting again");
-                    // Let the broken connection go first: the pool has room for one.
-                    drop(listener.take());
-                    listener = reconnect(&pool, &shutdown).await;
-                    if listener.is_none() {
-                        return;
-                    }
-                    tracing::info!("hearing other nodes' events again: every view re-reads");
-                    publisher.resync();
-                }
+                Heard::Beat(Ok(())) => continue,
+                Heard::Notice(Err(error)) => error.to_string(),
+                Heard::Beat(Err(error)) => error,
+            };
+            tracing::warn!(error = %lost, "lost the database connection for other nodes' events; connecting again");
+            // Let the broken connection go first (its pool has room for the new one too).
+            drop(listener.take());
+            listener = reconnect(&pool, &shutdown).await;
+            if listener.is_none() {
+                return;
             }
+            tracing::info!("hearing other nodes' events again: every view re-reads");
+            publisher.resync();
+            beat.reset();
         }
     });
     Ok(())
+}
+
+/// Whether the listener's connection answers a query within `within`.
+async fn answer(listener: &mut PgListener, within: Duration) -> std::result::Result<(), String> {
+    match tokio::time::timeout(within, sqlx::query("SELECT 1").execute(&mut *listener)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!("no answer to a heartbeat within {within:?}")),
+    }
 }
 
 async fn connect(pool: &PgPool) -> sqlx::Result<PgListener> {

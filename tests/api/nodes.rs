@@ -36,6 +36,11 @@ pipelines:
 
 /// Two nodes, or `None` (having said so) when this pass is not on PostgreSQL.
 async fn two_nodes() -> Option<TwoNodes> {
+    two_nodes_with(|_| {}).await
+}
+
+/// Two nodes, B's config changed by `for_b` first.
+async fn two_nodes_with(for_b: impl FnOnce(&mut ferrocd::config::Config)) -> Option<TwoNodes> {
     if std::env::var(TEST_DATABASE_URL).is_err() {
         eprintln!("skipped: several nodes need PostgreSQL ({TEST_DATABASE_URL})");
         return None;
@@ -56,7 +61,8 @@ async fn two_nodes() -> Option<TwoNodes> {
         config
     };
     let config_a = node(&dir_a, None);
-    let config_b = node(&dir_b, Some(config_a.database_url.clone()));
+    let mut config_b = node(&dir_b, Some(config_a.database_url.clone()));
+    for_b(&mut config_b);
     let a = Server::start(config_a).await;
     let b = Server::start(config_b).await;
     Some(TwoNodes {
@@ -485,4 +491,124 @@ async fn a_node_started_with_other_config_files_than_a_running_one_says_so() {
         "other files: {}",
         c.log
     );
+}
+
+/// A TCP proxy in front of PostgreSQL that can go silent, as a NAT that forgot a connection
+/// does, on the connections that listen for events (those whose client sent `LISTEN`):
+/// [`Self::silence`] stops every byte both ways on each connection listening by then, while
+/// keeping its sockets open; connections made afterwards pass.
+struct SilencingProxy {
+    port: u16,
+    /// Bumped by each silence; a connection listening since an older value is silent.
+    epoch: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilencingProxy {
+    async fn start(database_port: u16) -> SilencingProxy {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let epoch = Arc::new(AtomicU64::new(0));
+        let epochs = Arc::clone(&epoch);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", database_port)).await
+                else {
+                    continue;
+                };
+                // The epoch its LISTEN was sent in, or MAX while it has sent none.
+                let listening_since = Arc::new(AtomicU64::new(u64::MAX));
+                let silent = {
+                    let (epoch, since) = (Arc::clone(&epochs), Arc::clone(&listening_since));
+                    move || since.load(Ordering::SeqCst) < epoch.load(Ordering::SeqCst)
+                };
+                let (mut client_in, mut client_out) = client.into_split();
+                let (mut server_in, mut server_out) = server.into_split();
+                let (to_server, to_client) = (silent.clone(), silent);
+                let epoch = Arc::clone(&epochs);
+                tokio::spawn(async move {
+                    let mut buffer = vec![0; 16 * 1024];
+                    while let Ok(n @ 1..) = client_in.read(&mut buffer).await {
+                        if buffer[..n].windows(6).any(|w| w == b"LISTEN") {
+                            listening_since.store(epoch.load(Ordering::SeqCst), Ordering::SeqCst);
+                        }
+                        if to_server() {
+                            std::future::pending::<()>().await;
+                        }
+                        if server_out.write_all(&buffer[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buffer = vec![0; 16 * 1024];
+                    while let Ok(n @ 1..) = server_in.read(&mut buffer).await {
+                        if to_client() {
+                            std::future::pending::<()>().await;
+                        }
+                        if client_out.write_all(&buffer[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        SilencingProxy { port, epoch, task }
+    }
+
+    /// Silences every connection listening now.
+    fn silence(&self) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for SilencingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_node_whose_event_connection_went_silent_hears_the_others_again() {
+    let Ok(admin_url) = std::env::var(TEST_DATABASE_URL) else {
+        eprintln!("skipped: several nodes need PostgreSQL ({TEST_DATABASE_URL})");
+        return;
+    };
+    let database_port = reqwest::Url::parse(&admin_url)
+        .expect("a database URL")
+        .port()
+        .unwrap_or(5432);
+    let proxy = SilencingProxy::start(database_port).await;
+    let Some(nodes) = two_nodes_with(|b| {
+        let mut url = reqwest::Url::parse(&b.database_url).expect("a database URL");
+        url.set_port(Some(proxy.port)).unwrap();
+        b.database_url = url.to_string();
+        b.database_heartbeat = std::time::Duration::from_secs(1);
+    })
+    .await
+    else {
+        return;
+    };
+    let (a, b) = (nodes.a.api(), nodes.b.api());
+    let mut agents_on_b = b.subscribe("/agents/events").await;
+    agents_on_b
+        .wait_for("the agents table", |e| e.event == "agents")
+        .await;
+    a.register("before-the-silence").await;
+    agents_on_b
+        .wait_for("the first agent's row", |e| {
+            e.event == "agent-added" && e.data.contains("before-the-silence")
+        })
+        .await;
+    proxy.silence();
+    // B hears nothing on that connection now; its heartbeat finds out, it listens again on a
+    // new one and re-reads, and the row registered meanwhile through A reaches B's page.
+    a.register("during-the-silence").await;
+    agents_on_b
+        .wait_for("the row registered through A while B was deaf", |e| {
+            e.data.contains("during-the-silence")
+        })
+        .await;
 }
