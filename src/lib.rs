@@ -181,6 +181,9 @@ impl Application {
             config.config_repos.clone(),
             &config.data_dir,
         );
+        // Subscribed before anything is read, so a document another node stores meanwhile
+        // is read again once the reload task runs.
+        let config_changes = hub.subscribe(&events::Topic::PipelinesUpdates);
         configs.move_old_api_files_in().await?;
         configs.reload().await?;
         configs.compare_config_files_with_other_nodes().await?;
@@ -214,7 +217,7 @@ impl Application {
             shutdown.clone(),
         )
         .await?;
-        config_sources::spawn_reload_on_change(configs.clone(), &hub, shutdown.clone());
+        config_sources::spawn_reload_on_change(configs.clone(), config_changes, shutdown.clone());
         spawn_config_reload_on_hangup(configs, shutdown.clone());
         // What one node at a time does; the liveness sweep is not among it: every node's
         // sweep judges by the contact stored in the shared database, and each of its steps is

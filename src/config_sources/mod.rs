@@ -28,7 +28,7 @@ use crate::domain::pipeline_config::{
     SourcedIssue,
 };
 use crate::error::{Error, Result};
-use crate::events::{DomainEvent, Hub, Topic};
+use crate::events::{DomainEvent, Topic};
 use crate::gocd_yaml;
 use tokio_util::sync::CancellationToken;
 
@@ -350,21 +350,18 @@ impl ConfigSources {
     }
 
     /// Stores `text` as the API document `name` if it reads and validates as the other
-    /// sources stand; otherwise nothing changes and the answer names every error.
+    /// sources stand; otherwise nothing changes and the answer names every error. The other
+    /// API documents are read inside the write, so two nodes storing at once cannot both
+    /// accept documents that conflict (say, two defining one pipeline).
     pub async fn store(&self, name: &str, text: &str) -> Result<Stored> {
         check_document_name(name)?;
         let _one = self.inner.reloading.lock().await;
-        let current = self.snapshot();
         let kind = SourceKind::Api { name: name.into() };
         let document = gocd_yaml::parse_document(text)
             .map(warn_of_config_repo_materials)
             .map_err(|issues| invalid(&kind_name(&kind), issues))?;
-        let mut docs: Vec<(String, Arc<ConfigDocument>)> = current
-            .sources
-            .iter()
-            .filter(|s| s.kind != kind)
-            .filter_map(|s| Some((s.name(), s.document.clone()?)))
-            .collect();
+        let mut tx = self.inner.db.begin().await?;
+        let mut docs = self.others_in_effect(&mut tx, name).await?;
         docs.push((kind_name(&kind), Arc::new(document.clone())));
         let refs: Vec<(&str, &ConfigDocument)> =
             docs.iter().map(|(n, d)| (n.as_str(), d.as_ref())).collect();
@@ -377,7 +374,6 @@ impl ConfigSources {
         if !problems.is_empty() {
             return Err(invalid(&kind_name(&kind), problems));
         }
-        let mut tx = self.inner.db.begin().await?;
         let created = !store::exists(tx.conn(), name).await?;
         store::put(tx.conn(), name, text, now_millis()).await?;
         tx.publish(Topic::PipelinesUpdates, DomainEvent::ConfigChanged);
@@ -390,36 +386,83 @@ impl ConfigSources {
     }
 
     /// Removes the API document `name`, unless a pipeline elsewhere depends on one of its
-    /// pipelines (409 naming the dependant).
+    /// pipelines (409 naming the dependant). What depends on it is read inside the write, as
+    /// for [`Self::store`].
     pub async fn delete(&self, name: &str) -> Result<()> {
         check_document_name(name)?;
         let _one = self.inner.reloading.lock().await;
-        let current = self.snapshot();
         let kind = SourceKind::Api { name: name.into() };
-        let Some(source) = current.sources.iter().find(|s| s.kind == kind) else {
+        let mut tx = self.inner.db.begin().await?;
+        let stored = store::documents(tx.conn()).await?;
+        let Some((_, text)) = stored.iter().find(|(stored, _)| stored == name) else {
             return Err(Error::NotFound(format!("no config document named {name}")));
         };
-        for pipeline in source.pipelines() {
-            for other in current.sources.iter().filter(|s| s.kind != kind) {
-                if let Some(dependant) = other.pipelines().iter().find(|p| {
+        // Its pipelines: as its text reads now, or its last good document if that fails.
+        let pipelines: Vec<String> = match gocd_yaml::parse_document(text) {
+            Ok(document) => document.pipelines.iter().map(|p| p.name.clone()).collect(),
+            Err(_) => self
+                .snapshot()
+                .sources
+                .iter()
+                .find(|s| s.kind == kind)
+                .map(|s| s.pipelines().iter().map(|p| p.name.clone()).collect())
+                .unwrap_or_default(),
+        };
+        let others = self.others_in_effect(&mut tx, name).await?;
+        for pipeline in &pipelines {
+            for (other, document) in &others {
+                if let Some(dependant) = document.pipelines.iter().find(|p| {
                     p.dependencies()
-                        .any(|(_, up, _, _)| up.eq_ignore_ascii_case(&pipeline.name))
+                        .any(|(_, up, _, _)| up.eq_ignore_ascii_case(pipeline))
                 }) {
                     return Err(Error::Conflict(format!(
-                        "pipeline {} (in {}) depends on pipeline {} of config document {name}",
+                        "pipeline {} (in {other}) depends on pipeline {pipeline} of config document {name}",
                         dependant.name,
-                        other.name(),
-                        pipeline.name
                     )));
                 }
             }
         }
-        let mut tx = self.inner.db.begin().await?;
         store::remove(tx.conn(), name).await?;
         tx.publish(Topic::PipelinesUpdates, DomainEvent::ConfigChanged);
         tx.commit().await?;
         self.reload_locked().await?;
         Ok(())
+    }
+
+    /// Every source's document but the API document `except`, by name: the files and config
+    /// repositories as this node has them, the API documents as stored now (read in `tx`,
+    /// whichever node wrote them; one whose text does not read counts with its last good
+    /// document here, if any).
+    async fn others_in_effect(
+        &self,
+        tx: &mut crate::db::WriteTx,
+        except: &str,
+    ) -> Result<Vec<(String, Arc<ConfigDocument>)>> {
+        let current = self.snapshot();
+        let mut docs: Vec<(String, Arc<ConfigDocument>)> = current
+            .sources
+            .iter()
+            .filter(|s| !matches!(s.kind, SourceKind::Api { .. }))
+            .filter_map(|s| Some((s.name(), s.document.clone()?)))
+            .collect();
+        for (name, text) in store::documents(tx.conn()).await? {
+            if name == except {
+                continue;
+            }
+            let kind = SourceKind::Api { name };
+            let document = match gocd_yaml::parse_document(&text) {
+                Ok(document) => Some(Arc::new(document)),
+                Err(_) => current
+                    .sources
+                    .iter()
+                    .find(|s| s.kind == kind)
+                    .and_then(|s| s.document.clone()),
+            };
+            if let Some(document) = document {
+                docs.push((kind_name(&kind), document));
+            }
+        }
+        Ok(docs)
     }
 
     /// Records what `--config` files this node started with (a hash of their names and
@@ -468,45 +511,87 @@ impl ConfigSources {
             .collect();
         files.sort();
         let mut tx = self.inner.db.begin().await?;
+        let mut moved_in = 0;
         for (name, path) in &files {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| Error::Unavailable(format!("cannot read {}: {e}", path.display())))?;
             if !store::exists(tx.conn(), name).await? {
                 store::put(tx.conn(), name, &text, now_millis()).await?;
+                moved_in += 1;
             }
         }
-        tx.publish(Topic::PipelinesUpdates, DomainEvent::ConfigChanged);
+        if moved_in > 0 {
+            tx.publish(Topic::PipelinesUpdates, DomainEvent::ConfigChanged);
+        }
         tx.commit().await?;
         let moved = dir.with_file_name("config.moved-to-database");
-        std::fs::rename(dir, &moved)
-            .map_err(|e| Error::Unavailable(format!("cannot rename {}: {e}", dir.display())))?;
-        tracing::info!(
-            documents = files.len(),
-            "config documents stored through the API are rows now; the old files are in {}",
-            moved.display()
-        );
+        match std::fs::rename(dir, &moved) {
+            Ok(()) => tracing::info!(
+                documents = moved_in,
+                "config documents stored through the API are rows now; the old files are in {}",
+                moved.display()
+            ),
+            // Harmless but for a second look at the next start: a document already stored
+            // is never moved in again.
+            Err(error) => tracing::warn!(
+                documents = moved_in,
+                "config documents stored through the API are rows now, but {} could not be \
+                 renamed to {}: {error}; remove it by hand",
+                dir.display(),
+                moved.display()
+            ),
+        }
         Ok(())
     }
 }
 
 /// Reads the sources again whenever a config document was stored or deleted, on any node, or
-/// events may have been missed, until `shutdown`.
-pub fn spawn_reload_on_change(configs: ConfigSources, hub: &Hub, shutdown: CancellationToken) {
+/// events may have been missed, until `shutdown`. `changes` is subscribed to
+/// `Topic::PipelinesUpdates` before the first reload, so no change between the two is missed.
+/// A reload that fails (the database away) is tried again, at most every 5 s, until one works.
+pub fn spawn_reload_on_change(
+    configs: ConfigSources,
+    mut changes: tokio::sync::broadcast::Receiver<crate::events::Published>,
+    shutdown: CancellationToken,
+) {
     use tokio::sync::broadcast::error::RecvError;
-    let mut changes = hub.subscribe(&Topic::PipelinesUpdates);
+    const FIRST_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
     tokio::spawn(async move {
+        let mut owed = false;
+        let mut retry = FIRST_RETRY;
         loop {
+            let wait = async {
+                if owed {
+                    tokio::time::sleep(retry).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
             let heard = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                heard = changes.recv() => heard,
+                heard = changes.recv() => Some(heard),
+                () = wait => None,
             };
-            let again = match heard {
-                Ok(event) => matches!(*event, DomainEvent::ConfigChanged | DomainEvent::Resync),
-                Err(RecvError::Lagged(_)) => true,
-                Err(RecvError::Closed) => return,
+            owed |= match heard {
+                Some(Ok(event)) => {
+                    matches!(*event, DomainEvent::ConfigChanged | DomainEvent::Resync)
+                }
+                Some(Err(RecvError::Lagged(_))) => true,
+                Some(Err(RecvError::Closed)) => return,
+                None => false,
             };
-            if again && let Err(error) = configs.reload().await {
-                tracing::warn!(%error, "reading the config again failed");
+            if !owed {
+                continue;
+            }
+            match configs.reload().await {
+                Ok(_) => {
+                    owed = false;
+                    retry = FIRST_RETRY;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "reading the config again failed; trying again in {retry:?}");
+                    retry = (retry * 2).min(std::time::Duration::from_secs(5));
+                }
             }
         }
     });

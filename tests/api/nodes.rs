@@ -612,3 +612,35 @@ async fn a_node_whose_event_connection_went_silent_hears_the_others_again() {
         })
         .await;
 }
+
+#[tokio::test]
+async fn two_nodes_storing_conflicting_documents_at_once_accept_one() {
+    let Some(nodes) = two_nodes().await else {
+        return;
+    };
+    let (a, b) = (nodes.a.api(), nodes.b.api());
+    for round in 0..8 {
+        // Two documents defining one pipeline, stored at once through each node.
+        let pipeline = format!("contested-{round}");
+        let yaml = RELAY.replace("relay:", &format!("{pipeline}:"));
+        let (name_a, name_b) = (format!("from-a-{round}"), format!("from-b-{round}"));
+        let (on_a, on_b) = tokio::join!(a.put_config(&name_a, &yaml), b.put_config(&name_b, &yaml));
+        let mut statuses = [on_a.status, on_b.status];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [201, 422],
+            "round {round}: one is accepted, the other names the pipeline defined twice: {} / {}",
+            on_a.text(),
+            on_b.text()
+        );
+    }
+    let sources = a.get("/api/config").await.expect(200);
+    let errors: Vec<_> = sources["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| !s["errors"].as_array().is_none_or(|e| e.is_empty()))
+        .collect();
+    assert!(errors.is_empty(), "no source is in error: {errors:?}");
+}

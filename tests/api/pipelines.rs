@@ -1028,3 +1028,25 @@ async fn documents_an_older_server_kept_as_files_are_moved_into_the_database() {
     assert_eq!(config["stages"].as_array().unwrap().len(), 3);
     second.stop().await;
 }
+
+#[tokio::test]
+async fn a_server_whose_old_documents_folder_cannot_be_moved_aside_still_starts_with_them() {
+    let data = tempfile::tempdir().unwrap();
+    let old = data.path().join("config");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("shop.gocd.yaml"), THREE_STAGES).unwrap();
+    // A folder of that name is there already, and not empty: the rename fails.
+    let aside = data.path().join("config.moved-to-database");
+    std::fs::create_dir_all(&aside).unwrap();
+    std::fs::write(aside.join("earlier.gocd.yaml"), THREE_STAGES).unwrap();
+    let server = Server::start(test_config(data.path())).await;
+    let api = server.api();
+    assert_eq!(trigger(&api, "shop").await, 1);
+    assert!(old.exists(), "the folder stays where it was");
+    server.stop().await;
+    // Started again with the folder still there, it moves nothing twice.
+    let again = Server::start(test_config(data.path())).await;
+    let sources = again.api().get("/api/config").await.expect(200);
+    assert_eq!(sources["sources"].as_array().unwrap().len(), 1, "{sources}");
+    again.stop().await;
+}
