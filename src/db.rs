@@ -431,22 +431,78 @@ impl Db {
 /// How long [`Db::close`] waits for connections in use.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
 
-/// The URL as it may be shown: without its password.
-fn redact_password(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &credentials[..colon],
-                    &url[at..]
-                ),
-                None => url.to_string(),
-            }
+/// The URL as it may be shown: without its password, whether in the user part
+/// (`postgres://user:secret@host/db`) or as a query parameter (`?password=secret`, and any
+/// other parameter named `…password`, as libpq's `sslpassword`).
+pub fn redact_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path_and_query) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{credentials}@{host}"),
+        },
+        None => authority.to_string(),
+    };
+    let path_and_query = match path_and_query.split_once('?') {
+        Some((path, query)) => {
+            let (query, fragment) = query
+                .split_once('#')
+                .map_or((query, None), |(q, f)| (q, Some(f)));
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.to_ascii_lowercase().ends_with("password") => {
+                        format!("{key}=***")
+                    }
+                    _ => pair.to_string(),
+                })
+                .collect();
+            let fragment = fragment.map(|f| format!("#{f}")).unwrap_or_default();
+            format!("{path}?{}{fragment}", query.join("&"))
         }
-        _ => url.to_string(),
+        None => path_and_query.to_string(),
+    };
+    format!("{}{authority}{path_and_query}", &url[..scheme_end])
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_password;
+
+    #[test]
+    fn a_shown_database_url_keeps_no_password() {
+        let cases = [
+            (
+                "postgres://fcd:s3cret@db:5432/ferrocd",
+                "postgres://fcd:***@db:5432/ferrocd",
+            ),
+            (
+                "postgres://fcd:p%40ss@db/ferrocd",
+                "postgres://fcd:***@db/ferrocd",
+            ),
+            (
+                "postgres://db/ferrocd?user=fcd&password=s3cret&sslmode=require",
+                "postgres://db/ferrocd?user=fcd&password=***&sslmode=require",
+            ),
+            (
+                "postgres://fcd:a@db/x?sslpassword=k3y",
+                "postgres://fcd:***@db/x?sslpassword=***",
+            ),
+            ("postgres://fcd@db/ferrocd", "postgres://fcd@db/ferrocd"),
+            (
+                "sqlite://data/ferrocd.db?mode=rwc",
+                "sqlite://data/ferrocd.db?mode=rwc",
+            ),
+            ("not a url", "not a url"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact_password(url), shown, "{url}");
+        }
     }
 }
 

@@ -57,7 +57,12 @@ async fn new_database(admin_url: &str) -> String {
     let name = format!("ferrocd_copy_{}", uuid::Uuid::new_v4().simple());
     let mut admin = sqlx::PgConnection::connect(admin_url)
         .await
-        .unwrap_or_else(|e| panic!("{TEST_DATABASE_URL}={admin_url}: {e}"));
+        .unwrap_or_else(|e| {
+            panic!(
+                "{TEST_DATABASE_URL}={}: {e}",
+                ferrocd::db::redact_password(&admin_url)
+            )
+        });
     // The name is ours (hex), so it needs no quoting.
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut admin)

@@ -97,7 +97,12 @@ fn postgres_database_for(admin_url: &str, dir: &std::path::Path) -> String {
         runtime.block_on(async {
             let mut admin = sqlx::PgConnection::connect(&admin_url)
                 .await
-                .unwrap_or_else(|e| panic!("{TEST_DATABASE_URL}={admin_url}: {e}"));
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{TEST_DATABASE_URL}={}: {e}",
+                        ferrocd::db::redact_password(&admin_url)
+                    )
+                });
             let exists: Option<i32> =
                 sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
                     .bind(&name)
