@@ -183,6 +183,23 @@ async fn two_nodes_with_ten_pollers_each_never_hand_out_a_job_twice() {
     assert_eq!(b.pending_count().await, 0);
 }
 
+#[tokio::test]
+async fn triggers_through_both_nodes_at_once_number_each_instance_once() {
+    let Some(nodes) = two_nodes().await else {
+        return;
+    };
+    let (a, b) = (nodes.a.api(), nodes.b.api());
+    let triggers = (0..20).map(|n| {
+        let api = if n % 2 == 0 { a.clone() } else { b.clone() };
+        async move { trigger(&api, "relay").await }
+    });
+    let mut counters = futures::future::join_all(triggers).await;
+    counters.sort();
+    assert_eq!(counters, (1..=20).collect::<Vec<i64>>(), "one counter each");
+    let history = b.get("/go/api/pipelines/relay/history").await.expect(200);
+    assert_eq!(history["pagination"]["total"], 20, "{history}");
+}
+
 /// One series of this node's `/metrics`, by its whole name and labels as exposed (0 if absent).
 async fn metric(api: &Api, series: &str) -> f64 {
     let metrics = api.get("/metrics").await;
@@ -264,6 +281,35 @@ async fn one_node_at_a_time_is_on_duty_and_another_takes_it_when_that_one_stops(
     a.stop().await;
     eventually("B takes the duty A left", || async {
         (on_duty(&api_b).await == 1).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_node_on_duty_that_dies_hands_the_duty_on() {
+    if std::env::var(TEST_DATABASE_URL).is_err() {
+        eprintln!("skipped: several nodes need PostgreSQL ({TEST_DATABASE_URL})");
+        return;
+    }
+    let dirs: Vec<TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let database_url = test_config(dirs[0].path()).database_url;
+    let node = |dir: &TempDir| {
+        let mut command = serve_command(dir.path());
+        command.env("DATABASE_URL", &database_url);
+        NodeProcess::start(command)
+    };
+    let mut a = node(&dirs[0]);
+    expect_backend(&a.api()).await;
+    eventually("A is on duty", || async {
+        (on_duty(&a.api()).await == 1).then_some(())
+    })
+    .await;
+    let b = node(&dirs[1]);
+    assert_eq!(on_duty(&b.api()).await, 0, "B waits while A holds it");
+    // A crash: no goodbye, its sockets closed by the kernel.
+    a.kill();
+    eventually("B takes the duty of A, which died", || async {
+        (on_duty(&b.api()).await == 1).then_some(())
     })
     .await;
 }
@@ -468,10 +514,16 @@ async fn a_node_started_with_other_config_files_than_a_running_one_says_so() {
     }
     let dirs: Vec<TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let database_url = test_config(dirs[0].path()).database_url;
-    let same = dirs[3].path().join("same.gocd.yaml");
-    std::fs::write(&same, RELAY).unwrap();
-    let other = dirs[3].path().join("other.gocd.yaml");
-    std::fs::write(&other, RELAY.replace("make", "make -j4")).unwrap();
+    // Three folders, each with a file of the same name: two alike, one with other text.
+    let folder = |name: &str, text: &str| {
+        let folder = dirs[3].path().join(name);
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join("relay.gocd.yaml"), text).unwrap();
+        folder
+    };
+    let same = folder("same", RELAY);
+    let copy = folder("copy", RELAY);
+    let other = folder("other", &RELAY.replace("make", "make -j4"));
     let node = |dir: &TempDir, config: &std::path::Path| {
         let mut command = serve_command(dir.path());
         command
@@ -483,8 +535,12 @@ async fn a_node_started_with_other_config_files_than_a_running_one_says_so() {
     let a = node(&dirs[0], &same);
     expect_backend(&a.api()).await;
     assert!(!a.log.contains("differ"), "{}", a.log);
-    let b = node(&dirs[1], &same);
-    assert!(!b.log.contains("differ"), "the same files: {}", b.log);
+    let b = node(&dirs[1], &copy);
+    assert!(
+        !b.log.contains("differ"),
+        "the same files elsewhere: {}",
+        b.log
+    );
     let c = node(&dirs[2], &other);
     assert!(
         c.log.contains("--config files differ from those node"),
