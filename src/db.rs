@@ -80,10 +80,10 @@ enum Pools {
         read: PgPool,
         /// Writers, reached only through [`Db::begin`], which takes [`WRITE_LOCK`].
         write: PgPool,
-        /// The one connection that listens to the other nodes (`db/notify.rs`).
-        listen: PgPool,
-        /// The one connection that holds or contends for duty (`db/duty.rs`).
-        duty: PgPool,
+        /// How to open the connections held for as long as they live ([`dedicated_pool`]): the
+        /// one that listens to the other nodes (`db/notify.rs`), the one that holds or
+        /// contends for duty (`db/duty.rs`).
+        dedicated: Box<PgConnectOptions>,
     },
 }
 
@@ -260,7 +260,9 @@ impl Db {
     pub async fn duty(&self, heartbeat: Duration, shutdown: CancellationToken) -> Duty {
         match &self.pools {
             Pools::Sqlite { .. } => Duty::always(),
-            Pools::Postgres { duty, .. } => Duty::contend(duty.clone(), heartbeat, shutdown).await,
+            Pools::Postgres { dedicated, .. } => {
+                Duty::contend(dedicated_pool(dedicated, heartbeat), heartbeat, shutdown).await
+            }
         }
     }
 
@@ -272,9 +274,9 @@ impl Db {
         heartbeat: Duration,
         shutdown: CancellationToken,
     ) -> Result<()> {
-        if let Pools::Postgres { listen, .. } = &self.pools {
+        if let Pools::Postgres { dedicated, .. } = &self.pools {
             notify::listen(
-                listen.clone(),
+                (**dedicated).clone(),
                 self.node,
                 Arc::clone(&self.publisher),
                 heartbeat,
@@ -316,9 +318,6 @@ impl Db {
             PgConnectOptions::from_str(url)?.application_name(&format!("{NODE_PREFIX}{node}"));
         // sqlx's migrator holds an advisory lock while it runs, so nodes starting together
         // migrate once.
-        // A request waits this long for a connection while the database is away, then is
-        // answered 503 (sqlx's default is 30 s, long past what an agent or a browser waits).
-        const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
         let write = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -330,24 +329,10 @@ impl Db {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
             .await?;
-        // Connections held for as long as they live: the one other nodes' events arrive on,
-        // and the one holding the duty.
-        let dedicated = |connections| {
-            PgPoolOptions::new()
-                .max_connections(connections)
-                .max_lifetime(None)
-                .idle_timeout(None)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_lazy_with(options.clone())
-        };
         Ok(Pools::Postgres {
             read,
             write,
-            // Room for more than one: a listener let go sends `UNLISTEN` before its connection
-            // goes back, and on a connection gone silent that waits until the OS gives up on it
-            // (minutes), while the new listener must connect at once.
-            listen: dedicated(3),
-            duty: dedicated(1),
+            dedicated: Box::new(options),
         })
     }
 
@@ -398,26 +383,14 @@ impl Db {
         Ok(version.unwrap_or(0))
     }
 
-    /// Closes every pool, waiting at most [`CLOSE_DEADLINE`]: closing waits for connections in
-    /// use to come back, and one stuck on a database that went silent never would.
+    /// Closes the pools, waiting at most [`CLOSE_DEADLINE`]: closing waits for connections in
+    /// use to come back, and one stuck on a database that went silent never would. (The
+    /// dedicated connections close as their tasks end at shutdown.)
     pub async fn close(&self) {
         let close = async {
             match &self.pools {
-                Pools::Sqlite { read, write } => {
-                    read.close().await;
-                    write.close().await;
-                }
-                Pools::Postgres {
-                    read,
-                    write,
-                    listen,
-                    duty,
-                } => {
-                    duty.close().await;
-                    listen.close().await;
-                    read.close().await;
-                    write.close().await;
-                }
+                Pools::Sqlite { read, write } => tokio::join!(read.close(), write.close()),
+                Pools::Postgres { read, write, .. } => tokio::join!(read.close(), write.close()),
             }
         };
         if tokio::time::timeout(CLOSE_DEADLINE, close).await.is_err() {
@@ -428,82 +401,94 @@ impl Db {
     }
 }
 
+/// A request waits this long for a connection while the database is away, then is answered
+/// 503 (sqlx's default is 30 s, long past what an agent or a browser waits).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A pool of one connection held for as long as it lives, as the listener and the duty use.
+/// Its session asks the server to end it when this node goes quiet on it for three heartbeats
+/// (both send a query at least every heartbeat) or leaves what the server sends unacknowledged
+/// that long: behind a NAT that dropped the connection without a word, the server would
+/// otherwise keep the session for hours, with the duty's lock held and the listener's backlog
+/// of notifications growing. Each setting is skipped where the server lacks it
+/// (`idle_session_timeout` is PostgreSQL 14's).
+pub(crate) fn dedicated_pool(options: &PgConnectOptions, heartbeat: Duration) -> PgPool {
+    let quiet = (heartbeat * 3).as_millis();
+    PgPoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                for setting in [
+                    format!("SET idle_session_timeout = {quiet}"),
+                    format!("SET tcp_user_timeout = {quiet}"),
+                ] {
+                    if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(setting.clone()))
+                        .execute(&mut *conn)
+                        .await
+                    {
+                        tracing::debug!(%error, "{setting}: not on this server");
+                    }
+                }
+                Ok(())
+            })
+        })
+        .connect_lazy_with(options.clone())
+}
+
 /// How long [`Db::close`] waits for connections in use.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The URL as it may be shown: without its password, whether in the user part
 /// (`postgres://user:secret@host/db`) or as a query parameter (`?password=secret`, and any
-/// other parameter named `…password`, as libpq's `sslpassword`).
+/// other parameter named `…password`, as libpq's `sslpassword`). A password may hold an
+/// unescaped `@`, `/`, `?`, `&` or `#`, so where the URL is ambiguous more is hidden, never
+/// less: a parameter's value runs to the next `&`, and the user part ends at the last `@`
+/// before the first `/` that follows an `@`.
 pub fn redact_password(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_string();
     };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path_and_query) = rest.split_at(authority_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((credentials, host)) => match credentials.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            None => format!("{credentials}@{host}"),
-        },
-        None => authority.to_string(),
+    let rest = redact_password_parameters(&url[scheme_end..]);
+    let Some(first_at) = rest.find('@') else {
+        return format!("{}{rest}", &url[..scheme_end]);
     };
-    let path_and_query = match path_and_query.split_once('?') {
-        Some((path, query)) => {
-            let (query, fragment) = query
-                .split_once('#')
-                .map_or((query, None), |(q, f)| (q, Some(f)));
-            let query: Vec<String> = query
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some((key, _)) if key.to_ascii_lowercase().ends_with("password") => {
-                        format!("{key}=***")
-                    }
-                    _ => pair.to_string(),
-                })
-                .collect();
-            let fragment = fragment.map(|f| format!("#{f}")).unwrap_or_default();
-            format!("{path}?{}{fragment}", query.join("&"))
-        }
-        None => path_and_query.to_string(),
+    let bound = rest[first_at..]
+        .find('/')
+        .map_or(rest.len(), |i| first_at + i);
+    let last_at = rest[..bound].rfind('@').unwrap_or(first_at);
+    let (user_part, host_and_rest) = (&rest[..last_at], &rest[last_at..]);
+    let user_part = match user_part.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => user_part.to_string(),
     };
-    format!("{}{authority}{path_and_query}", &url[..scheme_end])
+    format!("{}{user_part}{host_and_rest}", &url[..scheme_end])
 }
 
-#[cfg(test)]
-mod redact_tests {
-    use super::redact_password;
-
-    #[test]
-    fn a_shown_database_url_keeps_no_password() {
-        let cases = [
-            (
-                "postgres://fcd:s3cret@db:5432/ferrocd",
-                "postgres://fcd:***@db:5432/ferrocd",
-            ),
-            (
-                "postgres://fcd:p%40ss@db/ferrocd",
-                "postgres://fcd:***@db/ferrocd",
-            ),
-            (
-                "postgres://db/ferrocd?user=fcd&password=s3cret&sslmode=require",
-                "postgres://db/ferrocd?user=fcd&password=***&sslmode=require",
-            ),
-            (
-                "postgres://fcd:a@db/x?sslpassword=k3y",
-                "postgres://fcd:***@db/x?sslpassword=***",
-            ),
-            ("postgres://fcd@db/ferrocd", "postgres://fcd@db/ferrocd"),
-            (
-                "sqlite://data/ferrocd.db?mode=rwc",
-                "sqlite://data/ferrocd.db?mode=rwc",
-            ),
-            ("not a url", "not a url"),
-        ];
-        for (url, shown) in cases {
-            assert_eq!(redact_password(url), shown, "{url}");
+/// `text` with the value of every `?…password=` or `&…password=` parameter hidden, wherever
+/// it stands (a `?` inside a password does not hide a real query after it).
+fn redact_password_parameters(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(separator) = rest.find(['?', '&']) {
+        shown.push_str(&rest[..=separator]);
+        rest = &rest[separator + 1..];
+        let key_end = rest.find(['=', '&', '?']).unwrap_or(rest.len());
+        if rest[key_end..].starts_with('=')
+            && rest[..key_end].to_ascii_lowercase().ends_with("password")
+        {
+            shown.push_str(&rest[..=key_end]);
+            shown.push_str("***");
+            let value_end = rest[key_end..]
+                .find('&')
+                .map_or(rest.len(), |i| key_end + i);
+            rest = &rest[value_end..];
         }
     }
+    shown.push_str(rest);
+    shown
 }
 
 /// The database holds job secrets and token hashes: only its owner may read it (0600), the
@@ -536,4 +521,56 @@ pub fn now_millis() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_password;
+
+    #[test]
+    fn a_shown_database_url_keeps_no_password() {
+        let cases = [
+            (
+                "postgres://fcd:s3cret@db:5432/ferrocd",
+                "postgres://fcd:***@db:5432/ferrocd",
+            ),
+            (
+                "postgres://fcd:p%40ss@db/ferrocd",
+                "postgres://fcd:***@db/ferrocd",
+            ),
+            (
+                "postgres://db/ferrocd?user=fcd&password=s3cret&sslmode=require",
+                "postgres://db/ferrocd?user=fcd&password=***&sslmode=require",
+            ),
+            (
+                "postgres://fcd:a@db/x?sslpassword=k3y",
+                "postgres://fcd:***@db/x?sslpassword=***",
+            ),
+            ("postgres://fcd:ab#cd@db/x", "postgres://fcd:***@db/x"),
+            ("postgres://fcd:p/w@db/x", "postgres://fcd:***@db/x"),
+            ("postgres://fcd:a@b@db/x", "postgres://fcd:***@db/x"),
+            ("postgres://fcd:a?b@db/x", "postgres://fcd:***@db/x"),
+            (
+                "postgres://db/x?password=s@b&user=fcd",
+                "postgres://db/x?password=***&user=fcd",
+            ),
+            (
+                "postgres://db/x?password=ab#cd",
+                "postgres://db/x?password=***",
+            ),
+            (
+                "postgres://fcd:a?b=c@db/x?password=z",
+                "postgres://fcd:***@db/x?password=***",
+            ),
+            ("postgres://fcd@db/ferrocd", "postgres://fcd@db/ferrocd"),
+            (
+                "sqlite://data/ferrocd.db?mode=rwc",
+                "sqlite://data/ferrocd.db?mode=rwc",
+            ),
+            ("not a url", "not a url"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact_password(url), shown, "{url}");
+        }
+    }
 }

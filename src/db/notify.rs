@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
-use sqlx::postgres::{PgListener, PgNotification};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgNotification};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::dedicated_pool;
 use crate::events::{DomainEvent, Publisher, Topic};
 
 /// The one channel every node sends on and listens to.
@@ -94,13 +94,13 @@ enum Heard {
 /// for good. A check unanswered counts as a lost connection. (`try_recv` may be interrupted
 /// by the beat: it takes a notification off the socket only once it has all of it.)
 pub async fn listen(
-    pool: PgPool,
+    options: PgConnectOptions,
     node: Uuid,
     publisher: Arc<Publisher>,
     heartbeat: Duration,
     shutdown: CancellationToken,
 ) -> sqlx::Result<()> {
-    let mut listener = Some(connect(&pool).await?);
+    let mut listener = Some(connect(&options, heartbeat).await?);
     tokio::spawn(async move {
         let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -115,22 +115,17 @@ pub async fn listen(
                     deliver(&publisher, node, notification.payload()).await;
                     continue;
                 }
-                // The connection was lost and has been made again (listening again).
-                Heard::Notice(Ok(None)) => {
-                    tracing::warn!(
-                        "the database connection for other nodes' events was lost and is back: every view re-reads"
-                    );
-                    publisher.resync();
-                    continue;
-                }
                 Heard::Beat(Ok(())) => continue,
+                // The connection closed (the listener does not connect again by itself).
+                Heard::Notice(Ok(None)) => "the connection closed".to_string(),
                 Heard::Notice(Err(error)) => error.to_string(),
                 Heard::Beat(Err(error)) => error,
             };
             tracing::warn!(error = %lost, "lost the database connection for other nodes' events; connecting again");
-            // Let the broken connection go first (its pool has room for the new one too).
+            // Let the broken connection go: its pool goes with it, and a new one is made, as
+            // letting it go may hang for minutes on a silent socket (it sends `UNLISTEN`).
             drop(listener.take());
-            listener = reconnect(&pool, &shutdown).await;
+            listener = reconnect(&options, heartbeat, &shutdown).await;
             if listener.is_none() {
                 return;
             }
@@ -151,21 +146,29 @@ async fn answer(listener: &mut PgListener, within: Duration) -> std::result::Res
     }
 }
 
-async fn connect(pool: &PgPool) -> sqlx::Result<PgListener> {
-    let mut listener = PgListener::connect_with(pool).await?;
+/// Listens on a connection of its own. It never connects again by itself (sqlx's listener
+/// would, inside `try_recv`, and a heartbeat interrupting that would hide that it happened):
+/// every reconnect goes through [`reconnect`], so every one is followed by a resync.
+async fn connect(options: &PgConnectOptions, heartbeat: Duration) -> sqlx::Result<PgListener> {
+    let mut listener = PgListener::connect_with(&dedicated_pool(options, heartbeat)).await?;
+    listener.eager_reconnect(false);
     listener.listen(CHANNEL).await?;
     Ok(listener)
 }
 
 /// Tries again until it listens (`None`: shut down first), at most every 2 s.
-async fn reconnect(pool: &PgPool, shutdown: &CancellationToken) -> Option<PgListener> {
+async fn reconnect(
+    options: &PgConnectOptions,
+    heartbeat: Duration,
+    shutdown: &CancellationToken,
+) -> Option<PgListener> {
     let mut pause = Duration::from_millis(100);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return None,
             _ = tokio::time::sleep(pause) => {}
         }
-        match connect(pool).await {
+        match connect(options, heartbeat).await {
             Ok(listener) => return Some(listener),
             Err(error) => tracing::debug!(%error, "not listening yet"),
         }

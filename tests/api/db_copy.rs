@@ -60,7 +60,7 @@ async fn new_database(admin_url: &str) -> String {
         .unwrap_or_else(|e| {
             panic!(
                 "{TEST_DATABASE_URL}={}: {e}",
-                ferrocd::db::redact_password(&admin_url)
+                ferrocd::db::redact_password(admin_url)
             )
         });
     // The name is ours (hex), so it needs no quoting.

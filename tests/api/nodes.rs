@@ -36,11 +36,13 @@ pipelines:
 
 /// Two nodes, or `None` (having said so) when this pass is not on PostgreSQL.
 async fn two_nodes() -> Option<TwoNodes> {
-    two_nodes_with(|_| {}).await
+    two_nodes_with(|_, _| {}).await
 }
 
-/// Two nodes, B's config changed by `for_b` first.
-async fn two_nodes_with(for_b: impl FnOnce(&mut ferrocd::config::Config)) -> Option<TwoNodes> {
+/// Two nodes, each one's config changed by `change(name, config)` first ("a", then "b").
+async fn two_nodes_with(
+    mut change: impl FnMut(&str, &mut ferrocd::config::Config),
+) -> Option<TwoNodes> {
     if std::env::var(TEST_DATABASE_URL).is_err() {
         eprintln!("skipped: several nodes need PostgreSQL ({TEST_DATABASE_URL})");
         return None;
@@ -60,9 +62,10 @@ async fn two_nodes_with(for_b: impl FnOnce(&mut ferrocd::config::Config)) -> Opt
         config.registrations_per_second = 0;
         config
     };
-    let config_a = node(&dir_a, None);
+    let mut config_a = node(&dir_a, None);
     let mut config_b = node(&dir_b, Some(config_a.database_url.clone()));
-    for_b(&mut config_b);
+    change("a", &mut config_a);
+    change("b", &mut config_b);
     let a = Server::start(config_a).await;
     let b = Server::start(config_b).await;
     Some(TwoNodes {
@@ -550,35 +553,43 @@ async fn a_node_started_with_other_config_files_than_a_running_one_says_so() {
 }
 
 /// A TCP proxy in front of PostgreSQL that can go silent, as a NAT that forgot a connection
-/// does, on the connections that listen for events (those whose client sent `LISTEN`):
-/// [`Self::silence`] stops every byte both ways on each connection listening by then, while
-/// keeping its sockets open; connections made afterwards pass.
+/// does, on the connections whose client sent `marker` (`LISTEN`: the listener's;
+/// `pg_try_advisory_lock`: the duty's): [`Self::silence`] stops every byte both ways on each
+/// such connection by then, while keeping its sockets open; connections made afterwards pass.
 struct SilencingProxy {
     port: u16,
     /// Bumped by each silence; a connection listening since an older value is silent.
     epoch: Arc<std::sync::atomic::AtomicU64>,
+    /// Every connection silent, those made afterwards too: the node cut off.
+    cut: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl SilencingProxy {
-    async fn start(database_port: u16) -> SilencingProxy {
+    async fn start(database_port: u16, marker: &'static [u8]) -> SilencingProxy {
         use std::sync::atomic::{AtomicU64, Ordering};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let epoch = Arc::new(AtomicU64::new(0));
         let epochs = Arc::clone(&epoch);
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cuts = Arc::clone(&cut);
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", database_port)).await
                 else {
                     continue;
                 };
-                // The epoch its LISTEN was sent in, or MAX while it has sent none.
+                // The epoch it sent the marker in, or MAX while it has sent none.
                 let listening_since = Arc::new(AtomicU64::new(u64::MAX));
                 let silent = {
                     let (epoch, since) = (Arc::clone(&epochs), Arc::clone(&listening_since));
-                    move || since.load(Ordering::SeqCst) < epoch.load(Ordering::SeqCst)
+                    let cut = Arc::clone(&cuts);
+                    move || {
+                        cut.load(Ordering::SeqCst)
+                            || since.load(Ordering::SeqCst) < epoch.load(Ordering::SeqCst)
+                    }
                 };
                 let (mut client_in, mut client_out) = client.into_split();
                 let (mut server_in, mut server_out) = server.into_split();
@@ -587,7 +598,7 @@ impl SilencingProxy {
                 tokio::spawn(async move {
                     let mut buffer = vec![0; 16 * 1024];
                     while let Ok(n @ 1..) = client_in.read(&mut buffer).await {
-                        if buffer[..n].windows(6).any(|w| w == b"LISTEN") {
+                        if buffer[..n].windows(marker.len()).any(|w| w == marker) {
                             listening_since.store(epoch.load(Ordering::SeqCst), Ordering::SeqCst);
                         }
                         if to_server() {
@@ -611,12 +622,22 @@ impl SilencingProxy {
                 });
             }
         });
-        SilencingProxy { port, epoch, task }
+        SilencingProxy {
+            port,
+            epoch,
+            cut,
+            task,
+        }
     }
 
-    /// Silences every connection listening now.
+    /// Silences every connection that has sent the marker by now.
     fn silence(&self) {
         self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Silences every connection, and every one made from now on.
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -626,22 +647,35 @@ impl Drop for SilencingProxy {
     }
 }
 
-#[tokio::test]
-async fn a_node_whose_event_connection_went_silent_hears_the_others_again() {
+/// Has `config`'s node reach its database through `proxy`, checking its connections every
+/// second.
+fn through(proxy: &SilencingProxy, config: &mut ferrocd::config::Config) {
+    let mut url = reqwest::Url::parse(&config.database_url).expect("a database URL");
+    url.set_port(Some(proxy.port)).unwrap();
+    config.database_url = url.to_string();
+    config.database_heartbeat = std::time::Duration::from_secs(1);
+}
+
+/// The port of this pass's PostgreSQL, or `None` (having said so) when it is not on one.
+fn database_port() -> Option<u16> {
     let Ok(admin_url) = std::env::var(TEST_DATABASE_URL) else {
         eprintln!("skipped: several nodes need PostgreSQL ({TEST_DATABASE_URL})");
+        return None;
+    };
+    let url = reqwest::Url::parse(&admin_url).expect("a database URL");
+    Some(url.port().unwrap_or(5432))
+}
+
+#[tokio::test]
+async fn a_node_whose_event_connection_went_silent_hears_the_others_again() {
+    let Some(database_port) = database_port() else {
         return;
     };
-    let database_port = reqwest::Url::parse(&admin_url)
-        .expect("a database URL")
-        .port()
-        .unwrap_or(5432);
-    let proxy = SilencingProxy::start(database_port).await;
-    let Some(nodes) = two_nodes_with(|b| {
-        let mut url = reqwest::Url::parse(&b.database_url).expect("a database URL");
-        url.set_port(Some(proxy.port)).unwrap();
-        b.database_url = url.to_string();
-        b.database_heartbeat = std::time::Duration::from_secs(1);
+    let proxy = SilencingProxy::start(database_port, b"LISTEN").await;
+    let Some(nodes) = two_nodes_with(|name, config| {
+        if name == "b" {
+            through(&proxy, config);
+        }
     })
     .await
     else {
@@ -699,4 +733,31 @@ async fn two_nodes_storing_conflicting_documents_at_once_accept_one() {
         .filter(|s| !s["errors"].as_array().is_none_or(|e| e.is_empty()))
         .collect();
     assert!(errors.is_empty(), "no source is in error: {errors:?}");
+}
+
+#[tokio::test]
+async fn a_node_on_duty_cut_off_from_the_database_without_a_word_hands_the_duty_on() {
+    let Some(database_port) = database_port() else {
+        return;
+    };
+    let proxy = SilencingProxy::start(database_port, b"pg_try_advisory_lock").await; // cut below
+    let Some(nodes) = two_nodes_with(|name, config| {
+        if name == "a" {
+            through(&proxy, config);
+        }
+    })
+    .await
+    else {
+        return;
+    };
+    let (a, b) = (nodes.a.api(), nodes.b.api());
+    assert_eq!((on_duty(&a).await, on_duty(&b).await), (1, 0));
+    // A is cut off from the database without a word, its sockets open (a NAT that forgot
+    // them): the server must end A's session, and with it A's lock, so that B takes the duty.
+    // (A itself is not asked: its requests wait on the database it cannot reach.)
+    proxy.cut();
+    eventually("B takes the duty", || async {
+        (on_duty(&b).await == 1).then_some(())
+    })
+    .await;
 }
