@@ -495,9 +495,20 @@ impl ConfigSources {
 
     /// Moves API documents kept as files by an older ferrocd (`DATA_DIR/config/*.gocd.yaml`)
     /// into the database, unless one of that name is there already, and renames the folder
-    /// to `config.moved-to-database` so nothing is moved twice. Before the first reload.
+    /// to `config.moved-to-database` so nothing is moved twice. Where the rename fails, a
+    /// marker file in the folder ([`MOVED_MARKER`]) says so instead: a document deleted
+    /// through the API since must not come back at the next start. Before the first reload.
     pub async fn move_old_api_files_in(&self) -> Result<()> {
         let dir = &self.inner.old_api_dir;
+        let marker = dir.join(MOVED_MARKER);
+        if marker.exists() {
+            tracing::warn!(
+                "{} was moved into the database at an earlier start but could not be renamed; \
+                 its files are not read again: remove it by hand",
+                dir.display()
+            );
+            return Ok(());
+        }
         let Ok(entries) = std::fs::read_dir(dir) else {
             return Ok(());
         };
@@ -531,19 +542,32 @@ impl ConfigSources {
                 "config documents stored through the API are rows now; the old files are in {}",
                 moved.display()
             ),
-            // Harmless but for a second look at the next start: a document already stored
-            // is never moved in again.
-            Err(error) => tracing::warn!(
-                documents = moved_in,
-                "config documents stored through the API are rows now, but {} could not be \
-                 renamed to {}: {error}; remove it by hand",
-                dir.display(),
-                moved.display()
-            ),
+            Err(error) => {
+                tracing::warn!(
+                    documents = moved_in,
+                    "config documents stored through the API are rows now, but {} could not be \
+                     renamed to {}: {error}; remove it by hand",
+                    dir.display(),
+                    moved.display()
+                );
+                if let Err(error) = std::fs::write(&marker, MOVED_MARKER_TEXT) {
+                    tracing::warn!(
+                        "nor could {} be written: {error}; until the folder is removed, each \
+                         start moves in again any of its documents deleted through the API",
+                        marker.display()
+                    );
+                }
+            }
         }
         Ok(())
     }
 }
+
+/// The file left in a folder of old API documents that was moved into the database but could
+/// not be renamed aside.
+const MOVED_MARKER: &str = ".moved-to-database";
+const MOVED_MARKER_TEXT: &str = "The config documents in this folder were moved into ferrocd's \
+database, where the API keeps them now; this folder is no longer read. Remove it.\n";
 
 /// Reads the sources again whenever a config document was stored or deleted, on any node, or
 /// events may have been missed, until `shutdown`. `changes` is subscribed to

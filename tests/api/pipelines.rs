@@ -1043,10 +1043,16 @@ async fn a_server_whose_old_documents_folder_cannot_be_moved_aside_still_starts_
     let api = server.api();
     assert_eq!(trigger(&api, "shop").await, 1);
     assert!(old.exists(), "the folder stays where it was");
+    // Deleted through the API, the document stays deleted: the folder left where it was is
+    // not moved in again at the next start.
+    api.call(Method::DELETE, "/api/config/shop", json!({}))
+        .await
+        .expect(200);
     server.stop().await;
-    // Started again with the folder still there, it moves nothing twice.
     let again = Server::start(test_config(data.path())).await;
     let sources = again.api().get("/api/config").await.expect(200);
-    assert_eq!(sources["sources"].as_array().unwrap().len(), 1, "{sources}");
+    assert_eq!(sources["sources"], json!([]), "{sources}");
+    let config = again.api().get("/api/pipelines/shop/config").await;
+    assert_eq!(config.status, 404, "{}", config.message());
     again.stop().await;
 }
