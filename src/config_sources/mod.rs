@@ -378,7 +378,7 @@ impl ConfigSources {
         store::put(tx.conn(), name, text, now_millis()).await?;
         tx.publish(Topic::PipelinesUpdates, DomainEvent::ConfigChanged);
         tx.commit().await?;
-        self.reload_locked().await?;
+        self.reload_after_commit().await;
         Ok(Stored {
             created,
             warnings: document.warnings,
@@ -425,8 +425,17 @@ impl ConfigSources {
         store::remove(tx.conn(), name).await?;
         tx.publish(Topic::PipelinesUpdates, DomainEvent::ConfigChanged);
         tx.commit().await?;
-        self.reload_locked().await?;
+        self.reload_after_commit().await;
         Ok(())
+    }
+
+    /// Reads the sources again after a committed store or delete. The write stands whatever
+    /// happens here: should the reload fail (the database gone away since), the reload task
+    /// tries again on hearing the write's `config_changed`, so it is logged, not answered.
+    async fn reload_after_commit(&self) {
+        if let Err(error) = self.reload_locked().await {
+            tracing::warn!(%error, "the config document is stored, but reading the config again failed");
+        }
     }
 
     /// Every source's document but the API document `except`, by name: the files and config
@@ -572,49 +581,50 @@ database, where the API keeps them now; this folder is no longer read. Remove it
 /// Reads the sources again whenever a config document was stored or deleted, on any node, or
 /// events may have been missed, until `shutdown`. `changes` is subscribed to
 /// `Topic::PipelinesUpdates` before the first reload, so no change between the two is missed.
-/// A reload that fails (the database away) is tried again, at most every 5 s, until one works.
+/// A reload that fails (the database away) is tried again after 100 ms, then after twice as
+/// long each time up to 5 s, until one works; what is heard meanwhile does not hurry it.
 pub fn spawn_reload_on_change(
     configs: ConfigSources,
     mut changes: tokio::sync::broadcast::Receiver<crate::events::Published>,
     shutdown: CancellationToken,
 ) {
     use tokio::sync::broadcast::error::RecvError;
-    const FIRST_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+    use tokio::time::{Duration, Instant};
+    const FIRST_RETRY: Duration = Duration::from_millis(100);
     tokio::spawn(async move {
         let mut owed = false;
+        // After a failed reload: when to try again, whatever else is heard meanwhile.
+        let mut retry_at: Option<Instant> = None;
         let mut retry = FIRST_RETRY;
         loop {
-            let wait = async {
-                if owed {
-                    tokio::time::sleep(retry).await;
-                } else {
-                    std::future::pending::<()>().await;
+            let retry_timer = async {
+                match retry_at {
+                    Some(at) if owed => tokio::time::sleep_until(at).await,
+                    _ => std::future::pending::<()>().await,
                 }
             };
-            let heard = tokio::select! {
+            tokio::select! {
                 _ = shutdown.cancelled() => return,
-                heard = changes.recv() => Some(heard),
-                () = wait => None,
-            };
-            owed |= match heard {
-                Some(Ok(event)) => {
-                    matches!(*event, DomainEvent::ConfigChanged | DomainEvent::Resync)
-                }
-                Some(Err(RecvError::Lagged(_))) => true,
-                Some(Err(RecvError::Closed)) => return,
-                None => false,
-            };
-            if !owed {
+                heard = changes.recv() => owed |= match heard {
+                    Ok(event) => matches!(*event, DomainEvent::ConfigChanged | DomainEvent::Resync),
+                    Err(RecvError::Lagged(_)) => true,
+                    Err(RecvError::Closed) => return,
+                },
+                () = retry_timer => {}
+            }
+            if !owed || retry_at.is_some_and(|at| Instant::now() < at) {
                 continue;
             }
             match configs.reload().await {
                 Ok(_) => {
                     owed = false;
+                    retry_at = None;
                     retry = FIRST_RETRY;
                 }
                 Err(error) => {
                     tracing::warn!(%error, "reading the config again failed; trying again in {retry:?}");
-                    retry = (retry * 2).min(std::time::Duration::from_secs(5));
+                    retry_at = Some(Instant::now() + retry);
+                    retry = (retry * 2).min(Duration::from_secs(5));
                 }
             }
         }
