@@ -281,6 +281,7 @@ struct PollCounts {
     stored: std::sync::atomic::AtomicU64,
     failed: std::sync::atomic::AtomicU64,
     superseded: std::sync::atomic::AtomicU64,
+    gave_up: std::sync::atomic::AtomicU64,
 }
 
 impl Materials {
@@ -298,14 +299,16 @@ impl Materials {
 
     /// Polls of git materials since start, by outcome: `stored` (a revision, new or not, was
     /// recorded), `failed` (the fetch failed; its error was recorded) and `superseded` (another
-    /// poll recorded a revision while this one fetched, so this one polled again).
-    pub fn poll_counts(&self) -> [(&'static str, u64); 3] {
+    /// poll recorded a revision while this one fetched, so this one polled again), and
+    /// `gave_up` (superseded [`POLL_ATTEMPTS`] times in a row, it left the rest to the next).
+    pub fn poll_counts(&self) -> [(&'static str, u64); 4] {
         let read =
             |count: &std::sync::atomic::AtomicU64| count.load(std::sync::atomic::Ordering::Relaxed);
         [
             ("stored", read(&self.polls.stored)),
             ("failed", read(&self.polls.failed)),
             ("superseded", read(&self.polls.superseded)),
+            ("gave_up", read(&self.polls.gave_up)),
         ]
     }
 
@@ -426,6 +429,9 @@ impl Materials {
                 .superseded
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        self.polls
+            .gave_up
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(url = %without_credentials(&polling.remote.url), "other polls kept storing revisions first: the next poll tries again");
         Ok(())
     }

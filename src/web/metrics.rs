@@ -78,7 +78,7 @@ pub const DESCRIBED: [(&str, &str); 14] = [
     ("ferrocd_scrapes_total", "Scrapes of /metrics"),
     (
         "ferrocd_material_polls_total",
-        "Polls of git materials since start, by outcome (stored, failed, superseded)",
+        "Polls of git materials since start, by outcome (stored, failed, superseded, gave_up)",
     ),
     (
         "ferrocd_on_duty",

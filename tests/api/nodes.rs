@@ -218,10 +218,17 @@ async fn on_duty(api: &Api) -> u8 {
     metric(api, "ferrocd_on_duty").await as u8
 }
 
-/// Polls that ended (stored or failed) on this node since it started.
+/// Polls that ended (stored, failed or gave up) on this node since it started.
 async fn polls_ended(api: &Api) -> f64 {
-    metric(api, "ferrocd_material_polls_total{outcome=\"stored\"}").await
-        + metric(api, "ferrocd_material_polls_total{outcome=\"failed\"}").await
+    let mut ended = 0.0;
+    for outcome in ["stored", "failed", "gave_up"] {
+        ended += metric(
+            api,
+            &format!("ferrocd_material_polls_total{{outcome=\"{outcome}\"}}"),
+        )
+        .await;
+    }
+    ended
 }
 
 #[tokio::test]
@@ -647,38 +654,34 @@ impl Drop for SilencingProxy {
     }
 }
 
-/// Has `config`'s node reach its database through `proxy`, checking its connections every
-/// second.
-fn through(proxy: &SilencingProxy, config: &mut ferrocd::config::Config) {
-    let mut url = reqwest::Url::parse(&config.database_url).expect("a database URL");
-    url.set_port(Some(proxy.port)).unwrap();
-    config.database_url = url.to_string();
-    config.database_heartbeat = std::time::Duration::from_secs(1);
-}
-
-/// The port of this pass's PostgreSQL, or `None` (having said so) when it is not on one.
-fn database_port() -> Option<u16> {
+/// Two nodes, node `behind` ("a" or "b") reaching its database through a [`SilencingProxy`]
+/// that tells its connections apart by `marker` and checking them every second; or `None`
+/// (having said so) when this pass is not on PostgreSQL.
+async fn two_nodes_one_behind_a_proxy(
+    behind: &str,
+    marker: &'static [u8],
+) -> Option<(TwoNodes, SilencingProxy)> {
     let Ok(admin_url) = std::env::var(TEST_DATABASE_URL) else {
         eprintln!("skipped: several nodes need PostgreSQL ({TEST_DATABASE_URL})");
         return None;
     };
-    let url = reqwest::Url::parse(&admin_url).expect("a database URL");
-    Some(url.port().unwrap_or(5432))
+    let admin_url = reqwest::Url::parse(&admin_url).expect("a database URL");
+    let proxy = SilencingProxy::start(admin_url.port().unwrap_or(5432), marker).await;
+    let nodes = two_nodes_with(|name, config| {
+        if name == behind {
+            let mut url = reqwest::Url::parse(&config.database_url).expect("a database URL");
+            url.set_port(Some(proxy.port)).unwrap();
+            config.database_url = url.to_string();
+            config.database_heartbeat = std::time::Duration::from_secs(1);
+        }
+    })
+    .await?;
+    Some((nodes, proxy))
 }
 
 #[tokio::test]
 async fn a_node_whose_event_connection_went_silent_hears_the_others_again() {
-    let Some(database_port) = database_port() else {
-        return;
-    };
-    let proxy = SilencingProxy::start(database_port, b"LISTEN").await;
-    let Some(nodes) = two_nodes_with(|name, config| {
-        if name == "b" {
-            through(&proxy, config);
-        }
-    })
-    .await
-    else {
+    let Some((nodes, proxy)) = two_nodes_one_behind_a_proxy("b", b"LISTEN").await else {
         return;
     };
     let (a, b) = (nodes.a.api(), nodes.b.api());
@@ -737,16 +740,8 @@ async fn two_nodes_storing_conflicting_documents_at_once_accept_one() {
 
 #[tokio::test]
 async fn a_node_on_duty_cut_off_from_the_database_without_a_word_hands_the_duty_on() {
-    let Some(database_port) = database_port() else {
-        return;
-    };
-    let proxy = SilencingProxy::start(database_port, b"pg_try_advisory_lock").await; // cut below
-    let Some(nodes) = two_nodes_with(|name, config| {
-        if name == "a" {
-            through(&proxy, config);
-        }
-    })
-    .await
+    // The marker matters not: the proxy cuts every connection below, not one.
+    let Some((nodes, proxy)) = two_nodes_one_behind_a_proxy("a", b"pg_try_advisory_lock").await
     else {
         return;
     };

@@ -1002,12 +1002,19 @@ async fn gocd_calls_answer_in_gocds_media_types() {
     );
 }
 
-#[tokio::test]
-async fn documents_an_older_server_kept_as_files_are_moved_into_the_database() {
+/// A data folder, and the `config` folder in it where an older server kept the API document
+/// `shop` as a file.
+fn a_data_dir_an_older_server_kept_documents_in() -> (tempfile::TempDir, std::path::PathBuf) {
     let data = tempfile::tempdir().unwrap();
     let old = data.path().join("config");
     std::fs::create_dir_all(&old).unwrap();
     std::fs::write(old.join("shop.gocd.yaml"), THREE_STAGES).unwrap();
+    (data, old)
+}
+
+#[tokio::test]
+async fn documents_an_older_server_kept_as_files_are_moved_into_the_database() {
+    let (data, old) = a_data_dir_an_older_server_kept_documents_in();
     let first = Server::start(test_config(data.path())).await;
     let api = first.api();
     assert_eq!(trigger(&api, "shop").await, 1);
@@ -1031,10 +1038,7 @@ async fn documents_an_older_server_kept_as_files_are_moved_into_the_database() {
 
 #[tokio::test]
 async fn a_server_whose_old_documents_folder_cannot_be_moved_aside_still_starts_with_them() {
-    let data = tempfile::tempdir().unwrap();
-    let old = data.path().join("config");
-    std::fs::create_dir_all(&old).unwrap();
-    std::fs::write(old.join("shop.gocd.yaml"), THREE_STAGES).unwrap();
+    let (data, old) = a_data_dir_an_older_server_kept_documents_in();
     // A folder of that name is there already, and not empty: the rename fails.
     let aside = data.path().join("config.moved-to-database");
     std::fs::create_dir_all(&aside).unwrap();
