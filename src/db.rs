@@ -412,7 +412,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// otherwise keep the session for hours, with the duty's lock held and the listener's backlog
 /// of notifications growing. Each setting is skipped where the server lacks it
 /// (`idle_session_timeout` is PostgreSQL 14's).
-pub(crate) fn dedicated_pool(options: &PgConnectOptions, heartbeat: Duration) -> PgPool {
+fn dedicated_pool(options: &PgConnectOptions, heartbeat: Duration) -> PgPool {
     let quiet = (heartbeat * 3).as_millis();
     PgPoolOptions::new()
         .max_connections(1)

@@ -593,14 +593,15 @@ pub fn spawn_reload_on_change(
     const FIRST_RETRY: Duration = Duration::from_millis(100);
     tokio::spawn(async move {
         let mut owed = false;
-        // After a failed reload: when to try again, whatever else is heard meanwhile.
+        // Set only while owed, after a failed reload: when to try again, whatever else is
+        // heard meanwhile.
         let mut retry_at: Option<Instant> = None;
         let mut retry = FIRST_RETRY;
         loop {
             let retry_timer = async {
                 match retry_at {
-                    Some(at) if owed => tokio::time::sleep_until(at).await,
-                    _ => std::future::pending::<()>().await,
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending::<()>().await,
                 }
             };
             tokio::select! {
