@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool, Transaction};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{ConnectOptions, PgConnection, PgPool, Postgres, SqliteConnection, Transaction};
 
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -40,6 +40,7 @@ pub mod copy;
 pub mod dialect;
 mod duty;
 mod notify;
+mod sqlite_conns;
 
 pub use duty::Duty;
 
@@ -72,9 +73,9 @@ impl Backend {
 enum Pools {
     Sqlite {
         /// Readers: many connections, WAL snapshots.
-        read: SqlitePool,
+        read: Arc<sqlite_conns::Readers>,
         /// The one writer, reached only through [`Db::begin`].
-        write: SqlitePool,
+        write: sqlite_conns::Writer,
     },
     Postgres {
         read: PgPool,
@@ -123,7 +124,7 @@ impl WriteTx {
         } = self;
         let _turn = publisher.turn().await;
         match tx {
-            Tx::Sqlite(tx) => tx.commit().await?,
+            Tx::Sqlite(write) => write.commit().await?,
             Tx::Postgres(mut tx) => {
                 for payload in notify::payloads(node, &events) {
                     sqlx::query("SELECT pg_notify($1, $2)")
@@ -151,14 +152,14 @@ impl WriteTx {
     /// The write's connection, for a store.
     pub fn conn(&mut self) -> Conn<'_> {
         match &mut self.tx {
-            Tx::Sqlite(tx) => Conn::Sqlite(tx),
+            Tx::Sqlite(write) => Conn::Sqlite(write.conn()),
             Tx::Postgres(tx) => Conn::Postgres(tx),
         }
     }
 }
 
 enum Tx {
-    Sqlite(Transaction<'static, Sqlite>),
+    Sqlite(sqlite_conns::WriteConn),
     Postgres(Transaction<'static, Postgres>),
 }
 
@@ -181,7 +182,7 @@ impl Conn<'_> {
 /// A reader connection (a consistent snapshot per statement; several reads through one
 /// connection are not one snapshot).
 pub enum ReadConn {
-    Sqlite(PoolConnection<Sqlite>),
+    Sqlite(sqlite_conns::Reader),
     Postgres(PoolConnection<Postgres>),
 }
 
@@ -294,23 +295,15 @@ impl Db {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        // A pool pings a connection before handing it out, by default; for SQLite each ping is
-        // a round trip to the connection's worker thread (two thread switches) on every read and
-        // write, and an open file does not go stale. (sqlx still pings on release.) A fleet of
-        // 2,000 agents: 20.5 → 16.1 context switches per call.
-        let write = SqlitePoolOptions::new()
-            .max_connections(1)
-            .test_before_acquire(false)
-            .connect_with(options.clone())
-            .await?;
-        sqlx::migrate!("migrations/sqlite").run(&write).await?;
+        // Held by `db/sqlite_conns.rs`, not by sqlx pools, which ping a SQLite connection's
+        // worker thread each time one is taken back.
+        let mut write = options.connect().await?;
+        sqlx::migrate!("migrations/sqlite").run(&mut write).await?;
         restrict_to_owner(url);
-        let read = SqlitePoolOptions::new()
-            .max_connections(8)
-            .test_before_acquire(false)
-            .connect_with(options.read_only(true))
-            .await?;
-        Ok(Pools::Sqlite { read, write })
+        Ok(Pools::Sqlite {
+            read: sqlite_conns::Readers::new(options, 8),
+            write: sqlite_conns::Writer::new(write),
+        })
     }
 
     async fn connect_postgres(url: &str, node: Uuid) -> Result<Pools> {
@@ -377,7 +370,11 @@ impl Db {
     pub async fn schema_version(&self) -> Result<i64> {
         const NEWEST: &str = "SELECT MAX(version) FROM _sqlx_migrations WHERE success";
         let version: Option<i64> = match &self.pools {
-            Pools::Sqlite { read, .. } => sqlx::query_scalar(NEWEST).fetch_one(read).await?,
+            Pools::Sqlite { read, .. } => {
+                sqlx::query_scalar(NEWEST)
+                    .fetch_one(&mut *read.acquire().await?)
+                    .await?
+            }
             Pools::Postgres { read, .. } => sqlx::query_scalar(NEWEST).fetch_one(read).await?,
         };
         Ok(version.unwrap_or(0))
