@@ -95,11 +95,13 @@ impl Scheduler {
     pub async fn try_assign_work(&self, known: &Agent) -> Result<Option<JobRun>> {
         let agent_uuid = known.uuid;
         let now = now_millis();
-        if self.contacts.heard(agent_uuid, now) && self.nothing_for(known).await? {
+        let contact_written = self.contacts.heard(agent_uuid, now);
+        if contact_written && self.nothing_for(known).await? {
             return Ok(None);
         }
         let mut tx = self.db.begin().await?;
-        let (before, mut agent) = agents::record_work_request(&mut tx, agent_uuid, now).await?;
+        let (before, mut agent) =
+            agents::record_work_request(&mut tx, agent_uuid, now, !contact_written).await?;
         let mut queue_changed = false;
         let mut work = None;
         if agent.agent_config_state == ConfigState::Enabled {
@@ -113,13 +115,14 @@ impl Scheduler {
             }
             if work.is_none() {
                 if queue_changed {
-                    agents::set_agent_state(&mut tx, agent_uuid, AgentState::Idle).await?;
+                    agents::set_state_only(&mut tx, agent_uuid, AgentState::Idle).await?;
                     agent = agents::fetch(&mut tx, agent_uuid).await?.unwrap_or(agent);
                 }
                 if agent.can_take_work()
                     && let Some(assigned) = claim_oldest_matching(&mut tx, &agent).await?
                 {
-                    agents::set_agent_state(&mut tx, agent_uuid, AgentState::Building).await?;
+                    // `after` below reads the agent as this leaves it.
+                    agents::set_state_only(&mut tx, agent_uuid, AgentState::Building).await?;
                     job_runs::publish_assigned(&mut tx, &assigned);
                     work = Some(assigned);
                     queue_changed = true;
@@ -137,7 +140,9 @@ impl Scheduler {
             publish_pending(&mut tx).await?;
         }
         tx.commit().await?;
-        self.contacts.wrote(agent_uuid, now);
+        if !contact_written {
+            self.contacts.wrote(agent_uuid, now);
+        }
         Ok(work)
     }
 
@@ -168,7 +173,7 @@ impl Scheduler {
             Report::Retry => return Ok(run),
             Report::Move { state, result } => (state, result),
         };
-        agents::touch(&mut tx, agent).await?;
+        let contact = agents::touch(&mut tx, &self.contacts, agent).await?;
         let (updated, agent_change) = if state == JobState::Completed {
             let ended = end_run(&mut tx, &run, result, &self.configs).await?;
             let change = agents::set_agent_state(&mut tx, agent, AgentState::Idle).await?;
@@ -188,6 +193,9 @@ impl Scheduler {
             agents::publish_change(&mut tx, Some(&before), &after);
         }
         tx.commit().await?;
+        if let Some(at) = contact {
+            self.contacts.wrote(agent, at);
+        }
         Ok(updated)
     }
 

@@ -531,15 +531,25 @@ pub(crate) async fn set_agent_state(
     Ok((before != after).then_some((before, after)))
 }
 
+/// Sets an agent's state inside another context's transaction that reads the agent itself
+/// afterwards, for its own [`publish_change`].
+pub(crate) async fn set_state_only(tx: &mut WriteTx, uuid: Uuid, state: AgentState) -> Result<()> {
+    store::set_state(tx.conn(), uuid, state).await
+}
+
 /// A work request is contact (at `now`): an agent that was Missing or LostContact is back,
 /// Idle. Returns the agent before and after.
+/// `write_contact` false: its contact was written within the lag ([`Contacts::heard`]).
 pub(crate) async fn record_work_request(
     tx: &mut WriteTx,
     uuid: Uuid,
     now: i64,
+    write_contact: bool,
 ) -> Result<(Agent, Agent)> {
     let before = fetch(tx, uuid).await?.ok_or_else(|| not_found(uuid))?;
-    store::touch(tx.conn(), uuid, now).await?;
+    if write_contact {
+        store::touch(tx.conn(), uuid, now).await?;
+    }
     // Asking for work means it is not building anything, unless it holds a run (which the
     // scheduler sorts out).
     let Some(state) = before.after_work_request() else {
@@ -552,8 +562,19 @@ pub(crate) async fn record_work_request(
 
 /// A registration, ping or work request is contact (and so is a build's status report or
 /// console upload: an agent busy uploading is plainly alive).
-pub(crate) async fn touch(tx: &mut WriteTx, uuid: Uuid) -> Result<()> {
-    store::touch(tx.conn(), uuid, now_millis()).await
+/// Written only when the stored contact trails by more than the ledger's lag, as a ping's is;
+/// returns the time written, for [`Contacts::wrote`] once the write has committed.
+pub(crate) async fn touch(
+    tx: &mut WriteTx,
+    contacts: &Contacts,
+    uuid: Uuid,
+) -> Result<Option<i64>> {
+    let now = now_millis();
+    if contacts.heard(uuid, now) {
+        return Ok(None);
+    }
+    store::touch(tx.conn(), uuid, now).await?;
+    Ok(Some(now))
 }
 
 fn not_found(uuid: Uuid) -> Error {

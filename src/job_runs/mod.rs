@@ -208,7 +208,7 @@ impl JobRuns {
         if truncated {
             store::mark_console_truncated(tx.conn(), build_id, self.max_console_bytes).await?;
         }
-        agents::touch(&mut tx, agent).await?;
+        let contact = agents::touch(&mut tx, self.agents.contacts(), agent).await?;
         let event = DomainEvent::ConsoleAppend {
             build_id,
             start: stored,
@@ -216,6 +216,9 @@ impl JobRuns {
         };
         tx.publish(Topic::AgentJobRunConsole(build_id), event);
         tx.commit().await?;
+        if let Some(at) = contact {
+            self.agents.contacts().wrote(agent, at);
+        }
         Ok(if truncated {
             Appended::Truncated(self.max_console_bytes)
         } else {
