@@ -28,6 +28,12 @@ pub mod sqlite {
     pub fn json_array_length(column: &str, key: &str) -> String {
         format!("json_array_length({column}, '$.{key}')")
     }
+
+    /// A sub-select: the JSON array of `[values]` arrays, one per row of `from` (a table and
+    /// its `WHERE`), in `order`; `[]` for none.
+    pub fn json_agg_ordered(values: &str, from: &str, order: &str) -> String {
+        format!("(SELECT json_group_array(json_array({values}) ORDER BY {order}) FROM {from})")
+    }
 }
 
 pub mod postgres {
@@ -46,5 +52,12 @@ pub mod postgres {
 
     pub fn json_array_length(column: &str, key: &str) -> String {
         format!("CAST(jsonb_array_length({column}->'{key}') AS BIGINT)")
+    }
+
+    pub fn json_agg_ordered(values: &str, from: &str, order: &str) -> String {
+        format!(
+            "(SELECT COALESCE(jsonb_agg(jsonb_build_array({values}) ORDER BY {order}), '[]'::jsonb) \
+             FROM {from})"
+        )
     }
 }

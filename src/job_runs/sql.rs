@@ -49,6 +49,8 @@ struct RunRow {
     cancel_reason: Option<String>,
     copied_from: Option<i64>,
     pinned_agent: Option<String>,
+    /// `[[state, at], …]`, oldest first ([`transitions_column`]).
+    transitions: Json<Vec<(String, i64)>>,
 }
 
 const RUN_COLUMNS: &str = "build_id, pipeline_name, pipeline_counter, stage_name, stage_counter, \
@@ -110,8 +112,22 @@ enum Bind<'a> {
 
 /// Loads runs by a `WHERE …` clause and its binds, with their transitions, in the clause's
 /// order.
+/// A run's transitions as one JSON column of its row, so a run is read in one statement (each
+/// statement is a round trip, to SQLite's worker thread or over the network): reading them
+/// apart made every read of a run two.
+fn transitions_column() -> String {
+    dialect::json_agg_ordered(
+        "t.state, t.at",
+        "job_state_transitions t WHERE t.build_id = job_runs.build_id",
+        "t.at, t.rowid",
+    )
+}
+
 async fn load_runs(conn: &mut Connection, clause: &str, binds: &[Bind<'_>]) -> Result<Vec<JobRun>> {
-    let sql = format!("SELECT {RUN_COLUMNS} FROM job_runs {clause}");
+    let sql = format!(
+        "SELECT {RUN_COLUMNS}, {} AS transitions FROM job_runs {clause}",
+        transitions_column()
+    );
     let mut query = sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(sql));
     for bind in binds {
         query = match bind {
@@ -120,28 +136,17 @@ async fn load_runs(conn: &mut Connection, clause: &str, binds: &[Bind<'_>]) -> R
         };
     }
     let rows = query.fetch_all(&mut *conn).await?;
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<i64> = rows.iter().map(|r| r.build_id).collect();
-    let transitions: Vec<(i64, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT build_id, state, at FROM job_state_transitions \
-         WHERE build_id IN ({}) ORDER BY at, rowid",
-        dialect::json_ints("$1")
-    )))
-    .bind(Json(&ids))
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut by_run: BTreeMap<i64, Vec<Transition>> = BTreeMap::new();
-    for (id, state, at) in transitions {
-        by_run.entry(id).or_default().push(Transition {
-            state: state.parse().map_err(corrupt)?,
-            state_change_time: at,
-        });
-    }
     rows.into_iter()
-        .map(|row| {
-            let transitions = by_run.remove(&row.build_id).unwrap_or_default();
+        .map(|mut row| {
+            let transitions = std::mem::take(&mut row.transitions.0)
+                .into_iter()
+                .map(|(state, at)| {
+                    Ok(Transition {
+                        state: state.parse().map_err(corrupt)?,
+                        state_change_time: at,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
             row.into_run(transitions)
         })
         .collect()
