@@ -172,3 +172,76 @@ impl WriteConn {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::sqlite::SqliteJournalMode;
+
+    async fn opened(dir: &tempfile::TempDir) -> (Writer, Arc<Readers>) {
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("t.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        let mut conn = options.connect().await.unwrap();
+        sqlx::query("CREATE TABLE t (n INTEGER NOT NULL)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        (Writer::new(conn), Readers::new(options, 2))
+    }
+
+    async fn stored(readers: &Arc<Readers>) -> Vec<i64> {
+        sqlx::query_scalar("SELECT n FROM t ORDER BY n")
+            .fetch_all(&mut *readers.acquire().await.unwrap())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_write_dropped_before_its_commit_leaves_nothing_and_the_next_write_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, readers) = opened(&dir).await;
+        let mut dropped = writer.begin().await.unwrap();
+        sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(dropped.conn())
+            .await
+            .unwrap();
+        drop(dropped);
+        let mut next = writer.begin().await.unwrap();
+        sqlx::query("INSERT INTO t VALUES (2)")
+            .execute(next.conn())
+            .await
+            .unwrap();
+        next.commit().await.unwrap();
+        let mut after_commit = writer.begin().await.unwrap();
+        sqlx::query("INSERT INTO t VALUES (3)")
+            .execute(after_commit.conn())
+            .await
+            .unwrap();
+        after_commit.commit().await.unwrap();
+        assert_eq!(stored(&readers).await, [2, 3]);
+    }
+
+    #[tokio::test]
+    async fn readers_past_the_limit_wait_for_one_to_come_back_and_none_are_had_once_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_writer, readers) = opened(&dir).await;
+        let first = readers.acquire().await.unwrap();
+        let _second = readers.acquire().await.unwrap();
+        let third = tokio::spawn({
+            let readers = Arc::clone(&readers);
+            async move { stored(&readers).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!third.is_finished(), "a third reader while two are out");
+        drop(first);
+        assert_eq!(third.await.unwrap(), Vec::<i64>::new());
+        drop(_second);
+        readers.close().await;
+        assert!(matches!(
+            readers.acquire().await,
+            Err(sqlx::Error::PoolClosed)
+        ));
+    }
+}
