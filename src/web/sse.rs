@@ -31,7 +31,10 @@ pub const KEEPALIVE: Duration = Duration::from_secs(15);
 /// `\n` in it ends a line, exactly as the SSE parser will split it, so no input can break the
 /// framing.
 pub fn frame(event: &str, id: &str, data: &str) -> Bytes {
-    let mut out = String::with_capacity(data.len() + event.len() + 32);
+    // Sized for every line's `data: ` at once: a console frame is many short lines, and growing
+    // the buffer as it went copied it several times.
+    let lines = memchr::memchr_iter(b'\n', data.as_bytes()).count() + 1;
+    let mut out = String::with_capacity(data.len() + 7 * lines + event.len() + id.len() + 16);
     out.push_str("event: ");
     out.push_str(&single_line(event));
     out.push_str("\nid: ");
@@ -56,7 +59,7 @@ fn data_lines(data: &str) -> impl Iterator<Item = &str> {
     let mut rest = Some(data);
     std::iter::from_fn(move || {
         let s = rest?;
-        match s.find(['\r', '\n']) {
+        match memchr::memchr2(b'\r', b'\n', s.as_bytes()) {
             Some(i) => {
                 let skip = if s[i..].starts_with("\r\n") { 2 } else { 1 };
                 rest = Some(&s[i + skip..]);
