@@ -198,28 +198,26 @@ mod tests {
             .unwrap()
     }
 
+    async fn insert(write: &mut WriteConn, n: i64) {
+        sqlx::query("INSERT INTO t VALUES ($1)")
+            .bind(n)
+            .execute(write.conn())
+            .await
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn a_write_dropped_before_its_commit_leaves_nothing_and_the_next_write_goes_on() {
         let dir = tempfile::tempdir().unwrap();
         let (writer, readers) = opened(&dir).await;
         let mut dropped = writer.begin().await.unwrap();
-        sqlx::query("INSERT INTO t VALUES (1)")
-            .execute(dropped.conn())
-            .await
-            .unwrap();
+        insert(&mut dropped, 1).await;
         drop(dropped);
-        let mut next = writer.begin().await.unwrap();
-        sqlx::query("INSERT INTO t VALUES (2)")
-            .execute(next.conn())
-            .await
-            .unwrap();
-        next.commit().await.unwrap();
-        let mut after_commit = writer.begin().await.unwrap();
-        sqlx::query("INSERT INTO t VALUES (3)")
-            .execute(after_commit.conn())
-            .await
-            .unwrap();
-        after_commit.commit().await.unwrap();
+        for n in [2, 3] {
+            let mut write = writer.begin().await.unwrap();
+            insert(&mut write, n).await;
+            write.commit().await.unwrap();
+        }
         assert_eq!(stored(&readers).await, [2, 3]);
     }
 
