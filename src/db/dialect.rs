@@ -10,6 +10,11 @@ pub mod sqlite {
     /// The larger of several values (`GREATEST` on PostgreSQL).
     pub const GREATEST: &str = "MAX";
 
+    /// Statements joined by `;` can be sent as one query, in one round trip, sharing its
+    /// binds (sqlx's SQLite driver runs them in turn on the connection's worker thread);
+    /// PostgreSQL takes one statement per query with binds.
+    pub const STATEMENTS_IN_ONE_QUERY: bool = true;
+
     /// The integers of the JSON array bound at `param`, as a sub-select.
     pub fn json_ints(param: &str) -> String {
         format!("SELECT value FROM json_each({param})")
@@ -38,6 +43,8 @@ pub mod sqlite {
 
 pub mod postgres {
     pub const GREATEST: &str = "GREATEST";
+
+    pub const STATEMENTS_IN_ONE_QUERY: bool = false;
 
     pub fn json_ints(param: &str) -> String {
         format!("SELECT CAST(value AS BIGINT) FROM jsonb_array_elements_text({param}) AS t(value)")

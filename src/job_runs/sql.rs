@@ -422,7 +422,25 @@ pub async fn append_console(
     bytes: &[u8],
     now: i64,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO console_chunks (build_id, start_offset, bytes) VALUES ($1, $2, $3)")
+    const STORE: &str =
+        "INSERT INTO console_chunks (build_id, start_offset, bytes) VALUES ($1, $2, $3)";
+    const LENGTHEN: &str =
+        "UPDATE job_runs SET console_length = $4, console_updated_at = $5 WHERE build_id = $1";
+    let end = start + bytes.len() as i64;
+    // An append is a handful of statements, each a round trip; where the engine allows, these
+    // two go as one.
+    if dialect::STATEMENTS_IN_ONE_QUERY {
+        sqlx::query(sqlx::AssertSqlSafe(format!("{STORE}; {LENGTHEN}")))
+            .bind(build_id)
+            .bind(start)
+            .bind(bytes)
+            .bind(end)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        return Ok(());
+    }
+    sqlx::query(STORE)
         .bind(build_id)
         .bind(start)
         .bind(bytes)
@@ -431,7 +449,7 @@ pub async fn append_console(
     sqlx::query(
         "UPDATE job_runs SET console_length = $1, console_updated_at = $2 WHERE build_id = $3",
     )
-    .bind(start + bytes.len() as i64)
+    .bind(end)
     .bind(now)
     .bind(build_id)
     .execute(&mut *conn)
