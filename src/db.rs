@@ -9,9 +9,9 @@
 //!
 //! The URL chooses the backend at start: `sqlite:` (embedded, the default) or `postgres:`.
 //!
-//! SQLite: a pool of readers and one writer connection, which serialises every write
-//! transaction, so a read-then-write never meets SQLITE_BUSY on an upgraded snapshot (sqlx's
-//! `begin()` is DEFERRED); WAL lets readers go on while it writes. With `synchronous=NORMAL`
+//! SQLite: up to 8 readers and one writer connection (`db/sqlite_conns.rs`), which serialises
+//! every write transaction, so a read-then-write never meets SQLITE_BUSY on an upgraded
+//! snapshot (its `BEGIN` is DEFERRED); WAL lets readers go on while it writes. With `synchronous=NORMAL`
 //! an acknowledged write survives a process crash; a power loss may take the last moments.
 //!
 //! PostgreSQL: a pool of readers and a pool of writers, and every write transaction first takes
