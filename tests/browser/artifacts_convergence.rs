@@ -117,7 +117,15 @@ impl Agents<'_> {
                     .await;
             }
             70..85 => {
-                let line = format!("line {}\n", self.rng.next() % 1000);
+                // Colours, markup and a progress line: what the console's renderer escapes,
+                // styles and hides, live and in a fresh load alike.
+                let n = self.rng.next() % 1000;
+                let line = match self.rng.below(4) {
+                    0 => format!("line {n}\n"),
+                    1 => format!("\x1b[3{}mline {n}\x1b[0m <b>&amp;</b> 'q' \"dq\"\n", n % 8),
+                    2 => format!("\x1b]0;title\x07\x1b[1;4{}mline {n}\x1b[K\x1b[0m\n", n % 8),
+                    _ => format!("{n}%\r100% line {n}\n"),
+                };
                 let length = self.app.build(build_id).await["console_length"]
                     .as_u64()
                     .unwrap_or(0);
