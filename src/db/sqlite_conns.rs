@@ -105,7 +105,7 @@ impl Drop for Reader {
 #[derive(Clone)]
 pub struct Writer(Arc<tokio::sync::Mutex<WriterState>>);
 
-pub struct WriterState {
+struct WriterState {
     /// `None` once closed.
     conn: Option<SqliteConnection>,
     /// A transaction was begun and neither committed nor rolled back.

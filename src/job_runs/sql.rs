@@ -110,8 +110,6 @@ enum Bind<'a> {
     Text(&'a str),
 }
 
-/// Loads runs by a `WHERE …` clause and its binds, with their transitions, in the clause's
-/// order.
 /// A run's transitions as one JSON column of its row, so a run is read in one statement (each
 /// statement is a round trip, to SQLite's worker thread or over the network): reading them
 /// apart made every read of a run two.
@@ -123,6 +121,8 @@ fn transitions_column() -> String {
     )
 }
 
+/// Loads runs by a `WHERE …` clause and its binds, with their transitions, in the clause's
+/// order.
 async fn load_runs(conn: &mut Connection, clause: &str, binds: &[Bind<'_>]) -> Result<Vec<JobRun>> {
     let sql = format!(
         "SELECT {RUN_COLUMNS}, {} AS transitions FROM job_runs {clause}",
